@@ -1,0 +1,342 @@
+//! The normalized event: one check span, use span or audit record.
+//!
+//! The collector turns every wire format (OTLP protobuf and JSON, the Kubernetes audit
+//! webhook) into these; the correlator and every sink read only these. Times are Unix
+//! nanoseconds in event time (what the producer recorded), never arrival time.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A W3C trace id; all zeroes when unknown.
+pub type TraceId = [u8; 16];
+/// A W3C span id; all zeroes when unknown.
+pub type SpanId = [u8; 8];
+
+/// Which side of the race a span records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Check,
+    Use,
+}
+
+impl Phase {
+    pub fn parse(s: &str) -> Option<Phase> {
+        match s {
+            "check" => Some(Phase::Check),
+            "use" => Some(Phase::Use),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Check => "check",
+            Phase::Use => "use",
+        }
+    }
+}
+
+/// The outcome of a check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The check passed; an absent `toctou.check.decision` means this.
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl Decision {
+    pub fn parse(s: &str) -> Option<Decision> {
+        match s {
+            "allow" => Some(Decision::Allow),
+            "deny" => Some(Decision::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// Where the check read the state it decided on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckSource {
+    Primary,
+    Replica,
+    Cache,
+}
+
+impl CheckSource {
+    pub fn parse(s: &str) -> Option<CheckSource> {
+        match s {
+            "primary" => Some(CheckSource::Primary),
+            "replica" => Some(CheckSource::Replica),
+            "cache" => Some(CheckSource::Cache),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckSource::Primary => "primary",
+            CheckSource::Replica => "replica",
+            CheckSource::Cache => "cache",
+        }
+    }
+}
+
+/// How a use ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UseOutcome {
+    /// The use took effect; the default when `toctou.use.outcome` is absent and the span
+    /// status is not an error.
+    #[default]
+    Ok,
+    /// The use's own precondition (e.g. a compare-and-swap on the version) failed: the race
+    /// happened but was caught. Counted as a prevented race, never a finding.
+    Conflict,
+    /// The use failed for another reason (explicit outcome, or span status ERROR).
+    Error,
+}
+
+impl UseOutcome {
+    pub fn parse(s: &str) -> Option<UseOutcome> {
+        match s {
+            "ok" => Some(UseOutcome::Ok),
+            "conflict" => Some(UseOutcome::Conflict),
+            "error" => Some(UseOutcome::Error),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UseOutcome::Ok => "ok",
+            UseOutcome::Conflict => "conflict",
+            UseOutcome::Error => "error",
+        }
+    }
+}
+
+/// What an audit record says happened to a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    Create,
+    Update,
+    Delete,
+    /// The resource is fully provisioned; clears a pending create.
+    Finalize,
+    /// A policy changed; the audit's resource is the policy's name.
+    PolicyChange,
+}
+
+impl AuditAction {
+    pub fn parse(s: &str) -> Option<AuditAction> {
+        match s {
+            "create" => Some(AuditAction::Create),
+            "update" => Some(AuditAction::Update),
+            "delete" => Some(AuditAction::Delete),
+            "finalize" => Some(AuditAction::Finalize),
+            "policy_change" => Some(AuditAction::PolicyChange),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Create => "create",
+            AuditAction::Update => "update",
+            AuditAction::Delete => "delete",
+            AuditAction::Finalize => "finalize",
+            AuditAction::PolicyChange => "policy_change",
+        }
+    }
+
+    /// Whether the action changes the resource's state (and so can make a check stale).
+    pub fn is_write(self) -> bool {
+        !matches!(self, AuditAction::PolicyChange)
+    }
+}
+
+/// A check or use span, reduced to what the join needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanEvent {
+    pub phase: Phase,
+    pub resource: String,
+    /// Check: the version observed. Use: the version acted on (the pre-image).
+    pub version: Option<String>,
+    /// `toctou.request_id`, or the lowercase hex trace id when absent.
+    pub request_id: String,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// `service.name` of the emitting resource (`unknown_service` when absent, as the SDKs do).
+    pub service: String,
+    /// `toctou.operation`; empty when absent.
+    pub operation: String,
+    /// `toctou.actor`, else the service.
+    pub actor: String,
+    /// Checks: the decision (allow when absent). Ignored on uses.
+    pub decision: Decision,
+    pub source: Option<CheckSource>,
+    pub policy: Option<String>,
+    pub policy_version: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// Uses: how the use ended. Ignored on checks.
+    pub outcome: UseOutcome,
+    /// Uses: the use failed with permission denied (HTTP 403 or gRPC `PERMISSION_DENIED`).
+    pub permission_denied: bool,
+}
+
+impl SpanEvent {
+    /// The instant the join places this span at: a check has observed its state by the time
+    /// it ends; a use acts on state from the time it starts. Measuring the race window from
+    /// check end to use start keeps writes that overlap either span out of the window, so an
+    /// ambiguous ordering never becomes a finding.
+    pub fn event_time_ns(&self) -> u64 {
+        match self.phase {
+            Phase::Check => self.end_ns,
+            Phase::Use => self.start_ns,
+        }
+    }
+}
+
+/// A record from a system of record that a resource changed (or a policy did).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub action: AuditAction,
+    /// The resource written; for `policy_change`, the policy's name.
+    pub resource: String,
+    /// The version after the change.
+    pub version: Option<String>,
+    pub request_id: Option<String>,
+    pub actor: Option<String>,
+    /// Commit time.
+    pub time_ns: u64,
+    /// The emitting service (`kubernetes` for the audit webhook).
+    pub service: String,
+    /// Identity of the record at its source (Kubernetes `auditID`, or the log record's
+    /// trace/span ids in hex); used to drop redeliveries.
+    pub source_id: Option<String>,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
+/// One normalized input event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Span(SpanEvent),
+    Audit(AuditEvent),
+}
+
+impl Event {
+    /// The event time the correlator orders and windows by.
+    pub fn event_time_ns(&self) -> u64 {
+        match self {
+            Event::Span(s) => s.event_time_ns(),
+            Event::Audit(a) => a.time_ns,
+        }
+    }
+
+    pub fn resource(&self) -> &str {
+        match self {
+            Event::Span(s) => &s.resource,
+            Event::Audit(a) => &a.resource,
+        }
+    }
+}
+
+/// A resource or policy version: compared for equality, and ordered where both sides parse
+/// as integers (the convention says nothing stronger, so nothing stronger is assumed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Version<'a>(pub &'a str);
+
+impl Version<'_> {
+    pub fn as_int(&self) -> Option<i128> {
+        self.0.trim().parse::<i128>().ok()
+    }
+
+    /// `Some(ordering)` when both versions are integers, or equal as strings.
+    pub fn partial_order(&self, other: &Version<'_>) -> Option<Ordering> {
+        match (self.as_int(), other.as_int()) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ if self.0 == other.0 => Some(Ordering::Equal),
+            _ => None,
+        }
+    }
+
+    /// Equality as the conventions define it: integers by value, anything else byte for byte.
+    pub fn same(&self, other: &Version<'_>) -> bool {
+        self.partial_order(other) == Some(Ordering::Equal)
+    }
+}
+
+impl fmt::Display for Version<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Lowercase hex of an id; empty for an all-zero (unknown) id.
+pub fn hex_id(id: &[u8]) -> String {
+    if id.iter().all(|b| *b == 0) {
+        String::new()
+    } else {
+        hex::encode(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_only_as_integers() {
+        assert!(Version("7").same(&Version("07")));
+        assert_eq!(
+            Version("9").partial_order(&Version("10")),
+            Some(Ordering::Less)
+        );
+        assert_eq!(Version("a9").partial_order(&Version("a10")), None);
+        assert!(Version("etag-1").same(&Version("etag-1")));
+        assert!(!Version("etag-1").same(&Version("etag-2")));
+    }
+
+    #[test]
+    fn event_time_is_check_end_and_use_start() {
+        let mut s = SpanEvent {
+            phase: Phase::Check,
+            resource: "r".into(),
+            version: None,
+            request_id: "q".into(),
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            start_ns: 10,
+            end_ns: 20,
+            service: "svc".into(),
+            operation: String::new(),
+            actor: "svc".into(),
+            decision: Decision::Allow,
+            source: None,
+            policy: None,
+            policy_version: None,
+            idempotency_key: None,
+            outcome: UseOutcome::Ok,
+            permission_denied: false,
+        };
+        assert_eq!(s.event_time_ns(), 20);
+        s.phase = Phase::Use;
+        assert_eq!(s.event_time_ns(), 10);
+    }
+
+    #[test]
+    fn unknown_ids_render_empty() {
+        assert_eq!(hex_id(&[0; 8]), "");
+        assert_eq!(hex_id(&[0xab, 0, 0, 0, 0, 0, 0, 1]), "ab00000000000001");
+    }
+}

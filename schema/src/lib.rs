@@ -1,0 +1,20 @@
+//! The shared vocabulary of toctou: what the collector produces and the correlator consumes.
+//!
+//! # Layout
+//! - [`conventions`]: the attribute names applications put on their spans and log records
+//!   (written up for humans in `schema/CONVENTIONS.md`).
+//! - [`event`]: the normalized events, one per check span, use span or audit record, whatever
+//!   wire format they arrived in.
+//! - [`finding`]: what the correlator reports, with the evidence and a deterministic id.
+//!
+//! Nothing here does I/O; every other crate depends on this one and on nothing else of ours.
+
+pub mod conventions;
+pub mod event;
+pub mod finding;
+
+pub use event::{
+    hex_id, AuditAction, AuditEvent, CheckSource, Decision, Event, Phase, SpanEvent, SpanId,
+    TraceId, UseOutcome, Version,
+};
+pub use finding::{finding_id, AuditRef, Finding, FindingKind, Severity, UseRef};
