@@ -1,1 +1,53 @@
-//! placeholder
+//! toctou's receivers: they turn wire formats (OTLP over gRPC and HTTP, protobuf and JSON,
+//! and the Kubernetes audit webhook) into [`toctou_schema::Event`]s and hand them to an
+//! [`EventSink`].
+//!
+//! # Layout
+//! - Decoding, pure functions with no I/O:
+//!   - [`transform`]: OTLP spans and log records (the prost types) to events, one file per
+//!     signal, reading attributes through `attrs` (the only attribute extraction there is);
+//!   - [`json`]: OTLP JSON into the same prost types, so JSON and protobuf share every rule;
+//!   - [`k8s`]: Kubernetes audit `Event`/`EventList` to audit events (`timestamp` parses
+//!     their RFC 3339 times);
+//!   - [`replay`]: files of any of these, one document or one per line;
+//!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons.
+//! - Receiving:
+//!   - [`sink`]: the [`EventSink`] trait and the bounded [`ChannelSink`];
+//!   - [`receivers`]: [`Receivers`], the shared state, and the steps every transport takes
+//!     (slot, decode off the reactor when large, deliver, count);
+//!   - [`http`] (with `body` for content types, size limits and decompression) and
+//!     [`grpc`]: the transports, each holding the one mapping of errors to its status codes.
+//! - [`config`], [`metrics`], [`error`]: configuration with named defaults, the counters in
+//!   Prometheus text form, and the error enums.
+//!
+//! A request is answered only after the sink accepted its events; a full sink makes the
+//! client retry (503 + Retry-After, gRPC UNAVAILABLE) instead of queueing without bound.
+
+mod attrs;
+mod body;
+pub mod config;
+pub mod decoded;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod json;
+pub mod k8s;
+pub mod metrics;
+pub mod receivers;
+pub mod replay;
+pub mod sink;
+mod timestamp;
+pub mod transform;
+
+pub use config::{ReceiverConfig, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_SUBMIT_TIMEOUT};
+pub use decoded::{Decoded, IgnoreReason, IgnoredCounts, RejectReason, Rejection, Signal};
+pub use error::{ConfigError, DecodeError, IngestError, ServeError, SinkError};
+pub use grpc::serve_grpc;
+pub use http::{http_router, serve_http};
+pub use json::{logs_from_json, traces_from_json};
+pub use k8s::decode_k8s_audit;
+pub use metrics::{EventPhase, Metrics, Transport};
+pub use receivers::Receivers;
+pub use replay::{decode_replay, read_replay_file, LocatedRejection, ReplayBatch};
+pub use sink::{ChannelSink, EventSink, DEFAULT_CHANNEL_WAIT};
+pub use transform::{decode_logs, decode_traces};

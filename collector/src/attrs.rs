@@ -1,0 +1,300 @@
+//! Reading the toctou attributes out of an OTLP key-value list: the one place that knows
+//! which value types each attribute accepts and how they normalize to text.
+//!
+//! Both protobuf and JSON input end up as the prost types, so this is the only extraction
+//! code there is. It makes one pass over the attributes per span or record (not one lookup
+//! per key), since a busy service sends many attributes that are not ours.
+
+use crate::decoded::{RejectReason, Rejection};
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use toctou_schema::conventions as c;
+
+/// The attributes toctou reads, borrowed from the span or record. When a key repeats (the
+/// OTLP data model forbids it, but not every SDK checks), the first occurrence wins.
+#[derive(Default)]
+pub(crate) struct Known<'a> {
+    pub phase: Option<&'a Value>,
+    pub resource: Option<&'a Value>,
+    pub resource_version: Option<&'a Value>,
+    pub request_id: Option<&'a Value>,
+    pub operation: Option<&'a Value>,
+    pub actor: Option<&'a Value>,
+    pub decision: Option<&'a Value>,
+    pub source: Option<&'a Value>,
+    pub policy: Option<&'a Value>,
+    pub policy_version: Option<&'a Value>,
+    pub idempotency_key: Option<&'a Value>,
+    pub outcome: Option<&'a Value>,
+    pub audit_action: Option<&'a Value>,
+    pub http_response_status_code: Option<&'a Value>,
+    pub http_status_code: Option<&'a Value>,
+    pub rpc_grpc_status_code: Option<&'a Value>,
+}
+
+impl<'a> Known<'a> {
+    pub fn collect(attributes: &'a [KeyValue]) -> Self {
+        let mut k = Known::default();
+        for kv in attributes {
+            // An attribute with an empty AnyValue carries nothing: treat it as absent.
+            let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+                continue;
+            };
+            let slot = match kv.key.as_str() {
+                c::PHASE => &mut k.phase,
+                c::RESOURCE => &mut k.resource,
+                c::RESOURCE_VERSION => &mut k.resource_version,
+                c::REQUEST_ID => &mut k.request_id,
+                c::OPERATION => &mut k.operation,
+                c::ACTOR => &mut k.actor,
+                c::CHECK_DECISION => &mut k.decision,
+                c::CHECK_SOURCE => &mut k.source,
+                c::POLICY => &mut k.policy,
+                c::POLICY_VERSION => &mut k.policy_version,
+                c::IDEMPOTENCY_KEY => &mut k.idempotency_key,
+                c::USE_OUTCOME => &mut k.outcome,
+                c::AUDIT_ACTION => &mut k.audit_action,
+                c::HTTP_RESPONSE_STATUS_CODE => &mut k.http_response_status_code,
+                c::HTTP_STATUS_CODE => &mut k.http_status_code,
+                c::RPC_GRPC_STATUS_CODE => &mut k.rpc_grpc_status_code,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        k
+    }
+}
+
+/// The name of a value's type as the OTLP JSON mapping spells it, for error messages.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::StringValue(_) => "stringValue",
+        Value::BoolValue(_) => "boolValue",
+        Value::IntValue(_) => "intValue",
+        Value::DoubleValue(_) => "doubleValue",
+        Value::ArrayValue(_) => "arrayValue",
+        Value::KvlistValue(_) => "kvlistValue",
+        Value::BytesValue(_) => "bytesValue",
+        Value::StringValueStrindex(_) => "stringValueStrindex",
+    }
+}
+
+fn bad_type(key: &str, v: &Value, wanted: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::BadAttribute,
+        format!("{key} must be {wanted}, got {}", type_name(v)),
+    )
+}
+
+/// An identifier-like attribute (resource, request id, actor, ...): a string, or an integer
+/// taken as its decimal text since some SDKs type numeric ids as ints. An empty string
+/// counts as absent.
+pub(crate) fn text(key: &str, v: Option<&Value>) -> Result<Option<String>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(Value::StringValue(s)) if s.is_empty() => Ok(None),
+        Some(Value::StringValue(s)) => Ok(Some(s.clone())),
+        Some(Value::IntValue(i)) => Ok(Some(i.to_string())),
+        Some(other) => Err(bad_type(key, other, "a string")),
+    }
+}
+
+/// A version attribute: string, int or double. Integers (and doubles that hold an integer,
+/// as JavaScript SDKs send every number) become their decimal text, so that `7`, `7.0` and
+/// `"7"` compare equal downstream.
+pub(crate) fn version(key: &str, v: Option<&Value>) -> Result<Option<String>, Rejection> {
+    match v {
+        Some(Value::DoubleValue(d)) => {
+            if !d.is_finite() {
+                return Err(Rejection::new(
+                    RejectReason::BadAttribute,
+                    format!("{key} must be a finite number, got {d}"),
+                ));
+            }
+            // 2^63 bounds where an f64 integer still fits an i64 exactly.
+            if d.fract() == 0.0 && d.abs() < 9.223_372_036_854_776e18 {
+                Ok(Some((*d as i64).to_string()))
+            } else {
+                Ok(Some(d.to_string()))
+            }
+        }
+        Some(
+            other @ (Value::BoolValue(_)
+            | Value::ArrayValue(_)
+            | Value::KvlistValue(_)
+            | Value::BytesValue(_)
+            | Value::StringValueStrindex(_)),
+        ) => Err(bad_type(key, other, "a string, int or double")),
+        text_or_int => text(key, text_or_int),
+    }
+}
+
+/// A keyword attribute whose value must be one of a fixed set (`check`, `allow`, ...);
+/// `parse` maps the text to its enum. Only string values are accepted.
+pub(crate) fn keyword<T>(
+    key: &str,
+    v: Option<&Value>,
+    allowed: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(Value::StringValue(s)) => match parse(s) {
+            Some(t) => Ok(Some(t)),
+            None => Err(Rejection::new(
+                RejectReason::BadAttribute,
+                format!("{key} is {s:?}, expected one of {allowed}"),
+            )),
+        },
+        Some(other) => Err(bad_type(key, other, "a string")),
+    }
+}
+
+/// A status code attribute, read leniently: these are not our attributes, and a malformed
+/// one must not cost the span; anything that is not an integer reads as absent.
+pub(crate) fn status_code(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::IntValue(i) => Some(*i),
+        Value::StringValue(s) => s.trim().parse().ok(),
+        Value::DoubleValue(d) if d.fract() == 0.0 => Some(*d as i64),
+        _ => None,
+    }
+}
+
+/// `service.name` of the resource, or `unknown_service` as the SDKs default it.
+pub(crate) fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == c::SERVICE_NAME))
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "unknown_service".to_string())
+}
+
+/// A fixed-size id from its bytes: empty means unknown (all zeroes); any other length is
+/// an error naming the id.
+pub(crate) fn fixed_id<const N: usize>(what: &str, bytes: &[u8]) -> Result<[u8; N], Rejection> {
+    if bytes.is_empty() {
+        return Ok([0; N]);
+    }
+    bytes.try_into().map_err(|_| {
+        Rejection::new(
+            RejectReason::BadId,
+            format!("{what} has {} bytes, expected {N}", bytes.len()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+
+    fn kv(key: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn collect_takes_first_occurrence_and_skips_empty_values() {
+        let attrs = vec![
+            KeyValue {
+                key: c::RESOURCE.into(),
+                value: Some(AnyValue { value: None }),
+                ..Default::default()
+            },
+            kv(c::RESOURCE, Value::StringValue("a".into())),
+            kv(c::RESOURCE, Value::StringValue("b".into())),
+            kv("other", Value::BoolValue(true)),
+        ];
+        let k = Known::collect(&attrs);
+        assert_eq!(text(c::RESOURCE, k.resource).unwrap().as_deref(), Some("a"));
+        assert!(k.phase.is_none());
+    }
+
+    #[test]
+    fn text_accepts_strings_and_ints_only() {
+        assert_eq!(
+            text("k", Some(&Value::IntValue(-42))).unwrap(),
+            Some("-42".into())
+        );
+        assert_eq!(
+            text("k", Some(&Value::StringValue(String::new()))).unwrap(),
+            None
+        );
+        let err = text("k", Some(&Value::BoolValue(true))).unwrap_err();
+        assert_eq!(err.reason, RejectReason::BadAttribute);
+        assert_eq!(err.message, "k must be a string, got boolValue");
+    }
+
+    #[test]
+    fn versions_normalize_numbers() {
+        let v = |x: Value| version("v", Some(&x));
+        assert_eq!(v(Value::IntValue(7)).unwrap(), Some("7".into()));
+        assert_eq!(v(Value::DoubleValue(7.0)).unwrap(), Some("7".into()));
+        assert_eq!(v(Value::DoubleValue(-3.0)).unwrap(), Some("-3".into()));
+        assert_eq!(v(Value::DoubleValue(1.5)).unwrap(), Some("1.5".into()));
+        assert_eq!(v(Value::DoubleValue(1e300)).unwrap().unwrap().len(), 301);
+        assert_eq!(
+            v(Value::StringValue("etag-9".into())).unwrap(),
+            Some("etag-9".into())
+        );
+        assert_eq!(
+            v(Value::DoubleValue(f64::NAN)).unwrap_err().reason,
+            RejectReason::BadAttribute
+        );
+        assert_eq!(
+            v(Value::BytesValue(vec![1])).unwrap_err().message,
+            "v must be a string, int or double, got bytesValue"
+        );
+    }
+
+    #[test]
+    fn keyword_names_the_allowed_values() {
+        let parse = |s: &str| (s == "x").then_some(1);
+        assert_eq!(keyword("k", None, "x", parse).unwrap(), None);
+        assert_eq!(
+            keyword("k", Some(&Value::StringValue("x".into())), "x", parse).unwrap(),
+            Some(1)
+        );
+        let err = keyword("k", Some(&Value::StringValue("y".into())), "x", parse).unwrap_err();
+        assert_eq!(err.message, "k is \"y\", expected one of x");
+        let err = keyword("k", Some(&Value::IntValue(1)), "x", parse).unwrap_err();
+        assert_eq!(err.reason, RejectReason::BadAttribute);
+    }
+
+    #[test]
+    fn status_codes_read_leniently() {
+        assert_eq!(status_code(Some(&Value::IntValue(403))), Some(403));
+        assert_eq!(status_code(Some(&Value::StringValue("7".into()))), Some(7));
+        assert_eq!(status_code(Some(&Value::DoubleValue(403.0))), Some(403));
+        assert_eq!(status_code(Some(&Value::StringValue("OK".into()))), None);
+        assert_eq!(status_code(None), None);
+    }
+
+    #[test]
+    fn service_name_defaults_like_the_sdks() {
+        assert_eq!(service_name(None), "unknown_service");
+        let r = Resource {
+            attributes: vec![kv(c::SERVICE_NAME, Value::StringValue("shop".into()))],
+            ..Default::default()
+        };
+        assert_eq!(service_name(Some(&r)), "shop");
+    }
+
+    #[test]
+    fn ids_must_have_their_length() {
+        assert_eq!(fixed_id::<8>("span id", &[]).unwrap(), [0; 8]);
+        assert_eq!(fixed_id::<2>("x", &[1, 2]).unwrap(), [1, 2]);
+        let err = fixed_id::<16>("trace id", &[1, 2, 3]).unwrap_err();
+        assert_eq!(err.reason, RejectReason::BadId);
+        assert_eq!(err.message, "trace id has 3 bytes, expected 16");
+    }
+}

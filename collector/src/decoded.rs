@@ -1,0 +1,303 @@
+//! What decoding one request yields: the events, and what was ignored or rejected and why.
+//!
+//! The reason enums here are the label values of the `toctou_ignored_total` and
+//! `toctou_rejected_total` counters, so they are a closed set: adding one is a change to the
+//! metrics interface that dashboards read.
+
+use toctou_schema::Event;
+
+/// The kind of telemetry a receiver takes in; a label value of the event counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Traces,
+    Logs,
+    K8sAudit,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Logs, Signal::K8sAudit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+            Signal::K8sAudit => "k8s_audit",
+        }
+    }
+}
+
+/// Why an item that decoded fine is not toctou data. Ignoring is normal (most spans of an
+/// instrumented service are not checks or uses), so these are counted, never reported to the
+/// client as errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IgnoreReason {
+    /// A span without `toctou.phase`.
+    NoPhase,
+    /// A log record without `toctou.audit.action`.
+    NoAction,
+    /// A Kubernetes `get`, `list` or `watch`: it changed nothing.
+    ReadVerb,
+    /// A Kubernetes verb that maps to no audit action (`impersonate`, `proxy`, ...).
+    OtherVerb,
+    /// A Kubernetes audit stage other than `ResponseComplete`; the same request shows up
+    /// again at that stage.
+    NonFinalStage,
+    /// A Kubernetes request answered with status >= 400: it changed nothing.
+    FailedRequest,
+    /// The same (auditID, stage) twice in one body or replay file.
+    Duplicate,
+}
+
+impl IgnoreReason {
+    pub const ALL: [IgnoreReason; 7] = [
+        IgnoreReason::NoPhase,
+        IgnoreReason::NoAction,
+        IgnoreReason::ReadVerb,
+        IgnoreReason::OtherVerb,
+        IgnoreReason::NonFinalStage,
+        IgnoreReason::FailedRequest,
+        IgnoreReason::Duplicate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoreReason::NoPhase => "no_phase",
+            IgnoreReason::NoAction => "no_action",
+            IgnoreReason::ReadVerb => "read_verb",
+            IgnoreReason::OtherVerb => "other_verb",
+            IgnoreReason::NonFinalStage => "non_final_stage",
+            IgnoreReason::FailedRequest => "failed_request",
+            IgnoreReason::Duplicate => "duplicate",
+        }
+    }
+
+    /// Each reason arises from exactly one signal, which keeps the label pairs bounded.
+    pub fn signal(self) -> Signal {
+        match self {
+            IgnoreReason::NoPhase => Signal::Traces,
+            IgnoreReason::NoAction => Signal::Logs,
+            IgnoreReason::ReadVerb
+            | IgnoreReason::OtherVerb
+            | IgnoreReason::NonFinalStage
+            | IgnoreReason::FailedRequest
+            | IgnoreReason::Duplicate => Signal::K8sAudit,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why input was refused, for a whole request or for one span or record in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The body is not a valid protobuf message of the expected type.
+    MalformedProtobuf,
+    /// The body is not valid JSON, or not of the expected shape.
+    MalformedJson,
+    /// A `Content-Type` the endpoint does not take.
+    UnsupportedContentType,
+    /// A `Content-Encoding` the endpoint does not take, or a body that fails to decompress.
+    BadEncoding,
+    /// The body is larger than `max_request_bytes`, as received or once decompressed.
+    TooLarge,
+    /// The request body could not be read to its end (client went away mid-body).
+    ReadError,
+    /// A method other than POST on a receiver path.
+    MethodNotAllowed,
+    /// A span or record without `toctou.resource` (or a Kubernetes event without an object).
+    MissingResource,
+    /// An attribute or field with a value outside its allowed set or of the wrong type.
+    BadAttribute,
+    /// A trace or span id of the wrong length, or no trace id where one is needed.
+    BadId,
+    /// The sink was full: the client is told to retry.
+    Backpressure,
+    /// The sink is gone (shutting down): the client is told to retry elsewhere or later.
+    SinkClosed,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 12] = [
+        RejectReason::MalformedProtobuf,
+        RejectReason::MalformedJson,
+        RejectReason::UnsupportedContentType,
+        RejectReason::BadEncoding,
+        RejectReason::TooLarge,
+        RejectReason::ReadError,
+        RejectReason::MethodNotAllowed,
+        RejectReason::MissingResource,
+        RejectReason::BadAttribute,
+        RejectReason::BadId,
+        RejectReason::Backpressure,
+        RejectReason::SinkClosed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MalformedProtobuf => "malformed_protobuf",
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::UnsupportedContentType => "unsupported_content_type",
+            RejectReason::BadEncoding => "bad_encoding",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::ReadError => "read_error",
+            RejectReason::MethodNotAllowed => "method_not_allowed",
+            RejectReason::MissingResource => "missing_resource",
+            RejectReason::BadAttribute => "bad_attribute",
+            RejectReason::BadId => "bad_id",
+            RejectReason::Backpressure => "backpressure",
+            RejectReason::SinkClosed => "sink_closed",
+        }
+    }
+}
+
+/// One span, log record or audit event that was refused, with a message naming the item and
+/// what was wrong with it (the text goes back to the client in `partial_success`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Counts of ignored items by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IgnoredCounts([u64; IgnoreReason::ALL.len()]);
+
+impl IgnoredCounts {
+    pub fn add(&mut self, reason: IgnoreReason) {
+        self.0[reason.index()] += 1;
+    }
+
+    pub fn get(&self, reason: IgnoreReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub fn merge(&mut self, other: &IgnoredCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += b;
+        }
+    }
+
+    /// The reasons with a non-zero count, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (IgnoreReason, u64)> + '_ {
+        IgnoreReason::ALL
+            .into_iter()
+            .map(|r| (r, self.get(r)))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// The result of decoding one request: the good events (in input order), and the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    pub events: Vec<Event>,
+    pub ignored: IgnoredCounts,
+    pub rejected: Vec<Rejection>,
+}
+
+/// How many rejection messages go back to a client in one `error_message`: enough to fix
+/// the instrumentation, short enough that a batch of bad spans does not echo itself back.
+const MAX_MESSAGES: usize = 5;
+
+impl Decoded {
+    /// The `error_message` of an OTLP partial success, e.g. `rejected 2 of 7 spans: span
+    /// 00f0...: missing attribute toctou.resource; ...`. Empty when nothing was rejected, as
+    /// the OTLP spec asks for a fully accepted request.
+    pub fn error_message(&self, noun: &str) -> String {
+        rejection_summary(&self.rejected, self.item_count(), noun)
+    }
+
+    /// Items seen: accepted, ignored and rejected.
+    pub fn item_count(&self) -> u64 {
+        self.events.len() as u64 + self.ignored.total() + self.rejected.len() as u64
+    }
+}
+
+/// See [`Decoded::error_message`]; shared with receivers that keep only the rejections.
+pub(crate) fn rejection_summary(rejected: &[Rejection], items: u64, noun: &str) -> String {
+    if rejected.is_empty() {
+        return String::new();
+    }
+    let mut msg = format!("rejected {} of {} {}: ", rejected.len(), items, noun);
+    for (i, r) in rejected.iter().take(MAX_MESSAGES).enumerate() {
+        if i > 0 {
+            msg.push_str("; ");
+        }
+        msg.push_str(&r.message);
+    }
+    if rejected.len() > MAX_MESSAGES {
+        msg.push_str(&format!("; and {} more", rejected.len() - MAX_MESSAGES));
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for r in RejectReason::ALL {
+            assert!(seen.insert(r.as_str()), "duplicate {}", r.as_str());
+            assert!(r
+                .as_str()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+        for r in IgnoreReason::ALL {
+            assert!(seen.insert(r.as_str()), "duplicate {}", r.as_str());
+            assert_eq!(IgnoreReason::ALL[r.index()], r);
+        }
+    }
+
+    #[test]
+    fn error_message_caps_the_list() {
+        let mut d = Decoded::default();
+        assert_eq!(d.error_message("spans"), "");
+        for i in 0..7 {
+            d.rejected.push(Rejection::new(
+                RejectReason::MissingResource,
+                format!("span {i}: missing attribute toctou.resource"),
+            ));
+        }
+        d.ignored.add(IgnoreReason::NoPhase);
+        let m = d.error_message("spans");
+        assert!(
+            m.starts_with("rejected 7 of 8 spans: span 0: missing"),
+            "{m}"
+        );
+        assert!(m.contains("span 4:"), "{m}");
+        assert!(!m.contains("span 5:"), "{m}");
+        assert!(m.ends_with("; and 2 more"), "{m}");
+    }
+
+    #[test]
+    fn ignored_counts_merge_and_iterate() {
+        let mut a = IgnoredCounts::default();
+        a.add(IgnoreReason::ReadVerb);
+        let mut b = IgnoredCounts::default();
+        b.add(IgnoreReason::ReadVerb);
+        b.add(IgnoreReason::Duplicate);
+        a.merge(&b);
+        assert_eq!(a.total(), 3);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![(IgnoreReason::ReadVerb, 2), (IgnoreReason::Duplicate, 1)]
+        );
+    }
+}

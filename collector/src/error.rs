@@ -1,0 +1,130 @@
+//! The collector's error types, one per boundary: decoding (pure), the sink, a request as a
+//! whole (what a receiver answers with), configuration, and serving.
+//!
+//! Each request-level error knows its [`RejectReason`], so counting is uniform; the mapping
+//! to an HTTP status lives in `http.rs` and to a gRPC status in `grpc.rs`, one place each.
+
+use crate::decoded::RejectReason;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Input that cannot be decoded at all (as opposed to single items refused inside a good
+/// request, which are [`crate::Rejection`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("malformed json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Malformed JSON inside a file; the position is on the enclosing [`DecodeError::InFile`].
+    #[error("malformed json: {0}")]
+    JsonInFile(String),
+    /// Valid JSON that is none of the documents we take.
+    #[error("unrecognized document: {0}")]
+    UnknownDocument(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A problem in a replay file, located by line (and column for JSON syntax).
+    #[error("{}:{line}{}: {source}", path.display(), column.map(|c| format!(":{c}")).unwrap_or_default())]
+    InFile {
+        path: PathBuf,
+        line: usize,
+        column: Option<usize>,
+        #[source]
+        source: Box<DecodeError>,
+    },
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            DecodeError::Protobuf(_) => RejectReason::MalformedProtobuf,
+            DecodeError::Json(_)
+            | DecodeError::JsonInFile(_)
+            | DecodeError::UnknownDocument(_)
+            | DecodeError::Read { .. } => RejectReason::MalformedJson,
+            DecodeError::InFile { source, .. } => source.reason(),
+        }
+    }
+}
+
+/// Why a sink did not take a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Push back: the sender should retry after the given time (OTLP 503 + Retry-After,
+    /// gRPC UNAVAILABLE).
+    #[error("sink is full, retry after {retry_after:?}")]
+    Full { retry_after: Duration },
+    /// The consumer is gone, e.g. during shutdown.
+    #[error("sink is closed")]
+    Closed,
+}
+
+/// Why a whole request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("decompressed body exceeds the limit of {limit} bytes")]
+    TooLargeDecompressed { limit: usize },
+    #[error("unsupported content type {0:?}")]
+    UnsupportedContentType(String),
+    #[error("unsupported content encoding {0:?}")]
+    UnsupportedEncoding(String),
+    #[error("cannot decompress {encoding} body: {message}")]
+    BadCompression {
+        encoding: &'static str,
+        message: String,
+    },
+    #[error("cannot read request body: {0}")]
+    Read(String),
+    #[error("method {0} not allowed, use POST")]
+    MethodNotAllowed(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl IngestError {
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            IngestError::TooLarge { .. } | IngestError::TooLargeDecompressed { .. } => {
+                RejectReason::TooLarge
+            }
+            IngestError::UnsupportedContentType(_) => RejectReason::UnsupportedContentType,
+            IngestError::UnsupportedEncoding(_) | IngestError::BadCompression { .. } => {
+                RejectReason::BadEncoding
+            }
+            IngestError::Read(_) => RejectReason::ReadError,
+            IngestError::MethodNotAllowed(_) => RejectReason::MethodNotAllowed,
+            IngestError::Decode(e) => e.reason(),
+            IngestError::Sink(SinkError::Full { .. }) => RejectReason::Backpressure,
+            IngestError::Sink(SinkError::Closed) => RejectReason::SinkClosed,
+        }
+    }
+}
+
+/// A [`crate::ReceiverConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field} must be greater than zero")]
+    Zero { field: &'static str },
+    #[error("max_request_bytes {0} exceeds the largest supported body of {max} bytes", max = u32::MAX)]
+    TooLarge(usize),
+    #[error("invalid duration {0:?}: expected a number and a unit (ms, s, m, h), e.g. \"5s\"")]
+    Duration(String),
+}
+
+/// A server that could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("http server failed: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("grpc server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}

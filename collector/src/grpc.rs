@@ -1,0 +1,184 @@
+//! The OTLP/gRPC receiver on tonic: the `TraceService` and `LogsService` of
+//! opentelemetry-proto, gzip and zstd accepted, messages limited to `max_request_bytes`
+//! (compressed and decompressed).
+//!
+//! tonic refuses oversized, undecodable and wrongly compressed messages before our handler
+//! runs; a layer in front of the services reads the status of those responses so they are
+//! counted like any other rejection. This file holds the one mapping from [`IngestError`] to
+//! gRPC status.
+
+use crate::decoded::{Decoded, RejectReason, Signal};
+use crate::error::{IngestError, ServeError, SinkError};
+use crate::metrics::{Metrics, Transport};
+use crate::receivers::{Receipt, Receivers, BLOCKING_THRESHOLD};
+use crate::transform::{decode_logs, decode_traces};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use std::future::Future;
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status};
+
+/// Serves the OTLP gRPC services on `listener` until `shutdown` resolves, then finishes the
+/// calls in flight.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    state: Receivers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let limit = state.config().max_request_bytes;
+    let traces = TraceServiceServer::new(GrpcReceiver(state.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limit);
+    let logs = LogsServiceServer::new(GrpcReceiver(state.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limit);
+    let metrics = state.metrics().clone();
+    tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            move |response: http::Response<tonic::body::Body>| {
+                count_transport_rejection(&metrics, &response);
+                response
+            },
+        ))
+        .add_service(traces)
+        .add_service(logs)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Counts the refusals tonic makes on its own (they answer with the status in the
+/// headers). Our handlers only ever fail with UNAVAILABLE, counted where they fail, so
+/// every other code seen here is tonic's.
+fn count_transport_rejection(metrics: &Metrics, response: &http::Response<tonic::body::Body>) {
+    let Some(code) = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let message = response
+        .headers()
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let reason = match Code::from(code) {
+        // Frame length over the limit, or inflating past it.
+        Code::OutOfRange | Code::ResourceExhausted => RejectReason::TooLarge,
+        // A grpc-encoding we did not enable.
+        Code::Unimplemented if message.contains("compressed") => RejectReason::BadEncoding,
+        Code::Internal if message.contains("decompress") => RejectReason::BadEncoding,
+        // tonic-prost reports a protobuf decode failure as INTERNAL.
+        Code::Internal => RejectReason::MalformedProtobuf,
+        _ => return,
+    };
+    metrics.add_rejected(reason, 1);
+}
+
+/// The one mapping from a refused request to its gRPC code (also the `code` of HTTP error
+/// bodies). UNAVAILABLE is retryable per the OTLP spec; the rest are not.
+pub(crate) fn grpc_code(e: &IngestError) -> Code {
+    match e {
+        IngestError::TooLarge { .. } | IngestError::TooLargeDecompressed { .. } => {
+            Code::ResourceExhausted
+        }
+        IngestError::UnsupportedContentType(_)
+        | IngestError::UnsupportedEncoding(_)
+        | IngestError::MethodNotAllowed(_) => Code::Unimplemented,
+        IngestError::BadCompression { .. } | IngestError::Read(_) | IngestError::Decode(_) => {
+            Code::InvalidArgument
+        }
+        IngestError::Sink(_) => Code::Unavailable,
+    }
+}
+
+struct GrpcReceiver(Receivers);
+
+impl GrpcReceiver {
+    /// Decodes and delivers one message; `decode` runs off the reactor for large messages.
+    async fn handle<M, F>(&self, signal: Signal, message: M, decode: F) -> Result<Receipt, Status>
+    where
+        M: Message + Send + 'static,
+        F: FnOnce(&M) -> Decoded + Send + 'static,
+    {
+        let r = &self.0;
+        let size = message.encoded_len();
+        r.metrics().add_received_bytes(Transport::Grpc, size as u64);
+        let result = async {
+            let _slot = r.slot().await?;
+            let decoded = r
+                .decode(size > BLOCKING_THRESHOLD, move || Ok(decode(&message)))
+                .await?;
+            r.deliver(signal, decoded).await
+        }
+        .await;
+        result.map_err(|e| {
+            r.count_failure(&e);
+            tracing::debug!(reason = e.reason().as_str(), error = %e, "grpc request refused");
+            let mut status = Status::new(grpc_code(&e), e.to_string());
+            if let IngestError::Sink(SinkError::Full { retry_after }) = &e {
+                // OTLP clients honour RetryInfo; the plain header is the readable hint.
+                let secs = retry_after.as_secs().max(1).to_string();
+                if let Ok(v) = secs.parse() {
+                    status.metadata_mut().insert("retry-after", v);
+                }
+            }
+            status
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let receipt = self
+            .handle(Signal::Traces, request.into_inner(), decode_traces)
+            .await?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: (receipt.rejected > 0).then_some(ExportTracePartialSuccess {
+                rejected_spans: receipt.rejected as i64,
+                error_message: receipt.message,
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let receipt = self
+            .handle(Signal::Logs, request.into_inner(), decode_logs)
+            .await?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: (receipt.rejected > 0).then_some(ExportLogsPartialSuccess {
+                rejected_log_records: receipt.rejected as i64,
+                error_message: receipt.message,
+            }),
+        }))
+    }
+}

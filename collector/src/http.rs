@@ -1,0 +1,237 @@
+//! The HTTP receivers on axum: OTLP/HTTP (`POST /v1/traces`, `POST /v1/logs`, protobuf or
+//! JSON, optionally gzip or zstd) and the Kubernetes audit webhook (`POST /v1/k8s-audit`).
+//!
+//! Status codes follow the OTLP/HTTP spec: 200 with a partial success for a request whose
+//! good items were taken, 400 for an undecodable body, 413 over the size limit, 415 for a
+//! content type or encoding we do not take, 405 for a method other than POST, and 503 with
+//! `Retry-After` when the sink pushes back. Error bodies are a `google.rpc.Status` in the
+//! request's format. This file holds the one mapping from [`IngestError`] to HTTP status.
+
+use crate::body::{self, Encoding, Format};
+use crate::decoded::{Decoded, Signal};
+use crate::error::{DecodeError, IngestError, ServeError, SinkError};
+use crate::grpc::grpc_code;
+use crate::json;
+use crate::k8s::decode_k8s_audit;
+use crate::metrics::Transport;
+use crate::receivers::{Receipt, Receivers, BLOCKING_THRESHOLD};
+use crate::transform::{decode_logs, decode_traces};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use std::future::Future;
+use tokio::net::TcpListener;
+
+/// The receiver routes, ready to merge into a larger router or to serve alone.
+pub fn http_router(state: Receivers) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces).fallback(wrong_method))
+        .route("/v1/logs", post(logs).fallback(wrong_method))
+        .route("/v1/k8s-audit", post(k8s_audit).fallback(wrong_method))
+        .with_state(state)
+}
+
+/// Serves [`http_router`] on `listener` until `shutdown` resolves, then finishes the
+/// requests in flight.
+pub async fn serve_http(
+    listener: TcpListener,
+    state: Receivers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, http_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Http)
+}
+
+async fn traces(State(r): State<Receivers>, req: Request) -> Response {
+    otlp(r, Signal::Traces, req).await
+}
+
+async fn logs(State(r): State<Receivers>, req: Request) -> Response {
+    otlp(r, Signal::Logs, req).await
+}
+
+async fn otlp(r: Receivers, signal: Signal, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let format = match body::otlp_format(&parts.headers) {
+        Ok(f) => f,
+        Err(e) => return failure(&r, None, e),
+    };
+    match ingest(&r, signal, format, &parts.headers, body).await {
+        Ok(receipt) => export_response(signal, format, &receipt),
+        Err(e) => failure(&r, Some(format), e),
+    }
+}
+
+async fn k8s_audit(State(r): State<Receivers>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(e) = body::json_only(&parts.headers) {
+        return failure(&r, None, e);
+    }
+    match ingest(&r, Signal::K8sAudit, Format::Json, &parts.headers, body).await {
+        Ok(receipt) => {
+            let body = serde_json::json!({
+                "accepted": receipt.accepted,
+                "ignored": receipt.ignored,
+                "rejected": receipt.rejected,
+                "errors": receipt.errors,
+            });
+            respond(StatusCode::OK, Format::Json, body.to_string().into_bytes())
+        }
+        Err(e) => failure(&r, Some(Format::Json), e),
+    }
+}
+
+async fn wrong_method(State(r): State<Receivers>, method: Method) -> Response {
+    failure(&r, None, IngestError::MethodNotAllowed(method.to_string()))
+}
+
+/// Read (under the limit), decompress, decode, deliver: the request's whole life.
+async fn ingest(
+    r: &Receivers,
+    signal: Signal,
+    format: Format,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Receipt, IngestError> {
+    let encoding = body::encoding(headers)?;
+    // The slot is held until the sink took the events: it bounds the bodies in memory.
+    let _slot = r.slot().await?;
+    let limit = r.config().max_request_bytes;
+    let wire = body::read_limited(headers, body, limit).await?;
+    r.metrics()
+        .add_received_bytes(Transport::Http, wire.len() as u64);
+    // Any compressed body can inflate past the threshold, so those always go off the reactor.
+    let heavy = encoding != Encoding::Identity || wire.len() > BLOCKING_THRESHOLD;
+    let decoded = r
+        .decode(heavy, move || {
+            let raw = body::decompress(encoding, wire, limit)?;
+            decode(signal, format, &raw)
+        })
+        .await?;
+    r.deliver(signal, decoded).await
+}
+
+fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decoded, IngestError> {
+    let decoded = match (signal, format) {
+        (Signal::Traces, Format::Protobuf) => {
+            decode_traces(&ExportTraceServiceRequest::decode(raw).map_err(DecodeError::from)?)
+        }
+        (Signal::Traces, Format::Json) => decode_traces(&json::traces_from_json(raw)?),
+        (Signal::Logs, Format::Protobuf) => {
+            decode_logs(&ExportLogsServiceRequest::decode(raw).map_err(DecodeError::from)?)
+        }
+        (Signal::Logs, Format::Json) => decode_logs(&json::logs_from_json(raw)?),
+        (Signal::K8sAudit, _) => decode_k8s_audit(raw)?,
+    };
+    Ok(decoded)
+}
+
+/// The OTLP export response in the request's format, with a partial success when any item
+/// was rejected.
+fn export_response(signal: Signal, format: Format, receipt: &Receipt) -> Response {
+    let rejected = receipt.rejected as i64;
+    let partial = receipt.rejected > 0;
+    let body = match (signal, format) {
+        (Signal::Logs, Format::Protobuf) => ExportLogsServiceResponse {
+            partial_success: partial.then(|| ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message: receipt.message.clone(),
+            }),
+        }
+        .encode_to_vec(),
+        (Signal::Logs, Format::Json) => {
+            json::export_response("rejectedLogRecords", receipt.rejected, &receipt.message)
+        }
+        (_, Format::Protobuf) => ExportTraceServiceResponse {
+            partial_success: partial.then(|| ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: receipt.message.clone(),
+            }),
+        }
+        .encode_to_vec(),
+        (_, Format::Json) => {
+            json::export_response("rejectedSpans", receipt.rejected, &receipt.message)
+        }
+    };
+    respond(StatusCode::OK, format, body)
+}
+
+/// `google.rpc.Status` as protobuf, for error bodies of protobuf requests.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// The one mapping from a refused request to its HTTP status.
+fn http_status(e: &IngestError) -> StatusCode {
+    match e {
+        IngestError::TooLarge { .. } | IngestError::TooLargeDecompressed { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        IngestError::UnsupportedContentType(_) | IngestError::UnsupportedEncoding(_) => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
+        IngestError::BadCompression { .. } | IngestError::Read(_) | IngestError::Decode(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        IngestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        IngestError::Sink(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Counts the failure and answers it. `format` is the request's, when known; the body is
+/// JSON otherwise, the more readable guess.
+fn failure(r: &Receivers, format: Option<Format>, e: IngestError) -> Response {
+    r.count_failure(&e);
+    let status = http_status(&e);
+    tracing::debug!(reason = e.reason().as_str(), status = status.as_u16(), error = %e, "http request refused");
+    let message = e.to_string();
+    let code = grpc_code(&e) as i32;
+    let format = format.unwrap_or(Format::Json);
+    let body = match format {
+        Format::Protobuf => RpcStatus { code, message }.encode_to_vec(),
+        Format::Json => json::rpc_status(code, &message),
+    };
+    let mut response = respond(status, format, body);
+    match &e {
+        IngestError::Sink(SinkError::Full { retry_after }) => {
+            // Whole seconds, rounded up: Retry-After has no finer unit, and 0 would invite
+            // an immediate retry into the same full sink.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        IngestError::MethodNotAllowed(_) => {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        _ => {}
+    }
+    response
+}
+
+fn respond(status: StatusCode, format: Format, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
+}

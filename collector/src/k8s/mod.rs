@@ -1,0 +1,242 @@
+//! Kubernetes audit events (`audit.k8s.io/v1` `Event` and `EventList`, as the audit webhook
+//! backend posts them and the log backend writes them) to audit events.
+//!
+//! Only what changed the cluster becomes an event: the `ResponseComplete` stage of a write
+//! verb that did not fail. Everything else is counted as ignored, by reason.
+
+use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
+use crate::error::DecodeError;
+use crate::json::{detect, DocKind};
+use crate::timestamp::parse_rfc3339;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use toctou_schema::conventions as c;
+use toctou_schema::{AuditAction, AuditEvent, Event};
+
+/// The stage at which a request's outcome is known; the other stages repeat the request.
+const FINAL_STAGE: &str = "ResponseComplete";
+/// Stands in for the namespace of a cluster-scoped object in the resource path.
+const CLUSTER_SCOPE: &str = "_";
+
+#[derive(Deserialize)]
+struct EventList {
+    #[serde(default)]
+    items: Option<Vec<AuditRecord>>,
+}
+
+/// The fields of an audit `Event` that we read; the rest (request and response bodies can
+/// be large) is skipped unparsed.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AuditRecord {
+    #[serde(default, rename = "auditID")]
+    audit_id: Option<String>,
+    #[serde(default)]
+    stage: Option<String>,
+    #[serde(default)]
+    verb: Option<String>,
+    #[serde(default)]
+    user: Option<UserInfo>,
+    #[serde(default)]
+    object_ref: Option<ObjectRef>,
+    #[serde(default)]
+    response_status: Option<ResponseStatus>,
+    #[serde(default)]
+    response_object: Option<ResponseObject>,
+    #[serde(default)]
+    stage_timestamp: Option<String>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+struct UserInfo {
+    #[serde(default)]
+    username: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ObjectRef {
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    subresource: Option<String>,
+    #[serde(default)]
+    api_group: Option<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ResponseStatus {
+    #[serde(default)]
+    code: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+struct ResponseObject {
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ObjectMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+}
+
+/// The (auditID, stage) pairs already seen in one body or file.
+pub(crate) type Seen = HashSet<(String, String)>;
+
+/// One webhook body: an `EventList` or a single `Event`.
+pub fn decode_k8s_audit(body: &[u8]) -> Result<Decoded, DecodeError> {
+    let mut out = Decoded::default();
+    let mut seen = Seen::new();
+    decode_document(body, &mut seen, &mut out)?;
+    Ok(out)
+}
+
+/// One document known to be an audit `Event` or `EventList`, appended to `out`; `seen`
+/// carries the deduplication across documents of one replay file.
+pub(crate) fn decode_document(
+    doc: &[u8],
+    seen: &mut Seen,
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
+    match detect(doc)? {
+        DocKind::K8sEvent => {
+            let record: AuditRecord = serde_json::from_slice(doc)?;
+            push(record, 0, seen, out);
+        }
+        DocKind::K8sEventList => {
+            let list: EventList = serde_json::from_slice(doc)?;
+            for (i, record) in list.items.unwrap_or_default().into_iter().enumerate() {
+                push(record, i, seen, out);
+            }
+        }
+        DocKind::Traces | DocKind::Logs => {
+            return Err(DecodeError::UnknownDocument(
+                "an OTLP request is not a kubernetes audit Event or EventList".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn push(record: AuditRecord, index: usize, seen: &mut Seen, out: &mut Decoded) {
+    match audit_event(record, seen) {
+        Ok(Ok(event)) => out.events.push(Event::Audit(event)),
+        Ok(Err(reason)) => out.ignored.add(reason),
+        Err((label, mut rejection)) => {
+            let label = label.unwrap_or_else(|| format!("audit event #{index}"));
+            rejection.message = format!("{label}: {}", rejection.message);
+            out.rejected.push(rejection);
+        }
+    }
+}
+
+type Outcome = Result<Result<AuditEvent, IgnoreReason>, (Option<String>, Rejection)>;
+
+fn audit_event(r: AuditRecord, seen: &mut Seen) -> Outcome {
+    let audit_id = r.audit_id.filter(|id| !id.is_empty());
+    let stage = r.stage.unwrap_or_default();
+    let label = audit_id.as_ref().map(|id| format!("audit event {id}"));
+    let reject = |reason, message: String| -> Outcome {
+        Err((label.clone(), Rejection::new(reason, message)))
+    };
+
+    // Without an auditID there is nothing to tell a repeat from a second request by.
+    if let Some(id) = &audit_id {
+        if !seen.insert((id.clone(), stage.clone())) {
+            return Ok(Err(IgnoreReason::Duplicate));
+        }
+    }
+    if stage != FINAL_STAGE {
+        return Ok(Err(IgnoreReason::NonFinalStage));
+    }
+    let action = match r.verb.as_deref().unwrap_or_default() {
+        "create" => AuditAction::Create,
+        "update" | "patch" => AuditAction::Update,
+        "delete" | "deletecollection" => AuditAction::Delete,
+        "get" | "list" | "watch" => return Ok(Err(IgnoreReason::ReadVerb)),
+        _ => return Ok(Err(IgnoreReason::OtherVerb)),
+    };
+    if r.response_status.and_then(|s| s.code).unwrap_or(0) >= 400 {
+        return Ok(Err(IgnoreReason::FailedRequest));
+    }
+
+    let Some(object) = r.object_ref else {
+        return reject(RejectReason::MissingResource, "no objectRef".into());
+    };
+    let Some(kind) = object.resource.filter(|s| !s.is_empty()) else {
+        return reject(
+            RejectReason::MissingResource,
+            "no objectRef.resource".into(),
+        );
+    };
+    let meta = r
+        .response_object
+        .and_then(|o| o.metadata)
+        .unwrap_or_default();
+    // A create with generateName has no name in objectRef; the server-chosen one is in the
+    // response.
+    let Some(name) = object.name.filter(|s| !s.is_empty()).or(meta.name) else {
+        return reject(
+            RejectReason::MissingResource,
+            "no objectRef.name nor responseObject.metadata.name".into(),
+        );
+    };
+    // The API server puts a Namespace's own name in objectRef.namespace when it is deleted
+    // or updated but not when it is created; Namespaces are cluster-scoped, so the path
+    // ignores it and every verb names the same resource.
+    let core_namespace =
+        kind == "namespaces" && object.api_group.as_deref().unwrap_or("").is_empty();
+    let namespace = match object.namespace.filter(|s| !s.is_empty()) {
+        Some(ns) if !core_namespace => ns,
+        _ => CLUSTER_SCOPE.to_string(),
+    };
+    let mut resource = format!("k8s/{kind}/{namespace}/{name}");
+    if let Some(sub) = object.subresource.filter(|s| !s.is_empty()) {
+        resource.push('/');
+        resource.push_str(&sub);
+    }
+
+    let Some(stamp) = r.stage_timestamp else {
+        return reject(RejectReason::BadAttribute, "no stageTimestamp".into());
+    };
+    let time_ns = match parse_rfc3339(&stamp) {
+        Ok(t) => t,
+        Err(why) => return reject(RejectReason::BadAttribute, format!("stageTimestamp: {why}")),
+    };
+    let version = object
+        .resource_version
+        .filter(|s| !s.is_empty())
+        .or(meta.resource_version.filter(|s| !s.is_empty()));
+    let request_id = r
+        .annotations
+        .and_then(|mut a| a.remove(c::REQUEST_ID))
+        .filter(|s| !s.is_empty());
+    Ok(Ok(AuditEvent {
+        action,
+        resource,
+        version,
+        request_id,
+        actor: r.user.and_then(|u| u.username).filter(|s| !s.is_empty()),
+        time_ns,
+        service: c::K8S_SERVICE.to_string(),
+        source_id: audit_id,
+        trace_id: [0; 16],
+        span_id: [0; 8],
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! The collector's metrics, all declared here: counters in fixed arrays of atomics indexed
+//! by closed label sets, rendered in the Prometheus text format.
+//!
+//! Metric names and label values are an interface (dashboards and alerts use them), so the
+//! labels come only from the enums in [`crate::decoded`]; nothing request-derived ever
+//! becomes a label.
+
+use crate::decoded::{IgnoreReason, IgnoredCounts, RejectReason, Rejection, Signal};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use toctou_schema::{Event, Phase};
+
+/// How a request reached us; a label value of `toctou_received_bytes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Http,
+    Grpc,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Http, Transport::Grpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Grpc => "grpc",
+        }
+    }
+}
+
+/// The `phase` label of `toctou_events_total`: a span's phase, or `audit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventPhase {
+    Check,
+    Use,
+    Audit,
+}
+
+impl EventPhase {
+    pub const ALL: [EventPhase; 3] = [EventPhase::Check, EventPhase::Use, EventPhase::Audit];
+
+    pub fn of(event: &Event) -> EventPhase {
+        match event {
+            Event::Span(s) if s.phase == Phase::Check => EventPhase::Check,
+            Event::Span(_) => EventPhase::Use,
+            Event::Audit(_) => EventPhase::Audit,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventPhase::Check => "check",
+            EventPhase::Use => "use",
+            EventPhase::Audit => "audit",
+        }
+    }
+}
+
+/// Which (signal, phase) pairs can occur; only these are rendered.
+const EVENT_SERIES: [(Signal, EventPhase); 4] = [
+    (Signal::Traces, EventPhase::Check),
+    (Signal::Traces, EventPhase::Use),
+    (Signal::Logs, EventPhase::Audit),
+    (Signal::K8sAudit, EventPhase::Audit),
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    events: [AtomicU64; EVENT_SERIES.len()],
+    ignored: [AtomicU64; IgnoreReason::ALL.len()],
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    received_bytes: [AtomicU64; Transport::ALL.len()],
+}
+
+fn event_index(signal: Signal, phase: EventPhase) -> Option<usize> {
+    EVENT_SERIES.iter().position(|s| *s == (signal, phase))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics::default()
+    }
+
+    /// Counts what an accepted request carried besides its events: ignored items by
+    /// reason and refused items by reason.
+    pub fn record_items(&self, ignored: &IgnoredCounts, rejected: &[Rejection]) {
+        for (reason, n) in ignored.iter() {
+            self.ignored[reason as usize].fetch_add(n, Ordering::Relaxed);
+        }
+        for r in rejected {
+            self.add_rejected(r.reason, 1);
+        }
+    }
+
+    pub fn add_events(&self, signal: Signal, phase: EventPhase, n: u64) {
+        if let Some(i) = event_index(signal, phase) {
+            self.events[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_rejected(&self, reason: RejectReason, n: u64) {
+        self.rejected[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_received_bytes(&self, transport: Transport, n: u64) {
+        self.received_bytes[transport as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn events(&self, signal: Signal, phase: EventPhase) -> u64 {
+        event_index(signal, phase).map_or(0, |i| self.events[i].load(Ordering::Relaxed))
+    }
+
+    pub fn ignored(&self, reason: IgnoreReason) -> u64 {
+        self.ignored[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn received_bytes(&self, transport: Transport) -> u64 {
+        self.received_bytes[transport as usize].load(Ordering::Relaxed)
+    }
+
+    /// Appends every series in the Prometheus text exposition format, zeroes included, so
+    /// that rates work from the first scrape.
+    pub fn render_prometheus(&self, out: &mut String) {
+        header(
+            out,
+            "toctou_events_total",
+            "Check, use and audit events accepted, by signal and phase.",
+        );
+        for (i, (signal, phase)) in EVENT_SERIES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "toctou_events_total{{signal=\"{}\",phase=\"{}\"}} {}",
+                signal.as_str(),
+                phase.as_str(),
+                self.events[i].load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "toctou_ignored_total",
+            "Items received that are not toctou data (no phase, no audit action, read verb, non-final stage...), by signal and reason.",
+        );
+        for reason in IgnoreReason::ALL {
+            let _ = writeln!(
+                out,
+                "toctou_ignored_total{{signal=\"{}\",reason=\"{}\"}} {}",
+                reason.signal().as_str(),
+                reason.as_str(),
+                self.ignored(reason)
+            );
+        }
+        header(
+            out,
+            "toctou_rejected_total",
+            "Requests, or spans and records within accepted requests, refused, by reason.",
+        );
+        for reason in RejectReason::ALL {
+            let _ = writeln!(
+                out,
+                "toctou_rejected_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.rejected(reason)
+            );
+        }
+        header(
+            out,
+            "toctou_received_bytes_total",
+            "Request body bytes received (gRPC: decoded message size), by transport.",
+        );
+        for transport in Transport::ALL {
+            let _ = writeln!(
+                out,
+                "toctou_received_bytes_total{{transport=\"{}\"}} {}",
+                transport.as_str(),
+                self.received_bytes(transport)
+            );
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_discriminants_index_their_arrays() {
+        for (i, r) in RejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i);
+        }
+        for (i, r) in IgnoreReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i);
+        }
+        for (i, t) in Transport::ALL.into_iter().enumerate() {
+            assert_eq!(t as usize, i);
+        }
+    }
+
+    #[test]
+    fn records_and_renders() {
+        let m = Metrics::new();
+        let mut ignored = IgnoredCounts::default();
+        ignored.add(IgnoreReason::ReadVerb);
+        m.record_items(
+            &ignored,
+            &[Rejection::new(RejectReason::MissingResource, "x")],
+        );
+        m.add_events(Signal::K8sAudit, EventPhase::Audit, 1);
+        // A pair that cannot occur is not a series.
+        m.add_events(Signal::Traces, EventPhase::Audit, 1);
+        m.add_rejected(RejectReason::TooLarge, 2);
+        m.add_received_bytes(Transport::Grpc, 10);
+
+        assert_eq!(m.events(Signal::K8sAudit, EventPhase::Audit), 1);
+        assert_eq!(m.events(Signal::Traces, EventPhase::Audit), 0);
+        let mut out = String::new();
+        m.render_prometheus(&mut out);
+        for line in [
+            "# TYPE toctou_events_total counter",
+            "toctou_events_total{signal=\"k8s_audit\",phase=\"audit\"} 1",
+            "toctou_events_total{signal=\"traces\",phase=\"check\"} 0",
+            "toctou_ignored_total{signal=\"k8s_audit\",reason=\"read_verb\"} 1",
+            "toctou_ignored_total{signal=\"traces\",reason=\"no_phase\"} 0",
+            "toctou_rejected_total{reason=\"missing_resource\"} 1",
+            "toctou_rejected_total{reason=\"too_large\"} 2",
+            "toctou_received_bytes_total{transport=\"grpc\"} 10",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
+        // Every sample line is `name{labels} value` with a declared name.
+        for l in out.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(out.contains(&format!("# TYPE {name} counter")), "{l}");
+        }
+    }
+}

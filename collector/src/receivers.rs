@@ -1,0 +1,296 @@
+//! The state every receiver shares ([`Receivers`]) and the steps common to HTTP and gRPC:
+//! take a slot, decode off the reactor when the work is large, hand the events to the sink,
+//! count what happened.
+//!
+//! The transports are thin layers over this: they turn wire bytes into a prost message or
+//! a body, and turn the outcome into their own responses.
+
+use crate::config::ReceiverConfig;
+use crate::decoded::{rejection_summary, Decoded, Signal};
+use crate::error::{ConfigError, IngestError, SinkError};
+use crate::metrics::{EventPhase, Metrics};
+use crate::sink::{EventSink, DEFAULT_RETRY_AFTER};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Above this much input, decoding can take longer than ~0.5 ms and moves to the blocking
+/// pool so it does not stall other connections on the reactor.
+pub(crate) const BLOCKING_THRESHOLD: usize = 64 * 1024;
+
+/// Cloneable handle to the sink, the configuration and the metrics; one per process,
+/// shared by the HTTP and gRPC servers.
+#[derive(Clone)]
+pub struct Receivers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sink: Arc<dyn EventSink>,
+    config: ReceiverConfig,
+    metrics: Arc<Metrics>,
+    /// Bounds the requests that hold a body or decoded events at once: the memory bound of
+    /// the receivers. Taken before the body is read, so excess load waits at the door.
+    slots: Arc<Semaphore>,
+}
+
+/// What an accepted request comes to, for the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Receipt {
+    pub accepted: usize,
+    pub ignored: u64,
+    pub rejected: usize,
+    /// The partial-success `error_message` (empty when nothing was rejected).
+    pub message: String,
+    /// The rejection messages, capped, for receivers that list them.
+    pub errors: Vec<String>,
+}
+
+/// How many individual rejection messages a receipt keeps.
+const MAX_RECEIPT_ERRORS: usize = 10;
+
+impl Receivers {
+    pub fn new(sink: Arc<dyn EventSink>, config: ReceiverConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        Ok(Receivers {
+            inner: Arc::new(Inner {
+                sink,
+                config,
+                metrics: Arc::new(Metrics::new()),
+                slots,
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &ReceiverConfig {
+        &self.inner.config
+    }
+
+    /// Counts a refused request under its reason. Each transport calls this once per
+    /// failure, where it builds the error response.
+    pub(crate) fn count_failure(&self, err: &IngestError) {
+        self.inner.metrics.add_rejected(err.reason(), 1);
+    }
+
+    /// Waits (up to `submit_timeout`) for one of the request slots; when none frees up the
+    /// client is pushed back like for a full sink.
+    pub(crate) async fn slot(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        let acquire = self.inner.slots.clone().acquire_owned();
+        match tokio::time::timeout(self.inner.config.submit_timeout, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like a sink that went away.
+            Ok(Err(_)) => Err(SinkError::Closed.into()),
+            Err(_) => Err(SinkError::Full {
+                retry_after: DEFAULT_RETRY_AFTER,
+            }
+            .into()),
+        }
+    }
+
+    /// Runs `decode` inline, or on the blocking pool when `heavy`.
+    pub(crate) async fn decode<F>(&self, heavy: bool, decode: F) -> Result<Decoded, IngestError>
+    where
+        F: FnOnce() -> Result<Decoded, IngestError> + Send + 'static,
+    {
+        if !heavy {
+            return decode();
+        }
+        match tokio::task::spawn_blocking(decode).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => Err(SinkError::Closed.into()),
+        }
+    }
+
+    /// Hands the events to the sink (waiting at most `submit_timeout`) and counts the
+    /// request's items once the sink took them; a pushed-back request counts nothing but
+    /// its rejection, since the client will send it again.
+    pub(crate) async fn deliver(
+        &self,
+        signal: Signal,
+        decoded: Decoded,
+    ) -> Result<Receipt, IngestError> {
+        let Decoded {
+            events,
+            ignored,
+            rejected,
+        } = decoded;
+        let mut phases = [0u64; EventPhase::ALL.len()];
+        for e in &events {
+            phases[EventPhase::of(e) as usize] += 1;
+        }
+        let accepted = events.len();
+        let items = (accepted + rejected.len()) as u64 + ignored.total();
+        if !events.is_empty() {
+            let submit = self.inner.sink.submit(events);
+            match tokio::time::timeout(self.inner.config.submit_timeout, submit).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(SinkError::Full {
+                        retry_after: DEFAULT_RETRY_AFTER,
+                    }
+                    .into())
+                }
+            }
+        }
+        let m = &self.inner.metrics;
+        for phase in EventPhase::ALL {
+            m.add_events(signal, phase, phases[phase as usize]);
+        }
+        m.record_items(&ignored, &rejected);
+        let noun = match signal {
+            Signal::Traces => "spans",
+            Signal::Logs => "log records",
+            Signal::K8sAudit => "audit events",
+        };
+        Ok(Receipt {
+            accepted,
+            ignored: ignored.total(),
+            rejected: rejected.len(),
+            message: rejection_summary(&rejected, items, noun),
+            errors: rejected
+                .into_iter()
+                .take(MAX_RECEIPT_ERRORS)
+                .map(|r| r.message)
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decoded::{IgnoreReason, RejectReason, Rejection};
+    use crate::sink::ChannelSink;
+    use std::time::Duration;
+    use toctou_schema::{AuditAction, AuditEvent, Event};
+    use tokio::sync::mpsc;
+
+    fn audit() -> Event {
+        Event::Audit(AuditEvent {
+            action: AuditAction::Update,
+            resource: "r".into(),
+            version: None,
+            request_id: None,
+            actor: None,
+            time_ns: 1,
+            service: "s".into(),
+            source_id: None,
+            trace_id: [0; 16],
+            span_id: [0; 8],
+        })
+    }
+
+    fn receivers(capacity: usize) -> (Receivers, mpsc::Receiver<Vec<Event>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let sink = Arc::new(ChannelSink::new(tx, Duration::from_millis(10)));
+        let config = ReceiverConfig {
+            submit_timeout: Duration::from_millis(100),
+            max_concurrent_requests: 1,
+            ..Default::default()
+        };
+        (Receivers::new(sink, config).unwrap(), rx)
+    }
+
+    #[tokio::test]
+    async fn counts_only_what_the_sink_took() {
+        let (r, mut rx) = receivers(1);
+        let mut d = Decoded::default();
+        d.events.push(audit());
+        d.ignored.add(IgnoreReason::NoAction);
+        d.rejected.push(Rejection::new(
+            RejectReason::MissingResource,
+            "log record x: missing",
+        ));
+        let receipt = r.deliver(Signal::Logs, d.clone()).await.unwrap();
+        assert_eq!(
+            receipt,
+            Receipt {
+                accepted: 1,
+                ignored: 1,
+                rejected: 1,
+                message: "rejected 1 of 3 log records: log record x: missing".into(),
+                errors: vec!["log record x: missing".into()],
+            }
+        );
+        let m = r.metrics();
+        assert_eq!(m.events(Signal::Logs, EventPhase::Audit), 1);
+        assert_eq!(m.ignored(IgnoreReason::NoAction), 1);
+        assert_eq!(m.rejected(RejectReason::MissingResource), 1);
+
+        // The channel is full now: pushed back, nothing more counted.
+        let err = r.deliver(Signal::Logs, d.clone()).await.unwrap_err();
+        assert_eq!(err.reason(), RejectReason::Backpressure);
+        assert_eq!(m.events(Signal::Logs, EventPhase::Audit), 1);
+        assert_eq!(m.ignored(IgnoreReason::NoAction), 1);
+
+        assert_eq!(rx.recv().await.unwrap(), vec![audit()]);
+        drop(rx);
+        let err = r.deliver(Signal::Logs, d).await.unwrap_err();
+        assert_eq!(err.reason(), RejectReason::SinkClosed);
+    }
+
+    #[tokio::test]
+    async fn nothing_to_submit_never_touches_the_sink() {
+        let (r, rx) = receivers(1);
+        drop(rx);
+        let mut d = Decoded::default();
+        d.ignored.add(IgnoreReason::NoPhase);
+        let receipt = r.deliver(Signal::Traces, d).await.unwrap();
+        assert_eq!((receipt.accepted, receipt.ignored), (0, 1));
+        assert_eq!(receipt.message, "");
+    }
+
+    #[tokio::test]
+    async fn slots_push_back_when_all_are_taken() {
+        let (r, _rx) = receivers(1);
+        let held = r.slot().await.unwrap();
+        let err = r.slot().await.unwrap_err();
+        assert_eq!(err.reason(), RejectReason::Backpressure);
+        drop(held);
+        let _again = r.slot().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn heavy_decodes_run_on_the_blocking_pool() {
+        let (r, _rx) = receivers(1);
+        // The test runtime is single-threaded: any other thread is the blocking pool.
+        let reactor = std::thread::current().id();
+        let d = r
+            .decode(true, move || {
+                assert_ne!(std::thread::current().id(), reactor);
+                Ok(Decoded::default())
+            })
+            .await
+            .unwrap();
+        assert!(d.events.is_empty());
+        r.decode(false, move || {
+            assert_eq!(std::thread::current().id(), reactor);
+            Ok(Decoded::default())
+        })
+        .await
+        .unwrap();
+        let err = r
+            .decode(false, || Err(IngestError::UnsupportedEncoding("br".into())))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), RejectReason::BadEncoding);
+    }
+
+    #[test]
+    fn invalid_config_is_refused() {
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = Arc::new(ChannelSink::new(tx, Duration::from_millis(10)));
+        let config = ReceiverConfig {
+            max_request_bytes: 0,
+            ..Default::default()
+        };
+        assert!(Receivers::new(sink, config).is_err());
+    }
+}

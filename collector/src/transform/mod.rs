@@ -1,0 +1,27 @@
+//! Conversions from OTLP messages (the prost types) to toctou events, one file per signal.
+//!
+//! These are pure functions: no I/O, no metrics. They return a [`Decoded`] that says what
+//! became an event, what was not toctou data, and what was refused and why; the receivers
+//! count and answer from it. JSON input is first turned into the same prost types (see
+//! [`crate::json`]), so each rule below exists once.
+//!
+//! [`Decoded`]: crate::decoded::Decoded
+
+pub mod logs;
+pub mod traces;
+
+pub use logs::decode_logs;
+pub use traces::decode_traces;
+
+use toctou_schema::hex_id;
+
+/// How an item is named in rejection messages: by its span id, which is what a developer
+/// can search for in their tracing backend, or by position when it has none.
+pub(crate) fn item_label(kind: &str, span_id: &[u8], index: usize) -> String {
+    let id = hex_id(span_id);
+    if id.is_empty() {
+        format!("{kind} #{index}")
+    } else {
+        format!("{kind} {id}")
+    }
+}

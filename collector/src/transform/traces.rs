@@ -1,0 +1,362 @@
+//! OTLP spans to check and use events, per the instrumentation conventions
+//! (`schema/src/conventions.rs`).
+
+use super::item_label;
+use crate::attrs::{self, fixed_id, Known};
+use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
+use toctou_schema::conventions as c;
+use toctou_schema::{
+    hex_id, CheckSource, Decision, Event, Phase, SpanEvent, SpanId, TraceId, UseOutcome,
+};
+
+/// HTTP status meaning the caller was not allowed.
+const HTTP_FORBIDDEN: i64 = 403;
+/// gRPC `PERMISSION_DENIED`.
+const GRPC_PERMISSION_DENIED: i64 = 7;
+
+/// Every span of the request, in order: toctou spans become events, spans without
+/// `toctou.phase` are ignored, and spans that claim a phase but break the conventions are
+/// rejected one by one while the rest of the request goes through.
+pub fn decode_traces(request: &ExportTraceServiceRequest) -> Decoded {
+    let mut out = Decoded::default();
+    let mut index = 0;
+    for resource_spans in &request.resource_spans {
+        let service = attrs::service_name(resource_spans.resource.as_ref());
+        for scope_spans in &resource_spans.scope_spans {
+            for span in &scope_spans.spans {
+                match span_event(&service, span) {
+                    Ok(Some(event)) => out.events.push(Event::Span(event)),
+                    Ok(None) => out.ignored.add(IgnoreReason::NoPhase),
+                    Err(mut rejection) => {
+                        rejection.message = format!(
+                            "{}: {}",
+                            item_label("span", &span.span_id, index),
+                            rejection.message
+                        );
+                        out.rejected.push(rejection);
+                    }
+                }
+                index += 1;
+            }
+        }
+    }
+    out
+}
+
+/// One span: `Ok(None)` when it is not a toctou span, `Err` when it is one but is unusable.
+pub fn span_event(service: &str, span: &Span) -> Result<Option<SpanEvent>, Rejection> {
+    let k = Known::collect(&span.attributes);
+    let Some(phase) = k.phase else {
+        return Ok(None);
+    };
+    let phase = attrs::keyword(c::PHASE, Some(phase), "check, use", Phase::parse)?
+        .expect("a present value parses to Some or fails");
+    let resource = attrs::text(c::RESOURCE, k.resource)?.ok_or_else(|| {
+        Rejection::new(
+            RejectReason::MissingResource,
+            format!("missing attribute {}", c::RESOURCE),
+        )
+    })?;
+    let trace_id: TraceId = fixed_id("trace id", &span.trace_id)?;
+    let span_id: SpanId = fixed_id("span id", &span.span_id)?;
+    let request_id = match attrs::text(c::REQUEST_ID, k.request_id)? {
+        Some(id) => id,
+        None => {
+            let id = hex_id(&trace_id);
+            if id.is_empty() {
+                // Without either key the span cannot be paired with anything.
+                return Err(Rejection::new(
+                    RejectReason::BadId,
+                    format!("no {} and no trace id to stand in for it", c::REQUEST_ID),
+                ));
+            }
+            id
+        }
+    };
+    let decision = attrs::keyword(
+        c::CHECK_DECISION,
+        k.decision,
+        "allow, deny",
+        Decision::parse,
+    )?
+    .unwrap_or_default();
+    let source = attrs::keyword(
+        c::CHECK_SOURCE,
+        k.source,
+        "primary, replica, cache",
+        CheckSource::parse,
+    )?;
+    let explicit_outcome = attrs::keyword(
+        c::USE_OUTCOME,
+        k.outcome,
+        "ok, conflict, error",
+        UseOutcome::parse,
+    )?;
+    let status_is_error = span
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code == StatusCode::Error as i32);
+    let outcome = match explicit_outcome {
+        Some(o) => o,
+        None if status_is_error => UseOutcome::Error,
+        None => UseOutcome::Ok,
+    };
+    let permission_denied = [k.http_response_status_code, k.http_status_code]
+        .into_iter()
+        .any(|v| attrs::status_code(v) == Some(HTTP_FORBIDDEN))
+        || attrs::status_code(k.rpc_grpc_status_code) == Some(GRPC_PERMISSION_DENIED);
+    let actor = attrs::text(c::ACTOR, k.actor)?.unwrap_or_else(|| service.to_string());
+    Ok(Some(SpanEvent {
+        phase,
+        resource,
+        version: attrs::version(c::RESOURCE_VERSION, k.resource_version)?,
+        request_id,
+        trace_id,
+        span_id,
+        start_ns: span.start_time_unix_nano,
+        end_ns: span.end_time_unix_nano,
+        service: service.to_string(),
+        operation: attrs::text(c::OPERATION, k.operation)?.unwrap_or_default(),
+        actor,
+        decision,
+        source,
+        policy: attrs::text(c::POLICY, k.policy)?,
+        policy_version: attrs::version(c::POLICY_VERSION, k.policy_version)?,
+        idempotency_key: attrs::text(c::IDEMPOTENCY_KEY, k.idempotency_key)?,
+        outcome,
+        permission_denied,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+
+    fn kv(key: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(key: &str, v: &str) -> KeyValue {
+        kv(key, Value::StringValue(v.into()))
+    }
+
+    fn span(attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![0xAB; 16],
+            span_id: vec![0xCD; 8],
+            start_time_unix_nano: 100,
+            end_time_unix_nano: 200,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn request(service: Option<&str>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: service
+                        .map(|n| vec![s(c::SERVICE_NAME, n)])
+                        .unwrap_or_default(),
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn one(attributes: Vec<KeyValue>) -> Result<Option<SpanEvent>, Rejection> {
+        span_event("shop", &span(attributes))
+    }
+
+    #[test]
+    fn a_check_with_every_attribute() {
+        let ev = one(vec![
+            s(c::PHASE, "check"),
+            s(c::RESOURCE, "inventory/sku-42"),
+            kv(c::RESOURCE_VERSION, Value::IntValue(17)),
+            s(c::REQUEST_ID, "req-1"),
+            s(c::OPERATION, "reserve"),
+            s(c::ACTOR, "alice"),
+            s(c::CHECK_DECISION, "deny"),
+            s(c::CHECK_SOURCE, "replica"),
+            s(c::POLICY, "orders-write"),
+            kv(c::POLICY_VERSION, Value::DoubleValue(3.0)),
+            s(c::IDEMPOTENCY_KEY, "k-9"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            ev,
+            SpanEvent {
+                phase: Phase::Check,
+                resource: "inventory/sku-42".into(),
+                version: Some("17".into()),
+                request_id: "req-1".into(),
+                trace_id: [0xAB; 16],
+                span_id: [0xCD; 8],
+                start_ns: 100,
+                end_ns: 200,
+                service: "shop".into(),
+                operation: "reserve".into(),
+                actor: "alice".into(),
+                decision: Decision::Deny,
+                source: Some(CheckSource::Replica),
+                policy: Some("orders-write".into()),
+                policy_version: Some("3".into()),
+                idempotency_key: Some("k-9".into()),
+                outcome: UseOutcome::Ok,
+                permission_denied: false,
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_come_from_trace_id_and_service() {
+        let ev = one(vec![s(c::PHASE, "use"), s(c::RESOURCE, "r")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.phase, Phase::Use);
+        assert_eq!(ev.request_id, "ab".repeat(16));
+        assert_eq!(ev.actor, "shop");
+        assert_eq!(ev.operation, "");
+        assert_eq!(ev.version, None);
+        assert_eq!(ev.decision, Decision::Allow);
+        assert_eq!(ev.outcome, UseOutcome::Ok);
+        assert!(!ev.permission_denied);
+    }
+
+    #[test]
+    fn outcome_falls_back_to_span_status() {
+        let mut sp = span(vec![s(c::PHASE, "use"), s(c::RESOURCE, "r")]);
+        sp.status = Some(Status {
+            code: StatusCode::Error as i32,
+            message: "boom".into(),
+        });
+        assert_eq!(
+            span_event("x", &sp).unwrap().unwrap().outcome,
+            UseOutcome::Error
+        );
+        // An explicit outcome wins over the status.
+        sp.attributes.push(s(c::USE_OUTCOME, "conflict"));
+        assert_eq!(
+            span_event("x", &sp).unwrap().unwrap().outcome,
+            UseOutcome::Conflict
+        );
+    }
+
+    #[test]
+    fn permission_denied_from_http_or_grpc_codes() {
+        let denied = |extra: KeyValue| {
+            one(vec![s(c::PHASE, "use"), s(c::RESOURCE, "r"), extra])
+                .unwrap()
+                .unwrap()
+                .permission_denied
+        };
+        assert!(denied(kv(
+            c::HTTP_RESPONSE_STATUS_CODE,
+            Value::IntValue(403)
+        )));
+        assert!(denied(s(c::HTTP_STATUS_CODE, "403")));
+        assert!(denied(kv(c::RPC_GRPC_STATUS_CODE, Value::IntValue(7))));
+        assert!(denied(s(c::RPC_GRPC_STATUS_CODE, "7")));
+        assert!(!denied(kv(
+            c::HTTP_RESPONSE_STATUS_CODE,
+            Value::IntValue(404)
+        )));
+        assert!(!denied(kv(c::RPC_GRPC_STATUS_CODE, Value::IntValue(403))));
+    }
+
+    #[test]
+    fn every_rejection_reason() {
+        let rej = |attrs: Vec<KeyValue>| one(attrs).unwrap_err();
+        let r = rej(vec![s(c::PHASE, "verify"), s(c::RESOURCE, "r")]);
+        assert_eq!(r.reason, RejectReason::BadAttribute);
+        assert_eq!(
+            r.message,
+            "toctou.phase is \"verify\", expected one of check, use"
+        );
+        let r = rej(vec![s(c::PHASE, "check")]);
+        assert_eq!(r.reason, RejectReason::MissingResource);
+        assert_eq!(r.message, "missing attribute toctou.resource");
+        let r = rej(vec![s(c::PHASE, "check"), s(c::RESOURCE, "")]);
+        assert_eq!(r.reason, RejectReason::MissingResource);
+        for (key, bad) in [
+            (c::CHECK_DECISION, "maybe"),
+            (c::CHECK_SOURCE, "disk"),
+            (c::USE_OUTCOME, "meh"),
+        ] {
+            let r = rej(vec![s(c::PHASE, "use"), s(c::RESOURCE, "r"), s(key, bad)]);
+            assert_eq!(r.reason, RejectReason::BadAttribute, "{key}");
+            assert!(r.message.starts_with(key), "{}", r.message);
+        }
+        let r = rej(vec![
+            s(c::PHASE, "use"),
+            kv(c::RESOURCE, Value::BoolValue(true)),
+        ]);
+        assert_eq!(r.reason, RejectReason::BadAttribute);
+        let r = rej(vec![kv(c::PHASE, Value::IntValue(1)), s(c::RESOURCE, "r")]);
+        assert_eq!(r.reason, RejectReason::BadAttribute);
+
+        let mut sp = span(vec![s(c::PHASE, "use"), s(c::RESOURCE, "r")]);
+        sp.trace_id = vec![1; 15];
+        assert_eq!(
+            span_event("x", &sp).unwrap_err().reason,
+            RejectReason::BadId
+        );
+        sp.trace_id = vec![];
+        let r = span_event("x", &sp).unwrap_err();
+        assert_eq!(r.reason, RejectReason::BadId);
+        // A request id makes the trace id unnecessary.
+        sp.attributes.push(s(c::REQUEST_ID, "q"));
+        assert_eq!(span_event("x", &sp).unwrap().unwrap().request_id, "q");
+    }
+
+    #[test]
+    fn a_request_mixes_good_ignored_and_rejected() {
+        let good = span(vec![s(c::PHASE, "check"), s(c::RESOURCE, "r")]);
+        let plain = span(vec![s("http.route", "/x")]);
+        let mut bad = span(vec![s(c::PHASE, "use")]);
+        bad.span_id = vec![0x01; 8];
+        let d = decode_traces(&request(None, vec![good, plain, bad]));
+        assert_eq!(d.events.len(), 1);
+        let Event::Span(ev) = &d.events[0] else {
+            panic!("not a span")
+        };
+        assert_eq!(ev.service, "unknown_service");
+        assert_eq!(d.ignored.get(IgnoreReason::NoPhase), 1);
+        assert_eq!(d.rejected.len(), 1);
+        assert_eq!(
+            d.rejected[0].message,
+            "span 0101010101010101: missing attribute toctou.resource"
+        );
+        assert_eq!(
+            d.error_message("spans"),
+            "rejected 1 of 3 spans: span 0101010101010101: missing attribute toctou.resource"
+        );
+    }
+
+    #[test]
+    fn rejections_without_span_id_are_numbered() {
+        let mut bad = span(vec![s(c::PHASE, "use")]);
+        bad.span_id = vec![];
+        let d = decode_traces(&request(Some("svc"), vec![span(vec![]), bad]));
+        assert_eq!(
+            d.rejected[0].message,
+            "span #1: missing attribute toctou.resource"
+        );
+    }
+}
