@@ -4,8 +4,9 @@
 //!
 //! tonic refuses oversized, undecodable and wrongly compressed messages before our handler
 //! runs; a layer in front of the services reads the status of those responses so they are
-//! counted like any other rejection. This file holds the one mapping from [`IngestError`] to
-//! gRPC status.
+//! counted like any other rejection. A full sink answers UNAVAILABLE with a `RetryInfo`
+//! detail, which OTLP exporters honour as the retry delay. This file holds the one mapping
+//! from [`IngestError`] to gRPC status.
 
 use crate::decoded::{Decoded, RejectReason, Signal};
 use crate::error::{IngestError, ServeError, SinkError};
@@ -111,6 +112,65 @@ pub(crate) fn grpc_code(e: &IngestError) -> Code {
     }
 }
 
+/// `google.rpc.Status` with details, the payload of the `grpc-status-details-bin` trailer.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatusDetails {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`: how long the client should wait before retrying.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The status details of a push-back: OTLP gRPC exporters read the delay from a
+/// `RetryInfo`, the gRPC counterpart of HTTP's `Retry-After`.
+fn retry_details(code: Code, message: String, retry_after: std::time::Duration) -> bytes::Bytes {
+    let info = RetryInfo {
+        retry_delay: Some(ProtoDuration {
+            seconds: retry_after.as_secs() as i64,
+            nanos: retry_after.subsec_nanos() as i32,
+        }),
+    };
+    RpcStatusDetails {
+        code: code as i32,
+        message,
+        details: vec![ProtoAny {
+            type_url: RETRY_INFO_TYPE.to_string(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+    .into()
+}
+
 struct GrpcReceiver(Receivers);
 
 impl GrpcReceiver {
@@ -134,15 +194,16 @@ impl GrpcReceiver {
         result.map_err(|e| {
             r.count_failure(&e);
             tracing::debug!(reason = e.reason().as_str(), error = %e, "grpc request refused");
-            let mut status = Status::new(grpc_code(&e), e.to_string());
-            if let IngestError::Sink(SinkError::Full { retry_after }) = &e {
-                // OTLP clients honour RetryInfo; the plain header is the readable hint.
-                let secs = retry_after.as_secs().max(1).to_string();
-                if let Ok(v) = secs.parse() {
-                    status.metadata_mut().insert("retry-after", v);
-                }
+            let code = grpc_code(&e);
+            let message = e.to_string();
+            match &e {
+                IngestError::Sink(SinkError::Full { retry_after }) => Status::with_details(
+                    code,
+                    message.clone(),
+                    retry_details(code, message, *retry_after),
+                ),
+                _ => Status::new(code, message),
             }
-            status
         })
     }
 }

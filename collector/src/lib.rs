@@ -39,7 +39,10 @@ pub mod sink;
 mod timestamp;
 pub mod transform;
 
-pub use config::{ReceiverConfig, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_SUBMIT_TIMEOUT};
+pub use config::{
+    ReceiverConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SUBMIT_TIMEOUT,
+};
 pub use decoded::{Decoded, IgnoreReason, IgnoredCounts, RejectReason, Rejection, Signal};
 pub use error::{ConfigError, DecodeError, IngestError, ServeError, SinkError};
 pub use grpc::serve_grpc;
@@ -49,5 +52,5 @@ pub use k8s::decode_k8s_audit;
 pub use metrics::{EventPhase, Metrics, Transport};
 pub use receivers::Receivers;
 pub use replay::{decode_replay, read_replay_file, LocatedRejection, ReplayBatch};
-pub use sink::{ChannelSink, EventSink, DEFAULT_CHANNEL_WAIT};
+pub use sink::{ChannelSink, EventSink, DEFAULT_CHANNEL_WAIT, DEFAULT_RETRY_AFTER};
 pub use transform::{decode_logs, decode_traces};
