@@ -34,12 +34,19 @@ pub struct ChannelSink {
 }
 
 impl ChannelSink {
-    pub fn new(tx: mpsc::Sender<Vec<Event>>, wait: Duration) -> Self {
+    /// A sink that waits up to [`DEFAULT_CHANNEL_WAIT`] for room.
+    pub fn new(tx: mpsc::Sender<Vec<Event>>) -> Self {
         ChannelSink {
             tx,
-            wait,
+            wait: DEFAULT_CHANNEL_WAIT,
             retry_after: DEFAULT_RETRY_AFTER,
         }
+    }
+
+    /// The longest a submit waits for room before answering `Full`.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// The `retry_after` reported when the channel is full.
@@ -86,7 +93,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_after_waiting_then_closed() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = ChannelSink::new(tx, Duration::from_millis(50))
+        let sink = ChannelSink::new(tx)
+            .with_wait(Duration::from_millis(50))
             .with_retry_after(Duration::from_secs(3));
         sink.submit(batch()).await.unwrap();
         let started = tokio::time::Instant::now();
@@ -106,7 +114,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waits_for_room_within_the_limit() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sink = ChannelSink::new(tx, Duration::from_millis(100));
+        let sink = ChannelSink::new(tx).with_wait(Duration::from_millis(100));
         sink.submit(batch()).await.unwrap();
         let drain = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(40)).await;

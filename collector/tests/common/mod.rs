@@ -72,8 +72,9 @@ impl Harness {
 
     pub async fn with(config: ReceiverConfig, capacity: usize) -> Harness {
         let (tx, rx) = mpsc::channel(capacity);
-        let sink = Arc::new(ChannelSink::new(tx.clone(), SINK_WAIT));
-        let receivers = Receivers::new(sink, config).unwrap();
+        config.validate().unwrap();
+        let sink = Arc::new(ChannelSink::new(tx.clone()).with_wait(SINK_WAIT));
+        let receivers = Receivers::new(sink, config);
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = http_listener.local_addr().unwrap();
