@@ -1,0 +1,250 @@
+//! [`Compact`]: a request id, version, idempotency key or similar string in 17 bytes.
+//!
+//! Most such strings are short (resource versions, `req-42`), hex trace ids (the request id
+//! when `toctou.request_id` is absent) or UUIDs (idempotency keys, request ids). Those are
+//! stored inline as raw bytes, with no allocation and no pointer. Anything else goes to a
+//! refcounted interner of long strings and is named by its slot. The encoding is canonical:
+//! a string has exactly one representation, so equality and hashing of the 17 bytes are
+//! equality and hashing of the string.
+
+use crate::intern::{rehash_str, Interner};
+
+pub(crate) type LongStrings = Interner<Box<str>, ()>;
+
+pub(crate) fn long_strings() -> LongStrings {
+    Interner::new(rehash_str)
+}
+
+const NONE: u8 = 0;
+/// Tags 1..=17 are inline strings of length tag - 1.
+const INLINE_MAX: usize = 16;
+const HEX32: u8 = 18;
+const UUID: u8 = 19;
+const LONG: u8 = 20;
+
+/// An optional string (absent is distinct from empty). Not `Clone`: a long string holds a
+/// reference that must be taken with [`Compact::share`] and given back with
+/// [`Compact::release`].
+#[derive(Default, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Compact {
+    tag: u8,
+    bytes: [u8; 16],
+}
+
+/// Enough room to render any inline form.
+pub(crate) type RenderBuf = [u8; 36];
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Lowercase hex digits into 16 bytes; `None` unless exactly 32 of them.
+fn decode_hex(hex: &[u8], out: &mut [u8; 16]) -> bool {
+    if hex.len() != 32 {
+        return false;
+    }
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        match (hex_val(pair[0]), hex_val(pair[1])) {
+            (Some(h), Some(l)) => out[i] = (h << 4) | l,
+            _ => return false,
+        }
+    }
+    true
+}
+
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+fn encode_hex(bytes: &[u8], out: &mut [u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 15) as usize];
+    }
+}
+
+impl Compact {
+    pub fn none() -> Compact {
+        Compact::default()
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.tag == NONE
+    }
+
+    fn inline_form(s: &str) -> Option<Compact> {
+        let b = s.as_bytes();
+        let mut c = Compact {
+            tag: 0,
+            bytes: [0; 16],
+        };
+        if b.len() <= INLINE_MAX {
+            c.tag = b.len() as u8 + 1;
+            c.bytes[..b.len()].copy_from_slice(b);
+            return Some(c);
+        }
+        if decode_hex(b, &mut c.bytes) {
+            c.tag = HEX32;
+            return Some(c);
+        }
+        if b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-') {
+            let mut hex = [0u8; 32];
+            let mut n = 0;
+            for (i, &ch) in b.iter().enumerate() {
+                if ![8, 13, 18, 23].contains(&i) {
+                    hex[n] = ch;
+                    n += 1;
+                }
+            }
+            if decode_hex(&hex, &mut c.bytes) {
+                c.tag = UUID;
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Encodes a string, interning it among the long strings when no inline form fits.
+    pub fn encode(s: &str, long: &mut LongStrings) -> Compact {
+        if let Some(c) = Compact::inline_form(s) {
+            return c;
+        }
+        let slot = long.acquire(long.hash(s), |k| &**k == s, || s.into());
+        Compact::long(slot)
+    }
+
+    /// As [`Compact::encode`], reusing the string's allocation when it becomes a new long one.
+    pub fn encode_owned(s: String, long: &mut LongStrings) -> Compact {
+        if let Some(c) = Compact::inline_form(&s) {
+            return c;
+        }
+        Compact::long(long.acquire_string(s))
+    }
+
+    pub fn encode_opt(s: Option<String>, long: &mut LongStrings) -> Compact {
+        match s {
+            Some(s) => Compact::encode_owned(s, long),
+            None => Compact::none(),
+        }
+    }
+
+    fn long(slot: u32) -> Compact {
+        let mut bytes = [0; 16];
+        bytes[..4].copy_from_slice(&slot.to_le_bytes());
+        Compact { tag: LONG, bytes }
+    }
+
+    fn long_slot(&self) -> Option<u32> {
+        (self.tag == LONG).then(|| u32::from_le_bytes(self.bytes[..4].try_into().unwrap()))
+    }
+
+    /// Another holder of the same string.
+    pub fn share(&self, long: &mut LongStrings) -> Compact {
+        if let Some(slot) = self.long_slot() {
+            long.retain(slot);
+        }
+        Compact {
+            tag: self.tag,
+            bytes: self.bytes,
+        }
+    }
+
+    pub fn release(self, long: &mut LongStrings) {
+        if let Some(slot) = self.long_slot() {
+            long.release(slot);
+        }
+    }
+
+    /// The string, rendered into `buf` when it is stored in raw form.
+    pub fn as_str<'a>(&'a self, long: &'a LongStrings, buf: &'a mut RenderBuf) -> Option<&'a str> {
+        let n = match self.tag {
+            NONE => return None,
+            LONG => return Some(long.key(self.long_slot().unwrap())),
+            HEX32 => {
+                encode_hex(&self.bytes, &mut buf[..32]);
+                32
+            }
+            UUID => {
+                let mut hex = [0u8; 32];
+                encode_hex(&self.bytes, &mut hex);
+                let mut n = 0;
+                for (i, out) in buf.iter_mut().enumerate() {
+                    if [8, 13, 18, 23].contains(&i) {
+                        *out = b'-';
+                    } else {
+                        *out = hex[n];
+                        n += 1;
+                    }
+                }
+                36
+            }
+            len_plus_one => {
+                let n = (len_plus_one - 1) as usize;
+                return Some(
+                    std::str::from_utf8(&self.bytes[..n]).expect("inline bytes came from a str"),
+                );
+            }
+        };
+        Some(std::str::from_utf8(&buf[..n]).expect("hex digits are ascii"))
+    }
+
+    pub fn to_string_opt(&self, long: &LongStrings) -> Option<String> {
+        let mut buf = [0; 36];
+        self.as_str(long, &mut buf).map(str::to_owned)
+    }
+
+    /// The string, or empty when absent.
+    pub fn to_string_or_empty(&self, long: &LongStrings) -> String {
+        self.to_string_opt(long).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(s: &str, long: &mut LongStrings) -> Compact {
+        let c = Compact::encode(s, long);
+        let mut buf = [0; 36];
+        assert_eq!(c.as_str(long, &mut buf), Some(s), "{s:?}");
+        c
+    }
+
+    #[test]
+    fn every_form_round_trips_and_is_canonical() {
+        let mut long = long_strings();
+        let short = round_trip("req-42", &mut long);
+        let empty = round_trip("", &mut long);
+        let hex = round_trip("4bf92f3577b34da6a3ce929d0e0e4736", &mut long);
+        let uuid = round_trip("550e8400-e29b-41d4-a716-446655440000", &mut long);
+        let upper = round_trip("550E8400-E29B-41D4-A716-446655440000", &mut long);
+        let hexish = round_trip("4bf92f3577b34da6a3ce929d0e0e473g", &mut long);
+        let exactly16 = round_trip("0123456789abcdef", &mut long);
+        assert_eq!((short.tag, empty.tag, exactly16.tag), (7, 1, 17));
+        assert_eq!((hex.tag, uuid.tag), (HEX32, UUID));
+        assert_eq!((upper.tag, hexish.tag), (LONG, LONG));
+        assert_ne!(empty, Compact::none());
+        assert_eq!(long.len(), 2);
+        // The same long string is one interned entry, shared.
+        let again = Compact::encode_owned(
+            "550E8400-E29B-41D4-A716-446655440000".to_string(),
+            &mut long,
+        );
+        assert_eq!(again, upper);
+        let shared = again.share(&mut long);
+        for c in [
+            short, empty, hex, uuid, upper, hexish, exactly16, again, shared,
+        ] {
+            c.release(&mut long);
+        }
+        assert_eq!(long.len(), 0);
+    }
+
+    #[test]
+    fn fits_in_seventeen_bytes() {
+        assert_eq!(std::mem::size_of::<Compact>(), 17);
+        assert_eq!(std::mem::align_of::<Compact>(), 1);
+    }
+}

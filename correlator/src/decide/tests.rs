@@ -1,0 +1,513 @@
+//! The rules for uses and audit records, kind by kind, and their precedence. Every scenario
+//! with more than one event is also replayed in every arrival order within the lateness.
+
+use crate::testkit::*;
+use crate::Config;
+use toctou_schema::AuditAction::{PolicyChange, Update};
+use toctou_schema::FindingKind::*;
+use toctou_schema::{finding_id, hex_id, CheckSource, UseOutcome};
+
+fn cfg() -> Config {
+    config(1_000, 2_000)
+}
+
+#[test]
+fn a_use_with_no_check_is_unchecked() {
+    let f = assert_order_independent(
+        &cfg(),
+        vec![
+            check("inv/1", "other", 0).version("1").ev(),
+            use_("inv/1", "q1", 10).version("1").ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [UncheckedUse, OrphanCheck]);
+    assert_eq!(f[0].request_id, "q1");
+    assert_eq!(f[0].check_span_id, "");
+    assert_eq!(f[0].check_time_ns, None);
+    assert_eq!(f[0].race_window_ns, None);
+    assert_eq!(f[1].request_id, "other");
+}
+
+#[test]
+fn a_check_after_the_use_does_not_match_it() {
+    let f = assert_order_independent(
+        &cfg(),
+        vec![use_("inv/1", "q1", 10).ev(), check("inv/1", "q1", 20).ev()],
+    );
+    assert_eq!(kinds(&f), [UncheckedUse, OrphanCheck]);
+}
+
+#[test]
+fn a_use_after_a_denying_check_is_unchecked_and_the_deny_is_no_orphan() {
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0).deny().ev(),
+            use_("inv/1", "q1", 10).ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [UncheckedUse]);
+    assert!(f[0].reason.contains("denied"), "{}", f[0].reason);
+    assert_eq!(stats.pairs, 1);
+    let (f, _) = run(&cfg(), vec![check("inv/1", "q1", 0).deny().ev()]);
+    assert!(f.is_empty());
+}
+
+#[test]
+fn a_policy_change_between_check_and_use_is_authz_drift() {
+    let f = assert_order_independent(
+        &cfg(),
+        vec![
+            check("doc/1", "q1", 0).policy("docs-acl", "3").ev(),
+            audit(PolicyChange, "docs-acl", 5)
+                .version("4")
+                .actor("alice")
+                .ev(),
+            use_("doc/1", "q1", 10).ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [AuthzDrift]);
+    assert_eq!(f[0].policy.as_deref(), Some("docs-acl"));
+    assert_eq!(f[0].policy_version.as_deref(), Some("3"));
+    assert_eq!(f[0].intervening.len(), 1);
+    assert_eq!(f[0].intervening[0].version.as_deref(), Some("4"));
+    assert_eq!(f[0].intervening[0].actor.as_deref(), Some("alice"));
+    assert_eq!(f[0].intervening[0].resource, "docs-acl");
+}
+
+#[test]
+fn a_check_under_an_outdated_policy_version_is_authz_drift_only_if_newer() {
+    // The policy was at version 4 before the check, which still evaluated version 3.
+    let newer = vec![
+        audit(PolicyChange, "acl", 0).version("4").ev(),
+        check("doc/1", "q1", 100)
+            .policy("acl", "3")
+            .version("1")
+            .ev(),
+        use_("doc/1", "q1", 110).version("1").ev(),
+    ];
+    assert_eq!(
+        kinds(&assert_order_independent(&cfg(), newer)),
+        [AuthzDrift]
+    );
+    // Changed to an older integer version: the check saw something newer than we did.
+    let older = vec![
+        audit(PolicyChange, "acl", 0).version("2").ev(),
+        check("doc/1", "q1", 100)
+            .policy("acl", "3")
+            .version("1")
+            .ev(),
+        use_("doc/1", "q1", 110).version("1").ev(),
+    ];
+    assert!(assert_order_independent(&cfg(), older).is_empty());
+    // Non-integer versions: any other version counts.
+    let etags = vec![
+        audit(PolicyChange, "acl", 0).version("etag-b").ev(),
+        check("doc/1", "q1", 100)
+            .policy("acl", "etag-a")
+            .version("1")
+            .ev(),
+        use_("doc/1", "q1", 110).version("1").ev(),
+    ];
+    assert_eq!(
+        kinds(&assert_order_independent(&cfg(), etags)),
+        [AuthzDrift]
+    );
+    // The same version (by integer value) is no drift.
+    let same = vec![
+        audit(PolicyChange, "acl", 0).version("03").ev(),
+        check("doc/1", "q1", 100)
+            .policy("acl", "3")
+            .version("1")
+            .ev(),
+        use_("doc/1", "q1", 110).version("1").ev(),
+    ];
+    assert!(assert_order_independent(&cfg(), same).is_empty());
+}
+
+#[test]
+fn a_use_denied_by_permission_after_an_allow_is_authz_drift() {
+    let f = assert_order_independent(
+        &cfg(),
+        vec![
+            check("doc/1", "q1", 0).ev(),
+            use_("doc/1", "q1", 10).denied().ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [AuthzDrift]);
+    assert!(
+        f[0].reason.contains("denied by permission"),
+        "{}",
+        f[0].reason
+    );
+    // A 403 wins over an outcome that says ok: the use did not act.
+    let (f, _) = run(
+        &cfg(),
+        vec![
+            check("doc/1", "q1", 0).version("1").ev(),
+            use_("doc/1", "q1", 10)
+                .version("2")
+                .denied()
+                .outcome(UseOutcome::Ok)
+                .ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [AuthzDrift]);
+    // Without an allowing check, or failing otherwise: a failed use did not act.
+    let (f, stats) = run(&cfg(), vec![use_("doc/1", "q1", 10).denied().ev()]);
+    assert!(f.is_empty());
+    assert_eq!(stats.pairs, 0);
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            check("doc/1", "q1", 0).ev(),
+            use_("doc/1", "q1", 10).outcome(UseOutcome::Error).ev(),
+        ],
+    );
+    assert!(f.is_empty());
+    assert_eq!(stats.pairs, 1);
+}
+
+#[test]
+fn a_conflict_is_a_prevented_race_never_a_finding() {
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0).version("5").ev(),
+            audit(Update, "inv/1", 5).version("6").request("q2").ev(),
+            use_("inv/1", "q1", 10)
+                .version("5")
+                .outcome(UseOutcome::Conflict)
+                .ev(),
+        ],
+    );
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(stats.prevented_races, 1);
+    assert_eq!(stats.pairs, 1);
+}
+
+#[test]
+fn a_reused_idempotency_key_is_a_duplicate_use() {
+    let f = assert_order_independent(
+        &cfg(),
+        vec![
+            check("acct/1", "q1", 0).version("1").ev(),
+            use_("acct/1", "q1", 10)
+                .version("1")
+                .op("charge")
+                .key("k-1")
+                .ev(),
+            check("acct/1", "q2", 15).version("1").ev(),
+            use_("acct/1", "q2", 20)
+                .version("1")
+                .op("charge")
+                .key("k-1")
+                .ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [DuplicateUse]);
+    assert_eq!(f[0].request_id, "q2");
+    assert_eq!(f[0].idempotency_key.as_deref(), Some("k-1"));
+    let prior = f[0].prior_use.as_ref().unwrap();
+    assert_eq!(prior.request_id, "q1");
+    assert_eq!(prior.time_ns, ms(10));
+    assert_eq!(prior.trace_id, hex_id(&trace_of("q1")));
+    // The same key under another operation is another key.
+    let (f, _) = run(
+        &cfg(),
+        vec![
+            check("acct/1", "q1", 0).version("1").ev(),
+            use_("acct/1", "q1", 10)
+                .version("1")
+                .op("charge")
+                .key("k-1")
+                .ev(),
+            check("acct/1", "q2", 15).version("1").ev(),
+            use_("acct/1", "q2", 20)
+                .version("1")
+                .op("refund")
+                .key("k-1")
+                .ev(),
+        ],
+    );
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn every_extra_use_of_a_key_is_one_finding_naming_the_first() {
+    let mut events = Vec::new();
+    for (i, q) in ["q1", "q2", "q3"].iter().enumerate() {
+        let t = 10 * i as u64;
+        events.push(check("acct/1", q, t).version("1").ev());
+        events.push(
+            use_("acct/1", q, t + 5)
+                .version("1")
+                .op("charge")
+                .key("k")
+                .ev(),
+        );
+    }
+    let (f, _) = run(&cfg(), events);
+    assert_eq!(kinds(&f), [DuplicateUse, DuplicateUse]);
+    assert!(f
+        .iter()
+        .all(|f| f.prior_use.as_ref().unwrap().request_id == "q1"));
+}
+
+#[test]
+fn differing_versions_are_a_stale_check_with_the_intervening_writes() {
+    let f = assert_order_independent(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0)
+                .version("5")
+                .source(CheckSource::Replica)
+                .ev(),
+            audit(Update, "inv/1", 5).version("6").request("q2").ev(),
+            // The use's own write is not evidence against it.
+            audit(Update, "inv/1", 6).version("6").request("q1").ev(),
+            use_("inv/1", "q1", 10).version("6").ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [StaleCheck]);
+    let s = &f[0];
+    assert_eq!(s.checked_version.as_deref(), Some("5"));
+    assert_eq!(s.used_version.as_deref(), Some("6"));
+    assert_eq!(s.check_source, Some(CheckSource::Replica));
+    assert_eq!(s.race_window_ns, Some(10_000_000));
+    assert_eq!(s.intervening.len(), 1);
+    assert_eq!(s.intervening[0].request_id.as_deref(), Some("q2"));
+}
+
+#[test]
+fn versions_compare_as_integers_where_both_are() {
+    let pair = |checked: &str, used: &str| {
+        run(
+            &cfg(),
+            vec![
+                check("inv/1", "q1", 0).version(checked).ev(),
+                use_("inv/1", "q1", 10).version(used).ev(),
+            ],
+        )
+    };
+    let (f, stats) = pair("07", "7");
+    assert!(f.is_empty());
+    assert_eq!(stats.indeterminate, 0);
+    assert_eq!(kinds(&pair("a9", "a10").0), [StaleCheck]);
+    assert_eq!(kinds(&pair("etag-1", "etag-2").0), [StaleCheck]);
+    assert!(pair("etag-1", "etag-1").0.is_empty());
+    // A write committed (by its clock) before the check but with a version the check had
+    // not seen: included by integer version order, 9 < 10 <= 10, not by string order.
+    let (f, _) = run(
+        &cfg(),
+        vec![
+            audit(Update, "inv/1", 95).version("10").request("q2").ev(),
+            check("inv/1", "q1", 100).version("9").ev(),
+            use_("inv/1", "q1", 110).version("10").ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [StaleCheck]);
+    assert_eq!(f[0].intervening.len(), 1);
+}
+
+#[test]
+fn without_a_used_version_the_audit_stream_decides() {
+    // By time: a write by another request between check and use.
+    let f = assert_order_independent(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0).ev(),
+            audit(Update, "inv/1", 5).ev(),
+            use_("inv/1", "q1", 10).ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [StaleCheck]);
+    assert_eq!(f[0].intervening[0].request_id, None);
+    // A write after the use (or by the same request) leaves the check fresh: decided, not
+    // indeterminate, because the resource has an audit stream.
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0).ev(),
+            audit(Update, "inv/1", 5).request("q1").ev(),
+            use_("inv/1", "q1", 10).ev(),
+            audit(Update, "inv/1", 15).ev(),
+        ],
+    );
+    assert!(f.is_empty());
+    assert_eq!(stats.indeterminate, 0);
+    // By version order where the checked version and the write's are integers: a write
+    // stamped before the check (clock skew) with a newer version is after it.
+    let (f, _) = run(
+        &cfg(),
+        vec![
+            audit(Update, "inv/1", 90).version("6").request("q2").ev(),
+            check("inv/1", "q1", 100).version("5").ev(),
+            use_("inv/1", "q1", 110).ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [StaleCheck]);
+    // ... and the write that produced the version the check saw is not.
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            audit(Update, "inv/1", 90).version("5").request("q2").ev(),
+            check("inv/1", "q1", 100).version("5").ev(),
+            use_("inv/1", "q1", 110).ev(),
+        ],
+    );
+    assert!(f.is_empty());
+    assert_eq!(stats.indeterminate, 0);
+}
+
+#[test]
+fn incomplete_evidence_is_indeterminate_never_a_finding() {
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0).ev(),
+            use_("inv/1", "q1", 10).ev(),
+            check("inv/2", "q2", 0).version("3").ev(),
+            use_("inv/2", "q2", 10).ev(),
+        ],
+    );
+    assert!(f.is_empty());
+    assert_eq!(stats.indeterminate, 2);
+    assert_eq!(stats.pairs, 2);
+}
+
+#[test]
+fn precedence_is_unchecked_then_authz_then_duplicate_then_stale() {
+    // q1 uses key k first; q2's use then qualifies for duplicate (k), stale (versions) and,
+    // depending on the variant, authz drift (policy change) and unchecked (deny).
+    let scenario = |deny: bool, policy: bool, key: bool| {
+        let mut c = check("acct/1", "q2", 20).version("1");
+        if deny {
+            c = c.deny();
+        }
+        if policy {
+            c = c.policy("acl", "1");
+        }
+        let mut u = use_("acct/1", "q2", 30).version("2");
+        if key {
+            u = u.key("k");
+        }
+        let events = vec![
+            check("acct/1", "q1", 0).version("1").ev(),
+            use_("acct/1", "q1", 10).version("1").key("k").ev(),
+            c.ev(),
+            audit(PolicyChange, "acl", 25).version("2").ev(),
+            u.ev(),
+        ];
+        let f = assert_order_independent(&cfg(), events);
+        assert_eq!(f.len(), 1, "one finding per use: {f:?}");
+        f[0].kind
+    };
+    assert_eq!(scenario(true, true, true), UncheckedUse);
+    assert_eq!(scenario(false, true, true), AuthzDrift);
+    assert_eq!(scenario(false, false, true), DuplicateUse);
+    assert_eq!(scenario(false, false, false), StaleCheck);
+}
+
+#[test]
+fn redelivered_spans_and_audit_records_count_once() {
+    let events = vec![
+        check("inv/1", "q1", 0).version("5").ev(),
+        check("inv/1", "q1", 0).version("5").ev(),
+        audit(Update, "inv/1", 5)
+            .version("6")
+            .source("audit-1")
+            .ev(),
+        audit(Update, "inv/1", 5)
+            .version("6")
+            .source("audit-1")
+            .ev(),
+        use_("inv/1", "q1", 10).version("6").ev(),
+        use_("inv/1", "q1", 10).version("6").ev(),
+    ];
+    let (f, stats) = run(&cfg(), events.clone());
+    assert_eq!(kinds(&f), [StaleCheck]);
+    assert_eq!(f[0].intervening.len(), 1);
+    assert_eq!(stats.duplicate_events, 3);
+    assert_eq!(stats.pairs, 1);
+    // A redelivery arriving late (after the original was processed) is still dropped.
+    let late = vec![
+        events[0].clone(),
+        events[2].clone(),
+        events[4].clone(),
+        check("other", "q9", 3_000).ev(),
+        events[5].clone(),
+        events[3].clone(),
+    ];
+    let (f2, stats) = run(&cfg(), late);
+    assert_eq!(kinds(&f2), [StaleCheck, OrphanCheck]);
+    assert_eq!(f2[0], f[0]);
+    assert_eq!(stats.late_events, 2);
+    assert_eq!(stats.duplicate_events, 2);
+}
+
+#[test]
+fn finding_ids_are_derived_from_the_events_alone() {
+    let events = vec![
+        check("inv/1", "q1", 0).version("5").ev(),
+        use_("inv/1", "q1", 10).version("6").ev(),
+    ];
+    let f = assert_order_independent(&cfg(), events);
+    let trace = hex_id(&trace_of("q1"));
+    let span = f[0].use_span_id.clone();
+    assert_eq!(f[0].trace_id, trace);
+    assert_eq!(
+        f[0].id,
+        finding_id(StaleCheck, &["inv/1", "q1", &trace, &span])
+    );
+    // Spans without ids are told apart by time.
+    let (f, _) = run(
+        &cfg(),
+        vec![
+            use_("r", "q", 10).no_ids().ev(),
+            use_("r", "q", 20).no_ids().ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [UncheckedUse, UncheckedUse]);
+    assert_ne!(f[0].id, f[1].id);
+}
+
+#[test]
+fn request_ids_that_are_trace_ids_join_like_any_other() {
+    let f = assert_order_independent(
+        &cfg(),
+        vec![
+            check("inv/1", "t1", 0).version("1").request_is_trace().ev(),
+            use_("inv/1", "t1", 10).version("2").request_is_trace().ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [StaleCheck]);
+    assert_eq!(f[0].request_id, hex_id(&trace_of("t1")));
+    assert_eq!(f[0].request_id.len(), 32);
+}
+
+#[test]
+fn events_at_the_same_instant_order_audit_then_check_then_use() {
+    // A check ending at the instant its use starts pairs with it.
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            use_("inv/1", "q1", 10).version("1").ev(),
+            check("inv/1", "q1", 10).version("1").ev(),
+        ],
+    );
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(stats.pairs, 1);
+    // A write at the instant of the use is known (the resource has an audit stream) but was
+    // not committed before the use: decided fresh, not indeterminate.
+    let (f, stats) = run(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0).ev(),
+            use_("inv/1", "q1", 10).ev(),
+            audit(Update, "inv/1", 10).request("q2").ev(),
+        ],
+    );
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(stats.indeterminate, 0);
+}

@@ -1,0 +1,301 @@
+//! [`Engine`]: the event-time loop. Owns all state (one owner per shard, no lock), the
+//! watermark, the reorder buffer and the timers, and hands each event to the decisions in
+//! `decide` and `checks` in event-time order.
+//!
+//! The loop, in one place: an arriving event is converted and buffered (or, if older than
+//! the watermark, counted late and processed at once). The watermark is the newest event
+//! time minus the allowed lateness, or, once input has been idle for the allowed lateness,
+//! that plus the idle wall time. Then every buffered event older than the watermark is
+//! processed in order, and before each one every timer due before its time fires; finally
+//! every timer due before the watermark fires. Timers due at exactly an event's time fire
+//! after it, so a timer never depends on how arrivals were batched.
+
+use crate::buffer::ReorderBuffer;
+use crate::checks::Checks;
+use crate::config::{nanos, Config, ConfigError};
+use crate::creates::Creates;
+use crate::dedupe::Dedupe;
+use crate::item::{convert, Item, OrderKey};
+use crate::keys::Keys;
+use crate::metrics::{EvictedState, Stats};
+use crate::policies::Policies;
+use crate::resources::AuditLog;
+use crate::symbols::Symbols;
+use toctou_schema::{Event, Finding, Phase};
+
+/// The correlator: feed it events and wall-clock ticks, collect findings.
+pub struct Engine {
+    pub(crate) config: Config,
+    pub(crate) lateness_ns: u64,
+    pub(crate) ttl_ns: u64,
+    pub(crate) key_ttl_ns: u64,
+    /// How long audit writes and policy changes are kept: a tombstone can pair up to two
+    /// TTLs after its check, plus the lateness a use may arrive with.
+    pub(crate) history_window_ns: u64,
+    pub(crate) sym: Symbols,
+    pub(crate) buffer: ReorderBuffer,
+    pub(crate) checks: Checks,
+    pub(crate) keys: Keys,
+    pub(crate) creates: Creates,
+    pub(crate) audits: AuditLog,
+    pub(crate) policies: Policies,
+    pub(crate) dedupe: Dedupe,
+    pub(crate) stats: Stats,
+    /// The wall clock the caller passed to the current call: findings' `detected_at_ns`.
+    pub(crate) now: u64,
+    /// Event time up to which events and timers have been processed in order.
+    pub(crate) clock: u64,
+    watermark: u64,
+    /// Newest event time seen on time.
+    max_event: Option<u64>,
+    /// Wall clock of the latest arrival, for idle advancement.
+    last_arrival: u64,
+}
+
+/// The kinds of timer, in the order they fire when due at the same instant.
+#[derive(Clone, Copy)]
+enum TimerKind {
+    /// Before expiries, so a tombstone leaving frees its place for one arriving.
+    TombstoneRemoval,
+    CheckExpiry,
+    CreateDeadline,
+    KeyExpiry,
+    HistoryPrune,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Result<Engine, ConfigError> {
+        config.validate()?;
+        let lateness_ns = nanos(config.allowed_lateness);
+        let ttl_ns = nanos(config.pair_ttl);
+        Ok(Engine {
+            lateness_ns,
+            ttl_ns,
+            key_ttl_ns: nanos(config.key_ttl),
+            history_window_ns: ttl_ns.saturating_mul(2).saturating_add(lateness_ns),
+            sym: Symbols::new(),
+            buffer: ReorderBuffer::new(),
+            checks: Checks::new(),
+            keys: Keys::new(),
+            creates: Creates::new(),
+            audits: AuditLog::new(),
+            policies: Policies::new(),
+            dedupe: Dedupe::new(nanos(config.dedupe_window), config.max_dedupe),
+            stats: Stats::default(),
+            now: 0,
+            clock: 0,
+            watermark: 0,
+            max_event: None,
+            last_arrival: 0,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Event time before which every event is considered seen (0 before any event,
+    /// `u64::MAX` after a flush).
+    pub fn watermark_ns(&self) -> u64 {
+        self.watermark
+    }
+
+    /// Accept one event that arrived at wall time `now_ns`; findings decided as a result are
+    /// appended to `out`.
+    pub fn ingest(&mut self, event: Event, now_ns: u64, out: &mut Vec<Finding>) {
+        self.now = now_ns;
+        self.last_arrival = now_ns;
+        let (key, item) = convert(event, &mut self.sym);
+        if key.time < self.watermark {
+            // Its place in the order has passed: processed now, out of order, and counted.
+            self.stats.late_events += 1;
+            self.process(key, item, out);
+            self.fire_timers(self.watermark, out);
+        } else {
+            self.buffer.push(key, item);
+            if self.max_event.is_none_or(|m| key.time > m) {
+                self.max_event = Some(key.time);
+            }
+            while self.buffer.len() > self.config.max_buffered {
+                self.release_oldest(out);
+            }
+            let target = key.time.max(self.max_event.unwrap_or(0));
+            self.advance(target.saturating_sub(self.lateness_ns), out);
+        }
+        self.update_gauges();
+    }
+
+    /// Wall-clock tick (called ~every 100 ms by the binary): advances an idle watermark,
+    /// releases buffered events and fires timers.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        self.now = now_ns;
+        if let Some(max) = self.max_event {
+            let idle = now_ns.saturating_sub(self.last_arrival);
+            if idle >= self.lateness_ns {
+                // Nothing arrived for the allowed lateness: event time is taken to move on
+                // with the wall clock from the newest event seen.
+                let target = max.saturating_add(idle).saturating_sub(self.lateness_ns);
+                self.advance(target, out);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// End of input: drain everything, fire every timer.
+    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        self.now = now_ns;
+        self.watermark = u64::MAX;
+        while let Some(time) = self.buffer.peek_time() {
+            self.fire_timers(time, out);
+            let (key, item) = self.buffer.pop().expect("peeked");
+            self.clock = self.clock.max(key.time);
+            self.process(key, item, out);
+        }
+        self.fire_all_timers(out);
+        self.update_gauges();
+    }
+
+    /// Raises the watermark to `target` (never lowers it) and processes what it passed.
+    fn advance(&mut self, target: u64, out: &mut Vec<Finding>) {
+        self.watermark = self.watermark.max(target);
+        while let Some(time) = self.buffer.peek_time() {
+            if time >= self.watermark {
+                break;
+            }
+            self.fire_timers(time, out);
+            let (key, item) = self.buffer.pop().expect("peeked");
+            self.clock = self.clock.max(key.time);
+            self.process(key, item, out);
+        }
+        self.fire_timers(self.watermark, out);
+    }
+
+    /// The buffer is full: its oldest event is processed as if the watermark had reached it
+    /// (so that anything older arriving later is late, never silently reordered).
+    fn release_oldest(&mut self, out: &mut Vec<Finding>) {
+        let Some(time) = self.buffer.peek_time() else {
+            return;
+        };
+        self.stats.count_evicted(EvictedState::Buffered);
+        self.watermark = self.watermark.max(time);
+        self.fire_timers(time, out);
+        let (key, item) = self.buffer.pop().expect("peeked");
+        self.clock = self.clock.max(key.time);
+        self.process(key, item, out);
+    }
+
+    fn process(&mut self, key: OrderKey, item: Item, out: &mut Vec<Finding>) {
+        match item {
+            Item::Span(s) if s.phase == Phase::Check => self.on_check(s, out),
+            Item::Span(s) => self.on_use(s, key.ident, out),
+            Item::Audit(a) => self.on_audit(a, key.ident, out),
+        }
+    }
+
+    fn next_timer(&self) -> Option<(u64, TimerKind)> {
+        let heads = [
+            (
+                self.checks.removal.peek_deadline(),
+                TimerKind::TombstoneRemoval,
+            ),
+            (self.checks.expiry.peek_deadline(), TimerKind::CheckExpiry),
+            (
+                self.creates.deadlines.peek_deadline(),
+                TimerKind::CreateDeadline,
+            ),
+            (self.keys.expiry.peek_deadline(), TimerKind::KeyExpiry),
+            (self.audits.prune.peek_deadline(), TimerKind::HistoryPrune),
+        ];
+        let mut best: Option<(u64, TimerKind)> = None;
+        for (deadline, kind) in heads {
+            if let Some(d) = deadline {
+                if best.is_none_or(|(b, _)| d < b) {
+                    best = Some((d, kind));
+                }
+            }
+        }
+        best
+    }
+
+    /// Fires every timer due strictly before `before`, in (deadline, kind) order.
+    fn fire_timers(&mut self, before: u64, out: &mut Vec<Finding>) {
+        while let Some((deadline, kind)) = self.next_timer() {
+            if deadline >= before {
+                break;
+            }
+            self.fire(kind, out);
+        }
+    }
+
+    fn fire_all_timers(&mut self, out: &mut Vec<Finding>) {
+        while let Some((_, kind)) = self.next_timer() {
+            self.fire(kind, out);
+        }
+    }
+
+    fn fire(&mut self, kind: TimerKind, out: &mut Vec<Finding>) {
+        match kind {
+            TimerKind::CheckExpiry => {
+                let (d, h) = self.checks.expiry.pop().expect("peeked");
+                self.clock = self.clock.max(d);
+                self.fire_check_expiry(d, h, out);
+            }
+            TimerKind::TombstoneRemoval => {
+                let (d, h) = self.checks.removal.pop().expect("peeked");
+                self.clock = self.clock.max(d);
+                self.fire_tombstone_removal(d, h, out);
+            }
+            TimerKind::CreateDeadline => {
+                let (d, payload) = self.creates.deadlines.pop().expect("peeked");
+                self.clock = self.clock.max(d);
+                self.fire_create_deadline(d, payload, out);
+            }
+            TimerKind::KeyExpiry => {
+                let (d, h) = self.keys.expiry.pop().expect("peeked");
+                self.clock = self.clock.max(d);
+                self.fire_key_expiry(h);
+            }
+            TimerKind::HistoryPrune => {
+                let (d, (slot, gen)) = self.audits.prune.pop().expect("peeked");
+                self.clock = self.clock.max(d);
+                self.fire_history_prune(d, slot, gen);
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        self.stats.pending_checks = self.checks.pending as u64;
+        self.stats.tombstones = self.checks.tombstones as u64;
+        self.stats.buffered_events = self.buffer.len() as u64;
+        self.stats.watermark_lag_seconds = if self.watermark == 0 || self.watermark == u64::MAX {
+            0.0
+        } else {
+            (self.now as i128 - self.watermark as i128) as f64 / 1e9
+        };
+    }
+
+    /// Whether all state has been let go of (after a flush). Policy histories are kept on
+    /// purpose (a policy's current version outlives the window), so `policies` may hold
+    /// long version strings.
+    #[cfg(test)]
+    pub(crate) fn is_drained(&self) -> bool {
+        self.buffer.len() == 0
+            && self.checks.table.len() == 0
+            && self.checks.pending == 0
+            && self.checks.tombstones == 0
+            && self.keys.table.len() == 0
+            && self.creates.len == 0
+            && self.audits.len == 0
+            && self.sym.resources.len() == 0
+            && self.sym.profiles.len() == 0
+            && (self.sym.long.len() == 0 || self.policies.table.len() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! Every metric the correlator exposes, declared in this one place, and their Prometheus text.
+//!
+//! The engine has a single owner, so [`Stats`] is plain counters: no atomics on the hot path.
+//! The binary clones it periodically (a few hundred bytes) and renders the clone for
+//! `/metrics`. Metric names and label values are a public interface: dashboards and alerts
+//! use them. Labels are bounded enums only, never a resource or request id.
+
+use std::fmt::Write;
+use toctou_schema::FindingKind;
+
+/// Which piece of bounded state an eviction came from (`toctou_evicted_total{state}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EvictedState {
+    /// A pending check became a tombstone early.
+    Pending,
+    /// A tombstone was dropped early (its orphan, if any, still reported).
+    Tombstone,
+    /// A buffered event was processed before the watermark reached it.
+    Buffered,
+    /// An idempotency key was forgotten early.
+    Key,
+    /// A remembered span or audit identity was forgotten early.
+    Dedupe,
+    /// An audit write left the resource history early.
+    Audit,
+    /// A pending create was decided early.
+    Create,
+    /// A policy's change history was forgotten.
+    Policy,
+}
+
+impl EvictedState {
+    pub const ALL: [EvictedState; 8] = [
+        EvictedState::Pending,
+        EvictedState::Tombstone,
+        EvictedState::Buffered,
+        EvictedState::Key,
+        EvictedState::Dedupe,
+        EvictedState::Audit,
+        EvictedState::Create,
+        EvictedState::Policy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictedState::Pending => "pending",
+            EvictedState::Tombstone => "tombstone",
+            EvictedState::Buffered => "buffered",
+            EvictedState::Key => "key",
+            EvictedState::Dedupe => "dedupe",
+            EvictedState::Audit => "audit",
+            EvictedState::Create => "create",
+            EvictedState::Policy => "policy",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000_000_000;
+
+/// Race windows (check end to use start): sub-millisecond in-process races up to uses that
+/// trail their check by the default pair TTL.
+pub const RACE_WINDOW_BUCKETS_NS: &[u64] = &[
+    MS / 10,
+    MS,
+    5 * MS,
+    10 * MS,
+    50 * MS,
+    100 * MS,
+    500 * MS,
+    S,
+    5 * S,
+    10 * S,
+    30 * S,
+    60 * S,
+];
+
+/// Detection latency (deciding event time to emission): bounded below by the allowed
+/// lateness (2 s by default) and, for orphans, by twice the pair TTL.
+pub const DETECTION_LATENCY_BUCKETS_NS: &[u64] = &[
+    100 * MS,
+    250 * MS,
+    500 * MS,
+    S,
+    2 * S,
+    3 * S,
+    5 * S,
+    10 * S,
+    30 * S,
+    60 * S,
+    120 * S,
+    300 * S,
+];
+
+const MAX_BUCKETS: usize = 12;
+
+/// A fixed-bucket histogram of durations, observed in nanoseconds, rendered in seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    bounds_ns: &'static [u64],
+    /// Per bucket, not cumulative; the last slot counts observations above every bound.
+    counts: [u64; MAX_BUCKETS + 1],
+    sum_seconds: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds_ns: &'static [u64]) -> Histogram {
+        assert!(bounds_ns.len() <= MAX_BUCKETS, "too many histogram buckets");
+        Histogram {
+            bounds_ns,
+            counts: [0; MAX_BUCKETS + 1],
+            sum_seconds: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe_ns(&mut self, ns: u64) {
+        let slot = self.bounds_ns.partition_point(|b| *b < ns);
+        self.counts[slot] += 1;
+        self.sum_seconds += ns as f64 / 1e9;
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_seconds
+    }
+
+    /// Observations at or below `bound_ns` (which must be one of the bucket bounds).
+    pub fn cumulative(&self, bound_ns: u64) -> u64 {
+        let slot = self.bounds_ns.partition_point(|b| *b < bound_ns);
+        self.counts[..=slot.min(self.bounds_ns.len())].iter().sum()
+    }
+
+    fn add(&mut self, other: &Histogram) {
+        debug_assert_eq!(self.bounds_ns, other.bounds_ns);
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum_seconds += other.sum_seconds;
+        self.count += other.count;
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds_ns.iter().enumerate() {
+            cumulative += self.counts[i];
+            let le = *bound as f64 / 1e9;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum_seconds);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+/// The engine's counters and gauges. Counters only grow; gauges are current values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    /// Uses joined with a check (any outcome).
+    pub pairs: u64,
+    /// Findings emitted, by kind, indexed in [`FindingKind::ALL`] order.
+    pub findings: [u64; 6],
+    /// Uses whose own precondition failed (`conflict`): races caught by the application.
+    pub prevented_races: u64,
+    /// Pairs that could not be decided (a version missing and no audit stream).
+    pub indeterminate: u64,
+    /// Events older than the watermark when they arrived.
+    pub late_events: u64,
+    /// Redelivered spans and audit records dropped.
+    pub duplicate_events: u64,
+    /// Early expiries, by [`EvictedState`] (declaration order).
+    pub evicted: [u64; 8],
+    /// Gauge: checks waiting for their use.
+    pub pending_checks: u64,
+    /// Gauge: expired checks still matchable by a late use.
+    pub tombstones: u64,
+    /// Gauge: events waiting in the reorder buffer.
+    pub buffered_events: u64,
+    /// Gauge: wall clock minus watermark, in seconds (0 before any event or after a flush).
+    pub watermark_lag_seconds: f64,
+    /// Check end to use start of every pair.
+    pub race_window: Histogram,
+    /// Deciding event time to emission of every finding.
+    pub detection_latency: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            pairs: 0,
+            findings: [0; 6],
+            prevented_races: 0,
+            indeterminate: 0,
+            late_events: 0,
+            duplicate_events: 0,
+            evicted: [0; 8],
+            pending_checks: 0,
+            tombstones: 0,
+            buffered_events: 0,
+            watermark_lag_seconds: 0.0,
+            race_window: Histogram::new(RACE_WINDOW_BUCKETS_NS),
+            detection_latency: Histogram::new(DETECTION_LATENCY_BUCKETS_NS),
+        }
+    }
+}
+
+impl Stats {
+    pub fn findings_of(&self, kind: FindingKind) -> u64 {
+        self.findings[kind as usize]
+    }
+
+    pub fn evicted_of(&self, state: EvictedState) -> u64 {
+        self.evicted[state.index()]
+    }
+
+    pub fn findings_total(&self) -> u64 {
+        self.findings.iter().sum()
+    }
+
+    pub(crate) fn count_finding(&mut self, kind: FindingKind) {
+        self.findings[kind as usize] += 1;
+    }
+
+    pub(crate) fn count_evicted(&mut self, state: EvictedState) {
+        self.evicted[state.index()] += 1;
+    }
+
+    /// Adds another shard's stats into this one: counters and gauges sum, the lag is the
+    /// worst of the two.
+    pub fn add(&mut self, other: &Stats) {
+        self.pairs += other.pairs;
+        for (a, b) in self.findings.iter_mut().zip(other.findings.iter()) {
+            *a += b;
+        }
+        self.prevented_races += other.prevented_races;
+        self.indeterminate += other.indeterminate;
+        self.late_events += other.late_events;
+        self.duplicate_events += other.duplicate_events;
+        for (a, b) in self.evicted.iter_mut().zip(other.evicted.iter()) {
+            *a += b;
+        }
+        self.pending_checks += other.pending_checks;
+        self.tombstones += other.tombstones;
+        self.buffered_events += other.buffered_events;
+        self.watermark_lag_seconds = self.watermark_lag_seconds.max(other.watermark_lag_seconds);
+        self.race_window.add(&other.race_window);
+        self.detection_latency.add(&other.detection_latency);
+    }
+
+    /// Appends the Prometheus text exposition of every correlator metric to `out`.
+    pub fn render_prometheus(&self, out: &mut String) {
+        counter(
+            out,
+            "toctou_pairs_total",
+            "Uses joined with a check, any outcome.",
+            self.pairs,
+        );
+        let _ = writeln!(out, "# HELP toctou_findings_total Races reported, by kind.");
+        let _ = writeln!(out, "# TYPE toctou_findings_total counter");
+        for kind in FindingKind::ALL {
+            let _ = writeln!(
+                out,
+                "toctou_findings_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                self.findings_of(kind)
+            );
+        }
+        counter(
+            out,
+            "toctou_prevented_races_total",
+            "Uses whose own precondition caught the race (outcome conflict).",
+            self.prevented_races,
+        );
+        counter(
+            out,
+            "toctou_indeterminate_total",
+            "Pairs left undecided: a version missing and no audit stream for the resource.",
+            self.indeterminate,
+        );
+        gauge(
+            out,
+            "toctou_pending_checks",
+            "Checks waiting for their use.",
+            self.pending_checks as f64,
+        );
+        gauge(
+            out,
+            "toctou_tombstones",
+            "Expired checks still matchable by a late use.",
+            self.tombstones as f64,
+        );
+        gauge(
+            out,
+            "toctou_buffered_events",
+            "Events waiting in the reorder buffer for the watermark.",
+            self.buffered_events as f64,
+        );
+        counter(
+            out,
+            "toctou_late_events_total",
+            "Events older than the watermark on arrival, processed out of order.",
+            self.late_events,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_evicted_total Entries expired early because their state was full."
+        );
+        let _ = writeln!(out, "# TYPE toctou_evicted_total counter");
+        for state in EvictedState::ALL {
+            let _ = writeln!(
+                out,
+                "toctou_evicted_total{{state=\"{}\"}} {}",
+                state.as_str(),
+                self.evicted_of(state)
+            );
+        }
+        counter(
+            out,
+            "toctou_duplicate_events_total",
+            "Redelivered spans and audit records dropped.",
+            self.duplicate_events,
+        );
+        gauge(
+            out,
+            "toctou_watermark_lag_seconds",
+            "Wall clock minus the event-time watermark.",
+            self.watermark_lag_seconds,
+        );
+        self.race_window.render(
+            "toctou_race_window_seconds",
+            "Time from a check's end to its use's start, for every pair.",
+            out,
+        );
+        self.detection_latency.render(
+            "toctou_detection_latency_seconds",
+            "Time from the deciding event to the finding's emission.",
+            out,
+        );
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_metric_and_label_is_present_even_at_zero() {
+        let mut text = String::new();
+        Stats::default().render_prometheus(&mut text);
+        for name in [
+            "toctou_pairs_total",
+            "toctou_prevented_races_total",
+            "toctou_indeterminate_total",
+            "toctou_pending_checks",
+            "toctou_tombstones",
+            "toctou_buffered_events",
+            "toctou_late_events_total",
+            "toctou_duplicate_events_total",
+            "toctou_watermark_lag_seconds",
+            "toctou_race_window_seconds_count",
+            "toctou_detection_latency_seconds_count",
+        ] {
+            assert_eq!(sample(&text, name), Some(0.0), "{name}");
+        }
+        for kind in FindingKind::ALL {
+            let series = format!("toctou_findings_total{{kind=\"{}\"}}", kind.as_str());
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+        for state in EvictedState::ALL {
+            let series = format!("toctou_evicted_total{{state=\"{}\"}}", state.as_str());
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+        // Every sample belongs to a family announced with HELP and TYPE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let family = line.split(['{', ' ']).next().unwrap();
+            let base = family
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            let base = if text.contains(&format!("# TYPE {family} ")) {
+                family
+            } else {
+                base
+            };
+            assert!(text.contains(&format!("# HELP {base} ")), "{line}");
+            assert!(text.contains(&format!("# TYPE {base} ")), "{line}");
+        }
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_inf_sum_and_count() {
+        let mut s = Stats::default();
+        s.race_window.observe_ns(MS / 20); // first bucket
+        s.race_window.observe_ns(MS); // on a bound: counted in that bucket (le)
+        s.race_window.observe_ns(2 * S);
+        s.race_window.observe_ns(3600 * S); // above every bound
+        let mut text = String::new();
+        s.render_prometheus(&mut text);
+        let b = |le: &str| {
+            sample(
+                &text,
+                &format!("toctou_race_window_seconds_bucket{{le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(b("0.0001"), Some(1.0));
+        assert_eq!(b("0.001"), Some(2.0));
+        assert_eq!(b("1"), Some(2.0));
+        assert_eq!(b("5"), Some(3.0));
+        assert_eq!(b("60"), Some(3.0));
+        assert_eq!(b("+Inf"), Some(4.0));
+        assert_eq!(sample(&text, "toctou_race_window_seconds_count"), Some(4.0));
+        let sum = sample(&text, "toctou_race_window_seconds_sum").unwrap();
+        assert!((sum - 3602.00105).abs() < 1e-6, "{sum}");
+        assert_eq!(s.race_window.cumulative(S), 2);
+    }
+
+    #[test]
+    fn shards_add_up() {
+        let mut a = Stats::default();
+        let mut b = Stats::default();
+        a.pairs = 2;
+        b.pairs = 3;
+        a.count_finding(FindingKind::OrphanCheck);
+        b.count_finding(FindingKind::OrphanCheck);
+        b.count_evicted(EvictedState::Key);
+        a.watermark_lag_seconds = 1.5;
+        b.watermark_lag_seconds = 4.0;
+        b.detection_latency.observe_ns(S);
+        a.add(&b);
+        assert_eq!(a.pairs, 5);
+        assert_eq!(a.findings_of(FindingKind::OrphanCheck), 2);
+        assert_eq!(a.evicted_of(EvictedState::Key), 1);
+        assert_eq!(a.watermark_lag_seconds, 4.0);
+        assert_eq!(a.detection_latency.count(), 1);
+    }
+}

@@ -1,0 +1,207 @@
+//! The storage under every keyed piece of state: a slab of records addressed by `u32` slot,
+//! plus a hash index of slot numbers.
+//!
+//! Why not a `HashMap<Key, Record>`: the index holds 4-byte slot numbers (5 bytes per bucket
+//! with hashbrown's control byte) instead of key and value, records keep a stable slot that
+//! timers can name, and a slot's generation tells a timer whether the record it was set for
+//! is still the one living there. Keys are never stored twice: the caller hashes its key and
+//! compares against the record itself.
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::{BuildHasher, Hash};
+
+/// A record's address plus the generation it was created in; stale once the slot is freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Handle {
+    pub slot: u32,
+    pub gen: u32,
+}
+
+struct Slot<T> {
+    gen: u32,
+    value: Option<T>,
+}
+
+pub(crate) struct Table<T> {
+    index: HashTable<u32>,
+    slots: Vec<Slot<T>>,
+    /// Freed slots, reused last-in first-out; never longer than `slots`.
+    free: Vec<u32>,
+    build: DefaultHashBuilder,
+    /// Recomputes a record's hash when the index grows.
+    rehash: fn(&DefaultHashBuilder, &T) -> u64,
+    /// Generation given to newly created slots: above every generation ever handed out, so
+    /// that a handle from before the storage was given back never names a new record.
+    epoch: u32,
+}
+
+impl<T> Table<T> {
+    pub fn new(rehash: fn(&DefaultHashBuilder, &T) -> u64) -> Table<T> {
+        Table {
+            index: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            build: DefaultHashBuilder::default(),
+            rehash,
+            epoch: 0,
+        }
+    }
+
+    pub fn hash<K: Hash + ?Sized>(&self, key: &K) -> u64 {
+        self.build.hash_one(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn find(&self, hash: u64, eq: impl Fn(&T) -> bool) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&i| slots[i as usize].value.as_ref().is_some_and(&eq))
+            .copied()
+    }
+
+    /// Stores a record the caller knows is absent, under `hash` (which must equal `rehash`
+    /// of the record).
+    pub fn insert(&mut self, hash: u64, value: T) -> Handle {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize].value = Some(value);
+                slot
+            }
+            None => {
+                let slot = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    gen: self.epoch,
+                    value: Some(value),
+                });
+                slot
+            }
+        };
+        let Table {
+            index,
+            slots,
+            build,
+            rehash,
+            ..
+        } = self;
+        index.insert_unique(hash, slot, |&i| {
+            let value = slots[i as usize].value.as_ref();
+            rehash(build, value.expect("indexed slots hold a record"))
+        });
+        Handle {
+            slot,
+            gen: self.slots[slot as usize].gen,
+        }
+    }
+
+    /// Takes the record out of its slot and frees the slot (its generation moves on).
+    pub fn remove(&mut self, slot: u32) -> T {
+        let value = self.slots[slot as usize]
+            .value
+            .take()
+            .expect("removing a live slot");
+        let hash = (self.rehash)(&self.build, &value);
+        match self.index.find_entry(hash, |&i| i == slot) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => unreachable!("a live slot is indexed under its record's hash"),
+        }
+        let s = &mut self.slots[slot as usize];
+        s.gen = s.gen.wrapping_add(1);
+        self.free.push(slot);
+        if self.index.is_empty() {
+            // Everything is gone (end of input or a lull after a burst): give the memory back.
+            let newest = self.slots.iter().map(|s| s.gen).max().unwrap_or(0);
+            self.epoch = newest.wrapping_add(1);
+            self.slots = Vec::new();
+            self.free = Vec::new();
+            self.index = HashTable::new();
+        }
+        value
+    }
+
+    pub fn get(&self, slot: u32) -> &T {
+        self.slots[slot as usize]
+            .value
+            .as_ref()
+            .expect("reading a live slot")
+    }
+
+    pub fn get_mut(&mut self, slot: u32) -> &mut T {
+        self.slots[slot as usize]
+            .value
+            .as_mut()
+            .expect("writing a live slot")
+    }
+
+    pub fn handle(&self, slot: u32) -> Handle {
+        Handle {
+            slot,
+            gen: self.slots[slot as usize].gen,
+        }
+    }
+
+    /// The record a handle names, if it is still the one in its slot.
+    pub fn live(&self, h: Handle) -> Option<&T> {
+        let s = self.slots.get(h.slot as usize)?;
+        if s.gen != h.gen {
+            return None;
+        }
+        s.value.as_ref()
+    }
+
+    pub fn live_mut(&mut self, h: Handle) -> Option<&mut T> {
+        let s = self.slots.get_mut(h.slot as usize)?;
+        if s.gen != h.gen {
+            return None;
+        }
+        s.value.as_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rehash(b: &DefaultHashBuilder, v: &(u32, String)) -> u64 {
+        b.hash_one(v.0)
+    }
+
+    #[test]
+    fn insert_find_remove_and_stale_handles() {
+        let mut t: Table<(u32, String)> = Table::new(rehash);
+        let mut handles = Vec::new();
+        for k in 0..1000u32 {
+            let h = t.hash(&k);
+            assert_eq!(t.find(h, |v| v.0 == k), None);
+            handles.push(t.insert(h, (k, k.to_string())));
+        }
+        assert_eq!(t.len(), 1000);
+        for k in (0..1000u32).step_by(2) {
+            let slot = t.find(t.hash(&k), |v| v.0 == k).unwrap();
+            assert_eq!(t.remove(slot).1, k.to_string());
+        }
+        assert_eq!(t.len(), 500);
+        assert!(t.live(handles[0]).is_none());
+        assert_eq!(t.live(handles[1]).unwrap().0, 1);
+        // Freed slots are reused under a new generation.
+        let h = t.insert(t.hash(&5000u32), (5000, "x".into()));
+        assert!(handles
+            .iter()
+            .any(|old| old.slot == h.slot && old.gen != h.gen));
+        assert!(t.live(h).is_some());
+        for k in (1..1000u32).step_by(2).chain([5000]) {
+            let slot = t.find(t.hash(&k), |v| v.0 == k).unwrap();
+            t.remove(slot);
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.live(h).is_none());
+        // After the storage was given back, an old handle still names nothing.
+        let again = t.insert(t.hash(&7u32), (7, "y".into()));
+        assert_eq!(again.slot, 0);
+        assert!(handles.iter().chain([&h]).all(|old| t.live(*old).is_none()));
+    }
+}
