@@ -172,3 +172,19 @@ fn prometheus_text_reflects_the_engine() {
     assert!(text.contains("toctou_race_window_seconds_bucket{le=\"0.01\"} 1\n"));
     assert!(text.contains("toctou_race_window_seconds_count 1\n"));
 }
+
+#[test]
+fn a_timer_due_at_the_watermark_waits_for_events_at_that_instant() {
+    // The tombstone of q1's check leaves at 2 s. An event at exactly 2 s is on time while
+    // the watermark is 2 s, and in event-time order it comes before the timer: the use
+    // pairs with the tombstone whatever the arrival order.
+    let cfg = config(1_000, 100);
+    let events = vec![
+        check("inv/1", "q1", 0).version("1").ev(),
+        check("inv/9", "x", 2_100).version("1").ev(),
+        use_("inv/9", "x", 2_100).version("1").ev(),
+        use_("inv/1", "q1", 2_000).version("1").ev(),
+    ];
+    let f = assert_order_independent(&cfg, events);
+    assert!(f.is_empty(), "{f:?}");
+}
