@@ -1,1 +1,73 @@
-fn main() {}
+//! The `toctou` binary: one executable, one subcommand per way of running the pipeline.
+//!
+//! # Layout
+//! - [`cli`]: flags shared by the subcommands (addresses, limits, correlator tuning).
+//! - [`run`]: `toctou run`, the embedded default: receivers, correlator and findings API in
+//!   one process with no external services.
+//! - [`api`]: the HTTP API on :8686 (findings, `/metrics`, `/healthz`).
+//! - [`store`]: the bounded in-memory findings store behind the API.
+//! - [`output`]: findings as JSON lines to stdout or a file.
+//! - [`replay`]: `toctou replay`, the same correlator offline over files.
+//! - [`demo`]: `toctou demo`, racing workloads instrumented with the OpenTelemetry SDK.
+//!
+//! Errors become `anyhow` with context here, at the edge; the library crates keep typed ones.
+
+mod api;
+mod cli;
+mod demo;
+mod output;
+mod replay;
+mod run;
+mod store;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "toctou", version, about = "Finds time-of-check-to-time-of-use races in running systems", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole pipeline in one process, in memory: OTLP gRPC :4317, OTLP HTTP and the
+    /// Kubernetes audit webhook :4318, findings API, page and /metrics :8686.
+    Run(Box<run::RunArgs>),
+    /// Run the correlator offline over OTLP JSON / JSON lines / Kubernetes audit files and
+    /// print the findings as JSON lines (same input, same output).
+    Replay(replay::ReplayArgs),
+    /// Send racing demo workloads, instrumented with the OpenTelemetry SDK, to a running
+    /// `toctou run`.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Run(args) => run::main(*args),
+        Command::Replay(args) => replay::main(args),
+        Command::Demo(args) => demo::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr: stdout carries findings as JSON lines and must stay parseable.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TOCTOU_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,206 @@
+//! The HTTP API of `toctou run` (default 127.0.0.1:8686): findings, metrics and health.
+//!
+//! - `GET /api/v1/findings?kind=&since=&limit=` → `{"findings":[...]}`, oldest first, the
+//!   latest `limit` (default 100) matching findings; `since` is Unix nanoseconds or RFC 3339.
+//! - `GET /metrics` → Prometheus text: the receivers', the correlator's and the store's.
+//! - `GET /healthz` → `ok`.
+
+use crate::store::{FindingStore, Query};
+use axum::extract::{Query as QueryParams, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use toctou_collector::Receivers;
+use toctou_correlator::Stats;
+use toctou_schema::FindingKind;
+use tokio::net::TcpListener;
+
+/// Findings returned when a request names no limit.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// State shared between the correlator thread (writer) and API requests (readers).
+pub struct Shared {
+    pub store: RwLock<FindingStore>,
+    /// A snapshot of the engine's stats, refreshed every correlator tick.
+    pub stats: Mutex<Stats>,
+    pub receivers: Receivers,
+    pub started_ns: u64,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v1/findings", get(findings))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(index))
+        .with_state(shared)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[derive(Deserialize)]
+struct FindingsParams {
+    kind: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+async fn findings(
+    State(shared): State<Arc<Shared>>,
+    params: Result<QueryParams<FindingsParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let QueryParams(params) = match params {
+        Ok(p) => p,
+        Err(err) => return bad_request(format!("invalid query: {}", err.body_text())),
+    };
+    let kind = match params.kind.as_deref().filter(|k| !k.is_empty()) {
+        None => None,
+        Some(k) => match FindingKind::parse(k) {
+            Some(kind) => Some(kind),
+            None => {
+                let known: Vec<&str> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+                return bad_request(format!(
+                    "unknown kind {k:?}; expected one of {}",
+                    known.join(", ")
+                ));
+            }
+        },
+    };
+    let since_ns = match params.since.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match parse_since(s) {
+            Some(ns) => Some(ns),
+            None => {
+                return bad_request(format!(
+                    "invalid since {s:?}: expected Unix nanoseconds or an RFC 3339 time"
+                ))
+            }
+        },
+    };
+    let query = Query {
+        kind,
+        since_ns,
+        limit: params.limit.unwrap_or(DEFAULT_LIMIT),
+    };
+    let store = shared.store.read().unwrap_or_else(|e| e.into_inner());
+    let findings = store.query(&query);
+    // Serialized under the read lock: borrowing avoids cloning up to max-findings records.
+    match serde_json::to_vec(&serde_json::json!({ "findings": findings })) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serializing findings: {err}"),
+        )
+            .into_response(),
+    }
+}
+
+fn parse_since(s: &str) -> Option<u64> {
+    if let Ok(ns) = s.parse::<u64>() {
+        return Some(ns);
+    }
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos() as u64)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut out = String::with_capacity(8 * 1024);
+    shared.receivers.metrics().render_prometheus(&mut out);
+    shared
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .render_prometheus(&mut out);
+    {
+        let store = shared.store.read().unwrap_or_else(|e| e.into_inner());
+        gauge(
+            &mut out,
+            "toctou_findings_stored",
+            "Findings held in the embedded store.",
+            store.len() as u64,
+        );
+        counter(
+            &mut out,
+            "toctou_findings_dropped_total",
+            "Findings pushed out of the embedded store by newer ones (--max-findings).",
+            store.dropped(),
+        );
+    }
+    gauge(
+        &mut out,
+        "toctou_start_time_seconds",
+        "Unix time the process started.",
+        shared.started_ns / 1_000_000_000,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+    );
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+    );
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "toctou\n\nGET /api/v1/findings?kind=&since=&limit=\nGET /metrics\nGET /healthz\n",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_nanoseconds_and_rfc3339() {
+        assert_eq!(
+            parse_since("1700000000000000000"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(parse_since("yesterday"), None);
+    }
+}

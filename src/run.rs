@@ -1,0 +1,252 @@
+//! `toctou run`: the whole pipeline in one process, in memory, with no external services.
+//!
+//! Receivers (OTLP gRPC, OTLP HTTP + audit webhook) decode requests into events and hand
+//! them to a bounded channel; one correlator thread owns the engine (one owner, no lock on
+//! the hot path) and publishes findings to the store, the JSON lines output and metrics.
+//! When the channel is full the receivers push back (HTTP 503, gRPC UNAVAILABLE) instead of
+//! queueing without bound.
+
+use crate::api::{self, Shared};
+use crate::cli::{now_ns, CorrelatorArgs};
+use crate::output::FindingsWriter;
+use crate::store::FindingStore;
+use anyhow::{Context, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use toctou_collector::{ChannelSink, ReceiverConfig, Receivers};
+use toctou_correlator::Engine;
+use toctou_schema::Event;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// How often the correlator advances an idle watermark and publishes its stats.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "TOCTOU_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc_addr: SocketAddr,
+    /// OTLP/HTTP listen address (also serves the Kubernetes audit webhook, /v1/k8s-audit).
+    #[arg(long, env = "TOCTOU_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    pub otlp_http_addr: SocketAddr,
+    /// Findings API, page, /metrics and /healthz listen address.
+    #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
+    pub api_addr: SocketAddr,
+    /// Findings kept in memory for the API (oldest dropped first, counted).
+    #[arg(long, env = "TOCTOU_MAX_FINDINGS", default_value_t = 100_000)]
+    pub max_findings: usize,
+    /// Append findings as JSON lines to this file instead of stdout.
+    #[arg(long, env = "TOCTOU_FINDINGS_FILE")]
+    pub findings_file: Option<PathBuf>,
+    /// Decoded request batches waiting for the correlator; beyond it receivers push back.
+    #[arg(long, env = "TOCTOU_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Largest request body accepted, after decompression.
+    #[arg(long, env = "TOCTOU_MAX_REQUEST_BYTES", default_value_t = toctou_collector::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    #[command(flatten)]
+    pub correlator: CorrelatorArgs,
+    /// Also run the demo workloads against this process, so findings appear at once.
+    #[arg(long)]
+    pub demo: bool,
+    /// With --demo: how long the demo traffic runs.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub demo_duration: Duration,
+}
+
+pub fn main(args: RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("toctou-io")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args, shutdown_signal()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs until `shutdown` resolves. Binding happens first so that a port in use fails fast
+/// with the address in the message.
+pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
+    let writer = FindingsWriter::open(args.findings_file.as_deref())?;
+
+    let grpc = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
+    let http = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let api_listener = bind(args.api_addr, "API").await?;
+
+    let (tx, rx) = mpsc::channel::<Vec<Event>>(args.queue_capacity.max(1));
+    let receiver_config = ReceiverConfig {
+        max_request_bytes: args.max_request_bytes,
+        ..ReceiverConfig::default()
+    };
+    let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), receiver_config);
+
+    let shared = Arc::new(Shared {
+        store: RwLock::new(FindingStore::new(args.max_findings)),
+        stats: Mutex::new(engine.stats().clone()),
+        receivers: receivers.clone(),
+        started_ns: now_ns(),
+    });
+
+    let correlator = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("toctou-correlator".into())
+            .spawn(move || correlate(engine, rx, shared, writer))
+            .context("starting the correlator thread")?
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tracing::info!(
+        otlp_grpc = %grpc.local_addr()?, otlp_http = %http.local_addr()?, api = %api_listener.local_addr()?,
+        "toctou run listening"
+    );
+    let grpc_task = tokio::spawn(toctou_collector::serve_grpc(
+        grpc,
+        receivers.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let http_task = tokio::spawn(toctou_collector::serve_http(
+        http,
+        receivers.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        shared.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    drop(receivers);
+
+    let demo_task = args.demo.then(|| {
+        let demo = crate::demo::DemoArgs::against(args.otlp_grpc_addr, args.demo_duration);
+        tokio::spawn(async move {
+            if let Err(err) = crate::demo::run_workloads(demo).await {
+                tracing::error!(error = %format!("{err:#}"), "demo traffic failed");
+            }
+        })
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests, draining the correlator");
+    if let Some(d) = demo_task {
+        d.abort();
+    }
+    let _ = stop_tx.send(true);
+    let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
+    g.context("gRPC server task")?.context("gRPC server")?;
+    h.context("HTTP server task")?.context("HTTP server")?;
+    a.context("API server task")?.context("API server")?;
+    // Every sender is gone with the servers, so the correlator drains the queue and ends.
+    tokio::task::spawn_blocking(move || correlator.join())
+        .await
+        .context("joining the correlator")?
+        .map_err(|_| anyhow::anyhow!("the correlator thread panicked"))?;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
+
+/// The correlator loop: the only owner of the engine. Runs on its own thread (with a
+/// single-threaded runtime for its timer) so that a burst of correlation never delays the
+/// receivers' reactor.
+fn correlate(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<Vec<Event>>,
+    shared: Arc<Shared>,
+    mut writer: FindingsWriter,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the correlator's runtime");
+            return;
+        }
+    };
+    let mut out = Vec::new();
+    runtime.block_on(async {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                // The tick first: under a steady flood of batches it must still run, since it
+                // publishes stats and advances the watermark.
+                biased;
+                _ = ticker.tick() => {
+                    engine.tick(now_ns(), &mut out);
+                    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
+                }
+                batch = rx.recv() => match batch {
+                    Some(batch) => {
+                        let now = now_ns();
+                        for event in batch {
+                            engine.ingest(event, now, &mut out);
+                        }
+                    }
+                    None => break,
+                },
+            }
+            publish(&mut out, &shared, &mut writer);
+        }
+    });
+    // Input is closed: the events already accepted are correlated as far as the watermark
+    // allows. Pending checks are not expired early: reporting them as orphans because the
+    // process stops would be a false finding.
+    engine.tick(now_ns(), &mut out);
+    publish(&mut out, &shared, &mut writer);
+    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
+    let _ = writer.flush();
+}
+
+fn publish(out: &mut Vec<toctou_schema::Finding>, shared: &Shared, writer: &mut FindingsWriter) {
+    if out.is_empty() {
+        return;
+    }
+    for f in out.iter() {
+        if let Err(err) = writer.write(f) {
+            tracing::warn!(error = %err, "writing a finding to the findings output failed");
+        }
+    }
+    let _ = writer.flush();
+    let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
+    for f in out.drain(..) {
+        store.push(f);
+    }
+}

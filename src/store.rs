@@ -1,0 +1,139 @@
+//! The embedded findings store: the latest `--max-findings` findings, oldest dropped first.
+//!
+//! One writer (the correlator loop) and many readers (API requests) share it behind a
+//! `RwLock`; writes happen once per correlated batch, so contention stays negligible.
+
+use std::collections::VecDeque;
+use toctou_schema::{Finding, FindingKind};
+
+/// What a findings query asks for.
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    pub kind: Option<FindingKind>,
+    /// Only findings detected at or after this time (Unix ns).
+    pub since_ns: Option<u64>,
+    /// At most this many: the latest ones.
+    pub limit: usize,
+}
+
+pub struct FindingStore {
+    capacity: usize,
+    findings: VecDeque<Finding>,
+    /// Findings pushed out by newer ones; reported on /metrics so that a full store is visible.
+    dropped: u64,
+}
+
+impl FindingStore {
+    pub fn new(capacity: usize) -> FindingStore {
+        FindingStore {
+            capacity,
+            findings: VecDeque::with_capacity(capacity.min(1024)),
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, finding: Finding) {
+        if self.capacity == 0 {
+            self.dropped += 1;
+            return;
+        }
+        if self.findings.len() == self.capacity {
+            self.findings.pop_front();
+            self.dropped += 1;
+        }
+        self.findings.push_back(finding);
+    }
+
+    /// Matching findings in detection order (oldest first), the latest `limit` of them.
+    pub fn query(&self, q: &Query) -> Vec<&Finding> {
+        let mut out: Vec<&Finding> = self
+            .findings
+            .iter()
+            .rev()
+            .filter(|f| q.kind.is_none_or(|k| f.kind == k))
+            .filter(|f| q.since_ns.is_none_or(|s| f.detected_at_ns >= s))
+            .take(q.limit)
+            .collect();
+        out.reverse();
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.findings.len()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toctou_schema::Severity;
+
+    fn finding(n: u64, kind: FindingKind) -> Finding {
+        Finding {
+            id: format!("{n:032x}"),
+            kind,
+            severity: Severity::High,
+            service: "svc".into(),
+            operation: "op".into(),
+            resource: "r".into(),
+            request_id: "q".into(),
+            trace_id: String::new(),
+            check_span_id: String::new(),
+            check_time_ns: None,
+            use_span_id: String::new(),
+            use_time_ns: None,
+            race_window_ns: None,
+            checked_version: None,
+            used_version: None,
+            check_source: None,
+            idempotency_key: None,
+            policy: None,
+            policy_version: None,
+            intervening: vec![],
+            prior_use: None,
+            reason: String::new(),
+            event_time_ns: n,
+            detected_at_ns: n,
+        }
+    }
+
+    #[test]
+    fn keeps_the_latest_and_counts_what_it_drops() {
+        let mut s = FindingStore::new(3);
+        for n in 0..5 {
+            s.push(finding(n, FindingKind::StaleCheck));
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.dropped(), 2);
+        let all = s.query(&Query {
+            limit: usize::MAX,
+            ..Query::default()
+        });
+        let times: Vec<u64> = all.iter().map(|f| f.detected_at_ns).collect();
+        assert_eq!(times, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn filters_by_kind_and_since_and_takes_the_latest() {
+        let mut s = FindingStore::new(100);
+        for n in 0..10 {
+            let kind = if n % 2 == 0 {
+                FindingKind::StaleCheck
+            } else {
+                FindingKind::OrphanCheck
+            };
+            s.push(finding(n, kind));
+        }
+        let q = Query {
+            kind: Some(FindingKind::StaleCheck),
+            since_ns: Some(3),
+            limit: 2,
+        };
+        let times: Vec<u64> = s.query(&q).iter().map(|f| f.detected_at_ns).collect();
+        assert_eq!(times, vec![6, 8]);
+    }
+}
