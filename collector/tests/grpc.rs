@@ -96,10 +96,8 @@ async fn toctou_spans_and_audit_records_become_events() {
         (a.action, a.resource.as_str()),
         (AuditAction::Finalize, "vm/42")
     );
-    assert_eq!(
-        a.source_id.as_deref(),
-        Some("5b8efff798038103d269b633813fc60c0909090909090909")
-    );
+    assert_eq!(a.trace_id[..2], [0x5b, 0x8e]);
+    assert_eq!(a.span_id, [0x09; 8]);
     let m = h.receivers.metrics();
     assert_eq!(m.events(Signal::Traces, EventPhase::Check), 1);
     assert_eq!(m.events(Signal::Traces, EventPhase::Use), 1);

@@ -216,10 +216,12 @@ fn audit_event(r: AuditRecord, seen: &mut Seen) -> Outcome {
         Ok(t) => t,
         Err(why) => return reject(RejectReason::BadAttribute, format!("stageTimestamp: {why}")),
     };
-    let version = object
+    // The version after the change is the response's: for an update, objectRef carries the
+    // resourceVersion the client sent, which is the version before it.
+    let version = meta
         .resource_version
         .filter(|s| !s.is_empty())
-        .or(meta.resource_version.filter(|s| !s.is_empty()));
+        .or(object.resource_version.filter(|s| !s.is_empty()));
     let request_id = r
         .annotations
         .and_then(|mut a| a.remove(c::REQUEST_ID))

@@ -65,12 +65,10 @@ pub fn audit_event(service: &str, record: &LogRecord) -> Result<Option<AuditEven
     } else {
         record.observed_time_unix_nano
     };
-    let trace_hex = hex_id(&trace_id);
-    let source_id = if trace_hex.is_empty() {
-        None
-    } else {
-        Some(format!("{trace_hex}{}", hex_id(&span_id)))
-    };
+    // No source id: the trace and span ids say where a record was written, not which
+    // record it is (one span can commit several), so a redelivery is recognised by its
+    // content instead (action, resource, version, time, request id).
+    let source_id = None;
     Ok(Some(AuditEvent {
         action,
         resource,
@@ -139,7 +137,7 @@ mod tests {
                 actor: Some("bob".into()),
                 time_ns: 1_000,
                 service: "db".into(),
-                source_id: Some(format!("{}{}", "5b".repeat(16), "ee".repeat(8))),
+                source_id: None,
                 trace_id: [0x5B; 16],
                 span_id: [0xEE; 8],
             }
@@ -147,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn observed_time_and_no_source_id_as_fallbacks() {
+    fn observed_time_as_fallback() {
         let mut r = record(vec![
             s(c::AUDIT_ACTION, "policy_change"),
             s(c::RESOURCE, "orders-write"),

@@ -98,15 +98,17 @@ pub fn span_event(service: &str, span: &Span) -> Result<Option<SpanEvent>, Rejec
         .status
         .as_ref()
         .is_some_and(|s| s.code == StatusCode::Error as i32);
-    let outcome = match explicit_outcome {
-        Some(o) => o,
-        None if status_is_error => UseOutcome::Error,
-        None => UseOutcome::Ok,
-    };
     let permission_denied = [k.http_response_status_code, k.http_status_code]
         .into_iter()
         .any(|v| attrs::status_code(v) == Some(HTTP_FORBIDDEN))
         || attrs::status_code(k.rpc_grpc_status_code) == Some(GRPC_PERMISSION_DENIED);
+    // A refused use did not act, even on an HTTP server span whose status stays unset for
+    // 4xx answers (as the semantic conventions prescribe).
+    let outcome = match explicit_outcome {
+        Some(o) => o,
+        None if status_is_error || permission_denied => UseOutcome::Error,
+        None => UseOutcome::Ok,
+    };
     let actor = attrs::text(c::ACTOR, k.actor)?.unwrap_or_else(|| service.to_string());
     Ok(Some(SpanEvent {
         phase,
@@ -256,6 +258,19 @@ mod tests {
             span_event("x", &sp).unwrap().unwrap().outcome,
             UseOutcome::Conflict
         );
+    }
+
+    #[test]
+    fn a_refused_use_failed_even_with_its_status_unset() {
+        let ev = one(vec![
+            s(c::PHASE, "use"),
+            s(c::RESOURCE, "r"),
+            kv(c::HTTP_RESPONSE_STATUS_CODE, Value::IntValue(403)),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(ev.permission_denied);
+        assert_eq!(ev.outcome, UseOutcome::Error);
     }
 
     #[test]
