@@ -1,1 +1,124 @@
-fn main() {}
+//! Bytes of memory per pending check at 1M pending checks, measured with a counting global
+//! allocator: live heap bytes held by the engine after 1M checks were ingested and released
+//! from the reorder buffer (none expired), divided by 1M. Also prints the cost of a buffered
+//! event (the same checks while still in the reorder buffer).
+//!
+//! `cargo bench -p toctou-correlator --bench memory`
+
+mod common;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use toctou_correlator::{Config, Engine};
+use toctou_schema::{Decision, Event, Phase, SpanEvent, UseOutcome};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Relaxed);
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const CHECKS: u64 = 1_000_000;
+const SERVICES: [&str; 4] = ["checkout", "inventory", "billing", "provisioner"];
+
+fn check(i: u64, rng: &mut StdRng) -> Event {
+    let trace: [u8; 16] = rng.gen();
+    let service = SERVICES[(i % 4) as usize];
+    // 1M checks over 10 s of event time: all still pending (default pair TTL 30 s).
+    let end = common::BASE_NS + i * 10_000;
+    Event::Span(SpanEvent {
+        phase: Phase::Check,
+        resource: format!("inventory/sku-{}", rng.gen_range(0..common::RESOURCES)),
+        version: Some(rng.gen_range(1..1_000_000u64).to_string()),
+        request_id: trace.iter().map(|b| format!("{b:02x}")).collect(),
+        trace_id: trace,
+        span_id: rng.gen(),
+        start_ns: end - 500_000,
+        end_ns: end,
+        service: service.into(),
+        operation: "reserve".into(),
+        actor: service.into(),
+        decision: Decision::Allow,
+        source: None,
+        policy: None,
+        policy_version: None,
+        idempotency_key: None,
+        outcome: UseOutcome::Ok,
+        permission_denied: false,
+    })
+}
+
+/// Live bytes the engine holds after ingesting `CHECKS` checks under `config` and then
+/// letting the input go idle for `idle_ns`.
+fn measure(config: Config, idle_ns: u64) -> (usize, Engine) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut out = Vec::new();
+    let before = LIVE.load(Relaxed);
+    let mut engine = Engine::new(config).expect("valid config");
+    let mut now = 0;
+    for i in 0..CHECKS {
+        let event = check(i, &mut rng);
+        now = event.event_time_ns();
+        engine.ingest(event, now, &mut out);
+    }
+    engine.tick(now + idle_ns, &mut out);
+    assert!(out.is_empty());
+    (LIVE.load(Relaxed) - before, engine)
+}
+
+fn main() {
+    // Input goes idle past the lateness: the watermark passes every check, none has
+    // expired yet (pair TTL 30 s, checks span 10 s).
+    let config = Config::default();
+    let idle = config.allowed_lateness.as_nanos() as u64 + 1_000_000;
+    let (live, mut engine) = measure(config, idle);
+    let stats = engine.stats();
+    assert_eq!(stats.pending_checks, CHECKS, "every check must be pending");
+    assert_eq!(stats.buffered_events, 0);
+    println!(
+        "memory: {CHECKS} pending checks over {} resources: {live} bytes live, {:.1} bytes per pending check (target <= 200)",
+        common::RESOURCES,
+        live as f64 / CHECKS as f64
+    );
+    let before = LIVE.load(Relaxed);
+    let mut out = Vec::new();
+    engine.flush(0, &mut out);
+    assert_eq!(out.len() as u64, CHECKS, "every check ends an orphan");
+    drop(out);
+    println!(
+        "memory: after flush the engine holds {} bytes more than before it (negative: given back)",
+        LIVE.load(Relaxed) as i64 - before as i64
+    );
+    drop(engine);
+
+    // The same checks still waiting in the reorder buffer (an hour of lateness).
+    let config = Config {
+        allowed_lateness: std::time::Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let (live, engine) = measure(config, 0);
+    assert_eq!(engine.stats().buffered_events, CHECKS);
+    println!(
+        "memory: {CHECKS} events in the reorder buffer: {live} bytes live, {:.1} bytes per buffered event",
+        live as f64 / CHECKS as f64
+    );
+}

@@ -7,12 +7,12 @@
 //! a string has exactly one representation, so equality and hashing of the 17 bytes are
 //! equality and hashing of the string.
 
-use crate::intern::{rehash_str, Interner};
+use crate::intern::{rehash_name, Interner, Name};
 
-pub(crate) type LongStrings = Interner<Box<str>, ()>;
+pub(crate) type LongStrings = Interner<Name, ()>;
 
 pub(crate) fn long_strings() -> LongStrings {
-    Interner::new(rehash_str)
+    Interner::new(rehash_name)
 }
 
 const NONE: u8 = 0;
@@ -34,26 +34,35 @@ pub(crate) struct Compact {
 /// Enough room to render any inline form.
 pub(crate) type RenderBuf = [u8; 36];
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Value of each lowercase hex digit; 0xff for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
-/// Lowercase hex digits into 16 bytes; `None` unless exactly 32 of them.
+/// Lowercase hex digits into 16 bytes; false unless exactly 32 of them.
 fn decode_hex(hex: &[u8], out: &mut [u8; 16]) -> bool {
     if hex.len() != 32 {
         return false;
     }
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        match (hex_val(pair[0]), hex_val(pair[1])) {
-            (Some(h), Some(l)) => out[i] = (h << 4) | l,
-            _ => return false,
-        }
+    let mut bad = 0;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (h, l) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+        bad |= h | l;
+        *o = (h << 4) | (l & 15);
     }
-    true
+    // Any invalid digit sets the high bits of `bad`; valid ones never exceed 15.
+    bad < 16
 }
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -89,15 +98,13 @@ impl Compact {
             c.tag = HEX32;
             return Some(c);
         }
-        if b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-') {
+        if b.len() == 36 && b[8] == b'-' && b[13] == b'-' && b[18] == b'-' && b[23] == b'-' {
             let mut hex = [0u8; 32];
-            let mut n = 0;
-            for (i, &ch) in b.iter().enumerate() {
-                if ![8, 13, 18, 23].contains(&i) {
-                    hex[n] = ch;
-                    n += 1;
-                }
-            }
+            hex[..8].copy_from_slice(&b[..8]);
+            hex[8..12].copy_from_slice(&b[9..13]);
+            hex[12..16].copy_from_slice(&b[14..18]);
+            hex[16..20].copy_from_slice(&b[19..23]);
+            hex[20..].copy_from_slice(&b[24..]);
             if decode_hex(&hex, &mut c.bytes) {
                 c.tag = UUID;
                 return Some(c);
@@ -111,8 +118,10 @@ impl Compact {
         if let Some(c) = Compact::inline_form(s) {
             return c;
         }
-        let slot = long.acquire(long.hash(s), |k| &**k == s, || s.into());
-        Compact::long(slot)
+        match long.find_str(s) {
+            Some(slot) => Compact::long(long.retain(slot)),
+            None => Compact::long(long.acquire_string(s.to_owned())),
+        }
     }
 
     /// As [`Compact::encode`], reusing the string's allocation when it becomes a new long one.
@@ -161,7 +170,7 @@ impl Compact {
     pub fn as_str<'a>(&'a self, long: &'a LongStrings, buf: &'a mut RenderBuf) -> Option<&'a str> {
         let n = match self.tag {
             NONE => return None,
-            LONG => return Some(long.key(self.long_slot().unwrap())),
+            LONG => return Some(long.key(self.long_slot().unwrap()).as_str()),
             HEX32 => {
                 encode_hex(&self.bytes, &mut buf[..32]);
                 32

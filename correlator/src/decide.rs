@@ -210,7 +210,6 @@ impl Engine {
 
     fn stale_verdict(&self, s: &SpanItem, check: &CheckRecord) -> Stale {
         let long = &self.sym.long;
-        let resource = self.sym.resource_name(s.resource);
         let history = &self.sym.resources.value(s.resource).history;
         let pair = Pair {
             check_time: check.time,
@@ -223,6 +222,7 @@ impl Engine {
             Staleness::Fresh => Stale::No,
             Staleness::Indeterminate => Stale::Undecided,
             Staleness::Stale { intervening } => {
+                let resource = self.sym.resource_name(s.resource);
                 let n = intervening.len();
                 let refs = intervening
                     .iter()

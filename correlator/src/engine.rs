@@ -74,7 +74,7 @@ impl Engine {
             key_ttl_ns: nanos(config.key_ttl),
             history_window_ns: ttl_ns.saturating_mul(2).saturating_add(lateness_ns),
             sym: Symbols::new(),
-            buffer: ReorderBuffer::new(),
+            buffer: ReorderBuffer::new(lateness_ns),
             checks: Checks::new(),
             keys: Keys::new(),
             creates: Creates::new(),
@@ -172,6 +172,7 @@ impl Engine {
             self.clock = self.clock.max(key.time);
             self.process(key, item, out);
         }
+        self.buffer.set_floor(self.watermark);
         self.fire_timers(self.watermark, out);
     }
 
@@ -187,6 +188,7 @@ impl Engine {
         let (key, item) = self.buffer.pop().expect("peeked");
         self.clock = self.clock.max(key.time);
         self.process(key, item, out);
+        self.buffer.set_floor(self.watermark);
     }
 
     fn process(&mut self, key: OrderKey, item: Item, out: &mut Vec<Finding>) {
@@ -199,27 +201,35 @@ impl Engine {
 
     fn next_timer(&self) -> Option<(u64, TimerKind)> {
         let heads = [
-            (
-                self.checks.removal.peek_deadline(),
-                TimerKind::TombstoneRemoval,
-            ),
-            (self.checks.expiry.peek_deadline(), TimerKind::CheckExpiry),
-            (
-                self.creates.deadlines.peek_deadline(),
-                TimerKind::CreateDeadline,
-            ),
-            (self.keys.expiry.peek_deadline(), TimerKind::KeyExpiry),
-            (self.audits.prune.peek_deadline(), TimerKind::HistoryPrune),
+            (self.checks.removal.head(), TimerKind::TombstoneRemoval),
+            (self.checks.expiry.head(), TimerKind::CheckExpiry),
+            (self.creates.deadlines.head(), TimerKind::CreateDeadline),
+            (self.keys.expiry.head(), TimerKind::KeyExpiry),
+            (self.audits.prune.head(), TimerKind::HistoryPrune),
         ];
-        let mut best: Option<(u64, TimerKind)> = None;
-        for (deadline, kind) in heads {
-            if let Some(d) = deadline {
-                if best.is_none_or(|(b, _)| d < b) {
-                    best = Some((d, kind));
-                }
+        let mut best = heads[0];
+        for h in &heads[1..] {
+            if h.0 < best.0 {
+                best = *h;
             }
         }
-        best
+        if best.0 < u64::MAX {
+            return Some(best);
+        }
+        // Only timers set at `u64::MAX` (or none) are left.
+        heads
+            .into_iter()
+            .find(|(_, kind)| self.queue_len(*kind) > 0)
+    }
+
+    fn queue_len(&self, kind: TimerKind) -> usize {
+        match kind {
+            TimerKind::TombstoneRemoval => self.checks.removal.len(),
+            TimerKind::CheckExpiry => self.checks.expiry.len(),
+            TimerKind::CreateDeadline => self.creates.deadlines.len(),
+            TimerKind::KeyExpiry => self.keys.expiry.len(),
+            TimerKind::HistoryPrune => self.audits.prune.len(),
+        }
     }
 
     /// Fires every timer due strictly before `before`, in (deadline, kind) order.

@@ -91,6 +91,13 @@ impl<K, V: Default> Interner<K, V> {
         self.table.handle(slot).gen
     }
 
+    /// The key of a slot if it still holds the generation `gen`.
+    pub fn live_key(&self, slot: u32, gen: u32) -> Option<&K> {
+        self.table
+            .live(crate::table::Handle { slot, gen })
+            .map(|e| &e.key)
+    }
+
     /// The value of a slot if it still holds the generation `gen`.
     pub fn live_mut(&mut self, slot: u32, gen: u32) -> Option<&mut V> {
         self.table
@@ -104,27 +111,72 @@ impl<K, V: Default> Interner<K, V> {
     }
 }
 
-impl<V: Default> Interner<Box<str>, V> {
-    /// The slot of a string key, with a reference taken; a new key keeps the string's
+/// A string key stored in the slot itself when short (resource names usually are), so
+/// that a lookup compares it without chasing a second pointer.
+pub(crate) enum Name {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Heap(Box<str>),
+}
+
+const INLINE_NAME: usize = 30;
+
+impl Name {
+    fn new(s: String) -> Name {
+        if s.len() <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Name::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Name::Heap(s.into_boxed_str())
+        }
+    }
+
+    /// The bytes, for comparing and hashing without re-validating UTF-8 on every lookup.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Name::Inline { len, bytes } => &bytes[..*len as usize],
+            Name::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Name::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).expect("inline names come from a str")
+            }
+            Name::Heap(s) => s,
+        }
+    }
+}
+
+impl<V: Default> Interner<Name, V> {
+    /// The slot of a string key, with a reference taken; a new long key keeps the string's
     /// allocation instead of copying it.
     pub fn acquire_string(&mut self, s: String) -> u32 {
-        let hash = self.hash(s.as_str());
-        if let Some(slot) = self.find(hash, |k| **k == *s) {
+        let hash = self.hash(s.as_bytes());
+        if let Some(slot) = self.find(hash, |k| k.as_bytes() == s.as_bytes()) {
             return self.retain(slot);
         }
         let entry = Entry {
-            key: s.into_boxed_str(),
+            key: Name::new(s),
             refs: 1,
             value: V::default(),
         };
         self.table.insert(hash, entry).slot
     }
+
+    pub fn find_str(&self, s: &str) -> Option<u32> {
+        self.find(self.hash(s.as_bytes()), |k| k.as_bytes() == s.as_bytes())
+    }
 }
 
-/// Hash of a `str`-keyed entry, matching `hash(s)` for a borrowed `&str`.
-pub(crate) fn rehash_str<V>(b: &DefaultHashBuilder, e: &Entry<Box<str>, V>) -> u64 {
+/// Hash of a name-keyed entry: the hash of its bytes, as lookups compute it.
+pub(crate) fn rehash_name<V>(b: &DefaultHashBuilder, e: &Entry<Name, V>) -> u64 {
     use std::hash::BuildHasher;
-    b.hash_one(&*e.key)
+    b.hash_one(e.key.as_bytes())
 }
 
 #[cfg(test)]
@@ -133,25 +185,34 @@ mod tests {
 
     #[test]
     fn shared_until_the_last_release() {
-        let mut i: Interner<Box<str>, u8> = Interner::new(rehash_str);
-        let h = i.hash("inventory/sku-1");
-        let a = i.acquire(
-            h,
-            |k| &**k == "inventory/sku-1",
-            || "inventory/sku-1".into(),
-        );
-        let b = i.acquire(h, |k| &**k == "inventory/sku-1", || unreachable!());
+        let mut i: Interner<Name, u8> = Interner::new(rehash_name);
+        let a = i.acquire_string("inventory/sku-1".into());
+        let b = i.acquire_string("inventory/sku-1".into());
         assert_eq!(a, b);
         assert_eq!(i.len(), 1);
         *i.value_mut(a) = 7;
         i.release(a);
-        assert_eq!(&**i.key(b), "inventory/sku-1");
+        assert_eq!(i.key(b).as_str(), "inventory/sku-1");
         assert_eq!(*i.value(b), 7);
         let gen = i.gen(a);
         i.release(b);
         assert_eq!(i.len(), 0);
         assert!(i.live_mut(a, gen).is_none());
-        assert_eq!(i.find(h, |k| &**k == "inventory/sku-1"), None);
+        assert_eq!(i.find_str("inventory/sku-1"), None);
         i.release(NO_REF);
+    }
+
+    #[test]
+    fn long_and_short_names_round_trip() {
+        let mut i: Interner<Name, ()> = Interner::new(rehash_name);
+        let long = "k8s/deployments/a-very-long-namespace/a-very-long-name".to_string();
+        let s = i.acquire_string(long.clone());
+        let t = i.acquire_string("x".repeat(30));
+        assert_eq!(i.key(s).as_str(), long);
+        assert_eq!(i.key(t).as_str(), "x".repeat(30));
+        assert!(matches!(i.key(s), Name::Heap(_)));
+        assert!(matches!(i.key(t), Name::Inline { .. }));
+        assert_eq!(std::mem::size_of::<Name>(), 32);
+        assert_eq!(i.find_str(&long), Some(s));
     }
 }

@@ -103,14 +103,14 @@ impl Policies {
             Some(differs && newer)
         };
         let before_use = changes.partition_point(|c| c.time < use_time);
-        let mut found: Vec<usize> = (0..before_use)
+        let after_check = changes.partition_point(|c| c.time <= check_time);
+        let mut found: Vec<usize> = (after_check..before_use)
             .filter(|&i| {
                 let c = &changes[i];
                 let mut buf: RenderBuf = [0; 36];
-                c.time > check_time
-                    && c.version
-                        .as_str(long, &mut buf)
-                        .is_some_and(|v| !Version(v).same(&checked))
+                c.version
+                    .as_str(long, &mut buf)
+                    .is_some_and(|v| !Version(v).same(&checked))
             })
             .collect();
         // The version in force before the use: drift if it is another, newer one (an older

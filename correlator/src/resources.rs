@@ -94,6 +94,10 @@ fn int_of(c: &Compact, long: &LongStrings) -> Option<i128> {
 
 /// Versions equal as the conventions define it (integers by value, else byte for byte).
 pub(crate) fn same_version(a: &Compact, b: &Compact, long: &LongStrings) -> bool {
+    if a == b {
+        // The same string (the encoding is canonical).
+        return !a.is_none();
+    }
     let (mut ba, mut bb): (RenderBuf, RenderBuf) = ([0; 36], [0; 36]);
     match (a.as_str(long, &mut ba), b.as_str(long, &mut bb)) {
         (Some(x), Some(y)) => Version(x).same(&Version(y)),
@@ -109,6 +113,9 @@ pub(crate) fn staleness(
 ) -> Staleness {
     let checked_int = int_of(p.checked, long);
     if !p.checked.is_none() && !p.used.is_none() {
+        if same_version(p.checked, p.used, long) {
+            return Staleness::Fresh;
+        }
         let used_int = int_of(p.used, long);
         let intervening = history
             .iter()
@@ -124,11 +131,7 @@ pub(crate) fn staleness(
             })
             .map(|(i, _)| i)
             .collect();
-        return if same_version(p.checked, p.used, long) {
-            Staleness::Fresh
-        } else {
-            Staleness::Stale { intervening }
-        };
+        return Staleness::Stale { intervening };
     }
     if history.is_empty() {
         return Staleness::Indeterminate;

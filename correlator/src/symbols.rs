@@ -6,7 +6,7 @@
 //! check pays 4 bytes for them.
 
 use crate::compact::{long_strings, LongStrings};
-use crate::intern::{rehash_str, Entry, Interner};
+use crate::intern::{rehash_name, Entry, Interner, Name};
 use crate::resources::ResourceState;
 use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
@@ -37,17 +37,31 @@ fn rehash_profile(b: &DefaultHashBuilder, e: &Entry<Profile, ()>) -> u64 {
 }
 
 pub(crate) struct Symbols {
-    pub resources: Interner<Box<str>, ResourceState>,
+    pub resources: Interner<Name, ResourceState>,
     pub profiles: Interner<Profile, ()>,
     pub long: LongStrings,
+    /// Recently used profiles, direct-mapped by a cheap key: a hit costs four short string
+    /// compares instead of hashing four strings.
+    recent_profiles: [(u32, u32); RECENT],
+}
+
+const RECENT: usize = 64;
+
+/// A cheap spread of a profile's key over the recent-profile slots (no full hash).
+fn recent_index(service: &str, operation: &str, policy_version: Option<&str>) -> usize {
+    let tail = |s: &str| s.as_bytes().last().copied().unwrap_or(0) as usize;
+    let n = service.len() * 7 + operation.len() * 13 + tail(service) * 3 + tail(operation);
+    let n = n + policy_version.map_or(0, |v| v.len() * 5 + tail(v) * 11);
+    n % RECENT
 }
 
 impl Symbols {
     pub fn new() -> Symbols {
         Symbols {
-            resources: Interner::new(rehash_str),
+            resources: Interner::new(rehash_name),
             profiles: Interner::new(rehash_profile),
             long: long_strings(),
+            recent_profiles: [(u32::MAX, 0); RECENT],
         }
     }
 
@@ -64,8 +78,15 @@ impl Symbols {
         policy_version: Option<&str>,
     ) -> u32 {
         let key: ProfileKey<'_> = (service, operation, policy, policy_version);
+        let r = recent_index(service, operation, policy_version);
+        let (slot, gen) = self.recent_profiles[r];
+        if let Some(p) = self.profiles.live_key(slot, gen) {
+            if profile_key(p) == key {
+                return self.profiles.retain(slot);
+            }
+        }
         let hash = self.profiles.hash(&key);
-        self.profiles.acquire(
+        let slot = self.profiles.acquire(
             hash,
             |p| profile_key(p) == key,
             || Profile {
@@ -75,11 +96,13 @@ impl Symbols {
                 policy_version: policy_version.map(Into::into),
                 is_create: operation == OPERATION_CREATE,
             },
-        )
+        );
+        self.recent_profiles[r] = (slot, self.profiles.gen(slot));
+        slot
     }
 
     pub fn resource_name(&self, slot: u32) -> &str {
-        self.resources.key(slot)
+        self.resources.key(slot).as_str()
     }
 
     pub fn profile(&self, slot: u32) -> &Profile {

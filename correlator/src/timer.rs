@@ -15,6 +15,9 @@ use std::collections::{BinaryHeap, VecDeque};
 pub(crate) struct TimerQueue<P: Ord + Copy> {
     run: VecDeque<(u64, P)>,
     stragglers: BinaryHeap<Reverse<(u64, P)>>,
+    /// The earliest deadline (`u64::MAX` when empty), cached: the engine asks before every
+    /// event, far more often than timers are set or fire.
+    head: u64,
 }
 
 impl<P: Ord + Copy> TimerQueue<P> {
@@ -22,10 +25,12 @@ impl<P: Ord + Copy> TimerQueue<P> {
         TimerQueue {
             run: VecDeque::new(),
             stragglers: BinaryHeap::new(),
+            head: u64::MAX,
         }
     }
 
     pub fn push(&mut self, deadline: u64, payload: P) {
+        self.head = self.head.min(deadline);
         match self.run.back() {
             Some(&(last, _)) if deadline < last => {
                 self.stragglers.push(Reverse((deadline, payload)))
@@ -50,8 +55,10 @@ impl<P: Ord + Copy> TimerQueue<P> {
         }
     }
 
-    pub fn peek_deadline(&self) -> Option<u64> {
-        self.peek().map(|(d, _)| d)
+    /// The earliest deadline, `u64::MAX` when empty (a timer set at `u64::MAX` reads the
+    /// same; the engine only fires those at a flush, which drains by emptiness).
+    pub fn head(&self) -> u64 {
+        self.head
     }
 
     pub fn pop(&mut self) -> Option<(u64, P)> {
@@ -59,6 +66,7 @@ impl<P: Ord + Copy> TimerQueue<P> {
             true => self.run.pop_front(),
             false => self.stragglers.pop().map(|r| r.0),
         };
+        self.head = self.peek().map_or(u64::MAX, |(d, _)| d);
         if self.run.is_empty() && self.stragglers.is_empty() && self.run.capacity() > 4096 {
             // A drained queue gives its memory back (end of input, or after a burst).
             self.run = VecDeque::new();
@@ -67,7 +75,6 @@ impl<P: Ord + Copy> TimerQueue<P> {
         popped
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.run.len() + self.stragglers.len()
     }
@@ -92,7 +99,7 @@ mod tests {
             q.push(d, p);
         }
         assert_eq!(q.len(), 7);
-        assert_eq!(q.peek_deadline(), Some(5));
+        assert_eq!(q.head(), 5);
         let order: Vec<(u64, u32)> = std::iter::from_fn(|| q.pop()).collect();
         // Equal deadlines: those set in order first, in setting order; then stragglers.
         assert_eq!(
@@ -100,5 +107,6 @@ mod tests {
             vec![(5, 5), (10, 1), (15, 3), (20, 2), (20, 4), (20, 7), (30, 6)]
         );
         assert_eq!(q.pop(), None);
+        assert_eq!(q.head(), u64::MAX);
     }
 }
