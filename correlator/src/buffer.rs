@@ -167,6 +167,9 @@ impl ReorderBuffer {
             if self.slots.capacity() > 4096 {
                 self.slots = Vec::new();
                 self.free = Vec::new();
+                for b in &mut self.buckets {
+                    *b = Vec::new();
+                }
             }
         } else {
             self.free.push(slot);

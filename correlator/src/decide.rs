@@ -289,7 +289,8 @@ impl Engine {
         Some(Verdict {
             kind: FindingKind::AuthzDrift,
             reason: format!(
-                "check allowed under policy {policy} version {version}, but version {now_in_force} was in force before the use"
+                "check allowed under policy {policy} version {version}, but version {now_in_force} was in force before the use{}",
+                listed(drifted.len())
             ),
             intervening,
             prior: None,

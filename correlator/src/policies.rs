@@ -93,6 +93,9 @@ impl Policies {
         let other_version = |c: &PolicyChange| -> Option<bool> {
             let mut buf: RenderBuf = [0; 36];
             let v = c.version.as_str(long, &mut buf)?;
+            if v == checked.0 {
+                return Some(false);
+            }
             let v = Version(v);
             let differs = !v.same(&checked);
             // Where both are integers, only a newer version counts as the one in force.
