@@ -318,4 +318,6 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod ordering_tests;
+#[cfg(test)]
 mod tests;
