@@ -7,7 +7,7 @@ use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use toctou_schema::conventions as c;
-use toctou_schema::{hex_id, AuditAction, AuditEvent, Event, SpanId, TraceId};
+use toctou_schema::{AuditAction, AuditEvent, Event, SpanId, TraceId};
 
 /// Every log record of the request, in order: audit records become events, other records
 /// are ignored, and audit records that break the conventions are rejected one by one.
