@@ -1,6 +1,15 @@
 //! Pending creates: per resource, the first create (a use with operation `create`, or an
-//! audit `create`) until a `finalize` or `delete` clears it, or `pair_ttl` passes and it is
-//! reported as `partial_create`.
+//! audit `create`) until `pair_ttl` after it, when it is reported as `partial_create` unless
+//! a `finalize` came in between. A `delete` forgets it at once (nothing is left half-made,
+//! and a re-create is no duplicate).
+//!
+//! A finalized create is kept until its deadline all the same, so that a second create by
+//! another request shortly after the first was finalized is still a duplicate; such a
+//! duplicate re-opens the create (the resource was made again) with a deadline of its own.
+//!
+//! Only resource types (`toctou_schema::resource_type`) that have been seen finalizing are
+//! reported: a system that never sends `finalize` (plain Kubernetes objects, a service that
+//! creates in one step) would otherwise make every create a false `partial_create`.
 //!
 //! A create use and an audit create from the same request are one create, whichever is
 //! processed first. A create by another known request is a duplicate; that request is
@@ -13,11 +22,16 @@ use crate::item::{AuditItem, SpanItem};
 use crate::metrics::EvictedState;
 use crate::resources::AuditWrite;
 use crate::timer::TimerQueue;
-use toctou_schema::{hex_id, Finding, SpanId, TraceId, UseRef};
+use toctou_schema::{hex_id, resource_type, Finding, SpanId, TraceId, UseRef};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Requests remembered per pending create as having made a duplicate already reported.
 /// Beyond it, the other half of a further duplicate may be reported a second time.
 const MAX_DUPLICATE_CREATORS: usize = 64;
+
+/// Resource types remembered as finalizing. Types are few (they are what a resource name
+/// starts with); past this, new types are not learned and their creates are not reported.
+pub(crate) const MAX_FINALIZING_TYPES: usize = 65_536;
 
 pub(crate) struct PendingCreate {
     /// Event time of the first create.
@@ -36,6 +50,8 @@ pub(crate) struct PendingCreate {
     pub seq: u32,
     /// Other requests whose duplicate create was reported.
     pub duplicates: Vec<Compact>,
+    /// A `finalize` came after the latest create: its deadline passes without a finding.
+    pub finalized: bool,
 }
 
 /// Create deadlines: (resource slot, resource generation, create seq).
@@ -43,6 +59,8 @@ pub(crate) struct Creates {
     pub deadlines: TimerQueue<(u32, u32, u32)>,
     pub len: usize,
     next_seq: u32,
+    /// Hashes of the resource types seen finalizing.
+    finalizing_types: hashbrown::HashSet<u64>,
 }
 
 impl Creates {
@@ -51,7 +69,20 @@ impl Creates {
             deadlines: TimerQueue::new(),
             len: 0,
             next_seq: 0,
+            finalizing_types: hashbrown::HashSet::new(),
         }
+    }
+
+    fn learn_finalizing(&mut self, resource: &str) {
+        if self.finalizing_types.len() < MAX_FINALIZING_TYPES {
+            self.finalizing_types
+                .insert(xxh3_64(resource_type(resource).as_bytes()));
+        }
+    }
+
+    fn finalizes(&self, resource: &str) -> bool {
+        self.finalizing_types
+            .contains(&xxh3_64(resource_type(resource).as_bytes()))
     }
 }
 
@@ -107,16 +138,34 @@ impl Engine {
             .expect("a pending create")
     }
 
-    fn start_create(&mut self, resource: u32, mut pc: PendingCreate) {
-        let deadline = pc.time.saturating_add(self.ttl_ns);
-        pc.seq = self.creates.next_seq;
-        self.creates.next_seq = self.creates.next_seq.wrapping_add(1);
-        let seq = pc.seq;
+    fn start_create(&mut self, resource: u32, pc: PendingCreate) {
+        let time = pc.time;
         let slot = self.sym.resources.retain(resource);
-        let gen = self.sym.resources.gen(slot);
         self.sym.resources.value_mut(slot).create = Some(Box::new(pc));
-        self.creates.deadlines.push(deadline, (slot, gen, seq));
         self.creates.len += 1;
+        self.set_create_deadline(slot, time);
+    }
+
+    /// (Re)arms the resource's create deadline at `time + pair_ttl`; a deadline armed
+    /// before is recognised as stale by its sequence number when it fires.
+    fn set_create_deadline(&mut self, slot: u32, time: u64) {
+        let seq = self.creates.next_seq;
+        self.creates.next_seq = self.creates.next_seq.wrapping_add(1);
+        let gen = self.sym.resources.gen(slot);
+        self.pending_create_mut(slot).seq = seq;
+        self.creates
+            .deadlines
+            .push(time.saturating_add(self.ttl_ns), (slot, gen, seq));
+    }
+
+    /// A duplicate create after the first was finalized made the resource again: it is
+    /// unfinished until a finalize follows this create too.
+    fn reopen_create(&mut self, resource: u32, time: u64) {
+        let pc = self.pending_create_mut(resource);
+        if pc.finalized {
+            pc.finalized = false;
+            self.set_create_deadline(resource, time);
+        }
     }
 
     /// A successful use with operation `create`. Returns the prior create when this one is
@@ -138,6 +187,7 @@ impl Engine {
                     audit: None,
                     seq: 0,
                     duplicates: Vec::new(),
+                    finalized: false,
                 };
                 self.start_create(s.resource, pc);
                 self.enforce_max_creates(out);
@@ -152,7 +202,10 @@ impl Engine {
                 }
                 None
             }
-            Claim::Duplicate(prior) => Some(prior),
+            Claim::Duplicate(prior) => {
+                self.reopen_create(s.resource, s.start_ns);
+                Some(prior)
+            }
         }
     }
 
@@ -178,6 +231,7 @@ impl Engine {
                     audit: Some(write(self)),
                     seq: 0,
                     duplicates: Vec::new(),
+                    finalized: false,
                 };
                 self.start_create(a.resource, pc);
                 self.enforce_max_creates(out);
@@ -189,13 +243,23 @@ impl Engine {
                 }
             }
             Claim::Duplicate(prior) => {
+                self.reopen_create(a.resource, a.time);
                 let finding = self.audit_duplicate_finding(a, prior);
                 self.emit(finding, a.time, out);
             }
         }
     }
 
-    /// `finalize` or `delete`: nothing is left half-made.
+    /// `finalize`: the pending create is complete, and the resource's type finalizes.
+    pub(crate) fn finalize_create(&mut self, resource: u32) {
+        let name = self.sym.resource_name(resource);
+        self.creates.learn_finalizing(name);
+        if let Some(pc) = self.sym.resources.value_mut(resource).create.as_deref_mut() {
+            pc.finalized = true;
+        }
+    }
+
+    /// `delete`: nothing is left half-made, and a create after it is a new one.
     pub(crate) fn clear_create(&mut self, resource: u32) {
         if let Some(pc) = self.sym.resources.value_mut(resource).create.take() {
             self.drop_create(resource, *pc);
@@ -244,8 +308,10 @@ impl Engine {
             return false;
         }
         let pc = *state.create.take().expect("checked above");
-        let finding = self.partial_create_finding(slot, &pc, at, evicted);
-        self.emit(finding, at, out);
+        if !pc.finalized && self.creates.finalizes(self.sym.resource_name(slot)) {
+            let finding = self.partial_create_finding(slot, &pc, at, evicted);
+            self.emit(finding, at, out);
+        }
         self.drop_create(slot, pc);
         true
     }

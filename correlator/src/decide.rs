@@ -308,7 +308,8 @@ impl Engine {
                 self.record_write(&a);
                 match action {
                     AuditAction::Create => self.create_from_audit(&a, out),
-                    AuditAction::Finalize | AuditAction::Delete => self.clear_create(a.resource),
+                    AuditAction::Finalize => self.finalize_create(a.resource),
+                    AuditAction::Delete => self.clear_create(a.resource),
                     _ => {}
                 }
             }

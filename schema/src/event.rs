@@ -282,6 +282,23 @@ impl fmt::Display for Version<'_> {
     }
 }
 
+/// The type of a resource, for grouping: the identity up to its first `/`
+/// (`inventory/sku-42` → `inventory`), or its first two segments for Kubernetes objects
+/// (`k8s/pods/default/web-1` → `k8s/pods`); the whole identity when it has no `/`.
+pub fn resource_type(resource: &str) -> &str {
+    let mut cuts = resource.match_indices('/').map(|(i, _)| i);
+    let first = cuts.next();
+    let end = if resource.starts_with("k8s/") {
+        cuts.next().or(first)
+    } else {
+        first
+    };
+    match end {
+        Some(i) => &resource[..i],
+        None => resource,
+    }
+}
+
 /// Lowercase hex of an id; empty for an all-zero (unknown) id.
 pub fn hex_id(id: &[u8]) -> String {
     if id.iter().all(|b| *b == 0) {
@@ -332,6 +349,16 @@ mod tests {
         assert_eq!(s.event_time_ns(), 20);
         s.phase = Phase::Use;
         assert_eq!(s.event_time_ns(), 10);
+    }
+
+    #[test]
+    fn resource_types() {
+        assert_eq!(resource_type("inventory/sku-42"), "inventory");
+        assert_eq!(resource_type("claims/ns/pod-1"), "claims");
+        assert_eq!(resource_type("k8s/pods/default/web-1"), "k8s/pods");
+        assert_eq!(resource_type("k8s/namespaces/_/foo"), "k8s/namespaces");
+        assert_eq!(resource_type("k8s/pods"), "k8s");
+        assert_eq!(resource_type("singleton"), "singleton");
     }
 
     #[test]

@@ -11,6 +11,12 @@ fn cfg() -> Config {
     config(1_000, 2_000)
 }
 
+/// A finalize of another `vm/` resource: `vm` becomes a type that finalizes, so its
+/// unfinished creates are reported.
+fn vm_finalizes() -> Event {
+    audit(Finalize, "vm/other", 1).ev()
+}
+
 /// A checked create use by `request` at `at_ms`.
 fn create_use(resource: &str, request: &str, at_ms: u64) -> [Event; 2] {
     [
@@ -26,6 +32,7 @@ fn create_use(resource: &str, request: &str, at_ms: u64) -> [Event; 2] {
 fn the_audit_create_and_the_create_use_of_one_request_are_one_create() {
     let mut events = create_use("vm/1", "q1", 10).to_vec();
     events.push(audit(Create, "vm/1", 12).request("q1").version("1").ev());
+    events.push(vm_finalizes());
     let mut finalized = events.clone();
     finalized.push(audit(Finalize, "vm/1", 500).version("2").ev());
     assert!(assert_order_independent(&cfg(), finalized).is_empty());
@@ -50,11 +57,12 @@ fn the_audit_create_and_the_create_use_of_one_request_are_one_create() {
 fn an_audit_create_without_a_request_joins_the_pending_create() {
     let mut events = create_use("vm/1", "q1", 10).to_vec();
     events.push(audit(Create, "vm/1", 12).ev());
+    events.push(vm_finalizes());
     let f = assert_order_independent(&cfg(), events);
     assert_eq!(kinds(&f), [PartialCreate]);
     assert_eq!(f[0].request_id, "q1");
     // Audit first: the use claims the create for its request.
-    let mut events = vec![audit(Create, "vm/2", 3).ev()];
+    let mut events = vec![audit(Create, "vm/2", 3).ev(), vm_finalizes()];
     events.extend(create_use("vm/2", "q1", 10));
     let f = assert_order_independent(&cfg(), events);
     assert_eq!(kinds(&f), [PartialCreate]);
@@ -105,21 +113,62 @@ fn finalize_and_delete_clear_a_pending_create_and_update_does_not() {
     for (action, partial) in [(Finalize, false), (Delete, false), (Update, true)] {
         let mut events = create_use("vm/1", "q1", 10).to_vec();
         events.push(audit(action, "vm/1", 500).ev());
+        events.push(vm_finalizes());
         let f = assert_order_independent(&cfg(), events);
         let expected: &[_] = if partial { &[PartialCreate] } else { &[] };
         assert_eq!(kinds(&f), expected, "{action:?}");
     }
-    // After a finalize, another request's create is a new create, not a duplicate.
+    // After a delete, another request's create is a new create, not a duplicate.
     let mut events = create_use("vm/1", "q1", 10).to_vec();
-    events.push(audit(Finalize, "vm/1", 100).ev());
+    events.push(audit(Delete, "vm/1", 100).ev());
     events.extend(create_use("vm/1", "q2", 200));
     events.push(audit(Finalize, "vm/1", 300).ev());
+    assert!(assert_order_independent(&cfg(), events).is_empty());
+    // So it is once the first create's pair TTL is over.
+    let mut events = create_use("vm/1", "q1", 10).to_vec();
+    events.push(audit(Finalize, "vm/1", 100).ev());
+    events.extend(create_use("vm/1", "q2", 1_200));
+    events.push(audit(Finalize, "vm/1", 1_300).ev());
     assert!(assert_order_independent(&cfg(), events).is_empty());
 }
 
 #[test]
+fn a_create_by_another_request_after_a_finalize_is_a_duplicate_and_reopens_the_create() {
+    // Within the pair TTL of the first create, the resource was made twice.
+    let mut events = create_use("vm/1", "q1", 10).to_vec();
+    events.push(audit(Finalize, "vm/1", 100).ev());
+    events.extend(create_use("vm/1", "q2", 200));
+    let f = assert_order_independent(&cfg(), events.clone());
+    // The second create was never finalized: it is partial, with a deadline of its own.
+    assert_eq!(kinds(&f), [DuplicateUse, PartialCreate]);
+    assert_eq!(f[0].request_id, "q2");
+    assert_eq!(f[0].prior_use.as_ref().unwrap().request_id, "q1");
+    assert_eq!(f[1].event_time_ns, ms(1_200));
+    events.push(audit(Finalize, "vm/1", 300).ev());
+    let f = assert_order_independent(&cfg(), events);
+    assert_eq!(kinds(&f), [DuplicateUse]);
+}
+
+#[test]
+fn types_never_seen_finalizing_report_no_partial_create() {
+    // Kubernetes objects, or a service that creates in one step: no finalize ever comes.
+    let events = vec![
+        audit(Create, "k8s/pods/default/web-1", 10)
+            .request("q1")
+            .ev(),
+        audit(Create, "vm/7", 20).request("q2").ev(),
+        audit(Finalize, "k8s/configmaps/default/c", 30).ev(),
+    ];
+    let f = assert_order_independent(&cfg(), events);
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+#[test]
 fn an_audit_only_create_can_be_partial() {
-    let (f, _) = run(&cfg(), vec![audit(Create, "vm/9", 10).request("q9").ev()]);
+    let (f, _) = run(
+        &cfg(),
+        vec![audit(Create, "vm/9", 10).request("q9").ev(), vm_finalizes()],
+    );
     assert_eq!(kinds(&f), [PartialCreate]);
     assert_eq!(f[0].request_id, "q9");
     assert_eq!(f[0].use_span_id, "");
@@ -138,8 +187,9 @@ fn a_full_create_set_decides_the_oldest_early_and_counts_it() {
     let (f, stats) = run(
         &cfg,
         vec![
-            audit(Create, "vm/1", 0).request("q1").ev(),
-            audit(Create, "vm/2", 1).request("q2").ev(),
+            vm_finalizes(),
+            audit(Create, "vm/1", 2).request("q1").ev(),
+            audit(Create, "vm/2", 3).request("q2").ev(),
         ],
     );
     assert_eq!(kinds(&f), [PartialCreate, PartialCreate]);

@@ -3,7 +3,7 @@
 
 use crate::testkit::*;
 use crate::{Config, Engine, EvictedState};
-use toctou_schema::AuditAction::{Create, Update};
+use toctou_schema::AuditAction::{Create, Finalize, Update};
 use toctou_schema::FindingKind::*;
 
 const S: u64 = 1_000_000_000;
@@ -19,6 +19,7 @@ fn a_scenario_of_every_kind_gives_the_same_findings_in_every_order_within_the_la
         use_("inv/1", "q3", 20).version("6").key("k").ev(),
         use_("inv/2", "q4", 15).ev(),
         audit(Create, "vm/1", 30).request("q5").ev(),
+        audit(Finalize, "vm/0", 1).ev(),
     ];
     let f = assert_order_independent(&cfg, events);
     let mut k = kinds(&f);
@@ -122,7 +123,7 @@ fn a_full_reorder_buffer_releases_its_oldest_event_early_and_counts_it() {
 #[test]
 fn flush_fires_every_timer_and_lets_go_of_all_state() {
     let cfg = config(30_000, 2_000);
-    let mut events = Vec::new();
+    let mut events = vec![audit(Finalize, "vm/0", 0).ev()];
     for i in 0..200u64 {
         let r = format!("inv/{}", i % 7);
         let q = format!("q{i}");
