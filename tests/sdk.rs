@@ -181,7 +181,16 @@ fn send_scenario(sdk: &Sdk, t0: SystemTime) {
     );
     use_("authz", 80, "docs/doc-1", "edit", vec![v(1)]);
 
-    // partial_create: created (span and audit of the same request), never finalized.
+    // partial_create: created (span and audit of the same request), never finalized, while
+    // another claim was: claims are a type that finalizes.
+    audit(
+        85,
+        &[
+            ("toctou.audit.action", "finalize"),
+            ("toctou.resource", "claims/ns/pod-0"),
+            ("toctou.resource.version", "3"),
+        ],
+    );
     check("create", 90, "claims/ns/pod-1", vec![v(0)]);
     use_("create", 95, "claims/ns/pod-1", "create", vec![v(0)]);
     audit(
