@@ -21,6 +21,11 @@ mod run;
 mod store;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the correlator frees the strings of every event it consumes, and glibc's
+/// allocator made that a quarter of its time (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
