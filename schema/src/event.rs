@@ -234,6 +234,18 @@ pub enum Event {
     Audit(AuditEvent),
 }
 
+impl From<SpanEvent> for Event {
+    fn from(s: SpanEvent) -> Event {
+        Event::Span(s)
+    }
+}
+
+impl From<AuditEvent> for Event {
+    fn from(a: AuditEvent) -> Event {
+        Event::Audit(a)
+    }
+}
+
 impl Event {
     /// The event time the correlator orders and windows by.
     pub fn event_time_ns(&self) -> u64 {

@@ -1,13 +1,13 @@
 //! OTLP log records to audit events: records carrying `toctou.audit.action` are a system of
 //! record saying that a resource (or a policy) changed.
 
-use super::item_label;
+use super::{file_outcome, item_label};
 use crate::attrs::{self, fixed_id, Known};
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use toctou_schema::conventions as c;
-use toctou_schema::{AuditAction, AuditEvent, Event, SpanId, TraceId};
+use toctou_schema::{AuditAction, AuditEvent, SpanId, TraceId};
 
 /// Every log record of the request, in order: audit records become events, other records
 /// are ignored, and audit records that break the conventions are rejected one by one.
@@ -18,18 +18,12 @@ pub fn decode_logs(request: &ExportLogsServiceRequest) -> Decoded {
         let service = attrs::service_name(resource_logs.resource.as_ref());
         for scope_logs in &resource_logs.scope_logs {
             for record in &scope_logs.log_records {
-                match audit_event(&service, record) {
-                    Ok(Some(event)) => out.events.push(Event::Audit(event)),
-                    Ok(None) => out.ignored.add(IgnoreReason::NoAction),
-                    Err(mut rejection) => {
-                        rejection.message = format!(
-                            "{}: {}",
-                            item_label("log record", &record.span_id, index),
-                            rejection.message
-                        );
-                        out.rejected.push(rejection);
-                    }
-                }
+                file_outcome(
+                    &mut out,
+                    audit_event(&service, record),
+                    IgnoreReason::NoAction,
+                    || item_label("log record", &record.span_id, index),
+                );
                 index += 1;
             }
         }
@@ -198,7 +192,7 @@ mod tests {
             d.rejected[1].message,
             format!("log record {id}: missing attribute toctou.resource")
         );
-        let Event::Audit(a) = &d.events[0] else {
+        let toctou_schema::Event::Audit(a) = &d.events[0] else {
             panic!("not an audit event")
         };
         assert_eq!(a.service, "unknown_service");

@@ -13,7 +13,26 @@ pub mod traces;
 pub use logs::decode_logs;
 pub use traces::decode_traces;
 
-use toctou_schema::hex_id;
+use crate::decoded::{Decoded, IgnoreReason, Rejection};
+use toctou_schema::{hex_id, Event};
+
+/// Files one item's outcome in `out`: its event, an ignore of `reason` when it is not
+/// toctou data, or its rejection, labelled with which item it was (`item_label`).
+pub(crate) fn file_outcome<T: Into<Event>>(
+    out: &mut Decoded,
+    outcome: Result<Option<T>, Rejection>,
+    reason: IgnoreReason,
+    label: impl FnOnce() -> String,
+) {
+    match outcome {
+        Ok(Some(event)) => out.events.push(event.into()),
+        Ok(None) => out.ignored.add(reason),
+        Err(mut rejection) => {
+            rejection.message = format!("{}: {}", label(), rejection.message);
+            out.rejected.push(rejection);
+        }
+    }
+}
 
 /// How an item is named in rejection messages: by its span id, which is what a developer
 /// can search for in their tracing backend, or by position when it has none.

@@ -1,15 +1,13 @@
 //! OTLP spans to check and use events, per the instrumentation conventions
 //! (`schema/src/conventions.rs`).
 
-use super::item_label;
+use super::{file_outcome, item_label};
 use crate::attrs::{self, fixed_id, Known};
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
 use toctou_schema::conventions as c;
-use toctou_schema::{
-    hex_id, CheckSource, Decision, Event, Phase, SpanEvent, SpanId, TraceId, UseOutcome,
-};
+use toctou_schema::{hex_id, CheckSource, Decision, Phase, SpanEvent, SpanId, TraceId, UseOutcome};
 
 /// HTTP status meaning the caller was not allowed.
 const HTTP_FORBIDDEN: i64 = 403;
@@ -26,18 +24,12 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Decoded {
         let service = attrs::service_name(resource_spans.resource.as_ref());
         for scope_spans in &resource_spans.scope_spans {
             for span in &scope_spans.spans {
-                match span_event(&service, span) {
-                    Ok(Some(event)) => out.events.push(Event::Span(event)),
-                    Ok(None) => out.ignored.add(IgnoreReason::NoPhase),
-                    Err(mut rejection) => {
-                        rejection.message = format!(
-                            "{}: {}",
-                            item_label("span", &span.span_id, index),
-                            rejection.message
-                        );
-                        out.rejected.push(rejection);
-                    }
-                }
+                file_outcome(
+                    &mut out,
+                    span_event(&service, span),
+                    IgnoreReason::NoPhase,
+                    || item_label("span", &span.span_id, index),
+                );
                 index += 1;
             }
         }
@@ -348,7 +340,7 @@ mod tests {
         bad.span_id = vec![0x01; 8];
         let d = decode_traces(&request(None, vec![good, plain, bad]));
         assert_eq!(d.events.len(), 1);
-        let Event::Span(ev) = &d.events[0] else {
+        let toctou_schema::Event::Span(ev) = &d.events[0] else {
             panic!("not a span")
         };
         assert_eq!(ev.service, "unknown_service");
