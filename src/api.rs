@@ -147,6 +147,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             "Findings pushed out of the embedded store by newer ones (--max-findings).",
             store.dropped(),
         );
+        service_findings(&mut out, &store);
     }
     gauge(
         &mut out,
@@ -162,6 +163,33 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         out,
     )
         .into_response()
+}
+
+fn service_findings(out: &mut String, store: &FindingStore) {
+    use std::fmt::Write;
+    let name = "toctou_service_findings_total";
+    let _ = write!(
+        out,
+        "# HELP {name} Findings by service, operation and kind (at most {} service/operation pairs, then {}).\n# TYPE {name} counter\n",
+        crate::store::MAX_SERVICE_SERIES,
+        crate::store::OVERFLOW_LABEL,
+    );
+    for (service, operation, kind, n) in store.by_service() {
+        let _ = writeln!(
+            out,
+            "{name}{{service=\"{}\",operation=\"{}\",kind=\"{}\"}} {n}",
+            escape_label(service),
+            escape_label(operation),
+            kind.as_str()
+        );
+    }
+}
+
+/// Escapes a label value as the Prometheus text format requires.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
@@ -190,6 +218,11 @@ async fn index() -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn since_accepts_nanoseconds_and_rfc3339() {

@@ -9,12 +9,16 @@
 //! - [`output`]: findings as JSON lines to stdout or a file.
 //! - [`replay`]: `toctou replay`, the same correlator offline over files.
 //! - [`demo`]: `toctou demo`, racing workloads instrumented with the OpenTelemetry SDK.
+//! - [`migrate`]: `toctou migrate`, the versioned ClickHouse schema and its retention.
+//! - [`clickhouse`]: ClickHouse connection flags, migrations and retention.
 //!
 //! Errors become `anyhow` with context here, at the edge; the library crates keep typed ones.
 
 mod api;
 mod cli;
+mod clickhouse;
 mod demo;
+mod migrate;
 mod output;
 mod replay;
 mod run;
@@ -46,6 +50,9 @@ enum Command {
     /// Send racing demo workloads, instrumented with the OpenTelemetry SDK, to a running
     /// `toctou run`.
     Demo(demo::DemoArgs),
+    /// Create or upgrade toctou's ClickHouse schema (idempotent; refuses a newer schema),
+    /// and optionally drop partitions past their retention.
+    Migrate(Box<migrate::MigrateArgs>),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(*args),
         Command::Replay(args) => replay::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Migrate(args) => migrate::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -115,11 +115,15 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         started_ns: now_ns(),
     });
 
+    // Closed once the servers are done, so every request they accepted is in the queue:
+    // the channel alone cannot say so, as `Shared` (which the correlator holds) keeps a
+    // sender alive for the metrics.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let correlator = {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("toctou-correlator".into())
-            .spawn(move || correlate(engine, rx, shared, writer))
+            .spawn(move || correlate(engine, rx, drained_rx, shared, writer))
             .context("starting the correlator thread")?
     };
 
@@ -167,7 +171,8 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     g.context("gRPC server task")?.context("gRPC server")?;
     h.context("HTTP server task")?.context("HTTP server")?;
     a.context("API server task")?.context("API server")?;
-    // Every sender is gone with the servers, so the correlator drains the queue and ends.
+    // No request is in flight any more: the correlator drains the queue and ends.
+    drop(drained_tx);
     tokio::task::spawn_blocking(move || correlator.join())
         .await
         .context("joining the correlator")?
@@ -187,6 +192,7 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 fn correlate(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Vec<Event>>,
+    mut servers_done: tokio::sync::oneshot::Receiver<()>,
     shared: Arc<Shared>,
     mut writer: FindingsWriter,
 ) {
@@ -214,14 +220,15 @@ fn correlate(
                     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
                 }
                 batch = rx.recv() => match batch {
-                    Some(batch) => {
-                        let now = now_ns();
-                        for event in batch {
-                            engine.ingest(event, now, &mut out);
-                        }
-                    }
+                    Some(batch) => ingest(&mut engine, batch, &mut out),
                     None => break,
                 },
+                _ = &mut servers_done => {
+                    while let Ok(batch) = rx.try_recv() {
+                        ingest(&mut engine, batch, &mut out);
+                    }
+                    break;
+                }
             }
             publish(&mut out, &shared, &mut writer);
         }
@@ -233,6 +240,13 @@ fn correlate(
     publish(&mut out, &shared, &mut writer);
     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
     let _ = writer.flush();
+}
+
+fn ingest(engine: &mut Engine, batch: Vec<Event>, out: &mut Vec<toctou_schema::Finding>) {
+    let now = now_ns();
+    for event in batch {
+        engine.ingest(event, now, out);
+    }
 }
 
 fn publish(out: &mut Vec<toctou_schema::Finding>, shared: &Shared, writer: &mut FindingsWriter) {

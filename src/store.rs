@@ -3,8 +3,14 @@
 //! One writer (the correlator loop) and many readers (API requests) share it behind a
 //! `RwLock`; writes happen once per correlated batch, so contention stays negligible.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use toctou_schema::{Finding, FindingKind};
+
+/// Most (service, operation) label pairs on `toctou_service_findings_total`; findings of
+/// further pairs count under `_other`, so a flood of names cannot blow up /metrics.
+pub const MAX_SERVICE_SERIES: usize = 1000;
+/// The label value findings beyond [`MAX_SERVICE_SERIES`] are counted under.
+pub const OVERFLOW_LABEL: &str = "_other";
 
 /// What a findings query asks for.
 #[derive(Debug, Default, Clone)]
@@ -21,6 +27,8 @@ pub struct FindingStore {
     findings: VecDeque<Finding>,
     /// Findings pushed out by newer ones; reported on /metrics so that a full store is visible.
     dropped: u64,
+    /// Findings ever stored, by (service, operation) and kind; bounded by MAX_SERVICE_SERIES.
+    by_service: BTreeMap<(String, String), [u64; FindingKind::ALL.len()]>,
 }
 
 impl FindingStore {
@@ -29,10 +37,12 @@ impl FindingStore {
             capacity,
             findings: VecDeque::with_capacity(capacity.min(1024)),
             dropped: 0,
+            by_service: BTreeMap::new(),
         }
     }
 
     pub fn push(&mut self, finding: Finding) {
+        self.count_by_service(&finding);
         if self.capacity == 0 {
             self.dropped += 1;
             return;
@@ -56,6 +66,34 @@ impl FindingStore {
             .collect();
         out.reverse();
         out
+    }
+
+    fn count_by_service(&mut self, f: &Finding) {
+        let key = (f.service.clone(), f.operation.clone());
+        let key =
+            if self.by_service.contains_key(&key) || self.by_service.len() < MAX_SERVICE_SERIES {
+                key
+            } else {
+                (OVERFLOW_LABEL.to_string(), OVERFLOW_LABEL.to_string())
+            };
+        let kind = FindingKind::ALL
+            .iter()
+            .position(|k| *k == f.kind)
+            .expect("every kind is in ALL");
+        self.by_service.entry(key).or_default()[kind] += 1;
+    }
+
+    /// Findings ever stored by (service, operation, kind), in label order; zero counts left out.
+    pub fn by_service(&self) -> impl Iterator<Item = (&str, &str, FindingKind, u64)> {
+        self.by_service
+            .iter()
+            .flat_map(|((service, operation), counts)| {
+                FindingKind::ALL
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| **n > 0)
+                    .map(move |(k, n)| (service.as_str(), operation.as_str(), *k, *n))
+            })
     }
 
     pub fn len(&self) -> usize {
@@ -115,6 +153,24 @@ mod tests {
         });
         let times: Vec<u64> = all.iter().map(|f| f.detected_at_ns).collect();
         assert_eq!(times, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn counts_by_service_with_a_bounded_number_of_series() {
+        let mut s = FindingStore::new(10);
+        for n in 0..(MAX_SERVICE_SERIES as u64 + 5) {
+            let mut f = finding(n, FindingKind::StaleCheck);
+            f.service = format!("svc-{n}");
+            s.push(f);
+        }
+        let mut again = finding(0, FindingKind::OrphanCheck);
+        again.service = "svc-0".into();
+        s.push(again);
+        let series: Vec<_> = s.by_service().collect();
+        // 1000 named pairs (svc-0 with two kinds) plus the overflow series.
+        assert_eq!(series.len(), MAX_SERVICE_SERIES + 2);
+        assert!(series.contains(&("svc-0", "op", FindingKind::OrphanCheck, 1)));
+        assert!(series.contains(&(OVERFLOW_LABEL, OVERFLOW_LABEL, FindingKind::StaleCheck, 5)));
     }
 
     #[test]

@@ -293,6 +293,14 @@ async fn scenario_over(transport: Transport) {
         1.0
     );
     assert!(toctou.metric("toctou_pairs_total").await >= 6.0);
+    assert_eq!(
+        toctou
+            .metric(
+                "toctou_service_findings_total{service=\"shop\",operation=\"reserve\",kind=\"stale_check\"}"
+            )
+            .await,
+        1.0
+    );
     // The same findings went to the JSON lines output.
     let lines = std::fs::read_to_string(&toctou.findings_file).unwrap();
     assert_eq!(lines.lines().count(), 6, "{lines}");

@@ -1,0 +1,325 @@
+//! Black-box tests of `toctou migrate` against real ClickHouse engines: Debian's server
+//! (18.16), started through `scripts/clickhouse`, and the current engine embedded in chdb,
+//! through `scripts/chdb`.
+//!
+//! `scripts/test` starts the server and exports its URL as `TOCTOU_TEST_CLICKHOUSE_URL`;
+//! without it the tests start one themselves. If no server can be had the tests fail: a
+//! storage test that skips proves nothing. Each test works in a database of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const BIN: &str = env!("CARGO_BIN_EXE_toctou");
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("TOCTOU_TEST_CLICKHOUSE_URL") {
+            return url;
+        }
+        let out = Command::new(root().join("scripts/clickhouse"))
+            .arg("start")
+            .output()
+            .expect("running scripts/clickhouse start");
+        assert!(
+            out.status.success(),
+            "scripts/clickhouse start failed (run 'scripts/clickhouse install' first?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 url")
+            .trim()
+            .to_owned()
+    })
+}
+
+/// A database name private to one test of this process.
+fn database(test: &str) -> String {
+    format!("toctou_test_{}_{test}", std::process::id())
+}
+
+/// One statement over HTTP; panics with the server's message when refused.
+fn sql(db: Option<&str>, statement: &str) -> String {
+    let url = match db {
+        Some(db) => format!("{}/?database={db}", server_url()),
+        None => format!("{}/", server_url()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .body(statement.to_owned())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("sending {statement:?}: {e}"));
+        let status = resp.status();
+        let body = resp.text().await.expect("response body");
+        assert!(status.is_success(), "{statement}\n=> {status}: {body}");
+        body
+    })
+}
+
+fn migrate(db: &str, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args([
+            "migrate",
+            "--clickhouse-url",
+            server_url(),
+            "--clickhouse-database",
+            db,
+        ])
+        .args(extra)
+        .env_remove("TOCTOU_CLICKHOUSE_PASSWORD")
+        .output()
+        .expect("running toctou migrate")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The same split as the binary's and scripts/chdb_run.py's.
+fn statements(text: &str) -> Vec<String> {
+    let body: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect();
+    body.join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn printed_sql() -> String {
+    let out = Command::new(BIN)
+        .args([
+            "migrate",
+            "--clickhouse-url",
+            "http://127.0.0.1:1",
+            "--print-sql",
+        ])
+        .output()
+        .expect("running toctou migrate --print-sql");
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+const TABLES: &[&str] = &[
+    "events",
+    "findings",
+    "findings_lookup",
+    "findings_lookup_mv",
+    "rollup_minute",
+    "rollup_minute_events_mv",
+    "rollup_minute_findings_mv",
+    "schema_migrations",
+];
+
+#[test]
+fn migrate_creates_the_schema_once_and_a_rerun_is_a_no_op() {
+    let db = database("idempotent");
+    let first = migrate(&db, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("applied migrations 1, 2, 3"),
+        "{}",
+        stdout(&first)
+    );
+
+    let tables = sql(
+        None,
+        &format!("SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"),
+    );
+    assert_eq!(tables.lines().collect::<Vec<_>>(), TABLES);
+    let recorded = sql(
+        Some(&db),
+        "SELECT version, name FROM schema_migrations ORDER BY version",
+    );
+    assert_eq!(recorded, "1\tfindings\n2\tevents\n3\trollups\n");
+
+    let second = migrate(&db, &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("up to date at version 3"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(
+        sql(Some(&db), "SELECT count() FROM schema_migrations"),
+        "3\n",
+        "a rerun records nothing"
+    );
+}
+
+#[test]
+fn a_schema_newer_than_the_binary_is_refused() {
+    let db = database("newer");
+    let first = migrate(&db, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    sql(
+        Some(&db),
+        "INSERT INTO schema_migrations (version, name, checksum, applied_at) \
+         VALUES (4, 'from_the_future', '0000000000000000', now())",
+    );
+
+    let refused = migrate(&db, &[]);
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    let msg = stderr(&refused);
+    assert!(
+        msg.contains("schema version 4, newer than the 3 this toctou knows"),
+        "{msg}"
+    );
+    assert!(msg.contains("upgrade toctou"), "{msg}");
+    assert_eq!(
+        sql(Some(&db), "SELECT count() FROM schema_migrations"),
+        "4\n"
+    );
+}
+
+#[test]
+fn an_edited_migration_is_refused() {
+    let db = database("edited");
+    let first = migrate(&db, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    sql(
+        Some(&db),
+        "ALTER TABLE schema_migrations UPDATE checksum = 'ffffffffffffffff' WHERE version = 2",
+    );
+    // Mutations are asynchronous; wait until the rewritten part is the active one.
+    for _ in 0..100 {
+        if sql(
+            Some(&db),
+            "SELECT any(checksum) FROM schema_migrations WHERE version = 2",
+        ) == "ffffffffffffffff\n"
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = migrate(&db, &[]);
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    assert!(
+        stderr(&refused).contains("migration 2 (events) was applied with different contents"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn retention_drops_only_whole_days_past_each_tables_limit() {
+    let db = database("retention");
+    let first = migrate(&db, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // One old and one current event, and one old finding: the MVs add rollups and lookups.
+    sql(
+        Some(&db),
+        "INSERT INTO events (type, service, event_key, event_time, event_time_ns) VALUES \
+         ('use', 'svc', 'old', toDateTime('2020-01-01 00:00:00'), 1577836800000000000), \
+         ('use', 'svc', 'new', now(), toUInt64(toUInt32(now())) * 1000000000)",
+    );
+    sql(
+        Some(&db),
+        "INSERT INTO findings (id, kind, service, trace_id, event_time, event_time_ns, detected_at, detected_at_ns) \
+         VALUES ('f1', 'stale_check', 'svc', 'abc', toDateTime('2020-01-01 00:00:00'), 1577836800000000000, \
+         toDateTime('2020-01-01 00:00:01'), 1577836801000000000)",
+    );
+    let parts = "SELECT table, partition FROM system.parts WHERE database = currentDatabase() \
+                 AND active AND table != 'schema_migrations' GROUP BY table, partition ORDER BY table, partition";
+    let before = sql(Some(&db), parts);
+    assert!(before.contains("events\t20200101"), "{before}");
+
+    let out = migrate(
+        &db,
+        &["--apply-retention", "--retention-rollups", "3000days"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("dropped 3 expired partitions"),
+        "{}",
+        stdout(&out)
+    );
+    let after = sql(Some(&db), parts);
+    let today = sql(None, "SELECT toYYYYMMDD(now())");
+    assert_eq!(
+        after,
+        format!("events\t{today}rollup_minute\t20200101\nrollup_minute\t{today}")
+    );
+    assert_eq!(
+        sql(Some(&db), "SELECT event_key FROM events"),
+        "new\n",
+        "the current day stays"
+    );
+}
+
+#[test]
+fn every_statement_the_binary_sends_runs_on_18_16_and_on_current_chdb() {
+    let text = printed_sql();
+    let all = statements(&text);
+    assert!(all.len() >= 10, "too few statements printed:\n{text}");
+
+    // Debian's 18.16, in a fresh database, in the printed order.
+    let db = database("printed");
+    sql(None, &format!("CREATE DATABASE {db}"));
+    for stmt in &all {
+        sql(Some(&db), stmt);
+    }
+
+    // The current engine, embedded: the whole file in one session.
+    let file = std::env::temp_dir().join(format!("toctou-printed-{}.sql", std::process::id()));
+    std::fs::write(&file, &text).expect("writing the printed statements");
+    let out = Command::new(root().join("scripts/chdb"))
+        .arg("run")
+        .arg(&file)
+        .output()
+        .expect("running scripts/chdb (run 'scripts/chdb install' first)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "chdb refused a statement:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let ran = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("ok ("))
+        .count();
+    assert_eq!(ran, all.len(), "{}", stdout(&out));
+}
+
+#[test]
+fn the_schema_files_are_the_ones_embedded() {
+    // Every .sql file under schema/sql is applied by the binary (printed in full).
+    let printed = printed_sql();
+    let dir: PathBuf = root().join("schema/sql");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("schema/sql")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("reading a schema file");
+        for stmt in statements(&text) {
+            assert!(
+                printed.contains(&stmt),
+                "{} has a statement the binary does not send: {stmt}",
+                f.display()
+            );
+        }
+    }
+}
