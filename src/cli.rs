@@ -5,6 +5,7 @@
 
 use clap::Args;
 use std::time::Duration;
+use toctou_correlator::config as defaults;
 
 /// Correlator tuning, shared by `run` and `replay` so that a replay reproduces a run.
 #[derive(Args, Debug, Clone)]
@@ -21,6 +22,30 @@ pub struct CorrelatorArgs {
     /// How long an idempotency key is remembered to catch duplicate uses.
     #[arg(long, env = "TOCTOU_KEY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub key_ttl: Duration,
+    /// How long span and audit identities are remembered to drop redeliveries.
+    #[arg(long, env = "TOCTOU_DEDUPE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub dedupe_window: Duration,
+    /// Most expired checks kept matchable by late uses; beyond it the oldest are decided early.
+    #[arg(long, env = "TOCTOU_MAX_TOMBSTONES", default_value_t = defaults::DEFAULT_MAX_TOMBSTONES)]
+    pub max_tombstones: usize,
+    /// Most idempotency keys remembered.
+    #[arg(long, env = "TOCTOU_MAX_KEYS", default_value_t = defaults::DEFAULT_MAX_KEYS)]
+    pub max_keys: usize,
+    /// Most events waiting in the reorder buffer; beyond it the oldest are released early.
+    #[arg(long, env = "TOCTOU_MAX_BUFFERED", default_value_t = defaults::DEFAULT_MAX_BUFFERED)]
+    pub max_buffered: usize,
+    /// Most identities remembered to drop redeliveries.
+    #[arg(long, env = "TOCTOU_MAX_DEDUPE", default_value_t = defaults::DEFAULT_MAX_DEDUPE)]
+    pub max_dedupe: usize,
+    /// Most audit writes remembered across all resources.
+    #[arg(long, env = "TOCTOU_MAX_AUDIT_HISTORY", default_value_t = defaults::DEFAULT_MAX_AUDIT_HISTORY)]
+    pub max_audit_history: usize,
+    /// Most pending creates.
+    #[arg(long, env = "TOCTOU_MAX_CREATES", default_value_t = defaults::DEFAULT_MAX_CREATES)]
+    pub max_creates: usize,
+    /// Most policies whose history is kept.
+    #[arg(long, env = "TOCTOU_MAX_POLICIES", default_value_t = defaults::DEFAULT_MAX_POLICIES)]
+    pub max_policies: usize,
 }
 
 impl CorrelatorArgs {
@@ -30,7 +55,14 @@ impl CorrelatorArgs {
             pair_ttl: self.pair_ttl,
             max_pending: self.max_pending,
             key_ttl: self.key_ttl,
-            ..toctou_correlator::Config::default()
+            dedupe_window: self.dedupe_window,
+            max_tombstones: self.max_tombstones,
+            max_keys: self.max_keys,
+            max_buffered: self.max_buffered,
+            max_dedupe: self.max_dedupe,
+            max_audit_history: self.max_audit_history,
+            max_creates: self.max_creates,
+            max_policies: self.max_policies,
         }
     }
 }

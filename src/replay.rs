@@ -38,8 +38,7 @@ pub fn main(args: ReplayArgs) -> Result<()> {
     let mut clock = 0u64;
     let mut events = 0usize;
     for path in &args.files {
-        let batch = toctou_collector::read_replay_file(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let batch = toctou_collector::read_replay_file(path).context("replay input")?;
         for event in batch.events {
             events += 1;
             // The wall clock of a replay is the event-time high-water mark: it advances an

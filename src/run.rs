@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// Largest request body accepted, after decompression.
     #[arg(long, env = "TOCTOU_MAX_REQUEST_BYTES", default_value_t = toctou_collector::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Request bodies decoded at once; more wait up to --submit-timeout, then get 503.
+    #[arg(long, env = "TOCTOU_MAX_CONCURRENT_REQUESTS", default_value_t = toctou_collector::config::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+    /// How long a request may wait for room (decoding slot or queue) before it is pushed back.
+    #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub submit_timeout: Duration,
     #[command(flatten)]
     pub correlator: CorrelatorArgs,
     /// Also run the demo workloads against this process, so findings appear at once.
@@ -104,8 +110,12 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     let (tx, rx) = mpsc::channel::<Vec<Event>>(args.queue_capacity.max(1));
     let receiver_config = ReceiverConfig {
         max_request_bytes: args.max_request_bytes,
-        ..ReceiverConfig::default()
+        max_concurrent_requests: args.max_concurrent_requests,
+        submit_timeout: args.submit_timeout,
     };
+    receiver_config
+        .validate()
+        .context("invalid receiver flags")?;
     let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), receiver_config);
 
     let shared = Arc::new(Shared {

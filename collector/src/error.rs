@@ -22,7 +22,7 @@ pub enum DecodeError {
     /// Valid JSON that is none of the documents we take.
     #[error("unrecognized document: {0}")]
     UnknownDocument(String),
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
