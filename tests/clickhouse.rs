@@ -323,3 +323,96 @@ fn the_schema_files_are_the_ones_embedded() {
         }
     }
 }
+
+/// A small scenario, one row per event and finding, all in the current minute.
+const SCENARIO: &[&str] = &[
+    "INSERT INTO events (type, service, operation, resource, resource_type, event_key, \
+     event_time, event_time_ns, check_source, idempotency_key, outcome) VALUES \
+     ('check', 'shop', 'reserve', 'inventory/1', 'inventory', 'e1', now(), 1, 'cache', NULL, ''), \
+     ('use', 'shop', 'reserve', 'inventory/1', 'inventory', 'e2', now(), 2, NULL, 'idem-1', 'ok'), \
+     ('use', 'shop', 'reserve', 'inventory/1', 'inventory', 'e3', now(), 3, NULL, 'idem-1', 'ok'), \
+     ('use', 'shop', 'charge', 'payments/9', 'payments', 'e4', now(), 4, NULL, NULL, 'ok'), \
+     ('check', 'ops', 'reconcile', 'k8s/pods/a', 'k8s/pods', 'e5', now(), 5, 'primary', NULL, ''), \
+     ('use', 'ops', 'reconcile', 'k8s/pods/a', 'k8s/pods', 'e6', now(), 6, NULL, NULL, 'error'), \
+     ('use', 'ops', 'reconcile', 'k8s/pods/a', 'k8s/pods', 'e7', now(), 7, NULL, NULL, 'ok'), \
+     ('audit', 'db', '', 'inventory/1', 'inventory', 'e8', now(), 8, NULL, NULL, '')",
+    "INSERT INTO findings (id, kind, service, operation, resource, resource_type, trace_id, \
+     check_source, idempotency_key, race_window_ns, event_time, event_time_ns, detected_at, \
+     detected_at_ns) VALUES \
+     ('f1', 'stale_check', 'shop', 'reserve', 'inventory/1', 'inventory', 't1', 'cache', NULL, 1000, now(), 1000000000, now(), 1500000000), \
+     ('f2', 'duplicate_use', 'shop', 'reserve', 'inventory/1', 'inventory', 't2', NULL, 'idem-1', NULL, now(), 1000000000, now(), 2000000000), \
+     ('f3', 'unchecked_use', 'shop', 'charge', 'payments/9', 'payments', '', NULL, NULL, NULL, now(), 1000000000, now(), 3000000000), \
+     ('f4', 'stale_check', 'ops', 'reconcile', 'k8s/pods/a', 'k8s/pods', 't4', 'primary', NULL, 3000, now(), 1000000000, now(), 1100000000)",
+];
+
+/// What schema/sql/queries/sli.sql gives on the scenario, query by query.
+const SLI_EXPECTED: &[&str] = &[
+    "db\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\n\
+     ops\t1\t2\t2\t0.5\t0\t0\t0\t0\t0\t0\n\
+     shop\t1\t3\t2\t0.5\t0.3333\t0\t0\t0.5\t1\t1\n",
+    "ops\t2\t1\t0.5\n",
+    "ops\tstale_check\t1\t[3000,3000,3000]\t[100000000,100000000,100000000]\n\
+     shop\tduplicate_use\t1\t[0,0,0]\t[1000000000,1000000000,1000000000]\n\
+     shop\tstale_check\t1\t[1000,1000,1000]\t[500000000,500000000,500000000]\n\
+     shop\tunchecked_use\t1\t[0,0,0]\t[2000000000,2000000000,2000000000]\n",
+    "ops\tstale_check\t1\nshop\tduplicate_use\t1\nshop\tstale_check\t1\nshop\tunchecked_use\t1\n",
+];
+
+fn sli_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("schema/sql/queries/sli.sql"))
+        .expect("schema/sql/queries/sli.sql");
+    statements(&text)
+}
+
+#[test]
+fn the_sli_queries_read_the_rollups_alike_on_18_16_and_on_current_chdb() {
+    let queries = sli_queries();
+    assert_eq!(queries.len(), SLI_EXPECTED.len());
+
+    let db = database("sli");
+    let first = migrate(&db, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    for insert in SCENARIO {
+        sql(Some(&db), insert);
+    }
+    for (q, want) in queries.iter().zip(SLI_EXPECTED) {
+        assert_eq!(&sql(Some(&db), q), want, "18.16: {q}");
+    }
+
+    let mut args: Vec<String> = vec!["run".into()];
+    for f in [
+        "schema_migrations.sql",
+        "0001_findings.sql",
+        "0002_events.sql",
+        "0003_rollups.sql",
+    ] {
+        args.push(root().join("schema/sql").join(f).display().to_string());
+    }
+    args.extend(SCENARIO.iter().map(|s| s.to_string()));
+    args.push(
+        root()
+            .join("schema/sql/queries/sli.sql")
+            .display()
+            .to_string(),
+    );
+    let out = Command::new(root().join("scripts/chdb"))
+        .args(&args)
+        .output()
+        .expect("running scripts/chdb");
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    // Each statement's output follows its "ok (...)" line; the SLI queries come last.
+    let text = stdout(&out);
+    let mut results: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("ok (") {
+            results.push(String::new());
+        } else if let Some(last) = results.last_mut() {
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    let got = &results[results.len() - SLI_EXPECTED.len()..];
+    for ((q, want), got) in queries.iter().zip(SLI_EXPECTED).zip(got) {
+        assert_eq!(got, want, "chdb: {q}");
+    }
+}
