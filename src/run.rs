@@ -8,6 +8,8 @@
 
 use crate::api::{self, Shared};
 use crate::cli::{now_ns, CorrelatorArgs};
+use crate::clickhouse::sink::{self, Sink, SinkConfig};
+use crate::clickhouse::{migrations, ClickhouseArgs};
 use crate::output::FindingsWriter;
 use crate::store::FindingStore;
 use anyhow::{Context, Result};
@@ -56,6 +58,18 @@ pub struct RunArgs {
     pub submit_timeout: Duration,
     #[command(flatten)]
     pub correlator: CorrelatorArgs,
+    /// Where findings and events are also written, when `--clickhouse-url` is set.
+    #[command(flatten)]
+    pub clickhouse: ClickhouseArgs,
+    /// With --clickhouse-url: do not apply the schema migrations at start-up.
+    #[arg(long, env = "TOCTOU_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// With --clickhouse-url: rows per insert at most.
+    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_ROWS", default_value_t = sink::DEFAULT_MAX_ROWS)]
+    pub clickhouse_batch_rows: usize,
+    /// With --clickhouse-url: the age of the oldest buffered row that triggers an insert.
+    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub clickhouse_batch_age: Duration,
     /// Also run the demo workloads against this process, so findings appear at once.
     #[arg(long)]
     pub demo: bool,
@@ -102,6 +116,7 @@ async fn shutdown_signal() {
 pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
     let writer = FindingsWriter::open(args.findings_file.as_deref())?;
+    let sink = start_sink(&args).await?;
 
     let grpc = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
     let http = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
@@ -133,7 +148,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("toctou-correlator".into())
-            .spawn(move || correlate(engine, rx, drained_rx, shared, writer))
+            .spawn(move || correlate(engine, rx, drained_rx, shared, writer, sink))
             .context("starting the correlator thread")?
     };
 
@@ -190,6 +205,27 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     Ok(())
 }
 
+/// With `--clickhouse-url`: migrates (unless `--no-migrate`) and starts the sink thread.
+async fn start_sink(args: &RunArgs) -> Result<Option<Sink>> {
+    let ch = &args.clickhouse;
+    let Some(url) = ch.url.as_deref() else {
+        return Ok(None);
+    };
+    if !args.no_migrate {
+        let report = migrations::migrate(&ch.server_client(), &ch.client(), &ch.database)
+            .await
+            .with_context(|| format!("migrating {} at {url}", ch.database))?;
+        tracing::info!(database = %ch.database, version = report.version, applied = ?report.applied, "clickhouse schema ready");
+    }
+    let config = SinkConfig {
+        max_rows: args.clickhouse_batch_rows.max(1),
+        max_age: args.clickhouse_batch_age,
+        ..SinkConfig::default()
+    };
+    let sink = Sink::spawn(ch.client(), config).context("starting the clickhouse sink thread")?;
+    Ok(Some(sink))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -205,6 +241,7 @@ fn correlate(
     mut servers_done: tokio::sync::oneshot::Receiver<()>,
     shared: Arc<Shared>,
     mut writer: FindingsWriter,
+    sink: Option<Sink>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -230,38 +267,66 @@ fn correlate(
                     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
                 }
                 batch = rx.recv() => match batch {
-                    Some(batch) => ingest(&mut engine, batch, &mut out),
+                    Some(batch) => ingest(&mut engine, batch, &mut out, sink.as_ref()),
                     None => break,
                 },
                 _ = &mut servers_done => {
                     while let Ok(batch) = rx.try_recv() {
-                        ingest(&mut engine, batch, &mut out);
+                        ingest(&mut engine, batch, &mut out, sink.as_ref());
                     }
                     break;
                 }
             }
-            publish(&mut out, &shared, &mut writer);
+            publish(&mut out, &shared, &mut writer, sink.as_ref());
         }
     });
     // Input is closed: the events already accepted are correlated as far as the watermark
     // allows. Pending checks are not expired early: reporting them as orphans because the
     // process stops would be a false finding.
     engine.tick(now_ns(), &mut out);
-    publish(&mut out, &shared, &mut writer);
+    publish(&mut out, &shared, &mut writer, sink.as_ref());
     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
     let _ = writer.flush();
+    if let Some(sink) = sink {
+        let stats = sink.close();
+        tracing::info!(
+            findings = stats.findings_written,
+            events = stats.events_written,
+            failed = stats.rows_failed,
+            retries = stats.retries,
+            "clickhouse sink flushed"
+        );
+    }
 }
 
-fn ingest(engine: &mut Engine, batch: Vec<Event>, out: &mut Vec<toctou_schema::Finding>) {
+/// The sink gets the events before the engine consumes them; its `events` blocks while
+/// ClickHouse is behind, which is what makes ingest push back.
+fn ingest(
+    engine: &mut Engine,
+    batch: Vec<Event>,
+    out: &mut Vec<toctou_schema::Finding>,
+    sink: Option<&Sink>,
+) {
+    if let Some(sink) = sink {
+        sink.events(&batch);
+    }
     let now = now_ns();
     for event in batch {
         engine.ingest(event, now, out);
     }
 }
 
-fn publish(out: &mut Vec<toctou_schema::Finding>, shared: &Shared, writer: &mut FindingsWriter) {
+fn publish(
+    out: &mut Vec<toctou_schema::Finding>,
+    shared: &Shared,
+    writer: &mut FindingsWriter,
+    sink: Option<&Sink>,
+) {
     if out.is_empty() {
         return;
+    }
+    if let Some(sink) = sink {
+        sink.findings(out);
     }
     for f in out.iter() {
         if let Err(err) = writer.write(f) {

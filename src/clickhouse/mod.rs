@@ -6,6 +6,8 @@
 //! - [`migrations`]: the numbered SQL files of `schema/sql/`, embedded in the binary, and
 //!   applying them idempotently with a record of versions.
 //! - [`retention`]: dropping daily partitions past each table's retention.
+//! - [`rows`]: the RowBinary rows of `findings` and `events`, mapped from the schema types.
+//! - [`sink`]: the batched, retrying, bounded writer `toctou run --clickhouse-url` uses.
 //!
 //! Every statement sent here must be accepted by Debian's ClickHouse 18.16 and by current
 //! releases; `toctou migrate --print-sql` prints them all so the tests run each on both.
@@ -14,6 +16,8 @@
 
 pub mod migrations;
 pub mod retention;
+pub mod rows;
+pub mod sink;
 
 use clap::Args;
 use std::fmt;
@@ -21,9 +25,10 @@ use std::fmt;
 /// Where ClickHouse is and who to be there.
 #[derive(Args, Clone)]
 pub struct ClickhouseArgs {
-    /// ClickHouse HTTP interface, e.g. http://127.0.0.1:8123.
+    /// ClickHouse HTTP interface, e.g. http://127.0.0.1:8123. `toctou run` writes findings
+    /// and events there when it is set.
     #[arg(long = "clickhouse-url", env = "TOCTOU_CLICKHOUSE_URL")]
-    pub url: String,
+    pub url: Option<String>,
     /// ClickHouse user.
     #[arg(
         long = "clickhouse-user",
@@ -69,6 +74,13 @@ impl fmt::Debug for ClickhouseArgs {
 }
 
 impl ClickhouseArgs {
+    /// The URL, which `toctou migrate` cannot do without.
+    pub fn require_url(&self) -> anyhow::Result<&str> {
+        self.url.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--clickhouse-url (or TOCTOU_CLICKHOUSE_URL) is required")
+        })
+    }
+
     /// A client for toctou's database.
     pub fn client(&self) -> clickhouse::Client {
         self.server_client().with_database(&self.database)
@@ -77,7 +89,7 @@ impl ClickhouseArgs {
     /// A client for the server as a whole (its `default` database), to create ours.
     pub fn server_client(&self) -> clickhouse::Client {
         clickhouse::Client::default()
-            .with_url(&self.url)
+            .with_url(self.url.as_deref().unwrap_or_default())
             .with_user(&self.user)
             .with_password(&self.password)
             .with_compression(clickhouse::Compression::None)
@@ -92,7 +104,7 @@ mod tests {
     #[test]
     fn debug_hides_the_password() {
         let args = ClickhouseArgs {
-            url: "http://127.0.0.1:8123".into(),
+            url: Some("http://127.0.0.1:8123".into()),
             user: "toctou".into(),
             password: "hunter2".into(),
             database: "toctou".into(),

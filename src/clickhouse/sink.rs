@@ -1,0 +1,286 @@
+//! The batched ClickHouse sink: findings and events in RowBinary inserts, at least once.
+//!
+//! One thread owns the buffers and the client. The correlator hands it rows through a
+//! bounded channel; the thread flushes a table when it holds `max_rows` rows or its oldest
+//! row is `max_age` old (ClickHouse's guidance: thousands of rows, about one insert per
+//! second per table). A failed insert is retried with backoff and jitter when the error
+//! is transient (connection refused, timeouts, too many parts...) and given up, loudly,
+//! when retrying cannot help (unknown table or column, a type mismatch). While it retries
+//! it reads nothing, so the channel fills, the correlator blocks on it, the receivers'
+//! queue fills and ingest pushes back (HTTP 503, gRPC UNAVAILABLE): memory stays bounded
+//! and nothing is dropped. Storage is idempotent (ReplacingMergeTree on deterministic keys),
+//! so a batch retried after an ambiguous failure collapses to one row per finding.
+
+use super::rows::{EventRow, FindingRow};
+use clickhouse::Client;
+use rand::Rng;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use toctou_schema::{Event, Finding};
+
+/// Rows per insert at most.
+pub const DEFAULT_MAX_ROWS: usize = 10_000;
+/// Oldest buffered row's age that triggers an insert.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(1);
+/// Batches waiting in the channel; with the buffers, the sink's whole memory.
+pub const DEFAULT_CHANNEL_BATCHES: usize = 256;
+/// First retry delay; doubled each attempt up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At shutdown, how long the remaining rows may keep being retried.
+pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+pub struct SinkConfig {
+    pub max_rows: usize,
+    pub max_age: Duration,
+    pub channel_batches: usize,
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            max_rows: DEFAULT_MAX_ROWS,
+            max_age: DEFAULT_MAX_AGE,
+            channel_batches: DEFAULT_CHANNEL_BATCHES,
+            shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
+        }
+    }
+}
+
+enum Batch {
+    Events(Vec<EventRow>),
+    Findings(Vec<FindingRow>),
+}
+
+/// What the sink did, returned when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    pub findings_written: u64,
+    pub events_written: u64,
+    /// Rows given up on (a permanent error, or still failing at the shutdown deadline).
+    pub rows_failed: u64,
+    pub retries: u64,
+}
+
+/// The correlator's end of the sink.
+pub struct Sink {
+    tx: SyncSender<Batch>,
+    thread: JoinHandle<SinkStats>,
+}
+
+impl Sink {
+    pub fn spawn(client: Client, config: SinkConfig) -> std::io::Result<Sink> {
+        let (tx, rx) = sync_channel(config.channel_batches.max(1));
+        let thread = std::thread::Builder::new()
+            .name("toctou-clickhouse".into())
+            .spawn(move || write_loop(client, config, rx))?;
+        Ok(Sink { tx, thread })
+    }
+
+    /// Blocks while the sink is full: that is the push-back. Returns false once the sink
+    /// thread has ended (it logged why).
+    pub fn events(&self, events: &[Event]) -> bool {
+        events.is_empty()
+            || self
+                .tx
+                .send(Batch::Events(events.iter().map(EventRow::from).collect()))
+                .is_ok()
+    }
+
+    pub fn findings(&self, findings: &[Finding]) -> bool {
+        findings.is_empty()
+            || self
+                .tx
+                .send(Batch::Findings(
+                    findings.iter().map(FindingRow::from).collect(),
+                ))
+                .is_ok()
+    }
+
+    /// Flushes what is buffered (retrying up to the shutdown deadline) and ends the thread.
+    pub fn close(self) -> SinkStats {
+        drop(self.tx);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Whether an insert that failed this way may succeed if sent again.
+pub fn retryable(err: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error;
+    match err {
+        Error::Network(_) | Error::TimedOut => true,
+        Error::BadResponse(msg) => match error_code(msg) {
+            Some(code) => RETRYABLE_CODES.contains(&code),
+            // No ClickHouse code: a proxy or load balancer in between answered.
+            None => true,
+        },
+        _ => false,
+    }
+}
+
+/// Server errors that are about load or the moment, not about the statement: timeouts,
+/// too many queries or parts, memory, read-only or unreachable replicas, network.
+const RETRYABLE_CODES: &[u32] = &[
+    3, 159, 164, 202, 203, 209, 210, 236, 241, 242, 252, 285, 319, 425, 999,
+];
+
+/// The `Code: N` of a ClickHouse error message.
+pub fn error_code(msg: &str) -> Option<u32> {
+    let rest = &msg[msg.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+struct Buffer<T> {
+    table: &'static str,
+    rows: Vec<T>,
+    since: Option<Instant>,
+}
+
+impl<T> Buffer<T> {
+    fn new(table: &'static str) -> Self {
+        Buffer {
+            table,
+            rows: Vec::new(),
+            since: None,
+        }
+    }
+
+    fn push(&mut self, rows: Vec<T>) {
+        if self.rows.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        self.rows.extend(rows);
+    }
+
+    fn due(&self, config: &SinkConfig) -> bool {
+        self.rows.len() >= config.max_rows
+            || self.since.is_some_and(|t| t.elapsed() >= config.max_age)
+    }
+}
+
+fn write_loop(client: Client, config: SinkConfig, rx: Receiver<Batch>) -> SinkStats {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the clickhouse sink's runtime");
+            return SinkStats::default();
+        }
+    };
+    let mut stats = SinkStats::default();
+    let mut findings = Buffer::<FindingRow>::new("findings");
+    let mut events = Buffer::<EventRow>::new("events");
+    let mut closed_at: Option<Instant> = None;
+    loop {
+        let wait = [findings.since, events.since]
+            .into_iter()
+            .flatten()
+            .map(|t| config.max_age.saturating_sub(t.elapsed()))
+            .min()
+            .unwrap_or(config.max_age);
+        match rx.recv_timeout(wait) {
+            Ok(Batch::Findings(rows)) => findings.push(rows),
+            Ok(Batch::Events(rows)) => events.push(rows),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
+        }
+        let deadline = closed_at.map(|t| t + config.shutdown_deadline);
+        if closed_at.is_some() || findings.due(&config) {
+            stats.findings_written +=
+                runtime.block_on(flush(&client, &mut findings, deadline, &mut stats));
+        }
+        if closed_at.is_some() || events.due(&config) {
+            stats.events_written +=
+                runtime.block_on(flush(&client, &mut events, deadline, &mut stats));
+        }
+        if closed_at.is_some() {
+            return stats;
+        }
+    }
+}
+
+/// Inserts the buffer, in chunks of at most `max_rows`, retrying transient errors (until
+/// `deadline`, if any); returns the rows written. The buffer is empty afterwards.
+async fn flush<T>(
+    client: &Client,
+    buffer: &mut Buffer<T>,
+    deadline: Option<Instant>,
+    stats: &mut SinkStats,
+) -> u64
+where
+    T: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let rows = std::mem::take(&mut buffer.rows);
+    buffer.since = None;
+    if rows.is_empty() {
+        return 0;
+    }
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match insert(client, buffer.table, &rows).await {
+            Ok(()) => return rows.len() as u64,
+            Err(err) if retryable(&err) && deadline.is_none_or(|d| Instant::now() < d) => {
+                stats.retries += 1;
+                tracing::warn!(table = buffer.table, rows = rows.len(), error = %err, "clickhouse insert failed; retrying");
+                let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(err) => {
+                stats.rows_failed += rows.len() as u64;
+                tracing::error!(table = buffer.table, rows = rows.len(), error = %err, "clickhouse insert failed; rows given up");
+                return 0;
+            }
+        }
+    }
+}
+
+async fn insert<T>(client: &Client, table: &str, rows: &[T]) -> clickhouse::error::Result<()>
+where
+    T: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let mut insert = client.insert::<T>(table).await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clickhouse::error::Error;
+
+    #[test]
+    fn codes_are_read_from_both_message_styles() {
+        let old = "Code: 60, e.displayText() = DB::Exception: Table toctou.nope doesn't exist.";
+        let new = "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)";
+        assert_eq!(error_code(old), Some(60));
+        assert_eq!(error_code(new), Some(252));
+        assert_eq!(error_code("502 Bad Gateway"), None);
+    }
+
+    #[test]
+    fn table_errors_are_not_retried_and_load_errors_are() {
+        let bad = |m: &str| Error::BadResponse(m.to_owned());
+        assert!(!retryable(&bad(
+            "Code: 60, e.displayText() = DB::Exception: Table x doesn't exist"
+        )));
+        assert!(!retryable(&bad(
+            "Code: 16. DB::Exception: No such column x"
+        )));
+        assert!(retryable(&bad("Code: 252. DB::Exception: Too many parts")));
+        assert!(retryable(&bad(
+            "Code: 241. DB::Exception: Memory limit exceeded"
+        )));
+        assert!(retryable(&bad("upstream connect error")));
+        assert!(retryable(&Error::TimedOut));
+        assert!(!retryable(&Error::NotEnoughData));
+    }
+}

@@ -1,0 +1,171 @@
+//! Black-box test of `toctou run --clickhouse-url`: a golden scenario sent over OTLP/HTTP
+//! lands in ClickHouse (Debian's 18.16, started through `scripts/clickhouse`) as the same
+//! findings the API reports, its events, and rollups that agree with both.
+//!
+//! Like tests/clickhouse.rs, it fails (never skips) when no server can be started.
+
+mod common;
+
+use common::Toctou;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn server_url() -> String {
+    if let Ok(url) = std::env::var("TOCTOU_TEST_CLICKHOUSE_URL") {
+        return url;
+    }
+    let out = Command::new(root().join("scripts/clickhouse"))
+        .arg("start")
+        .output()
+        .expect("running scripts/clickhouse start");
+    assert!(
+        out.status.success(),
+        "scripts/clickhouse start failed (run 'scripts/clickhouse install' first?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+async fn sql(url: &str, db: &str, statement: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/?database={db}"))
+        .body(statement.to_owned())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sending {statement:?}: {e}"));
+    let status = resp.status();
+    let body = resp.text().await.expect("body");
+    assert!(status.is_success(), "{statement}\n=> {status}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_the_scenarios_findings_events_and_rollups() {
+    let url = server_url();
+    let db = format!("toctou_test_{}_sink", std::process::id());
+    let mut toctou = Toctou::start(&[
+        "--clickhouse-url",
+        &url,
+        "--clickhouse-database",
+        &db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ]);
+
+    let dir = root().join("testdata/scenarios/stale_check_versions");
+    let input = std::fs::read_to_string(dir.join("input.jsonl")).expect("input.jsonl");
+    let client = reqwest::Client::new();
+    let mut sent = 0;
+    for line in input.lines().filter(|l| !l.trim().is_empty()) {
+        let path = if line.contains("\"resourceLogs\"") {
+            "/v1/logs"
+        } else {
+            "/v1/traces"
+        };
+        let resp = client
+            .post(toctou.http_url(path))
+            .header("content-type", "application/json")
+            .body(line.to_owned())
+            .send()
+            .await
+            .expect("posting OTLP JSON");
+        assert!(resp.status().is_success(), "{}", resp.status());
+        sent += 1;
+    }
+    let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("expected.jsonl"))
+        .expect("expected.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("expected finding"))
+        .collect();
+    let found = toctou
+        .wait_for(Duration::from_secs(30), |f| f.len() >= expected.len())
+        .await;
+    // SIGTERM: the correlator drains and the sink flushes before the process exits.
+    let status = toctou.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        toctou.log()
+    );
+
+    let mut want: Vec<String> = found
+        .iter()
+        .map(|f| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                f["id"].as_str().unwrap(),
+                f["kind"].as_str().unwrap(),
+                f["service"].as_str().unwrap(),
+                f["resource"].as_str().unwrap(),
+                f["event_time_ns"].as_u64().unwrap()
+            )
+        })
+        .collect();
+    want.sort();
+    let rows = sql(
+        &url,
+        &db,
+        "SELECT id, kind, service, resource, event_time_ns FROM findings ORDER BY id",
+    )
+    .await;
+    assert_eq!(rows, want.concat(), "{}", toctou.log());
+    for e in &expected {
+        assert!(rows.contains(e["id"].as_str().unwrap()), "{rows}");
+    }
+
+    let events = sql(
+        &url,
+        &db,
+        "SELECT count(), uniqExact(event_key), countIf(type = 'audit') FROM events",
+    )
+    .await;
+    let counts: Vec<u64> = events
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        counts[0] >= sent as u64 - 1,
+        "{events}: one event per request or more"
+    );
+    assert_eq!(counts[0], counts[1], "{events}: each event once");
+    assert!(counts[2] >= 1, "{events}: the scenario's audit records");
+
+    let rollups = sql(
+        &url,
+        &db,
+        "SELECT kind, sumMerge(findings) FROM rollup_minute WHERE kind != '' GROUP BY kind ORDER BY kind",
+    )
+    .await;
+    let mut per_kind = std::collections::BTreeMap::<String, usize>::new();
+    for f in &found {
+        *per_kind
+            .entry(f["kind"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let want_rollups: String = per_kind
+        .iter()
+        .map(|(k, n)| format!("{k}\t{n}\n"))
+        .collect();
+    assert_eq!(rollups, want_rollups);
+    let uses = sql(
+        &url,
+        &db,
+        "SELECT sumMerge(uses), sumMerge(checks) FROM rollup_minute",
+    )
+    .await;
+    let agree = sql(
+        &url,
+        &db,
+        "SELECT countIf(type = 'use'), countIf(type = 'check') FROM events",
+    )
+    .await;
+    assert_eq!(uses, agree, "rollups agree with the events");
+}
