@@ -47,20 +47,8 @@ async fn sql(url: &str, db: &str, statement: &str) -> String {
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_writes_the_scenarios_findings_events_and_rollups() {
-    let url = server_url();
-    let db = format!("toctou_test_{}_sink", std::process::id());
-    let mut toctou = Toctou::start(&[
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        &db,
-        "--clickhouse-batch-age",
-        "200ms",
-    ]);
-
-    let dir = root().join("testdata/scenarios/stale_check_versions");
+/// Posts each line of the scenario's input (one OTLP/JSON request each); returns how many.
+async fn send_scenario(toctou: &Toctou, dir: &Path) -> usize {
     let input = std::fs::read_to_string(dir.join("input.jsonl")).expect("input.jsonl");
     let client = reqwest::Client::new();
     let mut sent = 0;
@@ -80,6 +68,24 @@ async fn run_writes_the_scenarios_findings_events_and_rollups() {
         assert!(resp.status().is_success(), "{}", resp.status());
         sent += 1;
     }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_the_scenarios_findings_events_and_rollups() {
+    let url = server_url();
+    let db = format!("toctou_test_{}_sink", std::process::id());
+    let mut toctou = Toctou::start(&[
+        "--clickhouse-url",
+        &url,
+        "--clickhouse-database",
+        &db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ]);
+
+    let dir = root().join("testdata/scenarios/stale_check_versions");
+    let sent = send_scenario(&toctou, &dir).await;
     let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("expected.jsonl"))
         .expect("expected.jsonl")
         .lines()
@@ -168,4 +174,103 @@ async fn run_writes_the_scenarios_findings_events_and_rollups() {
     )
     .await;
     assert_eq!(uses, agree, "rollups agree with the events");
+}
+
+/// A ClickHouse server of the test's own (so stopping it disturbs no other test), stopped
+/// and removed on drop.
+struct PrivateServer {
+    home: std::path::PathBuf,
+}
+
+impl PrivateServer {
+    fn script(&self, command: &str) -> String {
+        let out = Command::new(root().join("scripts/clickhouse"))
+            .arg(command)
+            .env("TOCTOU_CLICKHOUSE_HOME", &self.home)
+            .output()
+            .expect("running scripts/clickhouse");
+        assert!(
+            out.status.success(),
+            "scripts/clickhouse {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/clickhouse"))
+            .arg("stop")
+            .env("TOCTOU_CLICKHOUSE_HOME", &self.home)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn findings_sent_while_clickhouse_is_down_arrive_once_it_is_back() {
+    let server = PrivateServer {
+        home: std::env::temp_dir().join(format!("toctou-ch-outage-{}", std::process::id())),
+    };
+    let url = server.script("start");
+    let db = "toctou_outage";
+    let mut toctou = Toctou::start(&[
+        "--clickhouse-url",
+        &url,
+        "--clickhouse-database",
+        db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ]);
+    // Migrated at start-up; now the server goes away for 20 s while the scenario arrives.
+    server.script("stop");
+    let down = std::time::Instant::now();
+    let dir = root().join("testdata/scenarios/stale_check_versions");
+    send_scenario(&toctou, &dir).await;
+    let found = toctou
+        .wait_for(Duration::from_secs(30), |f| !f.is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(down.elapsed())).await;
+    assert!(
+        toctou.log().contains("clickhouse insert failed; retrying"),
+        "the sink should have been retrying:\n{}",
+        toctou.log()
+    );
+    assert_eq!(server.script("start"), url, "restarted on the same port");
+
+    // The sink retries with at most 5 s between attempts: the rows come within seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let want = found.len().to_string() + "\n";
+    while sql(&url, db, "SELECT uniqExact(id) FROM findings").await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "findings did not arrive after the restart:\n{}",
+            toctou.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = toctou.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", toctou.log());
+
+    let mut ids: Vec<&str> = found.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let stored = sql(
+        &url,
+        db,
+        "SELECT id, count() FROM findings FINAL GROUP BY id ORDER BY id",
+    )
+    .await;
+    let want: String = ids.iter().map(|id| format!("{id}\t1\n")).collect();
+    assert_eq!(stored, want, "every finding, once");
+    let events = sql(
+        &url,
+        db,
+        "SELECT count() > 0, count() = uniqExact(event_key) FROM events FINAL",
+    )
+    .await;
+    assert_eq!(events, "1\t1\n", "the events too, once each");
 }
