@@ -2,9 +2,11 @@
 //!
 //! - `GET /api/v1/findings?kind=&since=&limit=` → `{"findings":[...]}`, oldest first, the
 //!   latest `limit` (default 100) matching findings; `since` is Unix nanoseconds or RFC 3339.
-//! - `GET /metrics` → Prometheus text: the receivers', the correlator's and the store's.
+//! - `GET /metrics` → Prometheus text: the receivers', the correlator's, the store's and,
+//!   with `--clickhouse-url`, the sink's.
 //! - `GET /healthz` → `ok`.
 
+use crate::clickhouse::sink::SinkMetrics;
 use crate::store::{FindingStore, Query};
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, StatusCode};
@@ -29,6 +31,8 @@ pub struct Shared {
     pub stats: Mutex<Stats>,
     pub receivers: Receivers,
     pub started_ns: u64,
+    /// The ClickHouse sink's counters, with `--clickhouse-url`.
+    pub sink: Option<Arc<SinkMetrics>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -148,6 +152,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             store.dropped(),
         );
         service_findings(&mut out, &store);
+    }
+    if let Some(sink) = &shared.sink {
+        sink.render_prometheus(&mut out);
     }
     gauge(
         &mut out,

@@ -138,6 +138,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         stats: Mutex::new(engine.stats().clone()),
         receivers: receivers.clone(),
         started_ns: now_ns(),
+        sink: sink.as_ref().map(Sink::metrics),
     });
 
     // Closed once the servers are done, so every request they accepted is in the queue:

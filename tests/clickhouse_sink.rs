@@ -94,6 +94,7 @@ async fn run_writes_the_scenarios_findings_events_and_rollups() {
     let found = toctou
         .wait_for(Duration::from_secs(30), |f| f.len() >= expected.len())
         .await;
+    assert_sink_metrics(&toctou, found.len()).await;
     // SIGTERM: the correlator drains and the sink flushes before the process exits.
     let status = toctou.terminate(Duration::from_secs(30));
     assert!(
@@ -176,6 +177,60 @@ async fn run_writes_the_scenarios_findings_events_and_rollups() {
     assert_eq!(uses, agree, "rollups agree with the events");
 }
 
+/// Waits (the sink inserts every 200 ms) until /metrics shows every finding written, then
+/// checks the sink's other series of a healthy run.
+async fn assert_sink_metrics(toctou: &Toctou, findings: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while toctou
+        .metric("toctou_sink_rows_total{table=\"findings\"}")
+        .await
+        < findings as f64
+        || toctou.metric("toctou_sink_backlog_rows").await > 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink metrics never showed {findings} findings written:\n{}",
+            toctou.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = toctou.metrics().await;
+    for family in [
+        "toctou_sink_rows_total counter",
+        "toctou_sink_batches_total counter",
+        "toctou_sink_backlog_rows gauge",
+        "toctou_sink_retries_total counter",
+        "toctou_sink_dropped_rows_total counter",
+    ] {
+        assert!(text.contains(&format!("# TYPE {family}\n")), "{text}");
+    }
+    assert_eq!(
+        toctou
+            .metric("toctou_sink_rows_total{table=\"findings\"}")
+            .await,
+        findings as f64
+    );
+    assert!(
+        toctou
+            .metric("toctou_sink_rows_total{table=\"events\"}")
+            .await
+            >= 1.0
+    );
+    for table in ["findings", "events"] {
+        let ok = format!("toctou_sink_batches_total{{table=\"{table}\",result=\"ok\"}}");
+        assert!(toctou.metric(&ok).await >= 1.0, "{text}");
+        let failed = format!("toctou_sink_batches_total{{table=\"{table}\",result=\"failed\"}}");
+        assert_eq!(toctou.metric(&failed).await, 0.0, "{text}");
+        let dropped = format!("toctou_sink_dropped_rows_total{{table=\"{table}\"}}");
+        assert_eq!(toctou.metric(&dropped).await, 0.0, "{text}");
+    }
+    assert_eq!(
+        toctou.metric("toctou_sink_retries_total").await,
+        0.0,
+        "{text}"
+    );
+}
+
 /// A ClickHouse server of the test's own (so stopping it disturbs no other test), stopped
 /// and removed on drop.
 struct PrivateServer {
@@ -239,6 +294,15 @@ async fn findings_sent_while_clickhouse_is_down_arrive_once_it_is_back() {
         toctou.log().contains("clickhouse insert failed; retrying"),
         "the sink should have been retrying:\n{}",
         toctou.log()
+    );
+    // The outage shows on /metrics: retries, and rows held back rather than dropped.
+    assert!(toctou.metric("toctou_sink_retries_total").await >= 1.0);
+    assert!(toctou.metric("toctou_sink_backlog_rows").await >= 1.0);
+    assert_eq!(
+        toctou
+            .metric("toctou_sink_dropped_rows_total{table=\"findings\"}")
+            .await,
+        0.0
     );
     assert_eq!(server.script("start"), url, "restarted on the same port");
 

@@ -8,6 +8,7 @@
 //! - [`retention`]: dropping daily partitions past each table's retention.
 //! - [`rows`]: the RowBinary rows of `findings` and `events`, mapped from the schema types.
 //! - [`sink`]: the batched, retrying, bounded writer `toctou run --clickhouse-url` uses.
+//!   Its counters, rendered on `/metrics`, are [`sink::metrics`].
 //!
 //! Every statement sent here must be accepted by Debian's ClickHouse 18.16 and by current
 //! releases; `toctou migrate --print-sql` prints them all so the tests run each on both.

@@ -235,11 +235,12 @@ impl From<&Event> for EventRow {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use toctou_schema::{AuditAction, AuditEvent, AuditRef, FindingKind, Severity, UseRef};
 
-    fn finding() -> Finding {
+    /// A finding with every optional field set; the sink's tests send it too.
+    pub(crate) fn finding() -> Finding {
         Finding {
             id: "f".into(),
             kind: FindingKind::DuplicateUse,

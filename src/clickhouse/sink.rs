@@ -11,10 +11,17 @@
 //! and nothing is dropped. Storage is idempotent (ReplacingMergeTree on deterministic keys),
 //! so a batch retried after an ambiguous failure collapses to one row per finding.
 
+// Beside this file rather than under sink/, so that the benchmark that compiles this file by
+// path (examples/clickhouse_bench.rs) finds it too.
+#[path = "sink_metrics.rs"]
+pub mod metrics;
+
 use super::rows::{EventRow, FindingRow};
 use clickhouse::Client;
+pub use metrics::{BatchResult, SinkMetrics, Table};
 use rand::Rng;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use toctou_schema::{Event, Finding};
@@ -55,6 +62,15 @@ enum Batch {
     Findings(Vec<FindingRow>),
 }
 
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Events(rows) => rows.len(),
+            Batch::Findings(rows) => rows.len(),
+        }
+    }
+}
+
 /// What the sink did, returned when it ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SinkStats {
@@ -69,35 +85,53 @@ pub struct SinkStats {
 pub struct Sink {
     tx: SyncSender<Batch>,
     thread: JoinHandle<SinkStats>,
+    metrics: Arc<SinkMetrics>,
 }
 
 impl Sink {
     pub fn spawn(client: Client, config: SinkConfig) -> std::io::Result<Sink> {
         let (tx, rx) = sync_channel(config.channel_batches.max(1));
-        let thread = std::thread::Builder::new()
-            .name("toctou-clickhouse".into())
-            .spawn(move || write_loop(client, config, rx))?;
-        Ok(Sink { tx, thread })
+        let metrics = Arc::new(SinkMetrics::default());
+        let thread = {
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name("toctou-clickhouse".into())
+                .spawn(move || write_loop(client, config, rx, &metrics))?
+        };
+        Ok(Sink {
+            tx,
+            thread,
+            metrics,
+        })
+    }
+
+    /// The sink's counters, for `/metrics`; they outlive the sink.
+    pub fn metrics(&self) -> Arc<SinkMetrics> {
+        self.metrics.clone()
     }
 
     /// Blocks while the sink is full: that is the push-back. Returns false once the sink
     /// thread has ended (it logged why).
     pub fn events(&self, events: &[Event]) -> bool {
-        events.is_empty()
-            || self
-                .tx
-                .send(Batch::Events(events.iter().map(EventRow::from).collect()))
-                .is_ok()
+        events.is_empty() || self.send(Batch::Events(events.iter().map(EventRow::from).collect()))
     }
 
     pub fn findings(&self, findings: &[Finding]) -> bool {
         findings.is_empty()
-            || self
-                .tx
-                .send(Batch::Findings(
-                    findings.iter().map(FindingRow::from).collect(),
-                ))
-                .is_ok()
+            || self.send(Batch::Findings(
+                findings.iter().map(FindingRow::from).collect(),
+            ))
+    }
+
+    fn send(&self, batch: Batch) -> bool {
+        let rows = batch.len();
+        // Counted before the send, so the sink thread never subtracts rows not yet added.
+        self.metrics.queued(rows);
+        let sent = self.tx.send(batch).is_ok();
+        if !sent {
+            self.metrics.dequeued(rows);
+        }
+        sent
     }
 
     /// Flushes what is buffered (retrying up to the shutdown deadline) and ends the thread.
@@ -135,13 +169,13 @@ pub fn error_code(msg: &str) -> Option<u32> {
 }
 
 struct Buffer<T> {
-    table: &'static str,
+    table: Table,
     rows: Vec<T>,
     since: Option<Instant>,
 }
 
 impl<T> Buffer<T> {
-    fn new(table: &'static str) -> Self {
+    fn new(table: Table) -> Self {
         Buffer {
             table,
             rows: Vec::new(),
@@ -162,7 +196,12 @@ impl<T> Buffer<T> {
     }
 }
 
-fn write_loop(client: Client, config: SinkConfig, rx: Receiver<Batch>) -> SinkStats {
+fn write_loop(
+    client: Client,
+    config: SinkConfig,
+    rx: Receiver<Batch>,
+    metrics: &SinkMetrics,
+) -> SinkStats {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -174,8 +213,8 @@ fn write_loop(client: Client, config: SinkConfig, rx: Receiver<Batch>) -> SinkSt
         }
     };
     let mut stats = SinkStats::default();
-    let mut findings = Buffer::<FindingRow>::new("findings");
-    let mut events = Buffer::<EventRow>::new("events");
+    let mut findings = Buffer::<FindingRow>::new(Table::Findings);
+    let mut events = Buffer::<EventRow>::new(Table::Events);
     let mut closed_at: Option<Instant> = None;
     loop {
         let wait = [findings.since, events.since]
@@ -193,11 +232,11 @@ fn write_loop(client: Client, config: SinkConfig, rx: Receiver<Batch>) -> SinkSt
         let deadline = closed_at.map(|t| t + config.shutdown_deadline);
         if closed_at.is_some() || findings.due(&config) {
             stats.findings_written +=
-                runtime.block_on(flush(&client, &mut findings, deadline, &mut stats));
+                runtime.block_on(flush(&client, &mut findings, deadline, &mut stats, metrics));
         }
         if closed_at.is_some() || events.due(&config) {
             stats.events_written +=
-                runtime.block_on(flush(&client, &mut events, deadline, &mut stats));
+                runtime.block_on(flush(&client, &mut events, deadline, &mut stats, metrics));
         }
         if closed_at.is_some() {
             return stats;
@@ -212,6 +251,7 @@ async fn flush<T>(
     buffer: &mut Buffer<T>,
     deadline: Option<Instant>,
     stats: &mut SinkStats,
+    metrics: &SinkMetrics,
 ) -> u64
 where
     T: clickhouse::RowOwned + clickhouse::RowWrite,
@@ -221,20 +261,28 @@ where
     if rows.is_empty() {
         return 0;
     }
+    let table = buffer.table;
     let mut backoff = MIN_BACKOFF;
     loop {
-        match insert(client, buffer.table, &rows).await {
-            Ok(()) => return rows.len() as u64,
+        match insert(client, table.name(), &rows).await {
+            Ok(()) => {
+                metrics.batch(table, BatchResult::Ok, rows.len());
+                metrics.dequeued(rows.len());
+                return rows.len() as u64;
+            }
             Err(err) if retryable(&err) && deadline.is_none_or(|d| Instant::now() < d) => {
                 stats.retries += 1;
-                tracing::warn!(table = buffer.table, rows = rows.len(), error = %err, "clickhouse insert failed; retrying");
+                metrics.batch(table, BatchResult::Retried, rows.len());
+                tracing::warn!(table = table.name(), rows = rows.len(), error = %err, "clickhouse insert failed; retrying");
                 let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
                 tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(err) => {
                 stats.rows_failed += rows.len() as u64;
-                tracing::error!(table = buffer.table, rows = rows.len(), error = %err, "clickhouse insert failed; rows given up");
+                metrics.batch(table, BatchResult::Failed, rows.len());
+                metrics.dequeued(rows.len());
+                tracing::error!(table = table.name(), rows = rows.len(), error = %err, "clickhouse insert failed; rows given up");
                 return 0;
             }
         }
@@ -282,5 +330,41 @@ mod tests {
         assert!(retryable(&bad("upstream connect error")));
         assert!(retryable(&Error::TimedOut));
         assert!(!retryable(&Error::NotEnoughData));
+    }
+
+    #[test]
+    fn rows_an_unreachable_server_never_takes_are_retried_then_counted_as_dropped() {
+        // A port bound and closed again: connections are refused, a transient error.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let client = Client::default()
+            .with_url(format!("http://127.0.0.1:{port}"))
+            .with_compression(clickhouse::Compression::None);
+        let config = SinkConfig {
+            max_age: Duration::from_millis(10),
+            shutdown_deadline: Duration::from_millis(300),
+            ..SinkConfig::default()
+        };
+        let sink = Sink::spawn(client, config).expect("sink thread");
+        let metrics = sink.metrics();
+        let finding = super::super::rows::tests::finding();
+        assert!(sink.findings(&[finding.clone(), finding]));
+        let stats = sink.close();
+
+        assert_eq!(stats.findings_written, 0);
+        assert_eq!(stats.rows_failed, 2);
+        assert!(stats.retries >= 1, "{stats:?}");
+        assert_eq!(metrics.retries(), stats.retries);
+        assert_eq!(
+            metrics.batches(Table::Findings, BatchResult::Retried),
+            stats.retries
+        );
+        assert_eq!(metrics.batches(Table::Findings, BatchResult::Failed), 1);
+        assert_eq!(metrics.batches(Table::Findings, BatchResult::Ok), 0);
+        assert_eq!(metrics.rows_dropped(Table::Findings), 2);
+        assert_eq!(metrics.rows_written(Table::Findings), 0);
+        assert_eq!(metrics.backlog_rows(), 0, "given-up rows leave the backlog");
     }
 }

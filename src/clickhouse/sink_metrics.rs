@@ -1,0 +1,210 @@
+//! The ClickHouse sink's counters and their Prometheus text for `/metrics`.
+//!
+//! Plain atomics: the sink thread and the correlator write them, API requests read them, and
+//! none of them may wait on another for it. Labels are closed sets (two tables, three
+//! results), so the series count is fixed.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The tables the sink writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Findings,
+    Events,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Findings, Table::Events];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Findings => "findings",
+            Table::Events => "events",
+        }
+    }
+}
+
+/// What became of one insert attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchResult {
+    Ok,
+    /// Failed with a transient error; the same rows are sent again.
+    Retried,
+    /// Failed and given up: the rows are dropped.
+    Failed,
+}
+
+impl BatchResult {
+    pub const ALL: [BatchResult; 3] = [BatchResult::Ok, BatchResult::Retried, BatchResult::Failed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchResult::Ok => "ok",
+            BatchResult::Retried => "retried",
+            BatchResult::Failed => "failed",
+        }
+    }
+}
+
+/// Shared by the sink (which counts) and the API (which renders).
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    rows: [AtomicU64; 2],
+    batches: [[AtomicU64; 3]; 2],
+    dropped: [AtomicU64; 2],
+    retries: AtomicU64,
+    backlog: AtomicU64,
+}
+
+impl SinkMetrics {
+    /// Rows handed to the sink and not yet written or given up.
+    pub(crate) fn queued(&self, rows: usize) {
+        self.backlog.fetch_add(rows as u64, Relaxed);
+    }
+
+    /// Rows leaving the backlog: written, dropped, or never accepted by the channel.
+    pub(crate) fn dequeued(&self, rows: usize) {
+        // Saturating: a gauge that wrapped to 2^64 would be worse than one briefly low.
+        let _ = self
+            .backlog
+            .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(rows as u64)));
+    }
+
+    pub(crate) fn batch(&self, table: Table, result: BatchResult, rows: usize) {
+        self.batches[table as usize][result as usize].fetch_add(1, Relaxed);
+        match result {
+            BatchResult::Ok => {
+                self.rows[table as usize].fetch_add(rows as u64, Relaxed);
+            }
+            BatchResult::Retried => {
+                self.retries.fetch_add(1, Relaxed);
+            }
+            BatchResult::Failed => {
+                self.dropped[table as usize].fetch_add(rows as u64, Relaxed);
+            }
+        }
+    }
+
+    pub fn rows_written(&self, table: Table) -> u64 {
+        self.rows[table as usize].load(Relaxed)
+    }
+
+    pub fn batches(&self, table: Table, result: BatchResult) -> u64 {
+        self.batches[table as usize][result as usize].load(Relaxed)
+    }
+
+    pub fn rows_dropped(&self, table: Table) -> u64 {
+        self.dropped[table as usize].load(Relaxed)
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+
+    pub fn backlog_rows(&self) -> u64 {
+        self.backlog.load(Relaxed)
+    }
+
+    /// Appends the `toctou_sink_*` families in Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP toctou_sink_rows_total Rows written to ClickHouse.\n# TYPE toctou_sink_rows_total counter"
+        );
+        for t in Table::ALL {
+            let _ = writeln!(
+                out,
+                "toctou_sink_rows_total{{table=\"{}\"}} {}",
+                t.name(),
+                self.rows_written(t)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP toctou_sink_batches_total ClickHouse insert attempts by outcome (retried: failed and sent again; failed: given up).\n# TYPE toctou_sink_batches_total counter"
+        );
+        for t in Table::ALL {
+            for r in BatchResult::ALL {
+                let _ = writeln!(
+                    out,
+                    "toctou_sink_batches_total{{table=\"{}\",result=\"{}\"}} {}",
+                    t.name(),
+                    r.name(),
+                    self.batches(t, r)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP toctou_sink_backlog_rows Rows waiting in the sink's channel and buffers.\n# TYPE toctou_sink_backlog_rows gauge\ntoctou_sink_backlog_rows {}",
+            self.backlog_rows()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_sink_retries_total ClickHouse inserts retried after a transient error.\n# TYPE toctou_sink_retries_total counter\ntoctou_sink_retries_total {}",
+            self.retries()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_sink_dropped_rows_total Rows given up on (a non-retryable error, or still failing at the shutdown deadline).\n# TYPE toctou_sink_dropped_rows_total counter"
+        );
+        for t in Table::ALL {
+            let _ = writeln!(
+                out,
+                "toctou_sink_dropped_rows_total{{table=\"{}\"}} {}",
+                t.name(),
+                self.rows_dropped(t)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_rendered_with_its_help_and_type() {
+        let m = SinkMetrics::default();
+        m.queued(7);
+        m.batch(Table::Findings, BatchResult::Retried, 3);
+        m.batch(Table::Findings, BatchResult::Ok, 3);
+        m.batch(Table::Events, BatchResult::Failed, 4);
+        m.dequeued(3);
+        m.dequeued(4);
+        m.dequeued(1); // more than queued: the gauge stops at zero
+        let mut out = String::new();
+        m.render_prometheus(&mut out);
+        for line in [
+            "toctou_sink_rows_total{table=\"findings\"} 3",
+            "toctou_sink_rows_total{table=\"events\"} 0",
+            "toctou_sink_batches_total{table=\"findings\",result=\"ok\"} 1",
+            "toctou_sink_batches_total{table=\"findings\",result=\"retried\"} 1",
+            "toctou_sink_batches_total{table=\"events\",result=\"failed\"} 1",
+            "toctou_sink_backlog_rows 0",
+            "toctou_sink_retries_total 1",
+            "toctou_sink_dropped_rows_total{table=\"events\"} 4",
+            "toctou_sink_dropped_rows_total{table=\"findings\"} 0",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line} missing from:\n{out}"
+            );
+        }
+        for family in [
+            "toctou_sink_rows_total counter",
+            "toctou_sink_batches_total counter",
+            "toctou_sink_backlog_rows gauge",
+            "toctou_sink_retries_total counter",
+            "toctou_sink_dropped_rows_total counter",
+        ] {
+            assert!(
+                out.contains(&format!("# TYPE {family}\n")),
+                "{family}:\n{out}"
+            );
+            let name = family.split(' ').next().unwrap();
+            assert!(out.contains(&format!("# HELP {name} ")), "{name}:\n{out}");
+        }
+    }
+}
