@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::clickhouse::{server_url, sql};
 use common::Toctou;
 use std::path::Path;
 use std::process::Command;
@@ -13,38 +14,6 @@ use std::time::Duration;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn server_url() -> String {
-    if let Ok(url) = std::env::var("TOCTOU_TEST_CLICKHOUSE_URL") {
-        return url;
-    }
-    let out = Command::new(root().join("scripts/clickhouse"))
-        .arg("start")
-        .output()
-        .expect("running scripts/clickhouse start");
-    assert!(
-        out.status.success(),
-        "scripts/clickhouse start failed (run 'scripts/clickhouse install' first?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-async fn sql(url: &str, db: &str, statement: &str) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/?database={db}"))
-        .body(statement.to_owned())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("sending {statement:?}: {e}"));
-    let status = resp.status();
-    let body = resp.text().await.expect("body");
-    assert!(status.is_success(), "{statement}\n=> {status}: {body}");
-    body
 }
 
 /// Posts each line of the scenario's input (one OTLP/JSON request each); returns how many.

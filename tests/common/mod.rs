@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod clickhouse;
+pub mod otel_sdk;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
