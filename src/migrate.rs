@@ -47,10 +47,10 @@ pub fn main(args: MigrateArgs) -> Result<()> {
 
 async fn run(args: MigrateArgs) -> Result<()> {
     let ch = &args.clickhouse;
-    let url = ch.require_url()?;
+    ch.require_url()?;
     let report = migrations::migrate(&ch.server_client(), &ch.client(), &ch.database)
         .await
-        .with_context(|| format!("migrating {} at {url}", ch.database))?;
+        .with_context(|| format!("migrating {} at {}", ch.database, ch.shown_url()))?;
     if report.applied.is_empty() {
         println!(
             "schema of {} is up to date at version {}",

@@ -209,14 +209,14 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
 /// With `--clickhouse-url`: migrates (unless `--no-migrate`) and starts the sink thread.
 async fn start_sink(args: &RunArgs) -> Result<Option<Sink>> {
     let ch = &args.clickhouse;
-    let Some(url) = ch.url.as_deref() else {
+    if ch.url.is_none() {
         return Ok(None);
-    };
+    }
     if !args.no_migrate {
         let report = migrations::migrate(&ch.server_client(), &ch.client(), &ch.database)
             .await
-            .with_context(|| format!("migrating {} at {url}", ch.database))?;
-        tracing::info!(database = %ch.database, version = report.version, applied = ?report.applied, "clickhouse schema ready");
+            .with_context(|| format!("migrating {} at {}", ch.database, ch.shown_url()))?;
+        tracing::info!(url = %ch.shown_url(), database = %ch.database, version = report.version, applied = ?report.applied, "clickhouse schema ready");
     }
     let config = SinkConfig {
         max_rows: args.clickhouse_batch_rows.max(1),

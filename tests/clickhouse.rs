@@ -416,3 +416,69 @@ fn the_sli_queries_read_the_rollups_alike_on_18_16_and_on_current_chdb() {
         assert_eq!(got, want, "chdb: {q}");
     }
 }
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+fn a_password_in_the_url_reaches_no_log_line_help_or_error_message() {
+    const SECRET: &str = "hunter2secret";
+    // Nothing listening: migrate and run both fail naming the URL, which must be redacted.
+    let refused = format!("http://toctou:{SECRET}@127.0.0.1:{}", closed_port());
+    let run = [
+        "run",
+        "--otlp-grpc-addr",
+        "127.0.0.1:0",
+        "--otlp-http-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+    ];
+    for args in [&["migrate"][..], &run[..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--clickhouse-url", &refused])
+            .env("TOCTOU_LOG", "debug")
+            .output()
+            .expect("running toctou");
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(!err.contains(SECRET), "{args:?}: {err}");
+        assert!(
+            err.contains("toctou:<redacted>@127.0.0.1:"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A user the server does not know: the credentials of the URL were sent (the server
+    // refuses that user), and the refusal does not quote the password either.
+    let unknown = server_url().replacen("://", &format!("://nobody_here:{SECRET}@"), 1);
+    let out = Command::new(BIN)
+        .args(["migrate", "--clickhouse-url", &unknown])
+        .args(["--clickhouse-database", &database("redact")])
+        .env("TOCTOU_LOG", "debug")
+        .output()
+        .expect("running toctou migrate");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("Unknown user nobody_here") || err.contains("Code: 516"),
+        "the server refuses the URL's user: {err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
+
+    // clap shows environment values in --help unless told not to.
+    let out = Command::new(BIN)
+        .args(["run", "--help"])
+        .env("TOCTOU_CLICKHOUSE_URL", &refused)
+        .output()
+        .expect("running toctou run --help");
+    let help = stdout(&out);
+    assert!(help.contains("--clickhouse-url"), "{help}");
+    assert!(!help.contains(SECRET), "{help}");
+}
