@@ -22,8 +22,9 @@ pub struct MigrateArgs {
     /// How long the per-minute rollups keep their rows.
     #[arg(long, env = "TOCTOU_RETENTION_ROLLUPS", default_value = "400days", value_parser = humantime::parse_duration)]
     pub retention_rollups: Duration,
-    /// Print every statement this command can send (binds filled with examples), one per
-    /// `;`, and exit without connecting: for checking them against other ClickHouse engines.
+    /// Print every statement this command can send (binds filled with examples) and the
+    /// sink's inserts (as JSONEachRow, with example rows), one per `;`, and exit without
+    /// connecting: for checking them against other ClickHouse engines.
     #[arg(long)]
     pub print_sql: bool,
 }
@@ -33,6 +34,7 @@ pub fn main(args: MigrateArgs) -> Result<()> {
         let client = args.clickhouse.client();
         let mut all = migrations::all_statements(&client);
         all.extend(retention::all_statements(&client));
+        all.extend(crate::clickhouse::inserts::example_statements());
         for stmt in all {
             println!("{stmt};\n");
         }

@@ -277,6 +277,15 @@ fn every_statement_the_binary_sends_runs_on_18_16_and_on_current_chdb() {
     for stmt in &all {
         sql(Some(&db), stmt);
     }
+    // The sink's inserts are among them, with their example rows, and the views took them.
+    for table in ["findings", "events"] {
+        assert!(
+            all.iter()
+                .any(|s| s.starts_with(&format!("INSERT INTO {table}(`"))),
+            "no insert into {table} printed:\n{text}"
+        );
+    }
+    assert_eq!(sql(Some(&db), ROWS_STORED), "2\t4\t4\t6\n");
 
     // The current engine, embedded: the whole file in one session.
     let file = std::env::temp_dir().join(format!("toctou-printed-{}.sql", std::process::id()));
@@ -284,6 +293,7 @@ fn every_statement_the_binary_sends_runs_on_18_16_and_on_current_chdb() {
     let out = Command::new(root().join("scripts/chdb"))
         .arg("run")
         .arg(&file)
+        .arg(ROWS_STORED)
         .output()
         .expect("running scripts/chdb (run 'scripts/chdb install' first)");
     let _ = std::fs::remove_file(&file);
@@ -297,8 +307,19 @@ fn every_statement_the_binary_sends_runs_on_18_16_and_on_current_chdb() {
         .lines()
         .filter(|l| l.starts_with("ok ("))
         .count();
-    assert_eq!(ran, all.len(), "{}", stdout(&out));
+    assert_eq!(ran, all.len() + 1, "{}", stdout(&out));
+    assert!(
+        stdout(&out).ends_with("\n2\t4\t4\t6\n"),
+        "the example rows on chdb:\n{}",
+        stdout(&out)
+    );
 }
+
+/// Findings and events rows, the findings' lookup rows (by id and by trace: 2 each), and
+/// the rollups' sum of checks, uses, audits and findings (1 + 1 + 2 events, 2 findings).
+const ROWS_STORED: &str = "SELECT (SELECT count() FROM findings), (SELECT count() FROM events), \
+     (SELECT count() FROM findings_lookup), \
+     (SELECT sumMerge(checks) + sumMerge(uses) + sumMerge(audits) + sumMerge(findings) FROM rollup_minute)";
 
 #[test]
 fn the_schema_files_are_the_ones_embedded() {

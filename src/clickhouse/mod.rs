@@ -7,6 +7,7 @@
 //!   applying them idempotently with a record of versions.
 //! - [`retention`]: dropping daily partitions past each table's retention.
 //! - [`rows`]: the RowBinary rows of `findings` and `events`, mapped from the schema types.
+//! - [`inserts`]: the sink's inserts as SQL text with example rows, for `--print-sql`.
 //! - [`sink`]: the batched, retrying, bounded writer `toctou run --clickhouse-url` uses.
 //!   Its counters, rendered on `/metrics`, are [`sink::metrics`].
 //!
@@ -15,6 +16,7 @@
 //! That is also why the client reads plain `RowBinary` (18.16 predates the typed header
 //! format the crate validates rows with) and asks for no response compression.
 
+pub mod inserts;
 pub mod migrations;
 pub mod retention;
 pub mod rows;
