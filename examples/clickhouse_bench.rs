@@ -397,7 +397,13 @@ async fn latency(
     const TICK: Duration = Duration::from_millis(10);
     let pairs = (rate / 100 / 2).max(1);
     let http = reqwest::Client::new();
-    let poller = tokio::spawn(poll_findings(ch.to_owned(), database.to_owned(), poll));
+    let seen: Seen = Default::default();
+    let poller = tokio::spawn(poll_findings(
+        ch.to_owned(),
+        database.to_owned(),
+        poll,
+        seen.clone(),
+    ));
     let started = Instant::now();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -444,16 +450,19 @@ async fn latency(
     let send_secs = started.elapsed().as_secs_f64();
     // The last findings need the watermark to pass them, the batch age and a poll.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = HashMap::new();
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && seen_count(&seen) < expected {
+        ensure!(
+            !poller.is_finished(),
+            "polling clickhouse failed: {:?}",
+            poller.await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        seen = snapshot();
-        if seen.len() >= expected {
-            break;
-        }
     }
     poller.abort();
-    let mut lat: Vec<f64> = seen.values().copied().collect();
+    let mut lat: Vec<f64> = seen
+        .lock()
+        .map(|m| m.values().copied().collect())
+        .unwrap_or_default();
     ensure!(!lat.is_empty(), "no finding became visible in ClickHouse");
     lat.sort_by(f64::total_cmp);
     let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
@@ -470,18 +479,13 @@ async fn latency(
 
 type Seen = std::sync::Arc<std::sync::Mutex<HashMap<String, f64>>>;
 
-static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
-
-fn snapshot() -> HashMap<String, f64> {
-    SEEN.get()
-        .map(|s| s.lock().map(|m| m.clone()).unwrap_or_default())
-        .unwrap_or_default()
+fn seen_count(seen: &Seen) -> usize {
+    seen.lock().map(|m| m.len()).unwrap_or_default()
 }
 
 /// Polls `findings` for new `unchecked_use` rows and notes, per finding, the time from its
 /// use span's start (set to the moment it was sent) to the poll that first saw it.
-async fn poll_findings(ch: String, database: String, every: Duration) -> Result<()> {
-    let seen: Seen = SEEN.get_or_init(Default::default).clone();
+async fn poll_findings(ch: String, database: String, every: Duration, seen: Seen) -> Result<()> {
     let http = reqwest::Client::new();
     let since = now_ns();
     loop {
