@@ -6,6 +6,8 @@
 //! without it the tests start one themselves. If no server can be had the tests fail: a
 //! storage test that skips proves nothing. Each test works in a database of its own.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -18,24 +20,7 @@ fn root() -> &'static Path {
 
 fn server_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("TOCTOU_TEST_CLICKHOUSE_URL") {
-            return url;
-        }
-        let out = Command::new(root().join("scripts/clickhouse"))
-            .arg("start")
-            .output()
-            .expect("running scripts/clickhouse start");
-        assert!(
-            out.status.success(),
-            "scripts/clickhouse start failed (run 'scripts/clickhouse install' first?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8 url")
-            .trim()
-            .to_owned()
-    })
+    URL.get_or_init(common::clickhouse::server_url)
 }
 
 /// A database name private to one test of this process.
