@@ -1,0 +1,1 @@
+//! Check spans, use spans and audit records for toctou (work in progress).
