@@ -49,6 +49,15 @@ impl Dedupe {
         }
     }
 
+    /// The event time of the oldest identity remembered (by insertion order, which follows
+    /// event time but for late events): what a rebuilt engine must re-read to drop the
+    /// same redeliveries.
+    pub fn oldest_time(&self) -> Option<u64> {
+        self.order
+            .front()
+            .map(|&(expiry, _)| expiry.saturating_sub(self.window_ns))
+    }
+
     /// Forgets identities whose window ended before `clock`.
     pub fn expire(&mut self, clock: u64) {
         while let Some(&(expiry, ident)) = self.order.front() {

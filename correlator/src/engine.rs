@@ -307,5 +307,6 @@ impl Engine {
     }
 }
 
+mod handover;
 #[cfg(test)]
 mod tests;
