@@ -11,9 +11,11 @@
 //! - [`demo`]: `toctou demo`, racing workloads instrumented with the OpenTelemetry SDK.
 //! - [`migrate`]: `toctou migrate`, the versioned ClickHouse schema and its retention.
 //! - [`clickhouse`]: ClickHouse connection flags, migrations and retention.
+//! - [`alerts`]: `toctou alerts generate`, Grafana alert rules from the SLO file.
 //!
 //! Errors become `anyhow` with context here, at the edge; the library crates keep typed ones.
 
+mod alerts;
 mod api;
 mod cli;
 mod clickhouse;
@@ -53,6 +55,9 @@ enum Command {
     /// Create or upgrade toctou's ClickHouse schema (idempotent; refuses a newer schema),
     /// and optionally drop partitions past their retention.
     Migrate(Box<migrate::MigrateArgs>),
+    /// Generate Grafana alert rules, notification policy, contact points and mute timings
+    /// from the SLO file (alerts/slo.yaml).
+    Alerts(alerts::AlertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::main(args),
         Command::Demo(args) => demo::main(args),
         Command::Migrate(args) => migrate::main(*args),
+        Command::Alerts(args) => alerts::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
