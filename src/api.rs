@@ -1,28 +1,38 @@
-//! The HTTP API of `toctou run` (default 127.0.0.1:8686): findings, metrics and health.
+//! The HTTP API of `toctou run` (default 127.0.0.1:8686): the built-in page, findings,
+//! metrics and health.
 //!
+//! - `GET /` → the page (see [`page`]), with its files under `/assets/`.
 //! - `GET /api/v1/findings?kind=&since=&limit=` → `{"findings":[...]}`, oldest first, the
 //!   latest `limit` (default 100) matching findings; `since` is Unix nanoseconds or RFC 3339.
+//! - `GET /api/v1/summary?seconds=` → what the page draws: counts by kind, findings per
+//!   second by kind over the last `seconds` (default 300, at most 600), the race-window
+//!   histogram, and a few pipeline gauges. Same cost with 0 findings or 100k.
 //! - `GET /metrics` → Prometheus text: the receivers', the correlator's, the store's and,
 //!   with `--clickhouse-url`, the sink's.
 //! - `GET /healthz` → `ok`.
 
+#[path = "page/mod.rs"]
+mod page;
+
 use crate::clickhouse::sink::SinkMetrics;
-use crate::store::{FindingStore, Query};
+use crate::store::{FindingStore, Query, Summary, RATE_SECONDS};
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
-use toctou_collector::Receivers;
+use toctou_collector::{EventPhase, Receivers, Signal};
 use toctou_correlator::Stats;
 use toctou_schema::FindingKind;
 use tokio::net::TcpListener;
 
 /// Findings returned when a request names no limit.
 pub const DEFAULT_LIMIT: usize = 100;
+/// Seconds of rate series a summary request gets when it names none: what the page shows.
+pub const DEFAULT_SUMMARY_SECONDS: usize = 300;
 
 /// State shared between the correlator thread (writer) and API requests (readers).
 pub struct Shared {
@@ -38,9 +48,11 @@ pub struct Shared {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/findings", get(findings))
+        .route("/api/v1/summary", get(summary))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/", get(index))
+        .route("/", get(page::index))
+        .route("/assets/{name}", get(page::asset))
         .with_state(shared)
 }
 
@@ -109,14 +121,101 @@ async fn findings(
     let store = shared.store.read().unwrap_or_else(|e| e.into_inner());
     let findings = store.query(&query);
     // Serialized under the read lock: borrowing avoids cloning up to max-findings records.
-    match serde_json::to_vec(&serde_json::json!({ "findings": findings })) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+    json_response(&serde_json::json!({ "findings": findings }), "findings")
+}
+
+/// A JSON body that is never cached (it is live) nor sniffed as anything but JSON.
+fn json_response(value: &impl Serialize, what: &str) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            body,
+        )
+            .into_response(),
         Err(err) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("serializing findings: {err}"),
+            format!("serializing {what}: {err}"),
         )
             .into_response(),
     }
+}
+
+#[derive(Deserialize)]
+struct SummaryParams {
+    seconds: Option<usize>,
+}
+
+/// The answer of `/api/v1/summary`: the store's aggregates and the pipeline's gauges.
+#[derive(Serialize)]
+struct SummaryResponse {
+    now_ns: u64,
+    started_ns: u64,
+    #[serde(flatten)]
+    summary: Summary,
+    pipeline: Pipeline,
+}
+
+/// What the page's header shows about the pipeline itself.
+#[derive(Serialize)]
+struct Pipeline {
+    /// Check, use and audit events accepted by the receivers.
+    events: u64,
+    /// Uses joined with their check.
+    pairs: u64,
+    pending_checks: u64,
+    prevented_races: u64,
+    late_events: u64,
+    watermark_lag_seconds: f64,
+}
+
+async fn summary(
+    State(shared): State<Arc<Shared>>,
+    params: Result<QueryParams<SummaryParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let QueryParams(params) = match params {
+        Ok(p) => p,
+        Err(err) => return bad_request(format!("invalid query: {}", err.body_text())),
+    };
+    let seconds = params.seconds.unwrap_or(DEFAULT_SUMMARY_SECONDS);
+    if !(1..=RATE_SECONDS).contains(&seconds) {
+        return bad_request(format!(
+            "invalid seconds {seconds}: expected 1 to {RATE_SECONDS}"
+        ));
+    }
+    let now_ns = crate::cli::now_ns();
+    let summary = shared
+        .store
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .summary(now_ns, seconds);
+    let pipeline = {
+        let stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let metrics = shared.receivers.metrics();
+        Pipeline {
+            events: Signal::ALL
+                .iter()
+                .flat_map(|s| EventPhase::ALL.iter().map(move |p| metrics.events(*s, *p)))
+                .sum(),
+            pairs: stats.pairs,
+            pending_checks: stats.pending_checks,
+            prevented_races: stats.prevented_races,
+            late_events: stats.late_events,
+            watermark_lag_seconds: stats.watermark_lag_seconds,
+        }
+    };
+    json_response(
+        &SummaryResponse {
+            now_ns,
+            started_ns: shared.started_ns,
+            summary,
+            pipeline,
+        },
+        "the summary",
+    )
 }
 
 fn parse_since(s: &str) -> Option<u64> {
@@ -213,13 +312,6 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
         out,
         "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
     );
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "toctou\n\nGET /api/v1/findings?kind=&since=&limit=\nGET /metrics\nGET /healthz\n",
-    )
 }
 
 #[cfg(test)]
