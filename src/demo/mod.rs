@@ -1,25 +1,69 @@
-//! `toctou demo`: racing workloads, instrumented with the OpenTelemetry SDK, sent over OTLP
-//! to a running `toctou run`; then what really happened set against what toctou found.
+//! `toctou demo`: racing workloads over an embedded SQLite database, instrumented with
+//! `toctou-instrument` and exported over OTLP to a `toctou run` (a running one, or one the
+//! demo starts itself); then what happened, counted from the database, set against what
+//! toctou found.
 //!
-//! The workloads (in [`workloads`]) race for real on shared in-process state; the telemetry
-//! (in [`telemetry`]) is exported by the same SDK exporters an application would use.
+//! # Layout
+//! - [`db`]: the SQLite database, its audit table and the relay that sends audit records in
+//!   commit order.
+//! - [`load`]: pace, race window, run tag and the per-kind counts the workloads share.
+//! - one module per workload: [`inventory`], [`payments`], [`claims`], [`authz`],
+//!   [`pricing`]; each owns its tables, its racing workers and its ground-truth SQL.
+//! - [`telemetry`]: the OpenTelemetry SDK set-up of each demo service.
+//! - [`embedded`]: the `toctou run` the demo starts when nothing answers.
+//! - [`compare`]: the findings API read back, and the comparison printed.
 
+mod authz;
+mod claims;
+mod compare;
+mod db;
+mod embedded;
+mod inventory;
+mod load;
+mod payments;
+mod pricing;
 mod telemetry;
-mod workloads;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::collections::BTreeMap;
+use load::{Counts, Load, Pacer};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use telemetry::{Service, Transport};
-use workloads::{Load, Store, Truth};
+
+/// The pair TTL of the `toctou run` the demo starts itself: short, so orphan checks and
+/// partial creates are decided (after two TTLs) within seconds of the traffic.
+const EMBEDDED_PAIR_TTL: Duration = Duration::from_secs(5);
+/// The pair TTL assumed of a running `toctou run` (its default) when none is given.
+const DEFAULT_PAIR_TTL: Duration = Duration::from_secs(30);
+
+/// The demo's workloads, as named by `--workload-rate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Inventory,
+    Payments,
+    Claims,
+    Authz,
+    Pricing,
+}
+
+impl Workload {
+    const ALL: [Workload; 5] = [
+        Workload::Inventory,
+        Workload::Payments,
+        Workload::Claims,
+        Workload::Authz,
+        Workload::Pricing,
+    ];
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// OTLP endpoint of `toctou run`: gRPC by default, the HTTP base URL with --transport http.
+    /// When nothing answers there, the demo starts a `toctou run` of its own on loopback.
     #[arg(long, default_value = "http://127.0.0.1:4317")]
     pub endpoint: String,
     #[arg(long, value_enum, default_value = "grpc")]
@@ -33,21 +77,48 @@ pub struct DemoArgs {
     /// Concurrent workers per workload.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Requests per second of each workload (pods per second for the claims controller,
+    /// events per second for the payment webhooks); 0: as fast as the workers go.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// The rate of one workload, overriding --rate for it: NAME=RATE (repeatable), NAME
+    /// one of inventory, payments, claims, authz, pricing.
+    #[arg(long, value_parser = parse_workload_rate)]
+    pub workload_rate: Vec<(Workload, f64)>,
     /// Longest wait between a check and its use: wider windows race more often.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub race_window: Duration,
-    /// Pause between two requests of one worker (lower it to generate more load).
-    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
-    pub pause: Duration,
-    /// The server's --pair-ttl and --allowed-lateness: how long to wait before the final
-    /// comparison, since orphans and partial creates are only decided after the pair TTL.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub pair_ttl: Duration,
+    /// The server's --pair-ttl, to know how long to wait before the final comparison
+    /// (orphans and partial creates are decided after the pair TTL). Default: 30s, the
+    /// server's default; 5s for the `toctou run` the demo starts itself.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub pair_ttl: Option<Duration>,
+    /// The server's --allowed-lateness.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub allowed_lateness: Duration,
     /// Do not wait for the TTL-decided kinds before printing the comparison.
     #[arg(long)]
     pub no_settle: bool,
+    /// Keep the SQLite database at this path (a new file) instead of a temporary one.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
+    use clap::ValueEnum as _;
+    let (name, rate) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=RATE, got {s:?}"))?;
+    let workload = Workload::from_str(name, true).map_err(|_| {
+        format!("unknown workload {name:?}: one of inventory, payments, claims, authz, pricing")
+    })?;
+    let rate: f64 = rate
+        .parse()
+        .map_err(|_| format!("invalid rate {rate:?}: requests per second, 0 for unlimited"))?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err(format!("invalid rate {rate}: at least 0"));
+    }
+    Ok((workload, rate))
 }
 
 impl DemoArgs {
@@ -59,12 +130,35 @@ impl DemoArgs {
             api: String::new(),
             duration,
             concurrency: 4,
+            rate: 100.0,
+            workload_rate: Vec::new(),
             race_window: Duration::from_millis(20),
-            pause: Duration::from_millis(20),
-            pair_ttl: Duration::from_secs(30),
+            pair_ttl: None,
             allowed_lateness: Duration::from_secs(2),
             no_settle: true,
+            db: None,
         }
+    }
+
+    fn rate_of(&self, w: Workload) -> f64 {
+        self.workload_rate
+            .iter()
+            .rev()
+            .find(|(x, _)| *x == w)
+            .map_or(self.rate, |(_, r)| *r)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            bail!(
+                "invalid --rate {}: requests per second, 0 for unlimited",
+                self.rate
+            );
+        }
+        if self.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -77,9 +171,62 @@ pub fn main(args: DemoArgs) -> Result<()> {
 }
 
 /// Runs every workload concurrently for `args.duration`, flushes the telemetry, and (when
-/// an API address is given) compares the ground truth with toctou's findings.
-pub async fn run_workloads(args: DemoArgs) -> Result<()> {
+/// an API address is given) compares the ground truth with toctou's findings. With an API
+/// address and nothing answering at the endpoint, runs against an embedded `toctou run`.
+///
+/// Boxed: `toctou run --demo` spawns this future, and this one may spawn `toctou run`; a
+/// named `Send` future type breaks that cycle for the compiler.
+pub fn run_workloads(args: DemoArgs) -> futures::future::BoxFuture<'static, Result<()>> {
+    Box::pin(demo(args))
+}
+
+async fn demo(mut args: DemoArgs) -> Result<()> {
+    args.validate()?;
     let started_ns = crate::cli::now_ns();
+    let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let compare = !args.api.is_empty();
+    let mut server = None;
+    if compare && !embedded::answers(&args.endpoint).await {
+        let pair_ttl = args.pair_ttl.unwrap_or(EMBEDDED_PAIR_TTL);
+        let e = embedded::start(pair_ttl, args.allowed_lateness).await?;
+        println!(
+            "nothing answered at {}: started an embedded `toctou run` on loopback \
+             (OTLP/gRPC {}, OTLP/HTTP {}, API http://{}, pair TTL {}), findings in {}",
+            args.endpoint,
+            e.grpc,
+            e.http,
+            e.api,
+            humantime::format_duration(pair_ttl),
+            e.findings_file.display()
+        );
+        args.endpoint = match args.transport {
+            Transport::Grpc => format!("http://{}", e.grpc),
+            Transport::Http => format!("http://{}", e.http),
+        };
+        args.api = format!("http://{}", e.api);
+        args.pair_ttl = Some(pair_ttl);
+        server = Some(e);
+    }
+    let result = traffic_and_compare(&args, &run, started_ns, compare).await;
+    if let Some(e) = server {
+        e.stop().await.context("stopping the embedded toctou run")?;
+    }
+    result
+}
+
+async fn traffic_and_compare(
+    args: &DemoArgs,
+    run: &str,
+    started_ns: u64,
+    compare: bool,
+) -> Result<()> {
+    let (db_path, keep_db) = match &args.db {
+        Some(p) => (p.clone(), true),
+        None => (
+            std::env::temp_dir().join(format!("toctou-demo-{}-{run}.sqlite", std::process::id())),
+            false,
+        ),
+    };
     let svc = |name: &str| -> Result<Arc<Service>> {
         Ok(Arc::new(Service::new(
             name,
@@ -87,140 +234,171 @@ pub async fn run_workloads(args: DemoArgs) -> Result<()> {
             &args.endpoint,
         )?))
     };
-    let services = [
-        svc("inventory-api")?,
-        svc("inventory-db")?,
-        svc("payments-webhook")?,
-        svc("payments-db")?,
-        svc("docs-api")?,
-        svc("iam")?,
-        svc("docs-db")?,
-        svc("claims-controller-a")?,
-        svc("claims-controller-b")?,
-        svc("claims-api")?,
-        svc("pricing-api")?,
-        svc("pricing-db")?,
-    ];
-    let [inventory_api, inventory_db, payments_api, payments_db, docs_api, iam, docs_db, claims_a, claims_b, claims_api, pricing_api, pricing_db] =
-        services.clone();
-    let truth = Arc::new(Truth::default());
-    let load = Load {
-        workers: args.concurrency.max(1),
-        race_window: args.race_window,
-        pause: args.pause,
-        until: Instant::now() + args.duration,
+    let services = Services {
+        inventory: svc("inventory-api")?,
+        inventory_sync: svc("inventory-sync")?,
+        payments: svc("payments-webhook")?,
+        docs: svc("docs-api")?,
+        claims: [svc("claims-controller-a")?, svc("claims-controller-b")?],
+        pricing: svc("pricing-api")?,
+        db: svc("demo-db")?,
     };
-    tracing::info!(
-        duration = ?args.duration, endpoint = %args.endpoint, transport = ?args.transport,
-        "demo traffic started"
+    let schemas = [
+        inventory::SCHEMA,
+        payments::SCHEMA,
+        claims::SCHEMA,
+        authz::SCHEMA,
+        pricing::SCHEMA,
+    ];
+    let db = Arc::new(db::Db::create(&db_path, &schemas, services.db.clone())?);
+    let until = Instant::now() + args.duration;
+    let loads: Vec<(Workload, Load)> = Workload::ALL
+        .iter()
+        .map(|&w| {
+            (
+                w,
+                Load {
+                    workers: args.concurrency,
+                    race_window: args.race_window,
+                    until,
+                    run: run.to_string(),
+                    pacer: Arc::new(Pacer::new(args.rate_of(w))),
+                    requests: Arc::new(AtomicU64::new(0)),
+                },
+            )
+        })
+        .collect();
+    println!(
+        "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}",
+        loads.len(),
+        args.concurrency,
+        humantime::format_duration(args.race_window),
+        humantime::format_duration(args.duration),
+        loads
+            .iter()
+            .map(|(w, _)| format!("{w:?}={}", args.rate_of(*w)).to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" "),
+        db_path.display(),
+        if keep_db { "" } else { " (temporary)" },
     );
-    tokio::join!(
-        workloads::inventory(
-            inventory_api,
-            Arc::new(Store::new(inventory_db)),
-            truth.clone(),
-            load
-        ),
-        workloads::payments(
-            payments_api,
-            Arc::new(Store::new(payments_db)),
-            truth.clone(),
-            load
-        ),
-        workloads::authz(
-            docs_api,
-            iam,
-            Arc::new(Store::new(docs_db)),
-            truth.clone(),
-            load
-        ),
-        workloads::claims(
-            [claims_a, claims_b],
-            Arc::new(Store::new(claims_api)),
-            truth.clone(),
-            load
-        ),
-        workloads::cache(
-            pricing_api,
-            Arc::new(Store::new(pricing_db)),
-            truth.clone(),
-            load
-        ),
-    );
+    tracing::info!(endpoint = %args.endpoint, transport = ?args.transport, "demo traffic started");
+    let t0 = Instant::now();
+    let workloads = {
+        let (services, db, loads) = (services.clone(), db.clone(), loads.clone());
+        tokio::task::spawn_blocking(move || run_all(&services, &db, &loads))
+    };
+    let ran = workloads.await.context("joining the workloads");
+    let elapsed = t0.elapsed();
+    let requests: u64 = loads
+        .iter()
+        .map(|(_, l)| l.requests.load(Ordering::Relaxed))
+        .sum();
     // The SDK's flush blocks until the exporters answer: keep it off the reactor.
+    let all = services.all();
     tokio::task::spawn_blocking(move || {
-        for s in &services {
+        for s in &all {
             s.shutdown();
         }
     })
     .await
     .context("flushing telemetry")?;
-    tracing::info!("demo traffic done; telemetry flushed");
-
-    if args.api.is_empty() {
+    let truth = ran.and_then(|r| r).and_then(|()| {
+        let conn = db.reader()?;
+        let mut c = Counts::default();
+        c += inventory::truth(&conn)?;
+        c += payments::truth(&conn)?;
+        c += claims::truth(&conn)?;
+        c += authz::truth(&conn)?;
+        c += pricing::truth(&conn)?;
+        Ok(c)
+    });
+    drop(db);
+    if !keep_db {
+        db::remove(&db_path);
+    }
+    let truth = truth?;
+    println!(
+        "sent {requests} requests in {:.1} s ({:.0} requests/s); telemetry flushed",
+        elapsed.as_secs_f64(),
+        requests as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    if !compare {
+        tracing::info!(requests, happened = ?truth.kinds, "demo traffic done");
         return Ok(());
     }
+    let pair_ttl = args.pair_ttl.unwrap_or(DEFAULT_PAIR_TTL);
     let settle = if args.no_settle {
         args.allowed_lateness + Duration::from_secs(1)
     } else {
         // Orphans leave the tombstones one pair TTL after they expire from pending.
-        args.pair_ttl * 2 + args.allowed_lateness + Duration::from_secs(2)
+        pair_ttl * 2 + args.allowed_lateness + Duration::from_secs(2)
     };
-    tracing::info!(wait = ?settle, "waiting for the correlator to decide");
-    tokio::time::sleep(settle).await;
-    let found = fetch_counts(&args.api, started_ns).await?;
-    print_comparison(&truth, &found, !args.no_settle);
-    Ok(())
-}
-
-async fn fetch_counts(api: &str, since_ns: u64) -> Result<BTreeMap<String, u64>> {
-    let url = format!(
-        "{}/api/v1/findings?since={since_ns}&limit=100000000",
-        api.trim_end_matches('/')
-    );
-    let body: serde_json::Value = reqwest::get(&url)
-        .await
-        .with_context(|| format!("querying {url}"))?
-        .error_for_status()
-        .with_context(|| format!("querying {url}"))?
-        .json()
-        .await
-        .context("reading the findings response")?;
-    let mut counts = BTreeMap::new();
-    for f in body["findings"].as_array().into_iter().flatten() {
-        if let Some(kind) = f["kind"].as_str() {
-            *counts.entry(kind.to_string()).or_insert(0) += 1;
-        }
-    }
-    Ok(counts)
-}
-
-fn print_comparison(truth: &Truth, found: &BTreeMap<String, u64>, settled: bool) {
-    let rows = [
-        ("stale_check", &truth.stale_check),
-        ("duplicate_use", &truth.duplicate_use),
-        ("unchecked_use", &truth.unchecked_use),
-        ("authz_drift", &truth.authz_drift),
-        ("partial_create", &truth.partial_create),
-        ("orphan_check", &truth.orphan_check),
-    ];
-    println!("{:<16} {:>10} {:>10}", "kind", "happened", "found");
-    for (kind, happened) in rows {
-        let ttl_decided = matches!(kind, "partial_create" | "orphan_check");
-        let found = found.get(kind).copied().unwrap_or(0);
-        let note = if ttl_decided && !settled {
-            "  (decided after the pair TTL)"
-        } else {
-            ""
-        };
-        println!(
-            "{kind:<16} {:>10} {found:>10}{note}",
-            happened.load(Ordering::Relaxed)
-        );
-    }
     println!(
-        "races prevented by compare-and-swap: {}; units oversold: {}",
-        truth.prevented.load(Ordering::Relaxed),
-        truth.oversold.load(Ordering::Relaxed)
+        "waiting {} for toctou to decide (two pair TTLs and the allowed lateness)",
+        humantime::format_duration(settle)
     );
+    tokio::time::sleep(settle).await;
+    let found = compare::fetch_counts(&args.api, started_ns, run).await?;
+    compare::print(&truth, &found, !args.no_settle)
+}
+
+/// The demo's services; each exports its own spans (and the database relay its records).
+#[derive(Clone)]
+struct Services {
+    inventory: Arc<Service>,
+    inventory_sync: Arc<Service>,
+    payments: Arc<Service>,
+    docs: Arc<Service>,
+    claims: [Arc<Service>; 2],
+    pricing: Arc<Service>,
+    db: Arc<Service>,
+}
+
+impl Services {
+    fn all(&self) -> Vec<Arc<Service>> {
+        vec![
+            self.inventory.clone(),
+            self.inventory_sync.clone(),
+            self.payments.clone(),
+            self.docs.clone(),
+            self.claims[0].clone(),
+            self.claims[1].clone(),
+            self.pricing.clone(),
+            self.db.clone(),
+        ]
+    }
+}
+
+/// Runs the workloads on threads of their own until they are done; the first error wins.
+fn run_all(s: &Services, db: &db::Db, loads: &[(Workload, Load)]) -> Result<()> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = loads
+            .iter()
+            .map(|(w, load)| {
+                let w = *w;
+                let h = scope.spawn(move || match w {
+                    Workload::Inventory => {
+                        inventory::run(&s.inventory, &s.inventory_sync, db, load)
+                    }
+                    Workload::Payments => payments::run(&s.payments, db, load),
+                    Workload::Claims => claims::run([&s.claims[0], &s.claims[1]], db, load),
+                    Workload::Authz => authz::run(&s.docs, db, load),
+                    Workload::Pricing => pricing::run(&s.pricing, db, load),
+                });
+                (w, h)
+            })
+            .collect();
+        let mut result = Ok(());
+        for (w, h) in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+                .with_context(|| format!("the {w:?} workload"));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
 }

@@ -1,20 +1,25 @@
 //! The demo's OpenTelemetry plumbing: one tracer and one logger per demo service, exporting
-//! over OTLP (gRPC or HTTP) exactly as an instrumented application would.
+//! over OTLP (gRPC or HTTP) exactly as an instrumented application would. What the spans and
+//! records say is `toctou-instrument`'s business; this module only sets up the SDK.
 
 use anyhow::{Context as _, Result};
-use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry::trace::{
-    Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::logs::LoggerProvider as _;
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::Context;
 use opentelemetry_otlp::{LogExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::logs::{self, BatchLogProcessor, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::trace::{self, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How often each demo service exports its batch of spans and of audit records.
 const EXPORT_DELAY: Duration = Duration::from_millis(200);
+/// The SDK drops what does not fit its queue (2,048 by default); as a load generator the
+/// demo can outrun that between two exports, and a dropped span would be a race that
+/// happened and could not be found. Bounded still: the SDK's queue is fixed-size.
+const QUEUE: usize = 1 << 17;
+/// Spans or records per export request (512 by default): fewer, larger requests.
+const BATCH: usize = 4096;
 
 /// The transport the demo exports with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -27,8 +32,8 @@ pub enum Transport {
 
 /// One instrumented service: its tracer, its logger, and the providers to flush at the end.
 pub struct Service {
-    tracer: SdkTracer,
-    logger: SdkLogger,
+    pub tracer: SdkTracer,
+    pub logger: SdkLogger,
     tracer_provider: SdkTracerProvider,
     logger_provider: SdkLoggerProvider,
 }
@@ -76,6 +81,8 @@ impl Service {
             .with_batch_config(
                 trace::BatchConfigBuilder::default()
                     .with_scheduled_delay(EXPORT_DELAY)
+                    .with_max_queue_size(QUEUE)
+                    .with_max_export_batch_size(BATCH)
                     .build(),
             )
             .build();
@@ -83,6 +90,8 @@ impl Service {
             .with_batch_config(
                 logs::BatchConfigBuilder::default()
                     .with_scheduled_delay(EXPORT_DELAY)
+                    .with_max_queue_size(QUEUE)
+                    .with_max_export_batch_size(BATCH)
                     .build(),
             )
             .build();
@@ -102,43 +111,17 @@ impl Service {
         })
     }
 
-    /// Starts a request: a server span whose trace id is the request id of its check and use.
+    /// Starts a request: a server span, the parent of its check and use spans; its trace
+    /// id is their request id.
     pub fn request(&self, name: &'static str) -> Request {
         let span = self
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Server)
             .start(&self.tracer);
-        let cx = Context::current_with_span(span);
-        let request_id = cx.span().span_context().trace_id().to_string();
-        Request { cx, request_id }
-    }
-
-    /// Starts a child span of `request` with the given attributes; end it with `Span::end`.
-    pub fn span(
-        &self,
-        request: &Request,
-        name: &'static str,
-        attributes: Vec<KeyValue>,
-    ) -> opentelemetry_sdk::trace::Span {
-        self.tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Internal)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &request.cx)
-    }
-
-    /// Emits an audit record, as a system of record does when it commits a change.
-    pub fn audit(&self, at: SystemTime, attributes: Vec<(&'static str, String)>) {
-        let mut record = self.logger.create_log_record();
-        record.set_timestamp(at);
-        record.set_observed_timestamp(SystemTime::now());
-        record.set_severity_number(Severity::Info);
-        record.set_body("audit".into());
-        for (k, v) in attributes {
-            record.add_attribute(k, v);
+        Request {
+            cx: Context::current_with_span(span),
         }
-        self.logger.emit(record);
     }
 
     /// Exports everything still buffered; returns once the exporters have answered.
@@ -150,20 +133,18 @@ impl Service {
     }
 }
 
-/// One request in flight: its context (the parent of its spans) and its id.
+/// One request in flight: its context, the parent of its spans.
 pub struct Request {
-    cx: Context,
-    pub request_id: String,
+    pub cx: Context,
 }
 
 impl Request {
+    /// The request id its check and use spans carry: the trace id, as the conventions say.
+    pub fn id(&self) -> String {
+        self.cx.span().span_context().trace_id().to_string()
+    }
+
     pub fn end(self) {
         self.cx.span().end();
     }
-}
-
-/// Ends a span after setting its final attributes.
-pub fn finish(mut span: opentelemetry_sdk::trace::Span, attributes: Vec<KeyValue>) {
-    span.set_attributes(attributes);
-    span.end();
 }
