@@ -158,6 +158,14 @@ impl DemoArgs {
         if self.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        if let Some(db) = self.db.as_ref().filter(|p| p.exists()) {
+            // Checked again when the file is created; here, before any server is started.
+            bail!(
+                "{} already exists: the demo counts what happened from the whole database, so \
+                 it needs a new file (remove it or pass another --db)",
+                db.display()
+            );
+        }
         Ok(())
     }
 }

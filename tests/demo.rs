@@ -1,0 +1,170 @@
+//! `toctou demo` end to end: its workloads race for real on SQLite, export over OTLP into a
+//! real `toctou run`, and what happened (counted from the database) must equal what toctou
+//! found, kind by kind, with every kind happening at least once. The findings are also
+//! counted here, from the API, independently of the demo's own comparison.
+
+mod common;
+
+use common::Toctou;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+const KINDS: [&str; 6] = [
+    "stale_check",
+    "duplicate_use",
+    "unchecked_use",
+    "authz_drift",
+    "partial_create",
+    "orphan_check",
+];
+
+fn demo(args: &[&str]) -> (Output, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
+        .arg("demo")
+        .args(args)
+        .env("TOCTOU_LOG", "warn")
+        .output()
+        .expect("running toctou demo");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    (out, stdout)
+}
+
+/// The run tag (`demo run <tag>:`) and the table (`kind happened found`) the demo printed.
+fn parse(stdout: &str) -> (String, BTreeMap<String, (u64, u64)>) {
+    let run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("demo run "))
+        .and_then(|l| l.split(':').next())
+        .unwrap_or_else(|| panic!("no run tag in:\n{stdout}"))
+        .to_string();
+    let mut table = BTreeMap::new();
+    for line in stdout.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() >= 3 && KINDS.contains(&cols[0]) {
+            table.insert(
+                cols[0].to_string(),
+                (cols[1].parse().unwrap(), cols[2].parse().unwrap()),
+            );
+        }
+    }
+    (run, table)
+}
+
+fn assert_agrees(out: &Output, stdout: &str) -> (String, BTreeMap<String, (u64, u64)>) {
+    assert!(
+        out.status.success(),
+        "toctou demo failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (run, table) = parse(stdout);
+    assert_eq!(table.len(), KINDS.len(), "{stdout}");
+    for (kind, (happened, found)) in &table {
+        assert_eq!(happened, found, "{kind} differs:\n{stdout}");
+        assert!(
+            *happened > 0,
+            "no {kind} happened, the test proves nothing:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("toctou found exactly the races that happened."));
+    (run, table)
+}
+
+#[test]
+fn demo_against_a_running_toctou_finds_exactly_what_happened() {
+    let toctou = Toctou::start(&["--pair-ttl", "2s", "--allowed-lateness", "2s"]);
+    let endpoint = format!("http://{}", toctou.grpc);
+    let api = toctou.api_url("");
+    let (out, stdout) = demo(&[
+        "--endpoint",
+        &endpoint,
+        "--api",
+        &api,
+        "--duration",
+        "5s",
+        "--pair-ttl",
+        "2s",
+        "--allowed-lateness",
+        "2s",
+    ]);
+    let (run, table) = assert_agrees(&out, &stdout);
+    assert!(!stdout.contains("embedded"), "{stdout}");
+
+    // The same counts, read from the API here rather than by the demo.
+    let findings: Vec<Value> = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(toctou.findings());
+    let mut ours: BTreeMap<String, u64> = BTreeMap::new();
+    for f in &findings {
+        assert!(
+            f["resource"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("/{run}/")),
+            "a finding on a resource not of this run: {f}"
+        );
+        *ours
+            .entry(f["kind"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<String, u64> = table.iter().map(|(k, (h, _))| (k.clone(), *h)).collect();
+    assert_eq!(ours, expected, "{stdout}");
+}
+
+#[test]
+fn demo_alone_starts_an_embedded_toctou_run_over_http() {
+    // A port nobody listens on: the demo must start its own server.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let db = std::env::temp_dir().join(format!("toctou-demo-test-{}.sqlite", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let (out, stdout) = demo(&[
+        "--endpoint",
+        &format!("http://{closed}"),
+        "--api",
+        &format!("http://{closed}"),
+        "--transport",
+        "http",
+        "--duration",
+        "4s",
+        "--pair-ttl",
+        "1s",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("started an embedded `toctou run` on loopback"),
+        "{stdout}"
+    );
+    assert_agrees(&out, &stdout);
+
+    // --db kept the database: its tables hold what happened.
+    let conn = rusqlite::Connection::open(&db).expect("the kept database");
+    let charged: i64 = conn
+        .query_row("SELECT count(*) FROM charges", [], |r| r.get(0))
+        .unwrap();
+    assert!(charged > 0);
+    let audited: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE committed_ns IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(audited > 0);
+    drop(conn);
+    // A kept database is never reused: the counts must be this run's only.
+    let (again, stdout) = demo(&["--db", db.to_str().unwrap(), "--duration", "1s"]);
+    assert!(!again.status.success(), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
