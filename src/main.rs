@@ -11,6 +11,7 @@
 //! - [`demo`]: `toctou demo`, racing workloads instrumented with the OpenTelemetry SDK.
 //! - [`migrate`]: `toctou migrate`, the versioned ClickHouse schema and its retention.
 //! - [`clickhouse`]: ClickHouse connection flags, migrations and retention.
+//! - [`kafka`]: distributed mode: `toctou collector`, `toctou correlator`, `toctou kafka init`.
 //! - [`alerts`]: `toctou alerts generate`, Grafana alert rules from the SLO file.
 //!
 //! Errors become `anyhow` with context here, at the edge; the library crates keep typed ones.
@@ -20,6 +21,7 @@ mod api;
 mod cli;
 mod clickhouse;
 mod demo;
+mod kafka;
 mod migrate;
 mod output;
 mod replay;
@@ -55,6 +57,15 @@ enum Command {
     /// Create or upgrade toctou's ClickHouse schema (idempotent; refuses a newer schema),
     /// and optionally drop partitions past their retention.
     Migrate(Box<migrate::MigrateArgs>),
+    /// Distributed mode: the receivers of `run`, publishing events to a Kafka topic keyed by
+    /// resource (stateless; run many behind a load balancer).
+    Collector(Box<kafka::collector::CollectorArgs>),
+    /// Distributed mode: a consumer-group member correlating its partitions of the Kafka
+    /// topic, findings and events to ClickHouse.
+    Correlator(Box<kafka::consumer::CorrelatorNodeArgs>),
+    /// Kafka topic administration.
+    #[command(subcommand)]
+    Kafka(kafka::admin::KafkaCommand),
     /// Generate Grafana alert rules, notification policy, contact points and mute timings
     /// from the SLO file (alerts/slo.yaml).
     Alerts(alerts::AlertsArgs),
@@ -68,6 +79,9 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::main(args),
         Command::Demo(args) => demo::main(args),
         Command::Migrate(args) => migrate::main(*args),
+        Command::Collector(args) => kafka::collector::main(*args),
+        Command::Correlator(args) => kafka::consumer::main(*args),
+        Command::Kafka(cmd) => kafka::admin::main(cmd),
         Command::Alerts(args) => alerts::main(args),
     };
     match result {

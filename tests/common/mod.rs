@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clickhouse;
+pub mod kafka;
 pub mod otel_sdk;
 
 use serde_json::Value;

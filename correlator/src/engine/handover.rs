@@ -124,7 +124,11 @@ mod tests {
     fn an_idempotency_key_holds_its_use_time_for_the_key_ttl() {
         let mut e = Engine::new(config()).unwrap();
         let mut out = Vec::new();
-        e.ingest(span(Phase::Check, "r", "q", 100 * S, Some("k")), 0, &mut out);
+        e.ingest(
+            span(Phase::Check, "r", "q", 100 * S, Some("k")),
+            0,
+            &mut out,
+        );
         e.ingest(span(Phase::Use, "r", "q", 101 * S, Some("k")), 0, &mut out);
         // Far past the pair TTL and the dedupe window, within the key TTL (600 s).
         e.ingest(span(Phase::Check, "z", "w", 400 * S, None), 0, &mut out);
@@ -162,7 +166,11 @@ mod tests {
         e.ingest(span(Phase::Check, "r", "q", 100 * S, None), 0, &mut out);
         e.advance_watermark(200 * S, 0, &mut out);
         assert_eq!(e.watermark_ns(), 200 * S);
-        assert_eq!(out.len(), 1, "the unused check is reported once no late use can match it");
+        assert_eq!(
+            out.len(),
+            1,
+            "the unused check is reported once no late use can match it"
+        );
         assert_eq!(out[0].kind.as_str(), "orphan_check");
         assert_eq!(out[0].event_time_ns, 160 * S);
         assert_eq!(e.oldest_state_ns(), None);

@@ -1,0 +1,170 @@
+//! `toctou collector`: the receivers of `toctou run` (same flags, same push-back), publishing
+//! to Kafka through [`KafkaSink`] instead of correlating in process; stateless, so any number
+//! run behind a load balancer. Its own port serves `/metrics` (receivers and producer) and
+//! `/healthz`.
+
+use super::metrics::ProducerMetrics;
+use super::producer::{
+    KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT, DEFAULT_MAX_INFLIGHT_BYTES,
+};
+use super::{admin, KafkaArgs};
+use anyhow::{Context, Result};
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use toctou_collector::{ReceiverConfig, Receivers};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long queued messages may still be delivered at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+
+#[derive(Args, Debug)]
+pub struct CollectorArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "TOCTOU_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc_addr: SocketAddr,
+    /// OTLP/HTTP listen address (also serves the Kubernetes audit webhook, /v1/k8s-audit).
+    #[arg(long, env = "TOCTOU_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    pub otlp_http_addr: SocketAddr,
+    /// /metrics and /healthz listen address.
+    #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
+    pub api_addr: SocketAddr,
+    /// Largest request body accepted, after decompression.
+    #[arg(long, env = "TOCTOU_MAX_REQUEST_BYTES", default_value_t = toctou_collector::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Request bodies decoded at once; more wait up to --submit-timeout, then get 503.
+    #[arg(long, env = "TOCTOU_MAX_CONCURRENT_REQUESTS", default_value_t = toctou_collector::config::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+    /// How long a request may wait for room and for Kafka's acknowledgement before it is
+    /// pushed back (503 / UNAVAILABLE).
+    #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub submit_timeout: Duration,
+    /// Bytes in flight to Kafka at most; beyond it requests are pushed back.
+    #[arg(long, env = "TOCTOU_KAFKA_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub kafka_max_inflight_bytes: usize,
+    /// How long a message may take to be acknowledged before its request fails (librdkafka
+    /// retries within it).
+    #[arg(long, env = "TOCTOU_KAFKA_DELIVERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub kafka_delivery_timeout: Duration,
+    /// How long the producer waits to fill a batch.
+    #[arg(long, env = "TOCTOU_KAFKA_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub kafka_linger: Duration,
+}
+
+pub fn main(args: CollectorArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("toctou-io")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args, crate::run::shutdown_signal()))
+}
+
+pub async fn run(
+    args: CollectorArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let receiver_config = ReceiverConfig {
+        max_request_bytes: args.max_request_bytes,
+        max_concurrent_requests: args.max_concurrent_requests,
+        submit_timeout: args.submit_timeout,
+    };
+    receiver_config
+        .validate()
+        .context("invalid receiver flags")?;
+    let kafka = args.kafka.clone();
+    let partitions = tokio::task::spawn_blocking(move || admin::partition_count(&kafka))
+        .await
+        .context("checking the topic")??;
+    let producer_config = ProducerConfig {
+        max_inflight_bytes: args.kafka_max_inflight_bytes.max(1),
+        inflight_wait: DEFAULT_INFLIGHT_WAIT,
+        delivery_timeout: args.kafka_delivery_timeout,
+        linger: args.kafka_linger,
+    };
+    let sink = Arc::new(
+        KafkaSink::new(&args.kafka, partitions, producer_config)
+            .with_context(|| format!("creating the kafka producer for {}", args.kafka.bootstrap))?,
+    );
+    let producer_metrics = sink.metrics();
+
+    let grpc = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
+    let http = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let api = bind(args.api_addr, "API").await?;
+    let receivers = Receivers::new(sink.clone(), receiver_config);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tracing::info!(
+        otlp_grpc = %grpc.local_addr()?, otlp_http = %http.local_addr()?, api = %api.local_addr()?,
+        topic = %args.kafka.topic, partitions,
+        "toctou collector listening"
+    );
+    let grpc_task = tokio::spawn(toctou_collector::serve_grpc(
+        grpc,
+        receivers.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let http_task = tokio::spawn(toctou_collector::serve_http(
+        http,
+        receivers.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let router = metrics_router(receivers.clone(), producer_metrics);
+    let api_task = tokio::spawn(async move {
+        axum::serve(api, router)
+            .with_graceful_shutdown(stopped(stop_rx))
+            .await
+    });
+    drop(receivers);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests, waiting for kafka's acknowledgements");
+    let _ = stop_tx.send(true);
+    let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
+    g.context("gRPC server task")?.context("gRPC server")?;
+    h.context("HTTP server task")?.context("HTTP server")?;
+    a.context("API server task")?.context("API server")?;
+    tokio::task::spawn_blocking(move || sink.flush(SHUTDOWN_FLUSH))
+        .await
+        .context("flushing the producer")?;
+    Ok(())
+}
+
+fn metrics_router(receivers: Receivers, producer: Arc<ProducerMetrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let receivers = receivers.clone();
+                let producer = producer.clone();
+                async move {
+                    let mut out = String::new();
+                    receivers.metrics().render_prometheus(&mut out);
+                    producer.render_prometheus(&mut out);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        out,
+                    )
+                }
+            }),
+        )
+}
+
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}

@@ -1,0 +1,188 @@
+//! The `toctou_kafka_*` metrics of the collector (producing) and the correlator (consuming),
+//! declared in one place. Labels are closed sets; no topic, key or partition is a label
+//! (partitions are unbounded in number and reassigned freely).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// The producer side, shared by every request of a collector.
+#[derive(Debug, Default)]
+pub struct ProducerMetrics {
+    /// Messages Kafka acknowledged.
+    pub produced_messages: AtomicU64,
+    /// Events in acknowledged messages.
+    pub produced_events: AtomicU64,
+    /// Messages Kafka refused or that timed out (their request was answered 503).
+    pub failed_messages: AtomicU64,
+    /// Messages librdkafka refused to queue (its queue full, or the producer failed).
+    pub enqueue_failures: AtomicU64,
+    /// Requests answered 503/UNAVAILABLE because the in-flight bytes were at their limit.
+    pub pushed_back: AtomicU64,
+    /// Bytes handed to Kafka and not yet acknowledged or failed.
+    pub inflight_bytes: AtomicI64,
+    /// Request batches waiting for their acknowledgements.
+    pub inflight_batches: AtomicI64,
+}
+
+impl ProducerMetrics {
+    pub fn render_prometheus(&self, out: &mut String) {
+        counter(
+            out,
+            "toctou_kafka_produced_messages_total",
+            "Messages Kafka acknowledged.",
+            self.produced_messages.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_produced_events_total",
+            "Events in messages Kafka acknowledged.",
+            self.produced_events.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_kafka_produce_failures_total Messages not acknowledged, by stage (the request was answered with a retryable error).\n# TYPE toctou_kafka_produce_failures_total counter\ntoctou_kafka_produce_failures_total{{stage=\"delivery\"}} {}\ntoctou_kafka_produce_failures_total{{stage=\"enqueue\"}} {}",
+            self.failed_messages.load(Relaxed),
+            self.enqueue_failures.load(Relaxed)
+        );
+        counter(
+            out,
+            "toctou_kafka_pushed_back_total",
+            "Requests pushed back because the bytes in flight to Kafka were at their limit.",
+            self.pushed_back.load(Relaxed),
+        );
+        gauge(
+            out,
+            "toctou_kafka_inflight_bytes",
+            "Bytes handed to Kafka and not yet acknowledged.",
+            self.inflight_bytes.load(Relaxed),
+        );
+        gauge(
+            out,
+            "toctou_kafka_inflight_batches",
+            "Request batches waiting for Kafka's acknowledgement.",
+            self.inflight_batches.load(Relaxed),
+        );
+    }
+}
+
+/// Why a consumed message was not correlated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeFailure {
+    UnknownVersion,
+    Malformed,
+}
+
+/// The consumer side of one correlator process.
+#[derive(Debug, Default)]
+pub struct ConsumerMetrics {
+    pub consumed_messages: AtomicU64,
+    pub consumed_events: AtomicU64,
+    /// Messages re-read after a handover (up to the predecessor's last read offset).
+    pub replayed_messages: AtomicU64,
+    /// Findings a rebuilding engine decided that its predecessor had already reported.
+    pub held_back_findings: AtomicU64,
+    pub decode_unknown_version: AtomicU64,
+    pub decode_malformed: AtomicU64,
+    pub commits_ok: AtomicU64,
+    pub commits_failed: AtomicU64,
+    pub assigned_partitions: AtomicI64,
+    pub rebalances: AtomicU64,
+}
+
+impl ConsumerMetrics {
+    pub fn decode_failed(&self, why: DecodeFailure) {
+        match why {
+            DecodeFailure::UnknownVersion => &self.decode_unknown_version,
+            DecodeFailure::Malformed => &self.decode_malformed,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn render_prometheus(&self, out: &mut String) {
+        counter(
+            out,
+            "toctou_kafka_consumed_messages_total",
+            "Messages read from the events topic.",
+            self.consumed_messages.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_consumed_events_total",
+            "Events in the messages read.",
+            self.consumed_events.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_replayed_messages_total",
+            "Messages re-read to rebuild a partition's state after a handover.",
+            self.replayed_messages.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_held_back_findings_total",
+            "Findings a rebuilding engine decided that the partition's previous owner had reported.",
+            self.held_back_findings.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_kafka_decode_errors_total Messages that could not be decoded, by reason (skipped).\n# TYPE toctou_kafka_decode_errors_total counter\ntoctou_kafka_decode_errors_total{{reason=\"unknown_version\"}} {}\ntoctou_kafka_decode_errors_total{{reason=\"malformed\"}} {}",
+            self.decode_unknown_version.load(Relaxed),
+            self.decode_malformed.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_kafka_commits_total Offset commits, by result.\n# TYPE toctou_kafka_commits_total counter\ntoctou_kafka_commits_total{{result=\"ok\"}} {}\ntoctou_kafka_commits_total{{result=\"failed\"}} {}",
+            self.commits_ok.load(Relaxed),
+            self.commits_failed.load(Relaxed)
+        );
+        gauge(
+            out,
+            "toctou_kafka_assigned_partitions",
+            "Partitions this correlator owns.",
+            self.assigned_partitions.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_rebalances_total",
+            "Partition assignments and revocations.",
+            self.rebalances.load(Relaxed),
+        );
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_once_with_its_type() {
+        let mut out = String::new();
+        ProducerMetrics::default().render_prometheus(&mut out);
+        ConsumerMetrics::default().render_prometheus(&mut out);
+        let mut names: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "a metric declared twice:\n{out}");
+        assert!(names.iter().all(|n| n.starts_with("toctou_kafka_")));
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(names.contains(&name), "{name} has no TYPE line");
+        }
+    }
+}

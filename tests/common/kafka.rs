@@ -1,0 +1,639 @@
+//! Distributed-mode harness: a private Kafka broker per test (started, stopped and restarted
+//! through `scripts/kafka` with a home of its own), `toctou collector` / `toctou correlator`
+//! processes, a generated stream of many resources with known races, and the oracle that
+//! says which findings it must produce: `toctou replay` over exactly the requests sent.
+//!
+//! Like the ClickHouse helpers, it fails (never skips) when the broker cannot start.
+
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "toctou-{what}-{}-{}",
+        std::process::id(),
+        super::rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A single-node KRaft broker private to one test.
+pub struct Broker {
+    home: PathBuf,
+    pub bootstrap: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let home = temp_dir("kafka");
+        let bootstrap = Self::script(&home, "start");
+        Broker { home, bootstrap }
+    }
+
+    fn script(home: &Path, verb: &str) -> String {
+        let out = Command::new(root().join("scripts/kafka"))
+            .arg(verb)
+            .env("TOCTOU_KAFKA_HOME", home)
+            .output()
+            .expect("running scripts/kafka");
+        assert!(
+            out.status.success(),
+            "scripts/kafka {verb} failed (run 'scripts/kafka install' first?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn stop(&self) {
+        Self::script(&self.home, "stop");
+    }
+
+    /// Starts it again on the same ports (the clients keep their bootstrap address).
+    pub fn restart(&self) {
+        let addr = Self::script(&self.home, "start");
+        assert_eq!(addr, self.bootstrap, "the broker came back on another port");
+    }
+
+    /// `toctou kafka init` for this broker.
+    pub fn create_topic(&self, topic: &str, partitions: usize) {
+        let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
+            .args(["kafka", "init", "--kafka-bootstrap", &self.bootstrap])
+            .args(["--kafka-topic", topic, "--partitions"])
+            .arg(partitions.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "toctou kafka init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/kafka"))
+            .arg("stop")
+            .env("TOCTOU_KAFKA_HOME", &self.home)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// A `toctou` process found through its start-up log line, killed when dropped.
+pub struct Node {
+    child: Child,
+    pub fields: Vec<(String, String)>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts `toctou <args>` and waits for the log line containing `ready`.
+    pub fn start(args: &[String], ready: &str) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_toctou"))
+            .args(args)
+            .env("TOCTOU_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting toctou");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            let ready = ready.to_owned();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains(&ready) {
+                        let _ = tx.send(line.clone());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!(
+                "toctou {args:?} did not start; its log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        };
+        let fields = line
+            .split_whitespace()
+            .filter_map(|t| t.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Node { child, fields, log }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no {name}= in {:?}", self.fields))
+            .1
+            .parse()
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr("api")))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pairing tuned for tests: findings settle within seconds of the stream's end.
+pub const PAIR_TTL: &str = "2s";
+pub const LATENESS: &str = "1s";
+
+pub fn collector(bootstrap: &str, topic: &str) -> Node {
+    let args: Vec<String> = [
+        "collector",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--kafka-topic",
+        topic,
+        "--otlp-grpc-addr",
+        "127.0.0.1:0",
+        "--otlp-http-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--submit-timeout",
+        "3s",
+        "--kafka-delivery-timeout",
+        "60s",
+    ]
+    .map(String::from)
+    .to_vec();
+    Node::start(&args, "toctou collector listening")
+}
+
+pub fn correlator(bootstrap: &str, topic: &str, group: &str, ch_url: &str, db: &str) -> Node {
+    let args: Vec<String> = [
+        "correlator",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--kafka-topic",
+        topic,
+        "--kafka-group",
+        group,
+        "--api-addr",
+        "127.0.0.1:0",
+        "--session-timeout",
+        "6s",
+        "--commit-interval",
+        "500ms",
+        "--pair-ttl",
+        PAIR_TTL,
+        "--allowed-lateness",
+        LATENESS,
+        "--clickhouse-url",
+        ch_url,
+        "--clickhouse-database",
+        db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    Node::start(&args, "toctou correlator consuming")
+}
+
+fn hex(seed: u64, bytes: usize) -> String {
+    // splitmix64: distinct, deterministic ids with no dependency.
+    let mut out = String::new();
+    let mut x = seed;
+    while out.len() < bytes * 2 {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        out.push_str(&format!("{z:016x}"));
+    }
+    out.truncate(bytes * 2);
+    out
+}
+
+fn attr(k: &str, v: Value) -> Value {
+    match v {
+        Value::Number(n) => json!({"key": k, "value": {"intValue": n.to_string()}}),
+        Value::Bool(b) => json!({"key": k, "value": {"boolValue": b}}),
+        other => json!({"key": k, "value": {"stringValue": other}}),
+    }
+}
+
+/// One span of a step, placed `at_ms` after the step's send time.
+struct SpanSpec {
+    request: u64,
+    phase: &'static str,
+    at_ms: u64,
+    attrs: Vec<(&'static str, Value)>,
+}
+
+enum Step {
+    Spans {
+        service: &'static str,
+        spans: Vec<SpanSpec>,
+    },
+    Audit {
+        service: &'static str,
+        at_ms: u64,
+        attrs: Vec<(&'static str, Value)>,
+    },
+}
+
+impl Step {
+    /// The OTLP/JSON request, with times relative to `base_ns`; and its path.
+    fn render(&self, base_ns: u64) -> (&'static str, String) {
+        let ns = |ms: u64| (base_ns + ms * 1_000_000).to_string();
+        match self {
+            Step::Spans { service, spans } => {
+                let spans: Vec<Value> = spans
+                    .iter()
+                    .map(|s| {
+                        let mut attrs = vec![attr("toctou.phase", json!(s.phase))];
+                        attrs.extend(s.attrs.iter().map(|(k, v)| attr(k, v.clone())));
+                        json!({
+                            "traceId": hex(s.request, 16),
+                            "spanId": hex(s.request * 1000 + s.at_ms + 7, 8),
+                            "name": s.phase,
+                            "kind": 1,
+                            "startTimeUnixNano": ns(s.at_ms),
+                            "endTimeUnixNano": ns(s.at_ms + 2),
+                            "attributes": attrs,
+                        })
+                    })
+                    .collect();
+                let body = json!({"resourceSpans": [{
+                    "resource": {"attributes": [attr("service.name", json!(service))]},
+                    "scopeSpans": [{"scope": {"name": "kafka-test"}, "spans": spans}]
+                }]});
+                ("/v1/traces", body.to_string())
+            }
+            Step::Audit {
+                service,
+                at_ms,
+                attrs,
+            } => {
+                let rec = json!({
+                    "timeUnixNano": ns(*at_ms),
+                    "observedTimeUnixNano": ns(*at_ms + 1),
+                    "severityNumber": 9,
+                    "body": {"stringValue": "audit"},
+                    "attributes": attrs.iter().map(|(k, v)| attr(k, v.clone())).collect::<Vec<_>>(),
+                });
+                let body = json!({"resourceLogs": [{
+                    "resource": {"attributes": [attr("service.name", json!(service))]},
+                    "scopeLogs": [{"scope": {"name": "kafka-test"}, "logRecords": [rec]}]
+                }]});
+                ("/v1/logs", body.to_string())
+            }
+        }
+    }
+}
+
+/// The requests of resource `i`'s story; which race (if any) depends on `i % 7`.
+fn story(i: u64) -> Vec<Step> {
+    let r = format!("inventory/sku-{i}");
+    let res = |v: u64| {
+        vec![
+            ("toctou.resource", json!(r.clone())),
+            ("toctou.resource.version", json!(v)),
+        ]
+    };
+    let a = i * 10 + 1;
+    let b = i * 10 + 2;
+    let span = |request, phase, at_ms, attrs| SpanSpec {
+        request,
+        phase,
+        at_ms,
+        attrs,
+    };
+    let with = |mut v: Vec<(&'static str, Value)>, extra: Vec<(&'static str, Value)>| {
+        v.extend(extra);
+        v
+    };
+    match i % 7 {
+        // Clean: check and use on the same version.
+        0 => vec![Step::Spans {
+            service: "shop",
+            spans: vec![span(a, "check", 0, res(1)), span(a, "use", 10, res(1))],
+        }],
+        // Stale by versions: checked 1, acted on 2.
+        1 => vec![Step::Spans {
+            service: "shop",
+            spans: vec![span(a, "check", 0, res(1)), span(a, "use", 10, res(2))],
+        }],
+        // Stale by an audit write of another request in between.
+        2 => vec![
+            Step::Spans {
+                service: "shop",
+                spans: vec![span(a, "check", 0, res(1))],
+            },
+            Step::Audit {
+                service: "db",
+                at_ms: 5,
+                attrs: with(
+                    res(2),
+                    vec![
+                        ("toctou.audit.action", json!("update")),
+                        ("toctou.request_id", json!(hex(b, 16))),
+                    ],
+                ),
+            },
+            Step::Spans {
+                service: "shop",
+                spans: vec![span(a, "use", 10, res(1))],
+            },
+        ],
+        // Unchecked use.
+        3 => vec![Step::Spans {
+            service: "shop",
+            spans: vec![span(a, "use", 0, res(1))],
+        }],
+        // Orphan check.
+        4 => vec![Step::Spans {
+            service: "shop",
+            spans: vec![span(a, "check", 0, res(1))],
+        }],
+        // Duplicate use of one idempotency key by two requests.
+        5 => {
+            let key = |v| {
+                with(
+                    res(v),
+                    vec![("toctou.idempotency_key", json!(format!("key-{i}")))],
+                )
+            };
+            vec![Step::Spans {
+                service: "pay",
+                spans: vec![
+                    span(a, "check", 0, key(1)),
+                    span(a, "use", 5, key(1)),
+                    span(b, "check", 10, key(1)),
+                    span(b, "use", 15, key(1)),
+                ],
+            }]
+        }
+        // Authorization drift: the policy the check evaluated changes before the use. The
+        // policy's partition is not the resource's: the collector broadcasts the change.
+        _ => {
+            let policy = format!("policies/p-{i}");
+            let pol = |v: &str| {
+                with(
+                    res(1),
+                    vec![
+                        ("toctou.policy", json!(policy.clone())),
+                        ("toctou.policy.version", json!(v)),
+                    ],
+                )
+            };
+            vec![
+                Step::Spans {
+                    service: "docs",
+                    spans: vec![span(a, "check", 0, pol("3"))],
+                },
+                Step::Audit {
+                    service: "iam",
+                    at_ms: 5,
+                    attrs: vec![
+                        ("toctou.audit.action", json!("policy_change")),
+                        ("toctou.resource", json!(policy.clone())),
+                        ("toctou.resource.version", json!("4")),
+                        ("toctou.actor", json!("admin")),
+                    ],
+                },
+                Step::Spans {
+                    service: "docs",
+                    spans: vec![span(a, "use", 10, pol("3"))],
+                },
+            ]
+        }
+    }
+}
+
+/// What a sender saw.
+#[derive(Debug, Default)]
+pub struct SendReport {
+    pub requests: u64,
+    /// 503/429 answers and refused connections, each retried.
+    pub retryable: u64,
+}
+
+/// Sends the stories of resources `0..n` through the collectors' OTLP/HTTP ports, one
+/// sequential sender per collector (resources split between them), paced by `gap` between
+/// stories; every request is retried until accepted. Times are taken at first send, so
+/// they follow the wall clock like real traffic. Returns the requests as sent (the oracle's
+/// input) and what the senders saw. `progress` counts stories completed.
+pub async fn send_stories(
+    n: u64,
+    collectors: &[SocketAddr],
+    gap: Duration,
+    progress: Arc<AtomicU64>,
+) -> (Vec<String>, SendReport) {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let retryable = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (k, addr) in collectors.iter().copied().enumerate() {
+        let (sent, retryable, requests, progress) = (
+            sent.clone(),
+            retryable.clone(),
+            requests.clone(),
+            progress.clone(),
+        );
+        let stride = collectors.len() as u64;
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap();
+            let mut i = k as u64;
+            while i < n {
+                let base = now_ns();
+                for step in story(i) {
+                    let (path, body) = step.render(base);
+                    loop {
+                        let resp = client
+                            .post(format!("http://{addr}{path}"))
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match resp {
+                            Ok(r) if r.status().is_success() => break,
+                            Ok(r) if r.status() == 503 || r.status() == 429 => {
+                                retryable.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Ok(r) => {
+                                panic!("collector answered {}: {:?}", r.status(), r.text().await)
+                            }
+                            Err(_) => {
+                                retryable.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                    }
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    sent.lock().unwrap().push(body);
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(gap).await;
+                i += stride;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender task");
+    }
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    let report = SendReport {
+        requests: requests.load(Ordering::Relaxed),
+        retryable: retryable.load(Ordering::Relaxed),
+    };
+    (sent, report)
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// The findings (id, kind) `toctou replay` reports for the requests sent: what the
+/// distributed pipeline must store, no more and no less.
+pub fn expected_findings(requests: &[String]) -> BTreeSet<(String, String)> {
+    let dir = temp_dir("oracle");
+    let file = dir.join("sent.jsonl");
+    std::fs::write(&file, requests.join("\n") + "\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
+        .args([
+            "replay",
+            "--pair-ttl",
+            PAIR_TTL,
+            "--allowed-lateness",
+            LATENESS,
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "toctou replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Polls ClickHouse until it holds every expected finding (or `timeout`), then returns the
+/// stored set and the row count under FINAL.
+pub async fn wait_for_findings(
+    url: &str,
+    db: &str,
+    expected: &BTreeSet<(String, String)>,
+    timeout: Duration,
+) -> (BTreeSet<(String, String)>, u64) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = super::clickhouse::sql(url, db, "SELECT id, kind FROM findings FINAL").await;
+        let set: BTreeSet<(String, String)> = rows
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect();
+        if expected.is_subset(&set) || Instant::now() > deadline {
+            // A moment more, so that a late extra finding has time to show up too.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let rows = super::clickhouse::sql(url, db, "SELECT id, kind FROM findings FINAL").await;
+            let set = rows
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .collect();
+            return (set, rows.lines().count() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Describes the difference between two finding sets by kind, for assertion messages.
+pub fn diff(expected: &BTreeSet<(String, String)>, stored: &BTreeSet<(String, String)>) -> String {
+    let missing: Vec<_> = expected.difference(stored).collect();
+    let extra: Vec<_> = stored.difference(expected).collect();
+    fn count(v: &[&(String, String)]) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for (_, k) in v {
+            *m.entry(k.clone()).or_default() += 1;
+        }
+        m
+    }
+    format!(
+        "expected {} findings, stored {}; missing {:?}; extra {:?}",
+        expected.len(),
+        stored.len(),
+        count(&missing),
+        count(&extra)
+    )
+}

@@ -1,0 +1,116 @@
+//! Distributed mode end to end on a real broker and ClickHouse 18.16: two collectors, a
+//! 6-partition topic, two correlators in one group. ClickHouse must hold exactly the
+//! findings `toctou replay` reports for the same requests (by id), each once.
+
+mod common;
+
+use common::clickhouse::{server_url, sql};
+use common::kafka::{
+    collector, correlator, diff, expected_findings, send_stories, wait_for_findings, Broker,
+};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_correlators_store_exactly_the_expected_findings() {
+    let broker = Broker::start();
+    let topic = "toctou.events";
+    broker.create_topic(topic, 6);
+    // Idempotent: a second init with the same partitions says so and succeeds.
+    broker.create_topic(topic, 6);
+
+    let url = server_url();
+    let db = format!("toctou_test_{}_kafka_group", std::process::id());
+    let mut a = correlator(&broker.bootstrap, topic, "group", &url, &db);
+    let mut b = correlator(&broker.bootstrap, topic, "group", &url, &db);
+    let c1 = collector(&broker.bootstrap, topic);
+    let c2 = collector(&broker.bootstrap, topic);
+
+    let progress = Arc::new(AtomicU64::new(0));
+    let (sent, report) = send_stories(
+        700,
+        &[c1.addr("otlp_http"), c2.addr("otlp_http")],
+        Duration::from_millis(5),
+        progress,
+    )
+    .await;
+    let expected = expected_findings(&sent);
+    assert!(
+        expected.len() >= 500,
+        "the stream has races: {}",
+        expected.len()
+    );
+
+    let (stored, rows) = wait_for_findings(&url, &db, &expected, Duration::from_secs(60)).await;
+    assert_eq!(
+        stored,
+        expected,
+        "{}\ncorrelator a:\n{}\ncorrelator b:\n{}",
+        diff(&expected, &stored),
+        a.log(),
+        b.log()
+    );
+    assert_eq!(
+        rows,
+        expected.len() as u64,
+        "a finding stored twice under FINAL"
+    );
+
+    // Both members got partitions, and every message they read decoded.
+    for (name, node) in [("a", &a), ("b", &b)] {
+        let m = node.metrics().await;
+        let assigned = metric(&m, "toctou_kafka_assigned_partitions");
+        assert!(assigned >= 1.0, "correlator {name} owns no partition:\n{m}");
+        assert_eq!(
+            metric(&m, "toctou_kafka_decode_errors_total{reason=\"malformed\"}"),
+            0.0
+        );
+    }
+    let produced: f64 = [&c1, &c2]
+        .iter()
+        .map(|c| futures::executor::block_on(c.metrics()))
+        .map(|m| metric(&m, "toctou_kafka_produced_events_total"))
+        .sum();
+    assert!(produced > 0.0, "collectors report what they produced");
+    assert_eq!(report.retryable, 0, "no push-back without a fault");
+
+    // Every event accepted is stored once (policy changes once, not once per partition).
+    let events = sql(
+        &url,
+        &db,
+        "SELECT count(), uniqExact(event_key) FROM events FINAL",
+    )
+    .await;
+    let counts: Vec<u64> = events
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts[0], counts[1], "{events}");
+    let spans_and_audits: u64 = sent
+        .iter()
+        .map(|r| {
+            (r.matches("\"toctou.phase\"").count() + r.matches("\"toctou.audit.action\"").count())
+                as u64
+        })
+        .sum();
+    assert_eq!(counts[1], spans_and_audits, "{events}");
+
+    for node in [&mut a, &mut b] {
+        let status = node.terminate(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{status:?}\n{}",
+            node.log()
+        );
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
