@@ -120,7 +120,7 @@ async fn after_a_demo_the_page_shows_the_counts_and_latest_findings_the_api_retu
         let seen = browser
             .visit(
                 &toctou,
-                json!({ "polls": 2, "open": "kind:stale_check", "screenshot": path,
+                json!({ "polls": 2, "filter": "stale_check", "open": "kind:stale_check", "screenshot": path,
                         "width": 1440, "height": 1240 }),
             )
             .await;

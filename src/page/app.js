@@ -298,6 +298,14 @@
     ]);
   }
 
+  // Where a write falls against the check: a write before it can still be evidence (a check
+  // that read a stale cache or replica did not see it).
+  function relativeToCheck(ns, checkNs) {
+    if (checkNs === null || checkNs === undefined) return "";
+    const d = Number(ns) - Number(checkNs);
+    return d >= 0 ? `${fmtDuration(d)} after check` : `${fmtDuration(-d)} before check`;
+  }
+
   function detailRow(f) {
     const ev = [];
     ev.push(el("h3", { text: "Check" }));
@@ -325,11 +333,8 @@
           el("td", { class: "mono", text: w.version === null ? "—" : w.version }),
           el("td", { class: "mono", text: w.request_id === null ? "—" : w.request_id }),
           el("td", { text: w.actor === null ? "—" : w.actor }),
-          el("td", { text: fmtTime(w.time_ns) }),
-          el("td", {
-            class: "sub",
-            text: f.check_time_ns === null ? "" : `+${fmtDuration(Math.max(0, Number(w.time_ns) - Number(f.check_time_ns)))} after check`,
-          }),
+          el("td", { class: "nowrap", text: fmtTime(w.time_ns) }),
+          el("td", { class: "sub nowrap", text: relativeToCheck(w.time_ns, f.check_time_ns) }),
         ])
       );
       const head = el("tr", null, ["action", "resource", "version", "request", "actor", "time", ""].map((h) => el("th", { text: h })));

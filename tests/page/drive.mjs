@@ -123,6 +123,8 @@ try {
   );
 
   if (spec.screenshot) {
+    // Clicking scrolled the row into view; the picture starts at the top of the page.
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: spec.screenshot, fullPage: Boolean(spec.fullPage) });
   }
 } finally {
