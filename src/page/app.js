@@ -371,10 +371,21 @@
       el("td", { class: "num", text: fmtDuration(f.race_window_ns) || "—" }),
       el("td", { class: "mono trace", text: f.trace_id ? `${f.trace_id.slice(0, 12)}…` : "—", title: f.trace_id }),
     ]);
-    row.addEventListener("click", () => {
+    const toggle = () => {
       if (state.open.has(f.id)) state.open.delete(f.id);
       else state.open.add(f.id);
       renderFindings(true);
+      // The rows were rebuilt: keep the keyboard where it was.
+      const again = document.querySelector(`tr.finding[data-id="${CSS.escape(f.id)}"]`);
+      if (again && document.activeElement === document.body) again.focus();
+    };
+    row.tabIndex = 0;
+    row.addEventListener("click", toggle);
+    row.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault();
+        toggle();
+      }
     });
     return row;
   }
@@ -391,6 +402,7 @@
     }
     $("findings-body").replaceChildren(...rows);
     $("findings-empty").hidden = list.length > 0;
+    $("findings-empty-title").textContent = state.filter ? `No ${BY_KIND[state.filter].label.toLowerCase()} findings yet` : "No findings yet";
     $("findings").hidden = list.length === 0;
     const what = state.filter ? `${state.filter} ` : "";
     $("findings-hint").textContent =
@@ -429,6 +441,8 @@
           state.findings = (findings.findings || []).slice().reverse();
           renderFindings(false);
           state.polls += 1;
+          // For measuring: navigation to the first complete render (tests/page/bench.mjs).
+          if (state.polls === 1) performance.mark("toctou-first-render");
           document.body.dataset.polls = String(state.polls);
           document.body.dataset.filter = filter || "";
         }
