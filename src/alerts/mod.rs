@@ -56,7 +56,7 @@ fn files(config: &SloConfig) -> Result<Vec<(&'static str, String)>> {
     let yaml = |v: &serde_json::Value| -> Result<String> {
         Ok(format!(
             "{HEADER}{}",
-            quote_clock_times(&serde_yaml::to_string(v)?)
+            quote_yaml11_ambiguities(&serde_yaml::to_string(v)?)
         ))
     };
     Ok(vec![
@@ -108,20 +108,22 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// serde_yaml writes `start_time: 14:00` unquoted, which YAML 1.1 readers take for the
-/// sexagesimal number 840; quoted, every reader sees the string Grafana expects.
-fn quote_clock_times(yaml: &str) -> String {
+/// serde_yaml writes `start_time: 14:00` and the matcher operator `=` unquoted, which is
+/// fine in YAML 1.2 but not in YAML 1.1 readers (a sexagesimal 840, the `value` tag);
+/// quoted, every reader sees the strings Grafana expects.
+fn quote_yaml11_ambiguities(yaml: &str) -> String {
     let mut out = String::with_capacity(yaml.len());
     for line in yaml.lines() {
         let trimmed = line.trim_start().trim_start_matches("- ");
-        let quoted = ["start_time: ", "end_time: "].iter().find_map(|key| {
+        let clock = ["start_time: ", "end_time: "].iter().find_map(|key| {
             let value = trimmed.strip_prefix(key)?;
-            let clock = value.len() == 5
+            let is_clock = value.len() == 5
                 && value.as_bytes()[2] == b':'
                 && value.bytes().filter(u8::is_ascii_digit).count() == 4;
-            clock.then(|| line.replacen(value, &format!("'{value}'"), 1))
+            is_clock.then(|| line.replacen(value, &format!("'{value}'"), 1))
         });
-        out.push_str(quoted.as_deref().unwrap_or(line));
+        let operator = (line.trim_start() == "- =").then(|| line.replacen("- =", "- '='", 1));
+        out.push_str(clock.or(operator).as_deref().unwrap_or(line));
         out.push('\n');
     }
     out
@@ -132,11 +134,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clock_times_are_quoted_and_nothing_else_changes() {
-        let yaml = "times:\n- end_time: 15:00\n  start_time: 14:00\nname: 14:00x\n";
+    fn clock_times_and_operators_are_quoted_and_nothing_else_changes() {
+        let yaml =
+            "times:\n- end_time: 15:00\n  start_time: 14:00\nname: 14:00x\n- - a\n  - =\n  - '='\n";
         assert_eq!(
-            quote_clock_times(yaml),
-            "times:\n- end_time: '15:00'\n  start_time: '14:00'\nname: 14:00x\n"
+            quote_yaml11_ambiguities(yaml),
+            "times:\n- end_time: '15:00'\n  start_time: '14:00'\nname: 14:00x\n- - a\n  - '='\n  - '='\n"
         );
     }
 }
