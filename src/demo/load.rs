@@ -2,6 +2,7 @@
 //! stopping time and race window, the run's tag in resource names, and the counts of what
 //! happened, by finding kind.
 
+use super::delivery::Delivery;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -35,11 +36,18 @@ pub struct Load {
     pub pacer: Arc<Pacer>,
     /// Requests started, for the rate the demo reached.
     pub requests: Arc<AtomicU64>,
+    /// Telemetry in flight: a new request waits while too much is.
+    pub delivery: Arc<Delivery>,
 }
+
+/// Spans and records in the SDK's queues (each holds 131,072; all services together stay
+/// under half of one) beyond which a new request waits.
+const MAX_IN_FLIGHT: u64 = 1 << 16;
 
 impl Load {
     /// Waits for the workload's next request slot; false once the run is over.
     pub fn next_request(&self) -> bool {
+        self.delivery.wait_below(MAX_IN_FLIGHT);
         if !self.pacer.wait(self.until) {
             return false;
         }

@@ -9,7 +9,8 @@
 //! - [`load`]: pace, race window, run tag and the per-kind counts the workloads share.
 //! - one module per workload: [`inventory`], [`payments`], [`claims`], [`authz`],
 //!   [`pricing`]; each owns its tables, its racing workers and its ground-truth SQL.
-//! - [`telemetry`]: the OpenTelemetry SDK set-up of each demo service.
+//! - [`telemetry`]: the OpenTelemetry SDK set-up of each demo service; [`delivery`]: what
+//!   the SDK was handed and what its exporters delivered (push-back, and the report).
 //! - [`embedded`]: the `toctou run` the demo starts when nothing answers.
 //! - [`compare`]: the findings API read back, and the comparison printed.
 
@@ -17,6 +18,7 @@ mod authz;
 mod claims;
 mod compare;
 mod db;
+mod delivery;
 mod embedded;
 mod inventory;
 mod load;
@@ -235,11 +237,13 @@ async fn traffic_and_compare(
             false,
         ),
     };
+    let delivery = Arc::new(delivery::Delivery::default());
     let svc = |name: &str| -> Result<Arc<Service>> {
         Ok(Arc::new(Service::new(
             name,
             args.transport,
             &args.endpoint,
+            &delivery,
         )?))
     };
     let services = Services {
@@ -272,6 +276,7 @@ async fn traffic_and_compare(
                     run: run.to_string(),
                     pacer: Arc::new(Pacer::new(args.rate_of(w))),
                     requests: Arc::new(AtomicU64::new(0)),
+                    delivery: delivery.clone(),
                 },
             )
         })
@@ -326,11 +331,23 @@ async fn traffic_and_compare(
         db::remove(&db_path);
     }
     let truth = truth?;
+    let (handed, delivered, failed) = delivery.totals();
     println!(
-        "sent {requests} requests in {:.1} s ({:.0} requests/s); telemetry flushed",
+        "sent {requests} requests in {:.1} s ({:.0} requests/s); {delivered} of {handed} spans \
+         and audit records delivered",
         elapsed.as_secs_f64(),
         requests as f64 / elapsed.as_secs_f64().max(1e-9)
     );
+    if delivered != handed {
+        // A span that never arrived is a race toctou could not see: no exact comparison.
+        bail!(
+            "{} spans and audit records were not delivered ({failed} failed to export, {} \
+             dropped by the SDK): is toctou run at {} keeping up?",
+            handed - delivered,
+            (handed - delivered).saturating_sub(failed),
+            args.endpoint
+        );
+    }
     if !compare {
         tracing::info!(requests, happened = ?truth.kinds, "demo traffic done");
         return Ok(());

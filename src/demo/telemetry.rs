@@ -2,6 +2,9 @@
 //! over OTLP (gRPC or HTTP) exactly as an instrumented application would. What the spans and
 //! records say is `toctou-instrument`'s business; this module only sets up the SDK.
 
+use super::delivery::{
+    CountedLogExporter, CountedLogs, CountedSpanExporter, CountedSpans, Delivery,
+};
 use anyhow::{Context as _, Result};
 use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
@@ -10,6 +13,7 @@ use opentelemetry_otlp::{LogExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::logs::{self, BatchLogProcessor, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::trace::{self, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often each demo service exports its batch of spans and of audit records.
@@ -40,7 +44,12 @@ pub struct Service {
 
 impl Service {
     /// Must be called inside a Tokio runtime: the gRPC exporter needs one.
-    pub fn new(name: &str, transport: Transport, endpoint: &str) -> Result<Service> {
+    pub fn new(
+        name: &str,
+        transport: Transport,
+        endpoint: &str,
+        delivery: &Arc<Delivery>,
+    ) -> Result<Service> {
         let resource = Resource::builder()
             .with_service_name(name.to_string())
             .build();
@@ -77,6 +86,14 @@ impl Service {
         };
         // The SDKs' default export delay (5 s for spans, 1 s for logs) is longer than the
         // default allowed lateness; a short one keeps the demo's events in order.
+        let spans = CountedSpanExporter {
+            inner: spans,
+            delivery: delivery.clone(),
+        };
+        let logs = CountedLogExporter {
+            inner: logs,
+            delivery: delivery.clone(),
+        };
         let span_batches = BatchSpanProcessor::builder(spans)
             .with_batch_config(
                 trace::BatchConfigBuilder::default()
@@ -97,11 +114,17 @@ impl Service {
             .build();
         let tracer_provider = SdkTracerProvider::builder()
             .with_resource(resource.clone())
-            .with_span_processor(span_batches)
+            .with_span_processor(CountedSpans {
+                inner: span_batches,
+                delivery: delivery.clone(),
+            })
             .build();
         let logger_provider = SdkLoggerProvider::builder()
             .with_resource(resource)
-            .with_log_processor(log_batches)
+            .with_log_processor(CountedLogs {
+                inner: log_batches,
+                delivery: delivery.clone(),
+            })
             .build();
         Ok(Service {
             tracer: tracer_provider.tracer("toctou-demo"),
