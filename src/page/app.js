@@ -456,7 +456,8 @@
         if (again) {
           again = false;
           poll();
-        } else {
+        } else if (!document.hidden) {
+          // A tab in the background stops polling; it resumes when shown again.
           timer = setTimeout(poll, POLL_MS);
         }
       });
@@ -465,6 +466,9 @@
   function start() {
     buildCards();
     buildCharts();
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) poll();
+    });
     poll();
   }
 
