@@ -30,7 +30,7 @@ async fn two_correlators_store_exactly_the_expected_findings() {
     let progress = Arc::new(AtomicU64::new(0));
     let (sent, report) = send_stories(
         700,
-        &[c1.addr("otlp_http"), c2.addr("otlp_http")],
+        vec![c1.addr("otlp_http"), c2.addr("otlp_http")],
         Duration::from_millis(5),
         progress,
     )

@@ -19,8 +19,13 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A fresh directory; brokers' homes go under `TOCTOU_KAFKA_TEST_ROOT` when scripts/test set
+/// it, so that it can stop whatever a killed test left running.
 fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
+    let parent = std::env::var_os("TOCTOU_KAFKA_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!(
         "toctou-{what}-{}-{}",
         std::process::id(),
         super::rand_suffix()
@@ -272,7 +277,7 @@ fn attr(k: &str, v: Value) -> Value {
     }
 }
 
-/// One span of a step, placed `at_ms` after the step's send time.
+/// One span of a step, placed `at_ms` after the step's first send.
 struct SpanSpec {
     request: u64,
     phase: &'static str,
@@ -471,12 +476,12 @@ pub struct SendReport {
 
 /// Sends the stories of resources `0..n` through the collectors' OTLP/HTTP ports, one
 /// sequential sender per collector (resources split between them), paced by `gap` between
-/// stories; every request is retried until accepted. Times are taken at first send, so
-/// they follow the wall clock like real traffic. Returns the requests as sent (the oracle's
+/// stories; every request is retried until accepted. Times are taken at each request's
+/// first send, so they follow the wall clock like real traffic. Returns the requests as sent (the oracle's
 /// input) and what the senders saw. `progress` counts stories completed.
 pub async fn send_stories(
     n: u64,
-    collectors: &[SocketAddr],
+    collectors: Vec<SocketAddr>,
     gap: Duration,
     progress: Arc<AtomicU64>,
 ) -> (Vec<String>, SendReport) {
@@ -499,9 +504,11 @@ pub async fn send_stories(
                 .unwrap();
             let mut i = k as u64;
             while i < n {
-                let base = now_ns();
                 for step in story(i) {
-                    let (path, body) = step.render(base);
+                    // Each request is timed when first sent, as an instrumented service would
+                    // time it: a request held up by an outage keeps its times, the next ones
+                    // are later, and `toctou replay` over the same bytes sees the same gaps.
+                    let (path, body) = step.render(now_ns());
                     loop {
                         let resp = client
                             .post(format!("http://{addr}{path}"))
@@ -557,6 +564,10 @@ pub fn expected_findings(requests: &[String]) -> BTreeSet<(String, String)> {
     let dir = temp_dir("oracle");
     let file = dir.join("sent.jsonl");
     std::fs::write(&file, requests.join("\n") + "\n").unwrap();
+    // To look into a failure: the exact requests, replayable with `toctou replay`.
+    if let Some(keep) = std::env::var_os("TOCTOU_KAFKA_TEST_KEEP") {
+        std::fs::copy(&file, keep).unwrap();
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
         .args([
             "replay",
@@ -630,10 +641,12 @@ pub fn diff(expected: &BTreeSet<(String, String)>, stored: &BTreeSet<(String, St
         m
     }
     format!(
-        "expected {} findings, stored {}; missing {:?}; extra {:?}",
+        "expected {} findings, stored {}; missing {:?}; extra {:?}\nmissing ids: {:?}\nextra ids: {:?}",
         expected.len(),
         stored.len(),
         count(&missing),
-        count(&extra)
+        count(&extra),
+        missing.iter().take(20).collect::<Vec<_>>(),
+        extra.iter().take(20).collect::<Vec<_>>()
     )
 }
