@@ -420,6 +420,10 @@ fn the_prometheus_rules_pass_promtool_and_name_real_metrics() {
     };
     assert!(promtool(&["check", "rules", "pipeline.rules.yml"]).contains("SUCCESS: 6 rules found"));
     assert!(promtool(&["test", "rules", "pipeline.test.yml"]).contains("SUCCESS"));
+    // Distributed mode's rules; their metrics are checked against a running collector and
+    // correlator in tests/deploy.rs.
+    assert!(promtool(&["check", "rules", "kafka.rules.yml"]).contains("SUCCESS: 4 rules found"));
+    assert!(promtool(&["test", "rules", "kafka.test.yml"]).contains("SUCCESS"));
 
     // Every metric a rule reads is served by a real `toctou run` with the ClickHouse sink.
     let served = &clean().metrics;
