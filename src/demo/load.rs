@@ -40,9 +40,9 @@ pub struct Load {
     pub delivery: Arc<Delivery>,
 }
 
-/// Spans and records in the SDK's queues (each holds 131,072; all services together stay
-/// under half of one) beyond which a new request waits.
-const MAX_IN_FLIGHT: u64 = 1 << 16;
+/// Spans and records in the SDK's queues beyond which a new request waits: all services
+/// together stay under half of one service's queue, whatever one request emits.
+const MAX_IN_FLIGHT: u64 = (super::telemetry::QUEUE / 2) as u64;
 
 impl Load {
     /// Waits for the workload's next request slot; false once the run is over.

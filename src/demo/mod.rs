@@ -238,14 +238,16 @@ async fn traffic_and_compare(
         ),
     };
     let delivery = Arc::new(delivery::Delivery::default());
-    let svc = |name: &str| -> Result<Arc<Service>> {
+    let service = |name: &str, audit: bool| -> Result<Arc<Service>> {
         Ok(Arc::new(Service::new(
             name,
             args.transport,
             &args.endpoint,
             &delivery,
+            audit,
         )?))
     };
+    let svc = |name: &str| service(name, false);
     let services = Services {
         inventory: svc("inventory-api")?,
         inventory_sync: svc("inventory-sync")?,
@@ -253,7 +255,7 @@ async fn traffic_and_compare(
         docs: svc("docs-api")?,
         claims: [svc("claims-controller-a")?, svc("claims-controller-b")?],
         pricing: svc("pricing-api")?,
-        db: svc("demo-db")?,
+        db: service("demo-db", true)?,
     };
     let schemas = [
         inventory::SCHEMA,
@@ -337,6 +339,14 @@ async fn traffic_and_compare(
          and audit records delivered",
         elapsed.as_secs_f64(),
         requests as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "requests by workload: {}",
+        loads
+            .iter()
+            .map(|(w, l)| format!("{w:?}={}", l.requests.load(Ordering::Relaxed)).to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if delivered != handed {
         // A span that never arrived is a race toctou could not see: no exact comparison.

@@ -20,8 +20,10 @@ use std::time::Duration;
 const EXPORT_DELAY: Duration = Duration::from_millis(200);
 /// The SDK drops what does not fit its queue (2,048 by default); as a load generator the
 /// demo can outrun that between two exports, and a dropped span would be a race that
-/// happened and could not be found. Bounded still: the SDK's queue is fixed-size.
-const QUEUE: usize = 1 << 17;
+/// happened and could not be found. The workers hold back well before it fills (see
+/// `load::MAX_IN_FLIGHT`). The SDK allocates the whole queue up front, per service and
+/// signal, hence no larger.
+pub const QUEUE: usize = 1 << 15;
 /// Spans or records per export request (512 by default): fewer, larger requests.
 const BATCH: usize = 4096;
 
@@ -43,12 +45,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// Must be called inside a Tokio runtime: the gRPC exporter needs one.
+    /// Must be called inside a Tokio runtime: the gRPC exporter needs one. Only a service
+    /// that sends `audit` records gets a full-size log queue.
     pub fn new(
         name: &str,
         transport: Transport,
         endpoint: &str,
         delivery: &Arc<Delivery>,
+        audit: bool,
     ) -> Result<Service> {
         let resource = Resource::builder()
             .with_service_name(name.to_string())
@@ -107,7 +111,7 @@ impl Service {
             .with_batch_config(
                 logs::BatchConfigBuilder::default()
                     .with_scheduled_delay(EXPORT_DELAY)
-                    .with_max_queue_size(QUEUE)
+                    .with_max_queue_size(if audit { QUEUE } else { BATCH })
                     .with_max_export_batch_size(BATCH)
                     .build(),
             )
