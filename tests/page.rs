@@ -18,14 +18,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Runs the demo workloads against `toctou` for `duration`. The demo's own comparison of
+/// what happened with what was found is tests/demo.rs's business (`--api ""` turns it
+/// off); here the page is compared with the API, whatever the demo made.
 fn run_demo(toctou: &Toctou, duration: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
         .args(["demo", "--endpoint"])
         .arg(format!("http://{}", toctou.grpc))
-        .arg("--api")
-        .arg(format!("http://{}", toctou.api))
-        .args(["--duration", duration, "--pair-ttl", "2s"])
-        .args(["--allowed-lateness", "500ms", "--no-settle"])
+        .args(["--api", "", "--duration", duration])
         .output()
         .expect("running toctou demo");
     assert!(
