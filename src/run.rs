@@ -161,6 +161,8 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         otlp_grpc = %grpc.local_addr()?, otlp_http = %http.local_addr()?, api = %api_listener.local_addr()?,
         "toctou run listening"
     );
+    // The demo sends to the bound address: the configured one may be port 0.
+    let grpc_addr = grpc.local_addr()?;
     let grpc_task = tokio::spawn(toctou_collector::serve_grpc(
         grpc,
         receivers.clone(),
@@ -179,7 +181,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     drop(receivers);
 
     let demo_task = args.demo.then(|| {
-        let demo = crate::demo::DemoArgs::against(args.otlp_grpc_addr, args.demo_duration);
+        let demo = crate::demo::DemoArgs::against(grpc_addr, args.demo_duration);
         tokio::spawn(async move {
             if let Err(err) = crate::demo::run_workloads(demo).await {
                 tracing::error!(error = %format!("{err:#}"), "demo traffic failed");
