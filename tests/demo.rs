@@ -168,3 +168,55 @@ fn demo_alone_starts_an_embedded_toctou_run_over_http() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
+
+#[test]
+fn run_with_demo_keeps_stdout_for_findings_only() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toctou"))
+        .args([
+            "run",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--pair-ttl",
+            "1s",
+            "--demo",
+            "--demo-duration",
+            "3s",
+        ])
+        .env("TOCTOU_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting toctou run --demo");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut kinds = BTreeMap::<String, u64>::new();
+    while Instant::now() < deadline && kinds.len() < KINDS.len() {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let f: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout line is no finding ({e}): {line}"));
+        *kinds
+            .entry(f["kind"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(kinds.len(), KINDS.len(), "findings by kind: {kinds:?}");
+}

@@ -283,7 +283,9 @@ async fn traffic_and_compare(
             )
         })
         .collect();
-    println!(
+    report(
+        compare,
+        format!(
         "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}",
         loads.len(),
         args.concurrency,
@@ -296,6 +298,7 @@ async fn traffic_and_compare(
             .join(" "),
         db_path.display(),
         if keep_db { "" } else { " (temporary)" },
+    ),
     );
     tracing::info!(endpoint = %args.endpoint, transport = ?args.transport, "demo traffic started");
     let t0 = Instant::now();
@@ -334,19 +337,27 @@ async fn traffic_and_compare(
     }
     let truth = truth?;
     let (handed, delivered, failed) = delivery.totals();
-    println!(
-        "sent {requests} requests in {:.1} s ({:.0} requests/s); {delivered} of {handed} spans \
-         and audit records delivered",
-        elapsed.as_secs_f64(),
-        requests as f64 / elapsed.as_secs_f64().max(1e-9)
+    report(
+        compare,
+        format!(
+            "sent {requests} requests in {:.1} s ({:.0} requests/s); {delivered} of {handed} spans \
+             and audit records delivered",
+            elapsed.as_secs_f64(),
+            requests as f64 / elapsed.as_secs_f64().max(1e-9)
+        ),
     );
-    println!(
-        "requests by workload: {}",
-        loads
-            .iter()
-            .map(|(w, l)| format!("{w:?}={}", l.requests.load(Ordering::Relaxed)).to_lowercase())
-            .collect::<Vec<_>>()
-            .join(" ")
+    report(
+        compare,
+        format!(
+            "requests by workload: {}",
+            loads
+                .iter()
+                .map(
+                    |(w, l)| format!("{w:?}={}", l.requests.load(Ordering::Relaxed)).to_lowercase()
+                )
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     );
     if delivered != handed {
         // A span that never arrived is a race toctou could not see: no exact comparison.
@@ -376,6 +387,16 @@ async fn traffic_and_compare(
     tokio::time::sleep(settle).await;
     let found = compare::fetch_counts(&args.api, started_ns, run).await?;
     compare::print(&truth, &found, !args.no_settle)
+}
+
+/// The demo's own lines go to stdout when it compares (`toctou demo`), and to the log when
+/// it runs inside `toctou run --demo`, whose stdout carries findings as JSON lines.
+fn report(to_stdout: bool, line: String) {
+    if to_stdout {
+        println!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
 }
 
 /// The demo's services; each exports its own spans (and the database relay its records).
