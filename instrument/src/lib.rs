@@ -1,6 +1,6 @@
 //! # toctou-instrument
 //!
-//! Check spans, use spans and audit records for [toctou](https://github.com/), on top of the
+//! Check spans, use spans and audit records for toctou (the TOCTOU race finder), on top of the
 //! `opentelemetry` API, following its instrumentation conventions (`schema/CONVENTIONS.md`;
 //! the attribute names are `toctou_schema::conventions`). A service instruments a
 //! check-then-act in a few lines instead of attribute strings:
