@@ -223,6 +223,18 @@ pub fn collector(bootstrap: &str, topic: &str) -> Node {
 }
 
 pub fn correlator(bootstrap: &str, topic: &str, group: &str, ch_url: &str, db: &str) -> Node {
+    correlator_with_lateness(bootstrap, topic, group, ch_url, db, LATENESS)
+}
+
+/// A correlator whose allowed lateness is `lateness` (the oracle must use the same).
+pub fn correlator_with_lateness(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    ch_url: &str,
+    db: &str,
+    lateness: &str,
+) -> Node {
     let args: Vec<String> = [
         "correlator",
         "--kafka-bootstrap",
@@ -240,7 +252,7 @@ pub fn correlator(bootstrap: &str, topic: &str, group: &str, ch_url: &str, db: &
         "--pair-ttl",
         PAIR_TTL,
         "--allowed-lateness",
-        LATENESS,
+        lateness,
         "--clickhouse-url",
         ch_url,
         "--clickhouse-database",
@@ -561,6 +573,13 @@ pub fn now_ns() -> u64 {
 /// The findings (id, kind) `toctou replay` reports for the requests sent: what the
 /// distributed pipeline must store, no more and no less.
 pub fn expected_findings(requests: &[String]) -> BTreeSet<(String, String)> {
+    expected_findings_with_lateness(requests, LATENESS)
+}
+
+pub fn expected_findings_with_lateness(
+    requests: &[String],
+    lateness: &str,
+) -> BTreeSet<(String, String)> {
     let dir = temp_dir("oracle");
     let file = dir.join("sent.jsonl");
     std::fs::write(&file, requests.join("\n") + "\n").unwrap();
@@ -574,7 +593,7 @@ pub fn expected_findings(requests: &[String]) -> BTreeSet<(String, String)> {
             "--pair-ttl",
             PAIR_TTL,
             "--allowed-lateness",
-            LATENESS,
+            lateness,
         ])
         .arg(&file)
         .output()
