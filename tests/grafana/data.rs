@@ -8,7 +8,7 @@
 use crate::common::{self, Toctou};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -89,7 +89,8 @@ fn pipeline(name: &str, feed: impl FnOnce(&Toctou)) -> Dataset {
         toctou.log()
     );
 
-    let dir = std::env::temp_dir().join(format!("toctou-grafana-{}-{name}", std::process::id()));
+    // Under the target's scratch directory, one per dataset, overwritten by the next run.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("grafana-{name}"));
     std::fs::create_dir_all(&dir).expect("dump directory");
     let mut dumps = Vec::new();
     for table in ["findings", "events"] {

@@ -6,7 +6,9 @@
 //!    occurrences are handled from the last to the first; the condition is kept unless the
 //!    variable's current value is All (`$__all`) or empty, which gives `1=1`.
 //! 2. Template variables: Grafana's `templateSrv.replace` — `${name:singlequote}` quotes
-//!    each value (`'` escaped as `\'`) and joins them with `,`; All stands for every option.
+//!    each value (`'` escaped as `\'`) and joins them with `,` (grafana/grafana
+//!    `public/app/features/templating/formatRegistry.ts`, tested there as
+//!    `'test','test\'2'`); All stands for every option.
 //!    `$__...` names are not dashboard variables and are left for the backend.
 //! 3. Backend macros: the plugin's `pkg/macros/macros.go` (`$__timeFilter`, `$__fromTime`,
 //!    `$__toTime`, `$__dateFilter`, `$__timeInterval`, `$__interval_s`, ...), found by
