@@ -73,9 +73,13 @@
 //! - `use_span`: [`Use`], [`Outcome`].
 //! - `audit`: [`audit`], [`Audit`], [`Action`].
 //! - `request`: what a check and its uses share, and the one place that records a span.
+//! - `in_tracing` (feature `tracing`): `in_current_span()` on checks, uses and audit
+//!   records, for services that trace with `tracing` and `tracing-opentelemetry`.
 
 mod audit;
 mod check;
+#[cfg(feature = "tracing")]
+mod in_tracing;
 mod request;
 mod use_span;
 
