@@ -343,3 +343,19 @@ fn audit_record_attributes_time_and_trace_context() {
         ])
     );
 }
+
+#[test]
+fn builders_cross_threads_and_await_points() {
+    fn send<X: Send>(_: &X) {}
+    let s = sdk();
+    let pending = check(&s.tracer, "inventory/sku-1").request_id("r");
+    send(&pending);
+    let checked = pending.allow();
+    send(&checked);
+    let using = checked.use_("reserve");
+    send(&using);
+    std::thread::scope(|scope| {
+        scope.spawn(move || using.ok());
+    });
+    assert_eq!(s.finished().len(), 2);
+}
