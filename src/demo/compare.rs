@@ -35,9 +35,41 @@ fn count_run(body: &serde_json::Value, run: &str) -> BTreeMap<String, u64> {
     counts
 }
 
+/// What can make found differ from happened on the server's side, from its summary
+/// (`/api/v1/summary`): findings pushed out of the API's store (`--max-findings`), and
+/// events that arrived later than the allowed lateness. None when it has no summary.
+pub async fn server_notes(api: &str) -> Option<Vec<String>> {
+    let url = format!("{}/api/v1/summary?seconds=1", api.trim_end_matches('/'));
+    let body: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+    Some(notes_of(&body))
+}
+
+fn notes_of(summary: &serde_json::Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(n) = summary["dropped"].as_u64().filter(|n| *n > 0) {
+        notes.push(format!(
+            "toctou's findings store dropped {n} findings (--max-findings): the API no longer has them"
+        ));
+    }
+    if let Some(n) = summary["pipeline"]["late_events"]
+        .as_u64()
+        .filter(|n| *n > 0)
+    {
+        notes.push(format!(
+            "{n} events arrived later than --allowed-lateness and were joined out of order"
+        ));
+    }
+    notes
+}
+
 /// Prints happened against found for every kind. Once settled, a difference is an error:
 /// the demo's claim is that toctou finds exactly the races that happened.
-pub fn print(truth: &Counts, found: &BTreeMap<String, u64>, settled: bool) -> Result<()> {
+pub fn print(
+    truth: &Counts,
+    found: &BTreeMap<String, u64>,
+    settled: bool,
+    notes: &[String],
+) -> Result<()> {
     println!("{:<16} {:>10} {:>10}", "kind", "happened", "found");
     let mut differ = Vec::new();
     for kind in KINDS {
@@ -59,8 +91,13 @@ pub fn print(truth: &Counts, found: &BTreeMap<String, u64>, settled: bool) -> Re
         truth.prevented, truth.oversold
     );
     if !differ.is_empty() {
+        let why = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        };
         bail!(
-            "toctou's findings differ from what happened for {}",
+            "toctou's findings differ from what happened for {}{why}",
             differ.join(", ")
         );
     }
@@ -95,12 +132,24 @@ mod tests {
     fn a_difference_is_an_error_once_settled() {
         let truth = Counts::default().kind("stale_check", 2);
         let found = BTreeMap::from([("stale_check".to_string(), 2)]);
-        assert!(print(&truth, &found, true).is_ok());
+        assert!(print(&truth, &found, true, &[]).is_ok());
         let short = BTreeMap::from([("stale_check".to_string(), 1)]);
-        let err = print(&truth, &short, true).unwrap_err();
+        let err = print(&truth, &short, true, &["a note".to_string()]).unwrap_err();
         assert!(err.to_string().contains("stale_check"), "{err}");
+        assert!(err.to_string().contains("(a note)"), "{err}");
         // Not settled: the TTL-decided kinds cannot be compared yet.
         let orphans = Counts::default().kind("orphan_check", 3);
-        assert!(print(&orphans, &BTreeMap::new(), false).is_ok());
+        assert!(print(&orphans, &BTreeMap::new(), false, &[]).is_ok());
+    }
+
+    #[test]
+    fn server_side_causes_of_a_difference_are_named() {
+        let quiet = serde_json::json!({"dropped": 0, "pipeline": {"late_events": 0}});
+        assert!(notes_of(&quiet).is_empty());
+        let busy = serde_json::json!({"dropped": 12, "pipeline": {"late_events": 3}});
+        let notes = notes_of(&busy);
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].contains("dropped 12"), "{notes:?}");
+        assert!(notes[1].contains("3 events"), "{notes:?}");
     }
 }

@@ -386,7 +386,8 @@ async fn traffic_and_compare(
     );
     tokio::time::sleep(settle).await;
     let found = compare::fetch_counts(&args.api, started_ns, run).await?;
-    compare::print(&truth, &found, !args.no_settle)
+    let notes = compare::server_notes(&args.api).await.unwrap_or_default();
+    compare::print(&truth, &found, !args.no_settle, &notes)
 }
 
 /// The demo's own lines go to stdout when it compares (`toctou demo`), and to the log when
