@@ -187,7 +187,12 @@
       height: 240,
       cursor: { drag: { x: false, y: false }, points: { size: 6 } },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
-      axes: [axisStyle(), Object.assign(axisStyle(), { size: 46, label: "findings/s", labelSize: 16, labelFont: "11px system-ui, sans-serif" })],
+      axes: [
+        // One line of wall-clock time per tick: uPlot's default adds a date line that
+        // collides with the next tick's on a short range.
+        Object.assign(axisStyle(), { space: 64, values: (u, splits) => splits.map((s) => fmtTime(s * 1e9).slice(0, 8)) }),
+        Object.assign(axisStyle(), { size: 46, label: "findings/s", labelSize: 16, labelFont: "11px system-ui, sans-serif" }),
+      ],
       series: [
         { value: (u, v) => (v === null ? "" : fmtTime(v * 1e9).slice(0, 8)) },
         ...KINDS.map((k) => ({
@@ -215,9 +220,9 @@
         Object.assign(axisStyle(), {
           splits: (u) => (u.data[0] || []).map((_, i) => i),
           values: (u, splits) => {
-            // Room for about one label per 38 px; always keep the first and last.
-            const step = Math.max(1, Math.ceil(splits.length / Math.max(1, u.bbox.width / devicePixelRatio / 38)));
-            return splits.map((i) => (i % step === 0 || i === splits.length - 1 ? state.histLabels[i] || "" : ""));
+            // Room for about one label per 46 px: every step-th bucket is labelled.
+            const step = Math.max(1, Math.ceil(splits.length / Math.max(1, u.bbox.width / devicePixelRatio / 46)));
+            return splits.map((i) => (i % step === 0 ? state.histLabels[i] || "" : ""));
           },
           grid: { show: false },
         }),
