@@ -8,6 +8,9 @@ use common::clickhouse::{server_url, sql};
 use common::kafka::{
     collector, correlator, diff, expected_findings, send_stories, wait_for_findings, Broker,
 };
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use std::process::Command;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,16 +19,55 @@ use std::time::Duration;
 async fn two_correlators_store_exactly_the_expected_findings() {
     let broker = Broker::start();
     let topic = "toctou.events";
-    broker.create_topic(topic, 6);
-    // Idempotent: a second init with the same partitions says so and succeeds.
-    broker.create_topic(topic, 6);
-
     let url = server_url();
     let db = format!("toctou_test_{}_kafka_group", std::process::id());
+
+    // Without the topic, both tiers refuse to start and say how to create it.
+    for args in [
+        vec!["correlator", "--clickhouse-url", url.as_str()],
+        vec!["collector"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
+            .args(&args)
+            .args([
+                "--kafka-bootstrap",
+                &broker.bootstrap,
+                "--kafka-topic",
+                topic,
+            ])
+            .args(["--api-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started without its topic");
+        assert!(
+            stderr.contains("does not exist") && stderr.contains("toctou kafka init"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    broker.create_topic(topic, 6);
+    // Idempotent: a second init with the same partitions says so and succeeds; another
+    // partition count is refused.
+    broker.create_topic(topic, 6);
+    let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
+        .args(["kafka", "init", "--kafka-bootstrap", &broker.bootstrap])
+        .args(["--kafka-topic", topic, "--partitions", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists with 6 partitions, not 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut a = correlator(&broker.bootstrap, topic, "group", &url, &db);
     let mut b = correlator(&broker.bootstrap, topic, "group", &url, &db);
     let c1 = collector(&broker.bootstrap, topic);
     let c2 = collector(&broker.bootstrap, topic);
+
+    // A message from a future format version: counted and skipped, never a crash.
+    produce_raw(&broker.bootstrap, topic, b"\x09 from the future").await;
 
     let progress = Arc::new(AtomicU64::new(0));
     let (sent, report) = send_stories(
@@ -57,7 +99,8 @@ async fn two_correlators_store_exactly_the_expected_findings() {
         "a finding stored twice under FINAL"
     );
 
-    // Both members got partitions, and every message they read decoded.
+    // Both members got partitions; every message but the future one decoded.
+    let mut unknown_version = 0.0;
     for (name, node) in [("a", &a), ("b", &b)] {
         let m = node.metrics().await;
         let assigned = metric(&m, "toctou_kafka_assigned_partitions");
@@ -66,7 +109,12 @@ async fn two_correlators_store_exactly_the_expected_findings() {
             metric(&m, "toctou_kafka_decode_errors_total{reason=\"malformed\"}"),
             0.0
         );
+        unknown_version += metric(
+            &m,
+            "toctou_kafka_decode_errors_total{reason=\"unknown_version\"}",
+        );
     }
+    assert_eq!(unknown_version, 1.0);
     let produced: f64 = [&c1, &c2]
         .iter()
         .map(|c| futures::executor::block_on(c.metrics()))
@@ -113,4 +161,22 @@ fn metric(text: &str, series: &str) -> f64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Writes `payload` to the topic as is, the way another producer (or a newer toctou) might.
+async fn produce_raw(bootstrap: &str, topic: &str, payload: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key("inventory/sku-x")
+                .payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("producing the raw message");
 }

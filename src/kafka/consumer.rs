@@ -350,9 +350,12 @@ impl Partitions {
                     CodecError::UnknownVersion(_) => DecodeFailure::UnknownVersion,
                     _ => DecodeFailure::Malformed,
                 };
-                self.metrics.decode_failed(why);
                 part.ledger.record(offset, 0);
-                tracing::warn!(partition, offset, error = %err, "skipping a message that cannot be decoded");
+                // A re-read message was counted by the owner that read it first.
+                if !replaying {
+                    self.metrics.decode_failed(why);
+                    tracing::warn!(partition, offset, error = %err, "skipping a message that cannot be decoded");
+                }
             }
         }
         publish(
