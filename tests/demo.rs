@@ -140,6 +140,15 @@ fn demo_alone_starts_an_embedded_toctou_run_over_http() {
         "{stdout}"
     );
     assert_agrees(&out, &stdout);
+    // The embedded server's findings file is kept for the user; not for the test.
+    let findings_file = stdout
+        .split("findings in ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("no findings file named in:\n{stdout}"));
+    let kept = std::fs::read_to_string(findings_file).expect("the embedded findings file");
+    assert!(kept.lines().count() > 0);
+    let _ = std::fs::remove_file(findings_file);
 
     // --db kept the database: its tables hold what happened.
     let conn = rusqlite::Connection::open(&db).expect("the kept database");
