@@ -15,8 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The checkout under test. `cargo test` sets CARGO_MANIFEST_DIR when it runs a test too;
+/// that one wins over the compile-time value, which names whichever checkout built this
+/// binary first when several share a target directory (a reused binary keeps it).
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// A fresh directory; brokers' homes go under `TOCTOU_KAFKA_TEST_ROOT` when scripts/test set
