@@ -7,9 +7,8 @@
 mod common;
 
 use common::clickhouse::server_url;
-use common::kafka::{
-    collector, correlator, diff, expected_findings, send_stories, wait_for_findings, Broker,
-};
+use common::kafka::stories::{diff, expected_findings, send_stories, wait_for_findings};
+use common::kafka::{collector, correlator, Broker};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,9 +5,8 @@
 mod common;
 
 use common::clickhouse::{server_url, sql};
-use common::kafka::{
-    collector, correlator, diff, expected_findings, send_stories, wait_for_findings, Broker,
-};
+use common::kafka::stories::{diff, expected_findings, send_stories, wait_for_findings};
+use common::kafka::{collector, correlator, Broker};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::process::Command;

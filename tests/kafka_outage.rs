@@ -12,10 +12,10 @@
 mod common;
 
 use common::clickhouse::{server_url, sql};
-use common::kafka::{
-    collector, correlator_with_lateness, diff, expected_findings_with_lateness, send_stories,
-    wait_for_findings, Broker,
+use common::kafka::stories::{
+    diff, expected_findings_with_lateness, send_stories, wait_for_findings,
 };
+use common::kafka::{collector, correlator_with_lateness, Broker};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

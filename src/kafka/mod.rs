@@ -17,8 +17,8 @@
 //!   acknowledged, with bounded bytes in flight.
 //! - [`collector`]: the `toctou collector` subcommand.
 //! - [`offsets`]: the offset-commit rule and the rebuild metadata, pure.
-//! - [`consumer`]: the `toctou correlator` subcommand: group membership, one engine per
-//!   partition, commits, revocation.
+//! - [`consumer`]: the `toctou correlator` subcommand: flags, start-up, the poll loop.
+//! - `partitions`: one engine per assigned partition, commits, revocation and rebuild.
 //! - [`admin`]: `toctou kafka init` and the topic check both subcommands make at start-up.
 //! - [`metrics`]: the `toctou_kafka_*` counters of both sides.
 
@@ -28,6 +28,7 @@ pub mod collector;
 pub mod consumer;
 pub mod metrics;
 pub mod offsets;
+mod partitions;
 pub mod producer;
 
 use clap::Args;

@@ -1,0 +1,271 @@
+//! Distributed-mode harness: a private Kafka broker per test (started, stopped and restarted
+//! through `scripts/kafka` with a home of its own), `toctou collector` / `toctou correlator`
+//! processes; `stories` generates the stream (many resources with known races) and holds the
+//! oracle that says which findings it must produce: `toctou replay` over exactly the
+//! requests sent.
+//!
+//! Like the ClickHouse helpers, it fails (never skips) when the broker cannot start.
+
+pub mod stories;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The checkout under test. `cargo test` sets CARGO_MANIFEST_DIR when it runs a test too;
+/// that one wins over the compile-time value, which names whichever checkout built this
+/// binary first when several share a target directory (a reused binary keeps it).
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// A fresh directory; brokers' homes go under `TOCTOU_KAFKA_TEST_ROOT` when scripts/test set
+/// it, so that it can stop whatever a killed test left running.
+fn temp_dir(what: &str) -> PathBuf {
+    let parent = std::env::var_os("TOCTOU_KAFKA_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!(
+        "toctou-{what}-{}-{}",
+        std::process::id(),
+        super::rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A single-node KRaft broker private to one test.
+pub struct Broker {
+    home: PathBuf,
+    pub bootstrap: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let home = temp_dir("kafka");
+        let bootstrap = Self::script(&home, "start");
+        Broker { home, bootstrap }
+    }
+
+    fn script(home: &Path, verb: &str) -> String {
+        let out = Command::new(root().join("scripts/kafka"))
+            .arg(verb)
+            .env("TOCTOU_KAFKA_HOME", home)
+            .output()
+            .expect("running scripts/kafka");
+        assert!(
+            out.status.success(),
+            "scripts/kafka {verb} failed (run 'scripts/kafka install' first?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn stop(&self) {
+        Self::script(&self.home, "stop");
+    }
+
+    /// Starts it again on the same ports (the clients keep their bootstrap address).
+    pub fn restart(&self) {
+        let addr = Self::script(&self.home, "start");
+        assert_eq!(addr, self.bootstrap, "the broker came back on another port");
+    }
+
+    /// `toctou kafka init` for this broker.
+    pub fn create_topic(&self, topic: &str, partitions: usize) {
+        let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
+            .args(["kafka", "init", "--kafka-bootstrap", &self.bootstrap])
+            .args(["--kafka-topic", topic, "--partitions"])
+            .arg(partitions.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "toctou kafka init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/kafka"))
+            .arg("stop")
+            .env("TOCTOU_KAFKA_HOME", &self.home)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// A `toctou` process found through its start-up log line, killed when dropped.
+pub struct Node {
+    child: Child,
+    pub fields: Vec<(String, String)>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts `toctou <args>` and waits for the log line containing `ready`.
+    pub fn start(args: &[String], ready: &str) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_toctou"))
+            .args(args)
+            .env("TOCTOU_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting toctou");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            let ready = ready.to_owned();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains(&ready) {
+                        let _ = tx.send(line.clone());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!(
+                "toctou {args:?} did not start; its log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        };
+        let fields = line
+            .split_whitespace()
+            .filter_map(|t| t.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Node { child, fields, log }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no {name}= in {:?}", self.fields))
+            .1
+            .parse()
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr("api")))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pairing tuned for tests: findings settle within seconds of the stream's end.
+pub const PAIR_TTL: &str = "2s";
+pub const LATENESS: &str = "1s";
+
+pub fn collector(bootstrap: &str, topic: &str) -> Node {
+    let args: Vec<String> = [
+        "collector",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--kafka-topic",
+        topic,
+        "--otlp-grpc-addr",
+        "127.0.0.1:0",
+        "--otlp-http-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--submit-timeout",
+        "3s",
+        "--kafka-delivery-timeout",
+        "60s",
+    ]
+    .map(String::from)
+    .to_vec();
+    Node::start(&args, "toctou collector listening")
+}
+
+pub fn correlator(bootstrap: &str, topic: &str, group: &str, ch_url: &str, db: &str) -> Node {
+    correlator_with_lateness(bootstrap, topic, group, ch_url, db, LATENESS)
+}
+
+/// A correlator whose allowed lateness is `lateness` (the oracle must use the same).
+pub fn correlator_with_lateness(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    ch_url: &str,
+    db: &str,
+    lateness: &str,
+) -> Node {
+    let args: Vec<String> = [
+        "correlator",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--kafka-topic",
+        topic,
+        "--kafka-group",
+        group,
+        "--api-addr",
+        "127.0.0.1:0",
+        "--session-timeout",
+        "6s",
+        "--commit-interval",
+        "500ms",
+        "--pair-ttl",
+        PAIR_TTL,
+        "--allowed-lateness",
+        lateness,
+        "--clickhouse-url",
+        ch_url,
+        "--clickhouse-database",
+        db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    Node::start(&args, "toctou correlator consuming")
+}
