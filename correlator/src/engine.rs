@@ -81,7 +81,10 @@ impl Engine {
             audits: AuditLog::new(),
             policies: Policies::new(),
             dedupe: Dedupe::new(nanos(config.dedupe_window), config.max_dedupe),
-            stats: Stats::default(),
+            stats: Stats {
+                pending_checks_limit: config.max_pending as u64,
+                ..Stats::default()
+            },
             now: 0,
             clock: 0,
             watermark: 0,

@@ -183,6 +183,9 @@ pub struct Stats {
     pub evicted: [u64; 8],
     /// Gauge: checks waiting for their use.
     pub pending_checks: u64,
+    /// Gauge: the most checks held (`max_pending`), so that alerts can compare the two
+    /// without repeating the configuration.
+    pub pending_checks_limit: u64,
     /// Gauge: expired checks still matchable by a late use.
     pub tombstones: u64,
     /// Gauge: events waiting in the reorder buffer.
@@ -206,6 +209,7 @@ impl Default for Stats {
             duplicate_events: 0,
             evicted: [0; 8],
             pending_checks: 0,
+            pending_checks_limit: 0,
             tombstones: 0,
             buffered_events: 0,
             watermark_lag_seconds: 0.0,
@@ -251,6 +255,7 @@ impl Stats {
             *a += b;
         }
         self.pending_checks += other.pending_checks;
+        self.pending_checks_limit += other.pending_checks_limit;
         self.tombstones += other.tombstones;
         self.buffered_events += other.buffered_events;
         self.watermark_lag_seconds = self.watermark_lag_seconds.max(other.watermark_lag_seconds);
@@ -293,6 +298,12 @@ impl Stats {
             "toctou_pending_checks",
             "Checks waiting for their use.",
             self.pending_checks as f64,
+        );
+        gauge(
+            out,
+            "toctou_pending_checks_limit",
+            "Most checks held before the oldest expire early (--max-pending).",
+            self.pending_checks_limit as f64,
         );
         gauge(
             out,
