@@ -380,8 +380,13 @@ async fn traffic_and_compare(
         // Orphans leave the tombstones one pair TTL after they expire from pending.
         pair_ttl * 2 + args.allowed_lateness + Duration::from_secs(2)
     };
+    let why = if args.no_settle {
+        "the allowed lateness; --no-settle: not the pair TTLs"
+    } else {
+        "two pair TTLs and the allowed lateness"
+    };
     println!(
-        "waiting {} for toctou to decide (two pair TTLs and the allowed lateness)",
+        "waiting {} for toctou to decide ({why})",
         humantime::format_duration(settle)
     );
     tokio::time::sleep(settle).await;
