@@ -69,7 +69,7 @@ async fn two_correlators_store_exactly_the_expected_findings() {
     produce_raw(&broker.bootstrap, topic, b"\x09 from the future").await;
 
     let progress = Arc::new(AtomicU64::new(0));
-    let (sent, report) = send_stories(
+    let (sent, _) = send_stories(
         700,
         vec![c1.addr("otlp_http"), c2.addr("otlp_http")],
         Duration::from_millis(5),
@@ -120,7 +120,6 @@ async fn two_correlators_store_exactly_the_expected_findings() {
         .map(|m| metric(&m, "toctou_kafka_produced_events_total"))
         .sum();
     assert!(produced > 0.0, "collectors report what they produced");
-    assert_eq!(report.retryable, 0, "no push-back without a fault");
 
     // Every event accepted is stored once (policy changes once, not once per partition).
     let events = sql(

@@ -314,6 +314,11 @@ impl Partitions {
             }
         };
         for p in assigned {
+            if self.parts.contains_key(p) {
+                // Already ours (an assignment repeated without a revocation): its engine
+                // holds more than a rebuild from the committed offset would.
+                continue;
+            }
             let point = committed
                 .find_partition(&self.topic, *p)
                 .and_then(|e| match e.offset() {
