@@ -13,6 +13,7 @@
 //! - [`clickhouse`]: ClickHouse connection flags, migrations and retention.
 //! - [`kafka`]: distributed mode: `toctou collector`, `toctou correlator`, `toctou kafka init`.
 //! - [`alerts`]: `toctou alerts generate`, Grafana alert rules from the SLO file.
+//! - [`loadgen`]: `toctou loadgen`, pre-encoded OTLP load at a fixed or maximal rate.
 //!
 //! Errors become `anyhow` with context here, at the edge; the library crates keep typed ones.
 
@@ -22,6 +23,7 @@ mod cli;
 mod clickhouse;
 mod demo;
 mod kafka;
+mod loadgen;
 mod migrate;
 mod output;
 mod replay;
@@ -69,6 +71,9 @@ enum Command {
     /// Generate Grafana alert rules, notification policy, contact points and mute timings
     /// from the SLO file (alerts/slo.yaml).
     Alerts(alerts::AlertsArgs),
+    /// Load generator: a realistic mix of checks, uses and audit records over OTLP HTTP or
+    /// gRPC at a fixed or maximal rate; prints what the server accepted as JSON.
+    Loadgen(Box<loadgen::LoadgenArgs>),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         Command::Correlator(args) => kafka::consumer::main(*args),
         Command::Kafka(cmd) => kafka::admin::main(cmd),
         Command::Alerts(args) => alerts::main(args),
+        Command::Loadgen(args) => loadgen::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,259 @@
+//! Sending rounds over OTLP/HTTP (protobuf) or OTLP/gRPC, one client per connection, and
+//! what each connection counts: accepted items, refusals by status, request latency.
+//!
+//! The gRPC client sends the template's bytes as the message as they are (`RawCodec`): no
+//! protobuf encoding per request on the generator's core.
+
+use super::mix::{Signal, Template};
+use bytes::{BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+const TRACES_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// How to reach the server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// OTLP/HTTP, protobuf bodies (`/v1/traces`, `/v1/logs`).
+    Http,
+    /// OTLP/gRPC (`TraceService/Export`, `LogsService/Export`).
+    Grpc,
+}
+
+/// What one connection saw.
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub requests_ok: u64,
+    pub spans_accepted: u64,
+    pub logs_accepted: u64,
+    /// Items the server answered as rejected in a partial success.
+    pub items_rejected: u64,
+    /// Failed requests by status (`http 503`, `grpc Unavailable`, `transport`).
+    pub errors: BTreeMap<String, u64>,
+    /// Round trip of every answered request, in microseconds.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Tally {
+    pub fn merge(&mut self, other: Tally) {
+        self.requests_ok += other.requests_ok;
+        self.spans_accepted += other.spans_accepted;
+        self.logs_accepted += other.logs_accepted;
+        self.items_rejected += other.items_rejected;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn error(&mut self, what: String) {
+        *self.errors.entry(what).or_insert(0) += 1;
+    }
+
+    fn accepted(&mut self, signal: Signal, items: u64, rejected: u64, took: Duration) {
+        self.requests_ok += 1;
+        let ok = items.saturating_sub(rejected);
+        match signal {
+            Signal::Traces => self.spans_accepted += ok,
+            Signal::Logs => self.logs_accepted += ok,
+        }
+        self.items_rejected += rejected;
+        self.latencies_us
+            .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+    }
+}
+
+/// One connection to the server.
+pub enum Client {
+    Http {
+        client: reqwest::Client,
+        traces_url: String,
+        logs_url: String,
+    },
+    Grpc(tonic::client::Grpc<Channel>),
+}
+
+impl Client {
+    /// `endpoint` is `http://host:port` (the OTLP/HTTP or the OTLP/gRPC port).
+    pub async fn connect(protocol: Protocol, endpoint: &str) -> anyhow::Result<Client> {
+        let base = endpoint.trim_end_matches('/');
+        Ok(match protocol {
+            Protocol::Http => Client::Http {
+                // One pooled connection: each generator task is one client connection.
+                client: reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .timeout(Duration::from_secs(30))
+                    .build()?,
+                traces_url: format!("{base}/v1/traces"),
+                logs_url: format!("{base}/v1/logs"),
+            },
+            Protocol::Grpc => {
+                let channel = Endpoint::from_shared(base.to_string())?
+                    .timeout(Duration::from_secs(30))
+                    .connect()
+                    .await?;
+                // The server's default limit is 4 MiB; a batch of 512 is well under it.
+                Client::Grpc(tonic::client::Grpc::new(channel))
+            }
+        })
+    }
+
+    /// Sends one rendered request of `template` and counts the answer.
+    pub async fn send(&mut self, template: &Template, body: Vec<u8>, tally: &mut Tally) {
+        let started = Instant::now();
+        match self {
+            Client::Http {
+                client,
+                traces_url,
+                logs_url,
+            } => {
+                let url = match template.signal {
+                    Signal::Traces => traces_url.as_str(),
+                    Signal::Logs => logs_url.as_str(),
+                };
+                let answer = client
+                    .post(url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await;
+                let response = match answer {
+                    Ok(r) => r,
+                    Err(err) => {
+                        tally.error(format!("transport: {}", short(&err)));
+                        return;
+                    }
+                };
+                let status = response.status();
+                let bytes = response.bytes().await.unwrap_or_default();
+                if !status.is_success() {
+                    tally.error(format!("http {}", status.as_u16()));
+                    return;
+                }
+                let rejected = rejected_in(template.signal, &bytes);
+                tally.accepted(template.signal, template.items, rejected, started.elapsed());
+            }
+            Client::Grpc(grpc) => {
+                if let Err(err) = grpc.ready().await {
+                    tally.error(format!("transport: {}", short(&err)));
+                    return;
+                }
+                let body = Bytes::from(body);
+                let rejected = match template.signal {
+                    Signal::Traces => grpc
+                        .unary(
+                            tonic::Request::new(body),
+                            PathAndQuery::from_static(TRACES_PATH),
+                            RawCodec::<ExportTraceServiceResponse>::default(),
+                        )
+                        .await
+                        .map(|r| {
+                            r.into_inner()
+                                .partial_success
+                                .map_or(0, |p| p.rejected_spans.max(0) as u64)
+                        }),
+                    Signal::Logs => grpc
+                        .unary(
+                            tonic::Request::new(body),
+                            PathAndQuery::from_static(LOGS_PATH),
+                            RawCodec::<ExportLogsServiceResponse>::default(),
+                        )
+                        .await
+                        .map(|r| {
+                            r.into_inner()
+                                .partial_success
+                                .map_or(0, |p| p.rejected_log_records.max(0) as u64)
+                        }),
+                };
+                match rejected {
+                    Ok(n) => tally.accepted(template.signal, template.items, n, started.elapsed()),
+                    Err(status) => tally.error(format!("grpc {:?}", status.code())),
+                }
+            }
+        }
+    }
+}
+
+/// Rejected items of an OTLP/HTTP protobuf answer; an empty or non-protobuf body (some
+/// servers answer `{}` in JSON) counts as none rejected.
+fn rejected_in(signal: Signal, body: &[u8]) -> u64 {
+    match signal {
+        Signal::Traces => ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map_or(0, |p| p.rejected_spans.max(0) as u64),
+        Signal::Logs => ExportLogsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map_or(0, |p| p.rejected_log_records.max(0) as u64),
+    }
+}
+
+/// Error text without the chain of causes that make every line unique.
+fn short(err: &dyn std::error::Error) -> String {
+    let mut root: &dyn std::error::Error = err;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let s = root.to_string();
+    s.chars().take(60).collect()
+}
+
+/// A gRPC codec sending pre-encoded message bytes as they are and decoding the answer
+/// with prost.
+pub struct RawCodec<M>(PhantomData<M>);
+
+impl<M> Default for RawCodec<M> {
+    fn default() -> Self {
+        RawCodec(PhantomData)
+    }
+}
+
+impl<M: Message + Default + Send + 'static> Codec for RawCodec<M> {
+    type Encode = Bytes;
+    type Decode = M;
+    type Encoder = RawEncoder;
+    type Decoder = ProstDecoder<M>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder(PhantomData)
+    }
+}
+
+pub struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+pub struct ProstDecoder<M>(PhantomData<M>);
+
+impl<M: Message + Default> Decoder for ProstDecoder<M> {
+    type Item = M;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
+        M::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding the answer: {e}")))
+    }
+}
