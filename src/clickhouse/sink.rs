@@ -20,8 +20,9 @@ use super::rows::{EventRow, FindingRow};
 use clickhouse::Client;
 pub use metrics::{BatchResult, SinkMetrics, Table};
 use rand::Rng;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use toctou_schema::{Event, Finding};
@@ -86,22 +87,37 @@ pub struct Sink {
     tx: SyncSender<Batch>,
     thread: JoinHandle<SinkStats>,
     metrics: Arc<SinkMetrics>,
+    /// Batches in the channel, and its capacity: a caller that must not block can see the
+    /// push-back coming ([`Sink::congested`]) instead of waiting in `send`.
+    in_channel: Arc<AtomicUsize>,
+    capacity: usize,
+    /// When `close` was called: from then on, every retry (also one already under way, and
+    /// those of batches still in the channel) gives up at the shutdown deadline.
+    closing: Arc<OnceLock<Instant>>,
 }
 
 impl Sink {
     pub fn spawn(client: Client, config: SinkConfig) -> std::io::Result<Sink> {
-        let (tx, rx) = sync_channel(config.channel_batches.max(1));
+        let capacity = config.channel_batches.max(1);
+        let (tx, rx) = sync_channel(capacity);
         let metrics = Arc::new(SinkMetrics::default());
+        let in_channel = Arc::new(AtomicUsize::new(0));
+        let closing = Arc::new(OnceLock::new());
         let thread = {
             let metrics = metrics.clone();
+            let in_channel = in_channel.clone();
+            let closing = closing.clone();
             std::thread::Builder::new()
                 .name("toctou-clickhouse".into())
-                .spawn(move || write_loop(client, config, rx, &metrics))?
+                .spawn(move || write_loop(client, config, rx, &metrics, &in_channel, &closing))?
         };
         Ok(Sink {
             tx,
             thread,
             metrics,
+            in_channel,
+            capacity,
+            closing,
         })
     }
 
@@ -123,19 +139,35 @@ impl Sink {
             ))
     }
 
+    /// Whether the channel is at least three quarters full. The Kafka poll loop must keep
+    /// polling to stay in its consumer group, so it pauses its partitions at this point
+    /// rather than block in a send while ClickHouse is down.
+    pub fn congested(&self) -> bool {
+        self.in_channel.load(Relaxed) * 4 >= self.capacity * 3
+    }
+
+    /// Whether the channel is down to a quarter full: input may resume (the gap between
+    /// this and [`Sink::congested`] keeps a paused consumer from flapping).
+    pub fn relieved(&self) -> bool {
+        self.in_channel.load(Relaxed) * 4 <= self.capacity
+    }
+
     fn send(&self, batch: Batch) -> bool {
         let rows = batch.len();
         // Counted before the send, so the sink thread never subtracts rows not yet added.
         self.metrics.queued(rows);
+        self.in_channel.fetch_add(1, Relaxed);
         let sent = self.tx.send(batch).is_ok();
         if !sent {
             self.metrics.dequeued(rows);
+            self.in_channel.fetch_sub(1, Relaxed);
         }
         sent
     }
 
     /// Flushes what is buffered (retrying up to the shutdown deadline) and ends the thread.
     pub fn close(self) -> SinkStats {
+        let _ = self.closing.set(Instant::now());
         drop(self.tx);
         self.thread.join().unwrap_or_default()
     }
@@ -201,6 +233,8 @@ fn write_loop(
     config: SinkConfig,
     rx: Receiver<Batch>,
     metrics: &SinkMetrics,
+    in_channel: &AtomicUsize,
+    closing: &OnceLock<Instant>,
 ) -> SinkStats {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -223,13 +257,21 @@ fn write_loop(
             .map(|t| config.max_age.saturating_sub(t.elapsed()))
             .min()
             .unwrap_or(config.max_age);
-        match rx.recv_timeout(wait) {
+        let received = rx.recv_timeout(wait);
+        if received.is_ok() {
+            in_channel.fetch_sub(1, Relaxed);
+        }
+        match received {
             Ok(Batch::Findings(rows)) => findings.push(rows),
             Ok(Batch::Events(rows)) => events.push(rows),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
         }
-        let deadline = closed_at.map(|t| t + config.shutdown_deadline);
+        let deadline = || {
+            closed_at
+                .or(closing.get().copied())
+                .map(|t| t + config.shutdown_deadline)
+        };
         if closed_at.is_some() || findings.due(&config) {
             stats.findings_written +=
                 runtime.block_on(flush(&client, &mut findings, deadline, &mut stats, metrics));
@@ -245,11 +287,12 @@ fn write_loop(
 }
 
 /// Inserts the buffer, in chunks of at most `max_rows`, retrying transient errors (until
-/// `deadline`, if any); returns the rows written. The buffer is empty afterwards.
+/// `deadline()`, if any: read at each retry, as the sink may start closing meanwhile);
+/// returns the rows written. The buffer is empty afterwards.
 async fn flush<T>(
     client: &Client,
     buffer: &mut Buffer<T>,
-    deadline: Option<Instant>,
+    deadline: impl Fn() -> Option<Instant>,
     stats: &mut SinkStats,
     metrics: &SinkMetrics,
 ) -> u64
@@ -270,7 +313,7 @@ where
                 metrics.dequeued(rows.len());
                 return rows.len() as u64;
             }
-            Err(err) if retryable(&err) && deadline.is_none_or(|d| Instant::now() < d) => {
+            Err(err) if retryable(&err) && deadline().is_none_or(|d| Instant::now() < d) => {
                 stats.retries += 1;
                 metrics.batch(table, BatchResult::Retried, rows.len());
                 tracing::warn!(table = table.name(), rows = rows.len(), error = %err, "clickhouse insert failed; retrying");
@@ -304,6 +347,38 @@ where
 mod tests {
     use super::*;
     use clickhouse::error::Error;
+
+    /// With ClickHouse unreachable the sink thread holds its first batch in retries, the
+    /// channel fills, and `congested` says so before a send would block; once the sink has
+    /// given up and drained, `relieved` says so.
+    #[test]
+    fn congestion_is_visible_before_a_send_blocks() {
+        let client = Client::default().with_url("http://127.0.0.1:1");
+        let config = SinkConfig {
+            max_rows: 1,
+            max_age: Duration::from_millis(10),
+            channel_batches: 8,
+            shutdown_deadline: Duration::from_millis(200),
+        };
+        let sink = Sink::spawn(client, config).unwrap();
+        let finding = [crate::clickhouse::rows::tests::finding()];
+        assert!(sink.findings(&finding));
+        // The thread takes the first batch out of the channel and starts retrying it.
+        let until = Instant::now() + Duration::from_secs(10);
+        while sink.in_channel.load(Relaxed) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for sent in 1..=6 {
+            assert!(!sink.congested(), "congested at {sent} of 8 batches");
+            assert!(sink.findings(&finding));
+        }
+        assert!(sink.congested(), "6 of 8 batches in the channel");
+        assert!(!sink.relieved());
+        let in_channel = sink.in_channel.clone();
+        let stats = sink.close();
+        assert_eq!(in_channel.load(Relaxed), 0, "every batch left the channel");
+        assert_eq!(stats.rows_failed, 7);
+    }
 
     #[test]
     fn codes_are_read_from_both_message_styles() {

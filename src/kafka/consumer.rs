@@ -212,6 +212,50 @@ fn metrics_router(
         )
 }
 
+/// Pauses every assigned partition while the sink is nearly full and resumes them once it
+/// drained, so that the loop keeps polling (and stays in the group, whose
+/// `max.poll.interval.ms` a send blocked on a ClickHouse outage would exceed) instead of
+/// blocking. Returns whether consumption is now paused.
+fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
+    let state = lock(&consumer.context().state);
+    let want = if paused {
+        !state.sink_relieved()
+    } else {
+        state.sink_congested()
+    };
+    if !want && !paused {
+        return false;
+    }
+    // Re-applied on every pass while paused: partitions assigned in a rebalance meanwhile
+    // start unpaused.
+    let assignment = match consumer.assignment() {
+        Ok(tpl) => tpl,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the assignment to pause or resume it");
+            return paused;
+        }
+    };
+    let result = if want {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "cannot pause or resume the partitions");
+        return paused;
+    }
+    if want != paused {
+        state.metrics.paused.store(want as i64, Relaxed);
+        if want {
+            state.metrics.pauses.fetch_add(1, Relaxed);
+            tracing::warn!("clickhouse sink nearly full: consumption paused until it drains");
+        } else {
+            tracing::info!("clickhouse sink drained: consumption resumed");
+        }
+    }
+    want
+}
+
 /// The poll loop. Returns once `stop` is set and the partitions are committed.
 fn consume(
     consumer: BaseConsumer<GroupContext>,
@@ -221,7 +265,9 @@ fn consume(
 ) {
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
+    let mut paused = false;
     while !stop.load(Relaxed) {
+        paused = flow_control(&consumer, paused);
         match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => {
                 let mut state = lock(&consumer.context().state);
@@ -232,7 +278,9 @@ fn consume(
             }
             None => {}
         }
-        if last_tick.elapsed() >= TICK {
+        // While paused, engines do not tick either: an idle watermark advancing on the wall
+        // clock would decide findings into the full sink, and the poll loop would block.
+        if !paused && last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             let mut state = lock(&consumer.context().state);
             state.tick();

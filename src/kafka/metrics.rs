@@ -87,6 +87,10 @@ pub struct ConsumerMetrics {
     pub commits_failed: AtomicU64,
     pub assigned_partitions: AtomicI64,
     pub rebalances: AtomicU64,
+    /// 1 while consumption is paused because the ClickHouse sink is nearly full.
+    pub paused: AtomicI64,
+    /// Times consumption was paused for the sink.
+    pub pauses: AtomicU64,
 }
 
 impl ConsumerMetrics {
@@ -99,6 +103,18 @@ impl ConsumerMetrics {
     }
 
     pub fn render_prometheus(&self, out: &mut String) {
+        gauge(
+            out,
+            "toctou_kafka_consumer_paused",
+            "1 while consumption is paused because the ClickHouse sink is nearly full.",
+            self.paused.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_consumer_pauses_total",
+            "Times consumption was paused because the ClickHouse sink was nearly full.",
+            self.pauses.load(Relaxed),
+        );
         counter(
             out,
             "toctou_kafka_consumed_messages_total",

@@ -57,7 +57,7 @@ pub(super) struct Partitions {
     sink_metrics: Arc<SinkMetrics>,
     handed: Rows,
     pending: VecDeque<Pending>,
-    metrics: Arc<ConsumerMetrics>,
+    pub(super) metrics: Arc<ConsumerMetrics>,
     revoke_deadline: Duration,
     out: Vec<Finding>,
 }
@@ -193,6 +193,16 @@ impl Partitions {
             findings: m.rows_written(Table::Findings) + m.rows_dropped(Table::Findings),
             events: m.rows_written(Table::Events) + m.rows_dropped(Table::Events),
         }
+    }
+
+    /// Whether the sink is nearly full (see [`Sink::congested`]); with no sink, never.
+    pub(super) fn sink_congested(&self) -> bool {
+        self.sink.as_ref().is_some_and(Sink::congested)
+    }
+
+    /// Whether the sink has drained enough for input to resume.
+    pub(super) fn sink_relieved(&self) -> bool {
+        self.sink.as_ref().is_none_or(Sink::relieved)
     }
 
     /// Commits the newest pending points the sink has caught up with.
