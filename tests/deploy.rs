@@ -510,10 +510,20 @@ fn the_compose_services_run_with_their_own_configuration_and_serve_the_rules_met
     }
     let collector = start("collector", "toctou collector listening", &local);
     let correlator = start("correlator", "toctou correlator consuming", &local);
-    let served: BTreeSet<String> = families(&format!("http://{}/metrics", collector.api))
-        .into_iter()
-        .chain(families(&format!("http://{}/metrics", correlator.api)))
-        .collect();
+    // The consumer lag is served from librdkafka's first statistics on (5 s after start).
+    let lag_served = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let served: BTreeSet<String> = loop {
+        let served: BTreeSet<String> = families(&format!("http://{}/metrics", collector.api))
+            .into_iter()
+            .chain(families(&format!("http://{}/metrics", correlator.api)))
+            .collect();
+        if served.contains("toctou_kafka_consumer_lag_messages")
+            || std::time::Instant::now() > lag_served
+        {
+            break served;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
 
     let rules: Value = serde_yaml::from_str(
         &std::fs::read_to_string(root().join("alerts/prometheus/kafka.rules.yml")).unwrap(),

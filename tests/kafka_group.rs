@@ -114,6 +114,26 @@ async fn two_correlators_store_exactly_the_expected_findings() {
         );
     }
     assert_eq!(unknown_version, 1.0);
+    // Everything is read: the lag both members report (from librdkafka's statistics, every
+    // 5 s) comes down to 0.
+    for (name, node) in [("a", &a), ("b", &b)] {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = node.metrics().await;
+            let lag = m
+                .lines()
+                .find_map(|l| l.strip_prefix("toctou_kafka_consumer_lag_messages "))
+                .map(|v| v.trim().parse::<f64>().unwrap());
+            if lag == Some(0.0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "correlator {name}: consumer lag {lag:?}, not 0:\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let produced: f64 = [&c1, &c2]
         .iter()
         .map(|c| futures::executor::block_on(c.metrics()))

@@ -138,6 +138,8 @@ pub async fn run(
         .set("heartbeat.interval.ms", (session_ms / 4).to_string())
         // Eager: a revocation hands over whole partitions, which is what the engines are.
         .set("partition.assignment.strategy", "roundrobin")
+        // For the consumer-lag gauge (GroupContext::stats).
+        .set("statistics.interval.ms", "5000")
         .create_with_context(context)
         .with_context(|| format!("creating the kafka consumer for {}", args.kafka.bootstrap))?;
     consumer

@@ -3,7 +3,7 @@
 //! (partitions are unbounded in number and reassigned freely).
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// The producer side, shared by every request of a collector.
 #[derive(Debug, Default)]
@@ -87,6 +87,10 @@ pub struct ConsumerMetrics {
     pub commits_failed: AtomicU64,
     pub assigned_partitions: AtomicI64,
     pub rebalances: AtomicU64,
+    /// Messages in the owned partitions not yet read (from librdkafka's statistics); not
+    /// served until the first statistics arrived, so that 0 never stands for "unknown".
+    pub lag: AtomicI64,
+    pub lag_known: AtomicBool,
     /// 1 while consumption is paused because the ClickHouse sink is nearly full.
     pub paused: AtomicI64,
     /// Times consumption was paused for the sink.
@@ -103,6 +107,14 @@ impl ConsumerMetrics {
     }
 
     pub fn render_prometheus(&self, out: &mut String) {
+        if self.lag_known.load(Relaxed) {
+            gauge(
+                out,
+                "toctou_kafka_consumer_lag_messages",
+                "Messages in the partitions this correlator owns that it has not read yet.",
+                self.lag.load(Relaxed),
+            );
+        }
         gauge(
             out,
             "toctou_kafka_consumer_paused",
@@ -185,7 +197,9 @@ mod tests {
     fn every_metric_renders_once_with_its_type() {
         let mut out = String::new();
         ProducerMetrics::default().render_prometheus(&mut out);
-        ConsumerMetrics::default().render_prometheus(&mut out);
+        let consumer = ConsumerMetrics::default();
+        consumer.lag_known.store(true, Relaxed);
+        consumer.render_prometheus(&mut out);
         let mut names: Vec<&str> = out
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
