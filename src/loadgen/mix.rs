@@ -131,14 +131,6 @@ impl Mix {
         }
         Mix { rounds, expected }
     }
-
-    /// Spans and log records of one full cycle through the templates.
-    pub fn items_per_cycle(&self) -> u64 {
-        self.rounds
-            .iter()
-            .map(|r| r.traces.items + r.logs.items)
-            .sum()
-    }
 }
 
 impl Template {
