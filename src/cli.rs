@@ -3,9 +3,63 @@
 //! Every address and limit is a flag with an environment variable of the same name
 //! (`TOCTOU_...`), so a container can be configured without a command line.
 
+use anyhow::{Context, Result};
 use clap::Args;
+use std::net::SocketAddr;
 use std::time::Duration;
+use toctou_collector::ReceiverConfig;
 use toctou_correlator::config as defaults;
+use tokio::net::TcpListener;
+
+/// The OTLP receivers' addresses and limits, shared by `run` and `collector` so that both
+/// take the same flags.
+#[derive(Args, Debug, Clone)]
+pub struct ReceiverArgs {
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "TOCTOU_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc_addr: SocketAddr,
+    /// OTLP/HTTP listen address (also serves the Kubernetes audit webhook, /v1/k8s-audit).
+    #[arg(long, env = "TOCTOU_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    pub otlp_http_addr: SocketAddr,
+    /// Largest request body accepted, after decompression.
+    #[arg(long, env = "TOCTOU_MAX_REQUEST_BYTES", default_value_t = toctou_collector::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Request bodies decoded at once; more wait up to --submit-timeout, then get 503.
+    #[arg(long, env = "TOCTOU_MAX_CONCURRENT_REQUESTS", default_value_t = toctou_collector::config::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+    /// How long a request may wait for room (a decoding slot, the correlator's queue, or
+    /// Kafka's acknowledgement) before it is pushed back (503 / UNAVAILABLE).
+    #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub submit_timeout: Duration,
+}
+
+impl ReceiverArgs {
+    /// The receivers' config, validated.
+    pub fn to_config(&self) -> Result<ReceiverConfig> {
+        let config = ReceiverConfig {
+            max_request_bytes: self.max_request_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+            submit_timeout: self.submit_timeout,
+        };
+        config.validate().context("invalid receiver flags")?;
+        Ok(config)
+    }
+
+    /// Binds the gRPC and HTTP listeners, gRPC first.
+    pub async fn bind(&self) -> Result<(TcpListener, TcpListener)> {
+        Ok((
+            bind(self.otlp_grpc_addr, "OTLP/gRPC").await?,
+            bind(self.otlp_http_addr, "OTLP/HTTP").await?,
+        ))
+    }
+}
+
+/// Binds a listener; a port in use fails with the address and its role in the message.
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
 
 /// Correlator tuning, shared by `run` and `replay` so that a replay reproduces a run.
 #[derive(Args, Debug, Clone)]

@@ -7,7 +7,7 @@
 //! queueing without bound.
 
 use crate::api::{self, Shared};
-use crate::cli::{now_ns, CorrelatorArgs};
+use crate::cli::{bind, now_ns, CorrelatorArgs, ReceiverArgs};
 use crate::clickhouse::sink::{self, Sink, SinkConfig};
 use crate::clickhouse::{migrations, ClickhouseArgs};
 use crate::output::FindingsWriter;
@@ -18,10 +18,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use toctou_collector::{ChannelSink, ReceiverConfig, Receivers};
+use toctou_collector::{ChannelSink, Receivers};
 use toctou_correlator::Engine;
 use toctou_schema::Event;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 /// How often the correlator advances an idle watermark and publishes its stats.
@@ -29,12 +28,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// OTLP/gRPC listen address.
-    #[arg(long, env = "TOCTOU_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
-    pub otlp_grpc_addr: SocketAddr,
-    /// OTLP/HTTP listen address (also serves the Kubernetes audit webhook, /v1/k8s-audit).
-    #[arg(long, env = "TOCTOU_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
-    pub otlp_http_addr: SocketAddr,
+    #[command(flatten)]
+    pub receivers: ReceiverArgs,
     /// Findings API, page, /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
     pub api_addr: SocketAddr,
@@ -47,15 +42,6 @@ pub struct RunArgs {
     /// Decoded request batches waiting for the correlator; beyond it receivers push back.
     #[arg(long, env = "TOCTOU_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
-    /// Largest request body accepted, after decompression.
-    #[arg(long, env = "TOCTOU_MAX_REQUEST_BYTES", default_value_t = toctou_collector::DEFAULT_MAX_REQUEST_BYTES)]
-    pub max_request_bytes: usize,
-    /// Request bodies decoded at once; more wait up to --submit-timeout, then get 503.
-    #[arg(long, env = "TOCTOU_MAX_CONCURRENT_REQUESTS", default_value_t = toctou_collector::config::DEFAULT_MAX_CONCURRENT_REQUESTS)]
-    pub max_concurrent_requests: usize,
-    /// How long a request may wait for room (decoding slot or queue) before it is pushed back.
-    #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub submit_timeout: Duration,
     #[command(flatten)]
     pub correlator: CorrelatorArgs,
     /// Where findings and events are also written, when `--clickhouse-url` is set.
@@ -118,20 +104,11 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     let writer = FindingsWriter::open(args.findings_file.as_deref())?;
     let sink = start_sink(&args).await?;
 
-    let grpc = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
-    let http = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let (grpc, http) = args.receivers.bind().await?;
     let api_listener = bind(args.api_addr, "API").await?;
 
     let (tx, rx) = mpsc::channel::<Vec<Event>>(args.queue_capacity.max(1));
-    let receiver_config = ReceiverConfig {
-        max_request_bytes: args.max_request_bytes,
-        max_concurrent_requests: args.max_concurrent_requests,
-        submit_timeout: args.submit_timeout,
-    };
-    receiver_config
-        .validate()
-        .context("invalid receiver flags")?;
-    let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), receiver_config);
+    let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), args.receivers.to_config()?);
 
     let shared = Arc::new(Shared {
         store: RwLock::new(FindingStore::new(args.max_findings)),
@@ -227,12 +204,6 @@ async fn start_sink(args: &RunArgs) -> Result<Option<Sink>> {
     };
     let sink = Sink::spawn(ch.client(), config).context("starting the clickhouse sink thread")?;
     Ok(Some(sink))
-}
-
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} address {addr}"))
 }
 
 /// The correlator loop: the only owner of the engine. Runs on its own thread (with a

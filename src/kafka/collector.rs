@@ -15,8 +15,8 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use toctou_collector::{ReceiverConfig, Receivers};
-use tokio::net::TcpListener;
+use crate::cli::{bind, ReceiverArgs};
+use toctou_collector::Receivers;
 use tokio::sync::watch;
 
 /// How long queued messages may still be delivered at shutdown.
@@ -26,25 +26,11 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 pub struct CollectorArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// OTLP/gRPC listen address.
-    #[arg(long, env = "TOCTOU_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
-    pub otlp_grpc_addr: SocketAddr,
-    /// OTLP/HTTP listen address (also serves the Kubernetes audit webhook, /v1/k8s-audit).
-    #[arg(long, env = "TOCTOU_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
-    pub otlp_http_addr: SocketAddr,
+    #[command(flatten)]
+    pub receivers: ReceiverArgs,
     /// /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
     pub api_addr: SocketAddr,
-    /// Largest request body accepted, after decompression.
-    #[arg(long, env = "TOCTOU_MAX_REQUEST_BYTES", default_value_t = toctou_collector::DEFAULT_MAX_REQUEST_BYTES)]
-    pub max_request_bytes: usize,
-    /// Request bodies decoded at once; more wait up to --submit-timeout, then get 503.
-    #[arg(long, env = "TOCTOU_MAX_CONCURRENT_REQUESTS", default_value_t = toctou_collector::config::DEFAULT_MAX_CONCURRENT_REQUESTS)]
-    pub max_concurrent_requests: usize,
-    /// How long a request may wait for room and for Kafka's acknowledgement before it is
-    /// pushed back (503 / UNAVAILABLE).
-    #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub submit_timeout: Duration,
     /// Bytes in flight to Kafka at most; beyond it requests are pushed back.
     #[arg(long, env = "TOCTOU_KAFKA_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
     pub kafka_max_inflight_bytes: usize,
@@ -70,14 +56,7 @@ pub async fn run(
     args: CollectorArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let receiver_config = ReceiverConfig {
-        max_request_bytes: args.max_request_bytes,
-        max_concurrent_requests: args.max_concurrent_requests,
-        submit_timeout: args.submit_timeout,
-    };
-    receiver_config
-        .validate()
-        .context("invalid receiver flags")?;
+    let receiver_config = args.receivers.to_config()?;
     let kafka = args.kafka.clone();
     let partitions = tokio::task::spawn_blocking(move || admin::partition_count(&kafka))
         .await
@@ -94,8 +73,7 @@ pub async fn run(
     );
     let producer_metrics = sink.metrics();
 
-    let grpc = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
-    let http = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let (grpc, http) = args.receivers.bind().await?;
     let api = bind(args.api_addr, "API").await?;
     let receivers = Receivers::new(sink.clone(), receiver_config);
 
@@ -161,10 +139,4 @@ fn metrics_router(receivers: Receivers, producer: Arc<ProducerMetrics>) -> Route
                 }
             }),
         )
-}
-
-pub(crate) async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} address {addr}"))
 }

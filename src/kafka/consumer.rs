@@ -146,7 +146,7 @@ pub async fn run(
         .subscribe(&[&args.kafka.topic])
         .with_context(|| format!("subscribing to {:?}", args.kafka.topic))?;
 
-    let api = super::collector::bind(args.api_addr, "API").await?;
+    let api = crate::cli::bind(args.api_addr, "API").await?;
     tracing::info!(
         api = %api.local_addr()?, topic = %args.kafka.topic, partitions, group = %args.group,
         "toctou correlator consuming"
