@@ -10,7 +10,9 @@
 //!   - [`k8s`]: Kubernetes audit `Event`/`EventList` to audit events (`timestamp` parses
 //!     their RFC 3339 times);
 //!   - [`replay`]: files of any of these, one document or one per line;
-//!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons.
+//!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons;
+//!   - `wire`: OTLP/HTTP protobuf bodies read into the prost types pruned to what the
+//!     transforms read (prost decodes whatever it does not take as is).
 //! - Receiving:
 //!   - [`sink`]: the [`EventSink`] trait and the bounded [`ChannelSink`];
 //!   - [`receivers`]: [`Receivers`], the shared state, and the steps every transport takes
@@ -38,6 +40,7 @@ pub mod replay;
 pub mod sink;
 mod timestamp;
 pub mod transform;
+mod wire;
 
 pub use config::{
     ReceiverConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUEST_BYTES,
