@@ -1,27 +1,25 @@
 //! A real `toctou run` process for black-box tests: started on free loopback ports, found
-//! through its start-up log line, killed when dropped.
+//! through its start-up log line, killed when dropped (a [`process::Node`] underneath).
 
 #![allow(dead_code)]
 
 pub mod clickhouse;
 pub mod kafka;
 pub mod otel_sdk;
+pub mod process;
 
+use process::Node;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Toctou {
-    child: Child,
+    node: Node,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub api: SocketAddr,
     pub findings_file: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Toctou {
@@ -32,63 +30,28 @@ impl Toctou {
             std::process::id(),
             rand_suffix()
         ));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_toctou"))
-            .args([
-                "run",
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--findings-file",
-            ])
-            .arg(&findings_file)
-            .args(extra)
-            .env("TOCTOU_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting toctou run");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("toctou run listening") {
-                        let _ = tx.send(line.clone());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "toctou run did not start; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|tok| tok.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-                .parse()
-                .unwrap()
-        };
+        let mut args: Vec<String> = [
+            "run",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--findings-file",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.push(findings_file.display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let node = Node::start(&args, "toctou run listening");
         Toctou {
-            grpc: field("otlp_grpc"),
-            http: field("otlp_http"),
-            api: field("api"),
-            child,
+            grpc: node.addr("otlp_grpc"),
+            http: node.addr("otlp_http"),
+            api: node.addr("api"),
+            node,
             findings_file,
-            log,
         }
     }
 
@@ -101,7 +64,7 @@ impl Toctou {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.node.log()
     }
 
     pub async fn findings(&self) -> Vec<Value> {
@@ -159,30 +122,17 @@ impl Toctou {
 
     /// Sends SIGTERM and waits up to `deadline` for the exit status.
     pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success());
-        let until = Instant::now() + deadline;
-        while Instant::now() < until {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.node.terminate(deadline)
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.node.is_running()
     }
 }
 
 impl Drop for Toctou {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.node.kill9();
         let _ = std::fs::remove_file(&self.findings_file);
     }
 }
