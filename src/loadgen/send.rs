@@ -262,3 +262,88 @@ impl<M: Message + Default> Decoder for ProstDecoder<M> {
             .map_err(|e| Status::internal(format!("decoding the answer: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::mix::{Mix, MixConfig};
+    use std::sync::Arc;
+    use toctou_collector::{ChannelSink, ReceiverConfig, Receivers};
+    use toctou_schema::Event;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// Sends a round of the mix over each protocol to the collector's real servers: every
+    /// span and record is counted accepted and arrives as an event, and the raw gRPC codec's
+    /// bytes are a valid OTLP request to a prost-based server.
+    #[tokio::test]
+    async fn a_round_reaches_the_real_receivers_over_http_and_grpc() {
+        let (tx, mut rx) = mpsc::channel::<Vec<Event>>(64);
+        let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), ReceiverConfig::default());
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        tokio::spawn(toctou_collector::serve_http(
+            http,
+            receivers.clone(),
+            std::future::pending(),
+        ));
+        tokio::spawn(toctou_collector::serve_grpc(
+            grpc,
+            receivers,
+            std::future::pending(),
+        ));
+
+        let mix = Mix::build(&MixConfig::default());
+        let round = &mix.rounds[0];
+        let items = round.traces.items + round.logs.items;
+        for (protocol, addr, n) in [
+            (Protocol::Http, http_addr, 1u64),
+            (Protocol::Grpc, grpc_addr, 2),
+        ] {
+            let mut client = Client::connect(protocol, &format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut tally = Tally::default();
+            for template in [&round.traces, &round.logs] {
+                let mut body = Vec::new();
+                template.render(n, crate::cli::now_ns(), &mut body);
+                client.send(template, body, &mut tally).await;
+            }
+            assert!(tally.errors.is_empty(), "{protocol:?}: {:?}", tally.errors);
+            assert_eq!(tally.requests_ok, 2);
+            assert_eq!(tally.spans_accepted, round.traces.items);
+            assert_eq!(tally.logs_accepted, round.logs.items);
+            assert_eq!(tally.items_rejected, 0);
+            let mut got = 0;
+            while got < items {
+                got += rx.recv().await.expect("events").len() as u64;
+            }
+            assert_eq!(got, items, "{protocol:?}");
+        }
+    }
+
+    /// A refusal is counted by its status, not as accepted.
+    #[tokio::test]
+    async fn refusals_are_counted_by_status() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mix = Mix::build(&MixConfig::default());
+        let mut client = Client::connect(Protocol::Http, &format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut tally = Tally::default();
+        let mut body = Vec::new();
+        mix.rounds[0]
+            .traces
+            .render(1, crate::cli::now_ns(), &mut body);
+        client.send(&mix.rounds[0].traces, body, &mut tally).await;
+        assert_eq!(tally.spans_accepted, 0);
+        assert_eq!(tally.errors.get("http 503"), Some(&1));
+    }
+}
