@@ -8,6 +8,7 @@ use super::producer::{
     KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT, DEFAULT_MAX_INFLIGHT_BYTES,
 };
 use super::{admin, KafkaArgs};
+use crate::cli::{bind, ReceiverArgs};
 use anyhow::{Context, Result};
 use axum::routing::get;
 use axum::Router;
@@ -15,7 +16,6 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::cli::{bind, ReceiverArgs};
 use toctou_collector::Receivers;
 use tokio::sync::watch;
 
