@@ -57,3 +57,12 @@ pub use receivers::Receivers;
 pub use replay::{decode_replay, read_replay_file, LocatedRejection, ReplayBatch};
 pub use sink::{ChannelSink, EventSink, DEFAULT_CHANNEL_WAIT, DEFAULT_RETRY_AFTER};
 pub use transform::{decode_logs, decode_traces};
+
+/// The crate-private decoding steps the fuzz targets (fuzz/) drive directly; not an API.
+///
+/// Why: the pruning reader `wire` is only reachable through the HTTP receiver, where a
+/// differential target cannot tell its result from prost's fallback.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::wire::{logs as wire_logs, traces as wire_traces};
+}
