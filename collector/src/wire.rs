@@ -147,15 +147,16 @@ fn expect(field: &Field, wire: u8) -> Read<()> {
 /// An attribute whose key the transforms read, decoded with prost; `Some(None)` for one
 /// they do not read.
 fn kept_attribute(bytes: &[u8], keep: impl Fn(&[u8]) -> bool) -> Read<Option<KeyValue>> {
-    // The key comes first in every encoder we know; the first key field decides (a
-    // repeated key field, which no encoder writes, would make prost take the last).
+    // The last key field decides, as in prost: a repeated key field (no encoder writes one,
+    // but anyone can send it) must not hide a key the transforms read behind one they do not
+    // (collector/testdata/fuzz/otlp_http_protobuf_traces-241ae86cd20f6061.bin: a span the
+    // reader ignored and prost rejected). The value is skipped by its length.
     let mut fields = Fields::new(bytes);
     let mut key: &[u8] = &[];
     while let Some(f) = fields.next()? {
         if f.number == 1 {
             expect(&f, LEN)?;
             key = f.bytes;
-            break;
         }
     }
     if !keep(key) {
