@@ -82,6 +82,10 @@ fn varint_slow(buf: &mut &[u8]) -> Read<u64> {
     for i in 0..10 {
         let (&b, rest) = buf.split_first()?;
         *buf = rest;
+        // The tenth byte holds the top bit only; more is an overflow prost refuses.
+        if i == 9 && b > 1 {
+            return None;
+        }
         v |= u64::from(b & 0x7F) << (7 * i);
         if b < 0x80 {
             return Some(v);
@@ -103,7 +107,8 @@ impl<'a> Fields<'a> {
         }
         let key = varint(&mut self.buf)?;
         let wire = (key & 7) as u8;
-        let number = u32::try_from(key >> 3).ok().filter(|n| *n > 0)?;
+        // A key past u32 is one prost refuses, as it does field number 0.
+        let number = u32::try_from(key).ok().map(|k| k >> 3).filter(|n| *n > 0)?;
         let mut field = Field {
             number,
             wire,
@@ -591,6 +596,18 @@ mod tests {
         raw[at] = 0xFF;
         assert!(ExportTraceServiceRequest::decode(raw.as_slice()).is_err());
         assert!(traces(&raw).is_none());
+        // Varints as prost reads them: a tenth byte above 1 overflows, a key past u32 is
+        // invalid; both are prost's to report, also in a kept attribute's value.
+        let overflowing = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02];
+        assert!(varint(&mut &overflowing[..]).is_none());
+        assert_eq!(
+            varint(&mut &[0xFF; 9].iter().chain(&[0x01]).copied().collect::<Vec<_>>()[..]),
+            Some(u64::MAX)
+        );
+        assert!(traces(&[0x80, 0x80, 0x80, 0x80, 0x10, 0x00]).is_none());
+        assert!(
+            ExportTraceServiceRequest::decode(&[0x80, 0x80, 0x80, 0x80, 0x10, 0x00][..]).is_err()
+        );
         // An empty request is a request with nothing in it.
         assert_eq!(traces(&[]), Some(ExportTraceServiceRequest::default()));
     }
