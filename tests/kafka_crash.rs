@@ -6,12 +6,16 @@
 
 mod common;
 
+use common::metric;
+
 use common::clickhouse::server_url;
-use common::kafka::stories::{diff, expected_findings, send_stories, wait_for_findings};
+use common::kafka::stories::{
+    diff, expected_findings, send_stories, wait_for_findings, wait_for_progress,
+};
 use common::kafka::{collector, correlator, Broker};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_loses_and_doubles_nothing() {
@@ -33,11 +37,7 @@ async fn kill_9_and_restart_loses_and_doubles_nothing() {
         Duration::from_millis(10),
         progress.clone(),
     ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while progress.load(Ordering::Relaxed) < 300 {
-        assert!(Instant::now() < deadline, "the stream did not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_progress(&progress, 300).await;
     a.kill9();
     let killed_at = progress.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -77,13 +77,4 @@ async fn kill_9_and_restart_loses_and_doubles_nothing() {
         "{status:?}\n{}",
         b.log()
     );
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }

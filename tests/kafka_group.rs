@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::metric;
+
 use common::clickhouse::{server_url, sql};
 use common::kafka::stories::{diff, expected_findings, send_stories, wait_for_findings};
 use common::kafka::{collector, correlator, Broker};
@@ -170,15 +172,6 @@ async fn two_correlators_store_exactly_the_expected_findings() {
             node.log()
         );
     }
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Writes `payload` to the topic as is, the way another producer (or a newer toctou) might.

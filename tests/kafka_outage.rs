@@ -11,14 +11,16 @@
 
 mod common;
 
+use common::metric;
+
 use common::clickhouse::{server_url, sql};
 use common::kafka::stories::{
-    diff, expected_findings_with_lateness, send_stories, wait_for_findings,
+    diff, expected_findings_with_lateness, send_stories, wait_for_findings, wait_for_progress,
 };
 use common::kafka::{collector, correlator_with_lateness, Broker};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longer than the outage (15 s) and the broker's restart.
 const LATENESS: &str = "40s";
@@ -41,11 +43,7 @@ async fn broker_outage_pushes_back_and_loses_nothing() {
         Duration::from_millis(10),
         progress.clone(),
     ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while progress.load(Ordering::Relaxed) < 150 {
-        assert!(Instant::now() < deadline, "the stream did not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_progress(&progress, 150).await;
     broker.stop();
     let stalled_at = progress.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -105,13 +103,4 @@ async fn broker_outage_pushes_back_and_loses_nothing() {
         inflight, 0.0,
         "batches still waiting for kafka after the stream"
     );
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }

@@ -108,16 +108,7 @@ impl Toctou {
 
     /// The value of one sample line of /metrics (`name{labels}` exactly as printed).
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric(&self.metrics().await, series)
     }
 
     /// Sends SIGTERM and waits up to `deadline` for the exit status.
@@ -142,6 +133,16 @@ fn rand_suffix() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0);
     h.finish()
+}
+
+/// The value of one sample line of a /metrics text (`name{labels}` exactly as printed).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Counts findings by kind.

@@ -238,6 +238,18 @@ pub struct SendReport {
 /// stories; every request is retried until accepted. Times are taken at each request's
 /// first send, so they follow the wall clock like real traffic. Returns the requests as sent (the oracle's
 /// input) and what the senders saw. `progress` counts stories completed.
+/// Waits (up to 60 s) until `send_stories` has sent `n` stories.
+pub async fn wait_for_progress(progress: &AtomicU64, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn send_stories(
     n: u64,
     collectors: Vec<SocketAddr>,
