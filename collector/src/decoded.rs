@@ -116,10 +116,12 @@ pub enum RejectReason {
     Backpressure,
     /// The sink is gone (shutting down): the client is told to retry elsewhere or later.
     SinkClosed,
+    /// No bearer token, or one that is not in the listener's token set (`collector::auth`).
+    Unauthenticated,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::MalformedProtobuf,
         RejectReason::MalformedJson,
         RejectReason::UnsupportedContentType,
@@ -132,6 +134,7 @@ impl RejectReason {
         RejectReason::BadId,
         RejectReason::Backpressure,
         RejectReason::SinkClosed,
+        RejectReason::Unauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +151,7 @@ impl RejectReason {
             RejectReason::BadId => "bad_id",
             RejectReason::Backpressure => "backpressure",
             RejectReason::SinkClosed => "sink_closed",
+            RejectReason::Unauthenticated => "unauthenticated",
         }
     }
 }

@@ -6,13 +6,16 @@
 //! runs; a layer in front of the services reads the status of those responses so they are
 //! counted like any other rejection. A full sink answers UNAVAILABLE with a `RetryInfo`
 //! detail, which OTLP exporters honour as the retry delay. This file holds the one mapping
-//! from [`IngestError`] to gRPC status.
+//! from [`IngestError`] to gRPC status. With tokens, an interceptor refuses a call without
+//! one (UNAUTHENTICATED) before its message is read (see [`crate::auth`]).
 
+use crate::auth::{GrpcGuard, ReceiverAuth};
 use crate::decoded::{Decoded, RejectReason, Signal};
 use crate::error::{IngestError, ServeError, SinkError};
 use crate::metrics::{Metrics, Transport};
 use crate::receivers::{Receipt, Receivers, BLOCKING_THRESHOLD};
 use crate::transform::{decode_logs, decode_traces};
+use futures::Stream;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -27,19 +30,48 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use std::future::Future;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Code, Request, Response, Status};
 
 /// Serves the OTLP gRPC services on `listener` until `shutdown` resolves, then finishes the
-/// calls in flight.
+/// calls in flight. Open to anyone (see [`serve_grpc_on`]).
 pub async fn serve_grpc(
     listener: TcpListener,
     state: Receivers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_grpc_on(
+        TcpIncoming::from(listener),
+        state,
+        ReceiverAuth::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_grpc`] on any stream of connections (TLS ones, say), refusing calls without one
+/// of `auth.otlp`'s tokens (UNAUTHENTICATED) before their message is read.
+pub async fn serve_grpc_on<I, IO, IE>(
+    incoming: I,
+    state: Receivers,
+    auth: ReceiverAuth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = state.config().max_request_bytes;
+    let guard = GrpcGuard {
+        tokens: auth.otlp,
+        receivers: state.clone(),
+    };
     let traces = TraceServiceServer::new(GrpcReceiver(state.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -58,9 +90,9 @@ pub async fn serve_grpc(
                 response
             },
         ))
-        .add_service(traces)
-        .add_service(logs)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .add_service(InterceptedService::new(traces, guard.clone()))
+        .add_service(InterceptedService::new(logs, guard))
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

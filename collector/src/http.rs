@@ -6,7 +6,9 @@
 //! content type or encoding we do not take, 405 for a method other than POST, and 503 with
 //! `Retry-After` when the sink pushes back. Error bodies are a `google.rpc.Status` in the
 //! request's format. This file holds the one mapping from [`IngestError`] to HTTP status.
+//! A route group given tokens answers 401 before reading the body (see [`crate::auth`]).
 
+use crate::auth::{require_token, HttpGuard, ReceiverAuth, Tokens};
 use crate::body::{self, Encoding, Format};
 use crate::decoded::{Decoded, Signal};
 use crate::error::{DecodeError, IngestError, ServeError, SinkError};
@@ -19,8 +21,10 @@ use crate::transform::{decode_logs, decode_traces};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::Listener;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -32,12 +36,32 @@ use prost::Message;
 use std::future::Future;
 use tokio::net::TcpListener;
 
-/// The receiver routes, ready to merge into a larger router or to serve alone.
+/// The receiver routes, ready to merge into a larger router or to serve alone; open to
+/// anyone (see [`secured_http_router`]).
 pub fn http_router(state: Receivers) -> Router {
-    Router::new()
+    secured_http_router(state, &ReceiverAuth::default())
+}
+
+/// The receiver routes, each group behind its own tokens when it has any: OTLP
+/// (`/v1/traces`, `/v1/logs`) and the audit webhook (`/v1/k8s-audit`), so a cluster's API
+/// server can be given a token that cannot send spans.
+pub fn secured_http_router(state: Receivers, auth: &ReceiverAuth) -> Router {
+    let guard = |router: Router<Receivers>, tokens: &Option<Tokens>| match tokens {
+        None => router,
+        Some(tokens) => router.route_layer(middleware::from_fn_with_state(
+            HttpGuard {
+                tokens: tokens.clone(),
+                receivers: state.clone(),
+            },
+            require_token,
+        )),
+    };
+    let otlp = Router::new()
         .route("/v1/traces", post(traces).fallback(wrong_method))
-        .route("/v1/logs", post(logs).fallback(wrong_method))
-        .route("/v1/k8s-audit", post(k8s_audit).fallback(wrong_method))
+        .route("/v1/logs", post(logs).fallback(wrong_method));
+    let audit = Router::new().route("/v1/k8s-audit", post(k8s_audit).fallback(wrong_method));
+    guard(otlp, &auth.otlp)
+        .merge(guard(audit, &auth.audit))
         .with_state(state)
 }
 
@@ -48,7 +72,21 @@ pub async fn serve_http(
     state: Receivers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, http_router(state))
+    serve_http_on(listener, state, ReceiverAuth::default(), shutdown).await
+}
+
+/// [`serve_http`] on any listener (a TLS one, say) with the routes behind `auth`.
+pub async fn serve_http_on<L>(
+    listener: L,
+    state: Receivers,
+    auth: ReceiverAuth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, secured_http_router(state, &auth))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServeError::Http)

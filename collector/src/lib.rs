@@ -19,6 +19,7 @@
 //!     (slot, decode off the reactor when large, deliver, count);
 //!   - [`http`] (with `body` for content types, size limits and decompression) and
 //!     [`grpc`]: the transports, each holding the one mapping of errors to its status codes.
+//! - [`auth`]: bearer tokens per route group, checked before a body is read.
 //! - [`config`], [`metrics`], [`error`]: configuration with named defaults, the counters in
 //!   Prometheus text form, and the error enums.
 //!
@@ -26,6 +27,7 @@
 //! client retry (503 + Retry-After, gRPC UNAVAILABLE) instead of queueing without bound.
 
 mod attrs;
+pub mod auth;
 mod body;
 pub mod config;
 pub mod decoded;
@@ -42,14 +44,15 @@ mod timestamp;
 pub mod transform;
 mod wire;
 
+pub use auth::{ReceiverAuth, TokenError, Tokens};
 pub use config::{
     ReceiverConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_SUBMIT_TIMEOUT,
 };
 pub use decoded::{Decoded, IgnoreReason, IgnoredCounts, RejectReason, Rejection, Signal};
 pub use error::{ConfigError, DecodeError, IngestError, ServeError, SinkError};
-pub use grpc::serve_grpc;
-pub use http::{http_router, serve_http};
+pub use grpc::{serve_grpc, serve_grpc_on};
+pub use http::{http_router, secured_http_router, serve_http, serve_http_on};
 pub use json::{logs_from_json, traces_from_json};
 pub use k8s::decode_k8s_audit;
 pub use metrics::{EventPhase, Metrics, Transport};
