@@ -31,6 +31,9 @@ pub struct ReceiverArgs {
     /// Kafka's acknowledgement) before it is pushed back (503 / UNAVAILABLE).
     #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub submit_timeout: Duration,
+    /// Who may send: tokens per route group and client certificates (src/access.rs).
+    #[command(flatten)]
+    pub access: crate::access::ReceiverAccessArgs,
 }
 
 impl ReceiverArgs {
@@ -100,6 +103,10 @@ pub struct CorrelatorArgs {
     /// Most policies whose history is kept.
     #[arg(long, env = "TOCTOU_MAX_POLICIES", default_value_t = defaults::DEFAULT_MAX_POLICIES)]
     pub max_policies: usize,
+    /// Events further ahead of this host's clock are ordered by their arrival instead
+    /// (a producer with a fast clock cannot drag the watermark); counted. 0 turns it off.
+    #[arg(long, env = "TOCTOU_MAX_CLOCK_SKEW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub max_clock_skew: Duration,
 }
 
 impl CorrelatorArgs {
@@ -117,6 +124,7 @@ impl CorrelatorArgs {
             max_audit_history: self.max_audit_history,
             max_creates: self.max_creates,
             max_policies: self.max_policies,
+            max_clock_skew: self.max_clock_skew,
         }
     }
 }

@@ -418,7 +418,7 @@ fn the_prometheus_rules_pass_promtool_and_name_real_metrics() {
         assert!(out.status.success(), "promtool {args:?}:\n{text}");
         text
     };
-    assert!(promtool(&["check", "rules", "pipeline.rules.yml"]).contains("SUCCESS: 6 rules found"));
+    assert!(promtool(&["check", "rules", "pipeline.rules.yml"]).contains("SUCCESS: 7 rules found"));
     assert!(promtool(&["test", "rules", "pipeline.test.yml"]).contains("SUCCESS"));
     // Distributed mode's rules; their metrics are checked against a running collector and
     // correlator in tests/deploy.rs.

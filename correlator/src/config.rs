@@ -31,6 +31,8 @@ pub const DEFAULT_MAX_AUDIT_HISTORY: usize = 1_000_000;
 pub const DEFAULT_MAX_CREATES: usize = 1_000_000;
 /// Policies whose change history is kept.
 pub const DEFAULT_MAX_POLICIES: usize = 100_000;
+/// How far ahead of the wall clock an event's time may be and still order it.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(10);
 
 /// Slots are addressed by `u32`; half of that leaves room for slots freed but not yet reused.
 const MAX_ENTRIES: usize = 1 << 31;
@@ -76,6 +78,15 @@ pub struct Config {
     pub max_creates: usize,
     /// [`DEFAULT_MAX_POLICIES`]. When exceeded the policy changed longest ago is forgotten.
     pub max_policies: usize,
+    /// [`DEFAULT_MAX_CLOCK_SKEW`]. An event whose time is further than this ahead of the
+    /// wall clock the caller passes (its producer's clock runs fast) is ordered as if it
+    /// happened when it arrived, so it cannot drag the watermark ahead of everyone else's
+    /// events; counted in `toctou_clock_skew_events_total{direction="future"}`. Kept well
+    /// below the pair TTL: an event this far ahead still moves the watermark this far, and
+    /// makes other producers' events up to this much (less the lateness) late. Zero turns
+    /// the bound off. See docs/CORRELATOR.md, "Clock skew".
+    #[serde(with = "duration")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Config {
@@ -93,6 +104,7 @@ impl Default for Config {
             max_audit_history: DEFAULT_MAX_AUDIT_HISTORY,
             max_creates: DEFAULT_MAX_CREATES,
             max_policies: DEFAULT_MAX_POLICIES,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 }
@@ -118,6 +130,7 @@ impl Config {
             ("pair_ttl", self.pair_ttl, false),
             ("key_ttl", self.key_ttl, false),
             ("dedupe_window", self.dedupe_window, false),
+            ("max_clock_skew", self.max_clock_skew, true),
         ];
         for (field, value, zero_ok) in durations {
             if value.is_zero() && !zero_ok {
@@ -258,6 +271,7 @@ mod tests {
         assert_eq!(c.pair_ttl, Duration::from_secs(30));
         assert_eq!(c.max_pending, 1_000_000);
         assert_eq!(c.key_ttl, Duration::from_secs(600));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(10));
     }
 
     #[test]

@@ -9,6 +9,14 @@
 //! processed in order, and before each one every timer due before its time fires; finally
 //! every timer due before the watermark fires. Timers due at exactly an event's time fire
 //! after it, so a timer never depends on how arrivals were batched.
+//!
+//! Clock skew: an event more than `max_clock_skew` ahead of the wall clock the caller passes
+//! takes its arrival time as its place in the order (its own times stay in its evidence),
+//! so one producer with a fast clock cannot drag the watermark ahead and make everyone
+//! else's events late; an event older than the watermark by more than the history kept is
+//! counted as a past outlier. Both are counted by direction. The bound needs a wall clock:
+//! `toctou replay` passes the event-time high-water mark, which no event is ahead of, so
+//! replay orders by the events' own times (docs/CORRELATOR.md, "Clock skew").
 
 use crate::buffer::ReorderBuffer;
 use crate::checks::Checks;
@@ -32,6 +40,8 @@ pub struct Engine {
     /// How long audit writes and policy changes are kept: a tombstone can pair up to two
     /// TTLs after its check, plus the lateness a use may arrive with.
     pub(crate) history_window_ns: u64,
+    /// `max_clock_skew` in nanoseconds; 0 when the bound is off.
+    skew_ns: u64,
     pub(crate) sym: Symbols,
     pub(crate) buffer: ReorderBuffer,
     pub(crate) checks: Checks,
@@ -73,6 +83,7 @@ impl Engine {
             ttl_ns,
             key_ttl_ns: nanos(config.key_ttl),
             history_window_ns: ttl_ns.saturating_mul(2).saturating_add(lateness_ns),
+            skew_ns: nanos(config.max_clock_skew),
             sym: Symbols::new(),
             buffer: ReorderBuffer::new(lateness_ns),
             checks: Checks::new(),
@@ -113,7 +124,21 @@ impl Engine {
     pub fn ingest(&mut self, event: Event, now_ns: u64, out: &mut Vec<Finding>) {
         self.now = now_ns;
         self.last_arrival = now_ns;
-        let (key, item) = convert(event, &mut self.sym);
+        let (mut key, item) = convert(event, &mut self.sym);
+        if self.skew_ns > 0 && key.time > now_ns.saturating_add(self.skew_ns) {
+            // A fast clock: ordering by its time would move the watermark (and expire other
+            // producers' state) as far ahead as the clock is wrong. Its arrival is the best
+            // estimate of when it happened; the rank in `ident` still puts a check before
+            // its use when both arrive together.
+            self.stats.clock_skew_future += 1;
+            key.time = now_ns.max(self.watermark);
+        } else if self.watermark != u64::MAX
+            && key.time.saturating_add(self.history_window_ns) < self.watermark
+        {
+            // So old that the audit history it would be judged against is gone: a slow
+            // clock (or a delivery held up that long). Processed late like any late event.
+            self.stats.clock_skew_past += 1;
+        }
         if key.time < self.watermark {
             // Its place in the order has passed: processed now, out of order, and counted.
             self.stats.late_events += 1;
@@ -311,5 +336,7 @@ impl Engine {
 }
 
 mod handover;
+#[cfg(test)]
+mod skew_tests;
 #[cfg(test)]
 mod tests;

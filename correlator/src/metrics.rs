@@ -179,6 +179,12 @@ pub struct Stats {
     pub late_events: u64,
     /// Redelivered spans and audit records dropped.
     pub duplicate_events: u64,
+    /// Events more than `max_clock_skew` ahead of the wall clock on arrival (ordered by
+    /// arrival instead of by their own time).
+    pub clock_skew_future: u64,
+    /// Events older than the watermark by more than the history the engine keeps (a
+    /// producer's clock running that far behind, or a delivery that late).
+    pub clock_skew_past: u64,
     /// Early expiries, by [`EvictedState`] (declaration order).
     pub evicted: [u64; 8],
     /// Gauge: checks waiting for their use.
@@ -207,6 +213,8 @@ impl Default for Stats {
             indeterminate: 0,
             late_events: 0,
             duplicate_events: 0,
+            clock_skew_future: 0,
+            clock_skew_past: 0,
             evicted: [0; 8],
             pending_checks: 0,
             pending_checks_limit: 0,
@@ -251,6 +259,8 @@ impl Stats {
         self.indeterminate += other.indeterminate;
         self.late_events += other.late_events;
         self.duplicate_events += other.duplicate_events;
+        self.clock_skew_future += other.clock_skew_future;
+        self.clock_skew_past += other.clock_skew_past;
         for (a, b) in self.evicted.iter_mut().zip(other.evicted.iter()) {
             *a += b;
         }
@@ -323,6 +333,23 @@ impl Stats {
             "Events older than the watermark on arrival, processed out of order.",
             self.late_events,
         );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_clock_skew_events_total Events whose time lies outside what the \
+             wall clock and the watermark allow: direction future (ahead of the wall clock by \
+             more than --max-clock-skew, ordered by arrival instead) or past (older than the \
+             watermark by more than the history kept, processed late)."
+        );
+        let _ = writeln!(out, "# TYPE toctou_clock_skew_events_total counter");
+        for (direction, value) in [
+            ("future", self.clock_skew_future),
+            ("past", self.clock_skew_past),
+        ] {
+            let _ = writeln!(
+                out,
+                "toctou_clock_skew_events_total{{direction=\"{direction}\"}} {value}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP toctou_evicted_total Entries expired early because their state was full."
@@ -407,6 +434,10 @@ mod tests {
         }
         for state in EvictedState::ALL {
             let series = format!("toctou_evicted_total{{state=\"{}\"}}", state.as_str());
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+        for direction in ["future", "past"] {
+            let series = format!("toctou_clock_skew_events_total{{direction=\"{direction}\"}}");
             assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }
         // Every sample belongs to a family announced with HELP and TYPE.

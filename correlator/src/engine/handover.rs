@@ -65,6 +65,8 @@ mod tests {
             pair_ttl: Duration::from_secs(30),
             key_ttl: Duration::from_secs(600),
             dedupe_window: Duration::from_secs(60),
+            // These tests pass no wall clock (0): every event would be ahead of it.
+            max_clock_skew: Duration::ZERO,
             ..Config::default()
         }
     }

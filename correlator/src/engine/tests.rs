@@ -74,7 +74,7 @@ fn the_watermark_follows_the_newest_event_and_never_moves_back() {
 fn an_idle_input_lets_the_wall_clock_advance_the_watermark() {
     let mut engine = Engine::new(config(1_000, 2_000)).unwrap();
     let mut out = Vec::new();
-    let wall = 7 * S;
+    let wall = ms(7_000);
     engine.ingest(check("inv/1", "q1", 0).ev(), wall, &mut out);
     assert_eq!(engine.stats().buffered_events, 1);
     // Not idle for the allowed lateness yet: nothing moves.
