@@ -71,6 +71,12 @@ impl Checks {
         }
     }
 
+    /// Heap bytes of check state: records, index and both timer queues. Long strings
+    /// (over 16 bytes and not hex or a UUID) live in the shared interner, not counted here.
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes() + self.expiry.heap_bytes() + self.removal.heap_bytes()
+    }
+
     pub fn find(&self, resource: u32, request: &Compact) -> Option<u32> {
         let hash = self.table.hash(&(resource, request));
         self.table

@@ -309,6 +309,7 @@ impl Engine {
     fn update_gauges(&mut self) {
         self.stats.pending_checks = self.checks.pending as u64;
         self.stats.tombstones = self.checks.tombstones as u64;
+        self.stats.check_state_bytes = self.checks.heap_bytes() as u64;
         self.stats.buffered_events = self.buffer.len() as u64;
         self.stats.watermark_lag_seconds = if self.watermark == 0 || self.watermark == u64::MAX {
             0.0

@@ -194,6 +194,9 @@ pub struct Stats {
     pub pending_checks_limit: u64,
     /// Gauge: expired checks still matchable by a late use.
     pub tombstones: u64,
+    /// Gauge: heap bytes of pending checks and tombstones (records, index, timers), so
+    /// that the cost per check can be read off a running process.
+    pub check_state_bytes: u64,
     /// Gauge: events waiting in the reorder buffer.
     pub buffered_events: u64,
     /// Gauge: wall clock minus watermark, in seconds (0 before any event or after a flush).
@@ -219,6 +222,7 @@ impl Default for Stats {
             pending_checks: 0,
             pending_checks_limit: 0,
             tombstones: 0,
+            check_state_bytes: 0,
             buffered_events: 0,
             watermark_lag_seconds: 0.0,
             race_window: Histogram::new(RACE_WINDOW_BUCKETS_NS),
@@ -267,6 +271,7 @@ impl Stats {
         self.pending_checks += other.pending_checks;
         self.pending_checks_limit += other.pending_checks_limit;
         self.tombstones += other.tombstones;
+        self.check_state_bytes += other.check_state_bytes;
         self.buffered_events += other.buffered_events;
         self.watermark_lag_seconds = self.watermark_lag_seconds.max(other.watermark_lag_seconds);
         self.race_window.add(&other.race_window);
@@ -320,6 +325,12 @@ impl Stats {
             "toctou_tombstones",
             "Expired checks still matchable by a late use.",
             self.tombstones as f64,
+        );
+        gauge(
+            out,
+            "toctou_check_state_bytes",
+            "Heap bytes held by pending checks and tombstones: records, index and timers.",
+            self.check_state_bytes as f64,
         );
         gauge(
             out,
@@ -419,6 +430,7 @@ mod tests {
             "toctou_indeterminate_total",
             "toctou_pending_checks",
             "toctou_tombstones",
+            "toctou_check_state_bytes",
             "toctou_buffered_events",
             "toctou_late_events_total",
             "toctou_duplicate_events_total",

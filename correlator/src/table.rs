@@ -55,6 +55,14 @@ impl<T> Table<T> {
         self.index.len()
     }
 
+    /// Heap bytes held: the slab (records and free slots alike), the free list and the
+    /// index. What the records point to (interned strings) is counted by their owners.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot<T>>()
+            + self.free.capacity() * std::mem::size_of::<u32>()
+            + self.index.allocation_size()
+    }
+
     pub fn find(&self, hash: u64, eq: impl Fn(&T) -> bool) -> Option<u32> {
         let slots = &self.slots;
         self.index

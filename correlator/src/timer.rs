@@ -29,6 +29,11 @@ impl<P: Ord + Copy> TimerQueue<P> {
         }
     }
 
+    /// Heap bytes held by the two queues.
+    pub fn heap_bytes(&self) -> usize {
+        (self.run.capacity() + self.stragglers.capacity()) * std::mem::size_of::<(u64, P)>()
+    }
+
     pub fn push(&mut self, deadline: u64, payload: P) {
         self.head = self.head.min(deadline);
         match self.run.back() {
