@@ -197,6 +197,7 @@ fn report(args: &LoadgenArgs, t: &mut Tally, races: Expected) -> serde_json::Val
         "spans_accepted": t.spans_accepted,
         "logs_accepted": t.logs_accepted,
         "items_rejected": t.items_rejected,
+        "items_pushed_back": t.items_pushed_back,
         "spans_per_s": t.spans_accepted as f64 / secs,
         "logs_per_s": t.logs_accepted as f64 / secs,
         "items_per_s": (t.spans_accepted + t.logs_accepted) as f64 / secs,

@@ -39,6 +39,10 @@ pub struct Tally {
     pub items_rejected: u64,
     /// Failed requests by status (`http 503`, `grpc Unavailable`, `transport`).
     pub errors: BTreeMap<String, u64>,
+    /// Items of the requests the server refused with a retryable push-back (HTTP 429/503,
+    /// gRPC UNAVAILABLE/RESOURCE_EXHAUSTED): what an SDK would send again. The soak compares
+    /// them with the server's `toctou_rejected_total{reason="backpressure"}`.
+    pub items_pushed_back: u64,
     /// Round trip of every answered request, in microseconds.
     pub latencies_us: Vec<u32>,
 }
@@ -49,6 +53,7 @@ impl Tally {
         self.spans_accepted += other.spans_accepted;
         self.logs_accepted += other.logs_accepted;
         self.items_rejected += other.items_rejected;
+        self.items_pushed_back += other.items_pushed_back;
         for (k, v) in other.errors {
             *self.errors.entry(k).or_insert(0) += v;
         }
@@ -141,6 +146,9 @@ impl Client {
                 let status = response.status();
                 let bytes = response.bytes().await.unwrap_or_default();
                 if !status.is_success() {
+                    if matches!(status.as_u16(), 429 | 503) {
+                        tally.items_pushed_back += template.items;
+                    }
                     tally.error(format!("http {}", status.as_u16()));
                     return;
                 }
@@ -181,7 +189,15 @@ impl Client {
                 };
                 match rejected {
                     Ok(n) => tally.accepted(template.signal, template.items, n, started.elapsed()),
-                    Err(status) => tally.error(format!("grpc {:?}", status.code())),
+                    Err(status) => {
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                        ) {
+                            tally.items_pushed_back += template.items;
+                        }
+                        tally.error(format!("grpc {:?}", status.code()))
+                    }
                 }
             }
         }
