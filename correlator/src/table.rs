@@ -6,6 +6,12 @@
 //! timers can name, and a slot's generation tells a timer whether the record it was set for
 //! is still the one living there. Keys are never stored twice: the caller hashes its key and
 //! compares against the record itself.
+//!
+//! The slab is a list of fixed-size chunks, not one `Vec`: a `Vec` doubles when full, so a
+//! table of 1.2M checks sat in room for 2M (232 B per check instead of ~150 under load) and
+//! briefly held both copies while growing. Chunks bound the slack to one chunk and never move
+//! a record. The first chunk grows like a `Vec` up to the chunk size, so a small table (a few
+//! policies, one Kafka partition's engine at idle) stays small.
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::{BuildHasher, Hash};
@@ -22,9 +28,86 @@ struct Slot<T> {
     value: Option<T>,
 }
 
+/// Slots per chunk (a power of two): ~450 KB of check records.
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The slab: slot `i` lives in chunk `i / CHUNK` at `i % CHUNK`.
+struct Slots<T> {
+    chunks: Vec<Vec<Slot<T>>>,
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    fn new() -> Slots<T> {
+        Slots {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, slot: Slot<T>) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => {
+                if chunk.len() == chunk.capacity() {
+                    // Only the first chunk can be short of room: it grows like a Vec.
+                    chunk.reserve_exact(chunk.len().clamp(4, CHUNK - chunk.len()));
+                }
+                chunk.push(slot);
+            }
+            _ => {
+                let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { 4 } else { CHUNK });
+                chunk.push(slot);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, i: usize) -> Option<&Slot<T>> {
+        self.chunks.get(i >> CHUNK_BITS)?.get(i & (CHUNK - 1))
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Slot<T>> {
+        self.chunks
+            .get_mut(i >> CHUNK_BITS)?
+            .get_mut(i & (CHUNK - 1))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot<T>> {
+        self.chunks.iter().flatten()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Vec<Slot<T>>>()
+            + self
+                .chunks
+                .iter()
+                .map(|c| c.capacity() * std::mem::size_of::<Slot<T>>())
+                .sum::<usize>()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slots<T> {
+    type Output = Slot<T>;
+    fn index(&self, i: usize) -> &Slot<T> {
+        &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slots<T> {
+    fn index_mut(&mut self, i: usize) -> &mut Slot<T> {
+        &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+}
+
 pub(crate) struct Table<T> {
     index: HashTable<u32>,
-    slots: Vec<Slot<T>>,
+    slots: Slots<T>,
     /// Freed slots, reused last-in first-out; never longer than `slots`.
     free: Vec<u32>,
     build: DefaultHashBuilder,
@@ -39,7 +122,7 @@ impl<T> Table<T> {
     pub fn new(rehash: fn(&DefaultHashBuilder, &T) -> u64) -> Table<T> {
         Table {
             index: HashTable::new(),
-            slots: Vec::new(),
+            slots: Slots::new(),
             free: Vec::new(),
             build: DefaultHashBuilder::default(),
             rehash,
@@ -58,7 +141,7 @@ impl<T> Table<T> {
     /// Heap bytes held: the slab (records and free slots alike), the free list and the
     /// index. What the records point to (interned strings) is counted by their owners.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot<T>>()
+        self.slots.heap_bytes()
             + self.free.capacity() * std::mem::size_of::<u32>()
             + self.index.allocation_size()
     }
@@ -124,7 +207,7 @@ impl<T> Table<T> {
             // Everything is gone (end of input or a lull after a burst): give the memory back.
             let newest = self.slots.iter().map(|s| s.gen).max().unwrap_or(0);
             self.epoch = newest.wrapping_add(1);
-            self.slots = Vec::new();
+            self.slots = Slots::new();
             self.free = Vec::new();
             self.index = HashTable::new();
         }
@@ -176,6 +259,31 @@ mod tests {
 
     fn rehash(b: &DefaultHashBuilder, v: &(u32, String)) -> u64 {
         b.hash_one(v.0)
+    }
+
+    #[test]
+    fn records_across_chunks_stay_put_and_room_grows_by_one_chunk() {
+        let mut t: Table<(u32, String)> = Table::new(rehash);
+        let n = 3 * CHUNK as u32 + 5;
+        let handles: Vec<Handle> = (0..n)
+            .map(|k| t.insert(t.hash(&k), (k, k.to_string())))
+            .collect();
+        assert_eq!(t.slots.chunks.len(), 4);
+        assert!(t.slots.chunks.iter().all(|c| c.capacity() == CHUNK));
+        for (k, h) in handles.iter().enumerate() {
+            assert_eq!(t.live(*h).unwrap().0, k as u32);
+        }
+        // Room is at most one chunk more than the records need.
+        let record = std::mem::size_of::<Slot<(u32, String)>>();
+        assert!(t.slots.heap_bytes() < (n as usize + CHUNK) * record + 4096);
+        // A slot freed in a middle chunk is reused there.
+        let k = CHUNK as u32 + 7;
+        let slot = t.find(t.hash(&k), |v| v.0 == k).unwrap();
+        t.remove(slot);
+        let again = t.insert(t.hash(&u32::MAX), (u32::MAX, "x".into()));
+        assert_eq!(again.slot, slot);
+        assert_eq!(t.get(slot).0, u32::MAX);
+        assert!(t.live(handles[k as usize]).is_none());
     }
 
     #[test]
