@@ -10,17 +10,22 @@
 //! - `GET /metrics` → Prometheus text: the receivers', the correlator's, the store's and,
 //!   with `--clickhouse-url`, the sink's.
 //! - `GET /healthz` → `ok`.
+//!
+//! With API tokens (`--api-token-file`, src/access.rs) everything but `/healthz` answers
+//! 401 without one. Everything a response echoes is JSON with `<`, `>` and `&` escaped, so
+//! no request can make the API answer markup, whatever the browser guesses.
 
 #[path = "page/mod.rs"]
 mod page;
 
+use crate::access::ApiAccess;
 use crate::clickhouse::sink::SinkMetrics;
 use crate::store::{FindingStore, Query, Summary, RATE_SECONDS};
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,17 +48,23 @@ pub struct Shared {
     pub started_ns: u64,
     /// The ClickHouse sink's counters, with `--clickhouse-url`.
     pub sink: Option<Arc<SinkMetrics>>,
+    /// Who may read (tokens), over what (TLS), and how many were refused.
+    pub access: ApiAccess,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/summary", get(summary))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(page::index))
         .route("/assets/{name}", get(page::asset))
-        .with_state(shared)
+        .with_state(shared.clone());
+    // /healthz after the guard: probes carry no token.
+    shared
+        .access
+        .protect(protected)
+        .route("/healthz", get(|| async { "ok\n" }))
 }
 
 pub async fn serve(
@@ -61,9 +72,8 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let access = shared.access.clone();
+    access.serve(listener, router(shared), shutdown).await
 }
 
 #[derive(Deserialize)]
@@ -73,12 +83,28 @@ struct FindingsParams {
     limit: Option<usize>,
 }
 
+/// 400 with the message (which may quote the request) as escaped JSON.
 fn bad_request(message: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
+    let mut response = json_response(&serde_json::json!({ "error": message }), "the error");
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+}
+
+/// JSON with `<`, `>` and `&` written as `\u003c`, `\u003e`, `\u0026`: the same document to
+/// a JSON parser, and no markup to anything that sniffs it as HTML. Outside strings JSON
+/// has none of these characters, so replacing them bytewise only touches strings.
+fn escaped_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
+    let raw = serde_json::to_vec(value)?;
+    let mut out = Vec::with_capacity(raw.len());
+    for b in raw {
+        match b {
+            b'<' => out.extend_from_slice(b"\\u003c"),
+            b'>' => out.extend_from_slice(b"\\u003e"),
+            b'&' => out.extend_from_slice(b"\\u0026"),
+            _ => out.push(b),
+        }
+    }
+    Ok(out)
 }
 
 async fn findings(
@@ -126,7 +152,7 @@ async fn findings(
 
 /// A JSON body that is never cached (it is live) nor sniffed as anything but JSON.
 fn json_response(value: &impl Serialize, what: &str) -> Response {
-    match serde_json::to_vec(value) {
+    match escaped_json(value) {
         Ok(body) => (
             [
                 (header::CONTENT_TYPE, "application/json"),
@@ -255,6 +281,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     if let Some(sink) = &shared.sink {
         sink.render_prometheus(&mut out);
     }
+    shared.access.render_prometheus(&mut out);
     gauge(
         &mut out,
         "toctou_start_time_seconds",
@@ -321,6 +348,20 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn echoed_markup_is_escaped_and_parses_back() {
+        let value = serde_json::json!({ "error": "unknown kind \"<script>&\"" });
+        let body = escaped_json(&value).unwrap();
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(
+            !text.contains('<') && !text.contains('>') && !text.contains('&'),
+            "{text}"
+        );
+        assert!(text.contains("\\u003cscript\\u003e\\u0026"), "{text}");
+        let back: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back, value);
     }
 
     #[test]

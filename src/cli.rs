@@ -31,6 +31,9 @@ pub struct ReceiverArgs {
     /// Kafka's acknowledgement) before it is pushed back (503 / UNAVAILABLE).
     #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub submit_timeout: Duration,
+    /// Who may send: tokens per route group and client certificates (src/access.rs).
+    #[command(flatten)]
+    pub access: crate::access::ReceiverAccessArgs,
 }
 
 impl ReceiverArgs {

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: flags shared by the subcommands (addresses, limits, correlator tuning).
+//! - [`access`]: tokens, TLS and the loopback rule of every listener; [`tls`]: rustls.
 //! - [`run`]: `toctou run`, the embedded default: receivers, correlator and findings API in
 //!   one process with no external services.
 //! - [`api`]: the HTTP API on :8686 (findings, `/metrics`, `/healthz`).
@@ -17,6 +18,7 @@
 //!
 //! Errors become `anyhow` with context here, at the edge; the library crates keep typed ones.
 
+mod access;
 mod alerts;
 mod api;
 mod cli;
@@ -29,6 +31,7 @@ mod output;
 mod replay;
 mod run;
 mod store;
+mod tls;
 
 use clap::{Parser, Subcommand};
 

@@ -2,17 +2,23 @@
 //! happened, printed per kind.
 
 use super::load::{Counts, KINDS};
+use crate::access::Secret;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 
 /// Counts this run's findings by kind: detected since `since_ns`, on a resource of the run
 /// (`<type>/<run>/...`), so neither an earlier run nor other traffic is counted.
-pub async fn fetch_counts(api: &str, since_ns: u64, run: &str) -> Result<BTreeMap<String, u64>> {
+pub async fn fetch_counts(
+    api: &str,
+    token: Option<&Secret>,
+    since_ns: u64,
+    run: &str,
+) -> Result<BTreeMap<String, u64>> {
     let url = format!(
         "{}/api/v1/findings?since={since_ns}&limit=100000000",
         api.trim_end_matches('/')
     );
-    let body: serde_json::Value = reqwest::get(&url)
+    let body: serde_json::Value = get(&url, token)
         .await
         .with_context(|| format!("querying {url}"))?
         .error_for_status()
@@ -38,10 +44,19 @@ fn count_run(body: &serde_json::Value, run: &str) -> BTreeMap<String, u64> {
 /// What can make found differ from happened on the server's side, from its summary
 /// (`/api/v1/summary`): findings pushed out of the API's store (`--max-findings`), and
 /// events that arrived later than the allowed lateness. None when it has no summary.
-pub async fn server_notes(api: &str) -> Option<Vec<String>> {
+pub async fn server_notes(api: &str, token: Option<&Secret>) -> Option<Vec<String>> {
     let url = format!("{}/api/v1/summary?seconds=1", api.trim_end_matches('/'));
-    let body: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+    let body: serde_json::Value = get(&url, token).await.ok()?.json().await.ok()?;
     Some(notes_of(&body))
+}
+
+/// A GET with the API token, when there is one.
+async fn get(url: &str, token: Option<&Secret>) -> reqwest::Result<reqwest::Response> {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.header(reqwest::header::AUTHORIZATION, token.bearer());
+    }
+    request.send().await
 }
 
 fn notes_of(summary: &serde_json::Value) -> Vec<String> {

@@ -26,6 +26,7 @@ mod payments;
 mod pricing;
 mod telemetry;
 
+use crate::access::Secret;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use load::{Counts, Load, Pacer};
@@ -104,6 +105,13 @@ pub struct DemoArgs {
     /// Keep the SQLite database at this path (a new file) instead of a temporary one.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// Bearer token sent with every export, for a `toctou run` with ingest tokens (prefer
+    /// the variable: a command line is visible to every user of the host).
+    #[arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    /// Bearer token for the findings API, when it has tokens of its own; default: --token.
+    #[arg(long, env = "TOCTOU_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
 }
 
 fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
@@ -125,7 +133,7 @@ fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
 
 impl DemoArgs {
     /// The demo that `toctou run --demo` starts against its own gRPC receiver.
-    pub fn against(grpc: SocketAddr, duration: Duration) -> DemoArgs {
+    pub fn against(grpc: SocketAddr, duration: Duration, token: Option<Secret>) -> DemoArgs {
         DemoArgs {
             endpoint: format!("http://{grpc}"),
             transport: Transport::Grpc,
@@ -139,6 +147,8 @@ impl DemoArgs {
             allowed_lateness: Duration::from_secs(2),
             no_settle: true,
             db: None,
+            token,
+            api_token: None,
         }
     }
 
@@ -243,6 +253,7 @@ async fn traffic_and_compare(
             name,
             args.transport,
             &args.endpoint,
+            args.token.as_ref(),
             &delivery,
             audit,
         )?))
@@ -390,8 +401,11 @@ async fn traffic_and_compare(
         humantime::format_duration(settle)
     );
     tokio::time::sleep(settle).await;
-    let found = compare::fetch_counts(&args.api, started_ns, run).await?;
-    let notes = compare::server_notes(&args.api).await.unwrap_or_default();
+    let api_token = args.api_token.as_ref().or(args.token.as_ref());
+    let found = compare::fetch_counts(&args.api, api_token, started_ns, run).await?;
+    let notes = compare::server_notes(&args.api, api_token)
+        .await
+        .unwrap_or_default();
     compare::print(&truth, &found, !args.no_settle, &notes)
 }
 

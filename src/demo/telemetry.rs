@@ -5,11 +5,14 @@
 use super::delivery::{
     CountedLogExporter, CountedLogs, CountedSpanExporter, CountedSpans, Delivery,
 };
+use crate::access::Secret;
 use anyhow::{Context as _, Result};
 use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::Context;
-use opentelemetry_otlp::{LogExporter, Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{
+    LogExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::logs::{self, BatchLogProcessor, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::trace::{self, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
@@ -51,9 +54,21 @@ impl Service {
         name: &str,
         transport: Transport,
         endpoint: &str,
+        token: Option<&Secret>,
         delivery: &Arc<Delivery>,
         audit: bool,
     ) -> Result<Service> {
+        // The bearer token as gRPC metadata or an HTTP header, as any OTLP exporter sends it.
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let mut headers = std::collections::HashMap::new();
+        if let Some(token) = token {
+            let value = token
+                .bearer()
+                .parse()
+                .context("the token is not a valid header value")?;
+            metadata.insert("authorization", value);
+            headers.insert("authorization".to_string(), token.bearer());
+        }
         let resource = Resource::builder()
             .with_service_name(name.to_string())
             .build();
@@ -61,11 +76,13 @@ impl Service {
             Transport::Grpc => (
                 SpanExporter::builder()
                     .with_tonic()
+                    .with_metadata(metadata.clone())
                     .with_endpoint(endpoint)
                     .build()
                     .context("building the OTLP/gRPC span exporter")?,
                 LogExporter::builder()
                     .with_tonic()
+                    .with_metadata(metadata)
                     .with_endpoint(endpoint)
                     .build()
                     .context("building the OTLP/gRPC log exporter")?,
@@ -76,12 +93,14 @@ impl Service {
                     SpanExporter::builder()
                         .with_http()
                         .with_protocol(Protocol::HttpBinary)
+                        .with_headers(headers.clone())
                         .with_endpoint(format!("{base}/v1/traces"))
                         .build()
                         .context("building the OTLP/HTTP span exporter")?,
                     LogExporter::builder()
                         .with_http()
                         .with_protocol(Protocol::HttpBinary)
+                        .with_headers(headers)
                         .with_endpoint(format!("{base}/v1/logs"))
                         .build()
                         .context("building the OTLP/HTTP log exporter")?,

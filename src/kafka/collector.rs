@@ -8,6 +8,7 @@ use super::producer::{
     KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT, DEFAULT_MAX_INFLIGHT_BYTES,
 };
 use super::{admin, KafkaArgs};
+use crate::access::{refuse_open_listeners, AccessArgs, ApiAccess, ReceiverAccess};
 use crate::cli::{bind, ReceiverArgs};
 use anyhow::{Context, Result};
 use axum::routing::get;
@@ -31,6 +32,9 @@ pub struct CollectorArgs {
     /// /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
     pub api_addr: SocketAddr,
+    /// Metrics tokens, TLS and the loopback rule (src/access.rs).
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Bytes in flight to Kafka at most; beyond it requests are pushed back.
     #[arg(long, env = "TOCTOU_KAFKA_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
     pub kafka_max_inflight_bytes: usize,
@@ -56,6 +60,18 @@ pub async fn run(
     args: CollectorArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let receiver_access = ReceiverAccess::from_args(&args.receivers.access, &args.access)?;
+    let api_access = ApiAccess::from_args(&args.access)?;
+    let [grpc_exposure, http_exposure] =
+        receiver_access.exposures(args.receivers.otlp_grpc_addr, args.receivers.otlp_http_addr);
+    refuse_open_listeners(
+        &[
+            grpc_exposure,
+            http_exposure,
+            api_access.exposure("metrics", args.api_addr),
+        ],
+        args.access.allow_unauthenticated,
+    )?;
     let receiver_config = args.receivers.to_config()?;
     let kafka = args.kafka.clone();
     let partitions = tokio::task::spawn_blocking(move || admin::partition_count(&kafka))
@@ -86,22 +102,16 @@ pub async fn run(
         topic = %args.kafka.topic, partitions,
         "toctou collector listening"
     );
-    let grpc_task = tokio::spawn(toctou_collector::serve_grpc(
+    let grpc_task = tokio::spawn(receiver_access.clone().serve_grpc(
         grpc,
         receivers.clone(),
         stopped(stop_rx.clone()),
     ));
-    let http_task = tokio::spawn(toctou_collector::serve_http(
-        http,
-        receivers.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    let router = metrics_router(receivers.clone(), producer_metrics);
-    let api_task = tokio::spawn(async move {
-        axum::serve(api, router)
-            .with_graceful_shutdown(stopped(stop_rx))
-            .await
-    });
+    let http_task =
+        tokio::spawn(receiver_access.serve_http(http, receivers.clone(), stopped(stop_rx.clone())));
+    let router = metrics_router(receivers.clone(), producer_metrics, api_access.clone());
+    let api_task =
+        tokio::spawn(async move { api_access.serve(api, router, stopped(stop_rx)).await });
     drop(receivers);
 
     shutdown.await;
@@ -117,26 +127,35 @@ pub async fn run(
     Ok(())
 }
 
-fn metrics_router(receivers: Receivers, producer: Arc<ProducerMetrics>) -> Router {
-    Router::new()
+/// /metrics behind the API tokens, /healthz open for probes.
+fn metrics_router(
+    receivers: Receivers,
+    producer: Arc<ProducerMetrics>,
+    access: ApiAccess,
+) -> Router {
+    let counter = access.clone();
+    let metrics = Router::new().route(
+        "/metrics",
+        get(move || {
+            let receivers = receivers.clone();
+            let producer = producer.clone();
+            let access = counter.clone();
+            async move {
+                let mut out = String::new();
+                receivers.metrics().render_prometheus(&mut out);
+                producer.render_prometheus(&mut out);
+                access.render_prometheus(&mut out);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    out,
+                )
+            }
+        }),
+    );
+    access
+        .protect(metrics)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let receivers = receivers.clone();
-                let producer = producer.clone();
-                async move {
-                    let mut out = String::new();
-                    receivers.metrics().render_prometheus(&mut out);
-                    producer.render_prometheus(&mut out);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        out,
-                    )
-                }
-            }),
-        )
 }

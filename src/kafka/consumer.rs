@@ -51,6 +51,9 @@ pub struct CorrelatorNodeArgs {
     /// /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8687")]
     pub api_addr: SocketAddr,
+    /// Metrics tokens, TLS and the loopback rule (src/access.rs).
+    #[command(flatten)]
+    pub access: crate::access::AccessArgs,
     /// How often offsets are committed (as far as ClickHouse has caught up).
     #[arg(long, env = "TOCTOU_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
@@ -146,6 +149,11 @@ pub async fn run(
         .subscribe(&[&args.kafka.topic])
         .with_context(|| format!("subscribing to {:?}", args.kafka.topic))?;
 
+    let access = crate::access::ApiAccess::from_args(&args.access)?;
+    crate::access::refuse_open_listeners(
+        &[access.exposure("metrics", args.api_addr)],
+        args.access.allow_unauthenticated,
+    )?;
     let api = crate::cli::bind(args.api_addr, "API").await?;
     tracing::info!(
         api = %api.local_addr()?, topic = %args.kafka.topic, partitions, group = %args.group,
@@ -162,13 +170,12 @@ pub async fn run(
             .context("starting the correlator thread")?
     };
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = metrics_router(metrics, stats, sink_metrics);
+    let router = metrics_router(metrics, stats, sink_metrics, access.clone());
     let api_task = tokio::spawn(async move {
-        axum::serve(api, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_api_rx.await;
-            })
-            .await
+        let stopped = async move {
+            let _ = stop_api_rx.await;
+        };
+        access.serve(api, router, stopped).await
     });
 
     shutdown.await;
@@ -190,28 +197,34 @@ fn metrics_router(
     consumer: Arc<ConsumerMetrics>,
     stats: Arc<Mutex<Stats>>,
     sink: Arc<SinkMetrics>,
+    access: crate::access::ApiAccess,
 ) -> Router {
-    Router::new()
+    let counter = access.clone();
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (consumer, stats, sink) = (consumer.clone(), stats.clone(), sink.clone());
+            let counter = counter.clone();
+            async move {
+                let mut out = String::new();
+                consumer.render_prometheus(&mut out);
+                lock(&stats).render_prometheus(&mut out);
+                sink.render_prometheus(&mut out);
+                counter.render_prometheus(&mut out);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    out,
+                )
+            }
+        }),
+    );
+    // /healthz after the guard: probes carry no token.
+    access
+        .protect(router)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let (consumer, stats, sink) = (consumer.clone(), stats.clone(), sink.clone());
-                async move {
-                    let mut out = String::new();
-                    consumer.render_prometheus(&mut out);
-                    lock(&stats).render_prometheus(&mut out);
-                    sink.render_prometheus(&mut out);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        out,
-                    )
-                }
-            }),
-        )
 }
 
 /// Pauses every assigned partition while the sink is nearly full and resumes them once it

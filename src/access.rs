@@ -1,0 +1,460 @@
+//! Who may reach toctou's listeners: the access flags (tokens, TLS, the loopback rule), what
+//! each listener enforces once they are resolved, and the serving of a listener over TLS or
+//! plain TCP.
+//!
+//! The rule: a listener on a non-loopback address must authenticate its clients (tokens, or
+//! client certificates for the receivers) unless `--allow-unauthenticated` says otherwise;
+//! the check runs before anything is bound, and its error names each listener at fault and
+//! the flags that fix it. `/healthz` stays open everywhere, for probes.
+//!
+//! Tokens come from files (one per line) and from `TOCTOU_*_TOKENS` variables, never from
+//! flags: a command line is visible to every user of the host.
+
+use crate::tls::{self, TlsListener};
+use anyhow::{bail, Context, Result};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use clap::Args;
+use rustls::ServerConfig;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use toctou_collector::auth::{self, Refusal};
+use toctou_collector::{ReceiverAuth, Receivers, ServeError, Tokens};
+use tokio::net::TcpListener;
+
+/// Tokens of the findings API, page and metrics, comma- or newline-separated.
+pub const API_TOKENS_ENV: &str = "TOCTOU_API_TOKENS";
+/// Tokens of the OTLP receivers (and the audit webhook unless it has its own).
+pub const INGEST_TOKENS_ENV: &str = "TOCTOU_INGEST_TOKENS";
+/// Tokens of the Kubernetes audit webhook.
+pub const AUDIT_TOKENS_ENV: &str = "TOCTOU_AUDIT_TOKENS";
+
+/// What a 401 of the API answers: bearer for programs, basic (any user, the token as the
+/// password) so that a browser asks for it and the page opens.
+const API_CHALLENGES: [&str; 2] = ["Bearer realm=\"toctou\"", "Basic realm=\"toctou\""];
+
+/// The flags of every command with an HTTP listener of its own (API, page, metrics).
+#[derive(Args, Debug, Clone)]
+pub struct AccessArgs {
+    /// File of tokens (one per line, `#` comments) the API, page and /metrics accept as
+    /// `Authorization: Bearer` (or as a basic-auth password); /healthz stays open. Tokens may
+    /// also be given in TOCTOU_API_TOKENS (comma-separated); both sets are accepted.
+    #[arg(long, env = "TOCTOU_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// PEM certificate chain: every listener (receivers, API) speaks TLS. Needs --tls-key.
+    #[arg(long, env = "TOCTOU_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TOCTOU_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Listen on non-loopback addresses without tokens: anyone who can reach a port may send
+    /// events or read findings.
+    #[arg(long, env = "TOCTOU_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+}
+
+/// The receivers' access flags, part of `ReceiverArgs` (src/cli.rs).
+#[derive(Args, Debug, Clone)]
+pub struct ReceiverAccessArgs {
+    /// File of tokens (one per line, `#` comments) the OTLP receivers accept as
+    /// `Authorization: Bearer`, and the audit webhook unless --audit-token-file is given.
+    /// Tokens may also be given in TOCTOU_INGEST_TOKENS (comma-separated).
+    #[arg(long, env = "TOCTOU_INGEST_TOKEN_FILE")]
+    pub ingest_token_file: Option<PathBuf>,
+    /// File of tokens for the Kubernetes audit webhook (/v1/k8s-audit) alone, put in the API
+    /// server's webhook kubeconfig; also TOCTOU_AUDIT_TOKENS.
+    #[arg(long, env = "TOCTOU_AUDIT_TOKEN_FILE")]
+    pub audit_token_file: Option<PathBuf>,
+    /// PEM CA certificates: the receivers require a client certificate issued by one of them
+    /// (mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "TOCTOU_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// A token a client sends (`toctou demo`, `toctou loadgen`): kept out of `Debug` so that no
+/// log of the parsed arguments shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Secret, String> {
+        let token = s.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a token is visible ASCII without spaces".to_string());
+        }
+        Ok(Secret(token.to_string()))
+    }
+}
+
+impl Secret {
+    /// The `Authorization` header value.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+/// A token set from a file and/or an environment variable; `None` when neither is set.
+pub fn read_tokens(file: Option<&Path>, env: &str) -> Result<Option<Tokens>> {
+    let from_file = file.map(Tokens::from_file).transpose()?;
+    let from_env = match std::env::var(env) {
+        Ok(text) if !text.trim().is_empty() => Some(Tokens::parse_list(&text, env)?),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{env} is not valid UTF-8"),
+    };
+    Ok(match (from_file, from_env) {
+        (Some(a), Some(b)) => Some(a.union(&b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// The server's TLS configuration for the API, and for the receivers with their client CA.
+fn tls_config(args: &AccessArgs, client_ca: Option<&Path>) -> Result<Option<Arc<ServerConfig>>> {
+    match (&args.tls_cert, &args.tls_key) {
+        (None, None) if client_ca.is_some() => {
+            bail!("--tls-client-ca needs --tls-cert and --tls-key")
+        }
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(tls::server_config(cert, key, client_ca)?)),
+        (Some(_), None) => bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
+    }
+}
+
+/// One listener as the loopback rule sees it.
+pub struct Exposure {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    /// Whether it authenticates every client.
+    pub authenticated: bool,
+    /// The flags that would make it authenticate.
+    pub fix: &'static str,
+}
+
+/// Refuses to start when a listener on a non-loopback address would accept anyone, unless
+/// `allow` (`--allow-unauthenticated`).
+pub fn refuse_open_listeners(listeners: &[Exposure], allow: bool) -> Result<()> {
+    let open: Vec<&Exposure> = listeners
+        .iter()
+        .filter(|l| !l.authenticated && !l.addr.ip().to_canonical().is_loopback())
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    if allow {
+        for l in open {
+            tracing::warn!(listener = l.name, addr = %l.addr, "listening without authentication (--allow-unauthenticated)");
+        }
+        return Ok(());
+    }
+    let mut message =
+        String::from("refusing to listen without authentication on a non-loopback address:");
+    for l in open {
+        message.push_str(&format!("\n  {} on {}: set {}", l.name, l.addr, l.fix));
+    }
+    message.push_str(
+        "\nor bind to 127.0.0.1, or pass --allow-unauthenticated \
+         (TOCTOU_ALLOW_UNAUTHENTICATED=true) to accept anyone who can reach the port",
+    );
+    bail!(message)
+}
+
+/// How to fix an API listener that accepts anyone.
+pub const API_FIX: &str = "--api-token-file or TOCTOU_API_TOKENS";
+
+/// The API listener's access: its tokens, TLS, and the count of refused requests.
+#[derive(Clone, Default)]
+pub struct ApiAccess {
+    pub tokens: Option<Tokens>,
+    pub tls: Option<Arc<ServerConfig>>,
+    refused: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ApiAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiAccess")
+            .field("tokens", &self.tokens)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl ApiAccess {
+    /// Reads the API's tokens and TLS files.
+    pub fn from_args(args: &AccessArgs) -> Result<ApiAccess> {
+        let access = ApiAccess {
+            tokens: read_tokens(args.api_token_file.as_deref(), API_TOKENS_ENV)?,
+            tls: tls_config(args, None)?,
+            refused: Arc::default(),
+        };
+        Ok(access)
+    }
+
+    /// The API's line for [`refuse_open_listeners`].
+    pub fn exposure(&self, name: &'static str, addr: SocketAddr) -> Exposure {
+        Exposure {
+            name,
+            addr,
+            authenticated: self.tokens.is_some(),
+            fix: API_FIX,
+        }
+    }
+
+    /// `router` behind the tokens (every route it has so far: add `/healthz` after).
+    pub fn protect(&self, router: Router) -> Router {
+        match &self.tokens {
+            None => router,
+            Some(_) => router.route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                require_api_token,
+            )),
+        }
+    }
+
+    /// `toctou_api_unauthenticated_total`, appended to a /metrics answer.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let name = "toctou_api_unauthenticated_total";
+        out.push_str(&format!(
+            "# HELP {name} API, page and metrics requests refused for a missing or wrong token.\n# TYPE {name} counter\n{name} {}\n",
+            self.refused.load(Ordering::Relaxed)
+        ));
+    }
+
+    /// Serves `router` on `listener` (with TLS when configured) until `shutdown`.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        router: Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        match &self.tls {
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(config) => {
+                axum::serve(TlsListener::new(listener, config.clone())?, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
+    }
+}
+
+async fn require_api_token(
+    State(access): State<ApiAccess>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(tokens) = &access.tokens else {
+        return next.run(request).await;
+    };
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match auth::check(tokens, value, true) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            access.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason = %refusal, path = request.uri().path(), "api request refused");
+            api_unauthorized(refusal)
+        }
+    }
+}
+
+fn api_unauthorized(refusal: Refusal) -> Response {
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        serde_json::json!({ "error": refusal.to_string() }).to_string(),
+    )
+        .into_response();
+    for challenge in API_CHALLENGES {
+        response.headers_mut().append(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(challenge),
+        );
+    }
+    response
+}
+
+/// The receivers' access: tokens per route group and TLS (with client certificates when
+/// `--tls-client-ca` is set).
+#[derive(Clone, Debug, Default)]
+pub struct ReceiverAccess {
+    pub auth: ReceiverAuth,
+    pub tls: Option<Arc<ServerConfig>>,
+    pub client_certificates: bool,
+}
+
+impl ReceiverAccess {
+    pub fn from_args(receiver: &ReceiverAccessArgs, api: &AccessArgs) -> Result<ReceiverAccess> {
+        let otlp = read_tokens(receiver.ingest_token_file.as_deref(), INGEST_TOKENS_ENV)?;
+        let audit = read_tokens(receiver.audit_token_file.as_deref(), AUDIT_TOKENS_ENV)?;
+        Ok(ReceiverAccess {
+            auth: ReceiverAuth {
+                // Without tokens of its own the webhook takes the ingest tokens.
+                audit: audit.or_else(|| otlp.clone()),
+                otlp,
+            },
+            tls: tls_config(api, receiver.tls_client_ca.as_deref())
+                .context("the receivers' TLS")?,
+            client_certificates: receiver.tls_client_ca.is_some(),
+        })
+    }
+
+    /// The receivers' lines for [`refuse_open_listeners`]: client certificates count as
+    /// authentication; the HTTP listener needs both its route groups covered.
+    pub fn exposures(&self, grpc: SocketAddr, http: SocketAddr) -> [Exposure; 2] {
+        let certs = self.client_certificates;
+        [
+            Exposure {
+                name: "OTLP/gRPC",
+                addr: grpc,
+                authenticated: certs || self.auth.otlp.is_some(),
+                fix: "--ingest-token-file or TOCTOU_INGEST_TOKENS (or --tls-client-ca)",
+            },
+            Exposure {
+                name: "OTLP/HTTP and audit webhook",
+                addr: http,
+                authenticated: certs || (self.auth.otlp.is_some() && self.auth.audit.is_some()),
+                fix: "--ingest-token-file or TOCTOU_INGEST_TOKENS (the audit webhook takes them \
+                      too unless --audit-token-file is set) (or --tls-client-ca)",
+            },
+        ]
+    }
+
+    /// Serves the HTTP receivers (OTLP/HTTP, audit webhook) on `listener` until `shutdown`.
+    pub async fn serve_http(
+        self,
+        listener: TcpListener,
+        receivers: Receivers,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        match self.tls {
+            None => toctou_collector::serve_http_on(listener, receivers, self.auth, shutdown).await,
+            Some(config) => {
+                let listener = TlsListener::new(listener, config).map_err(ServeError::Http)?;
+                toctou_collector::serve_http_on(listener, receivers, self.auth, shutdown).await
+            }
+        }
+    }
+
+    /// Serves the gRPC receivers on `listener` until `shutdown`.
+    pub async fn serve_grpc(
+        self,
+        listener: TcpListener,
+        receivers: Receivers,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        match self.tls {
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                toctou_collector::serve_grpc_on(incoming, receivers, self.auth, shutdown).await
+            }
+            Some(config) => {
+                let listener = TlsListener::new(listener, config).map_err(ServeError::Http)?;
+                toctou_collector::serve_grpc_on(
+                    listener.into_incoming(),
+                    receivers,
+                    self.auth,
+                    shutdown,
+                )
+                .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposure(addr: &str, authenticated: bool) -> Exposure {
+        Exposure {
+            name: "API",
+            addr: addr.parse().unwrap(),
+            authenticated,
+            fix: API_FIX,
+        }
+    }
+
+    #[test]
+    fn loopback_needs_no_tokens_anything_else_does() {
+        for addr in [
+            "127.0.0.1:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+            "127.3.4.5:1",
+        ] {
+            refuse_open_listeners(&[exposure(addr, false)], false).unwrap();
+        }
+        for addr in [
+            "0.0.0.0:1",
+            "[::]:1",
+            "192.168.1.10:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            let err = refuse_open_listeners(&[exposure(addr, false)], false).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&format!("API on {addr}")), "{text}");
+            assert!(text.contains("--api-token-file"), "{text}");
+            assert!(text.contains("--allow-unauthenticated"), "{text}");
+            refuse_open_listeners(&[exposure(addr, true)], false).unwrap();
+            refuse_open_listeners(&[exposure(addr, false)], true).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_open_listener_is_named() {
+        let access = ReceiverAccess::default();
+        let [grpc, http] = access.exposures(
+            "0.0.0.0:4317".parse().unwrap(),
+            "0.0.0.0:4318".parse().unwrap(),
+        );
+        let err = refuse_open_listeners(&[grpc, http, exposure("127.0.0.1:8686", false)], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("OTLP/gRPC on 0.0.0.0:4317"), "{err}");
+        assert!(
+            err.contains("OTLP/HTTP and audit webhook on 0.0.0.0:4318"),
+            "{err}"
+        );
+        assert!(!err.contains("8686"), "{err}");
+    }
+
+    #[test]
+    fn audit_tokens_alone_leave_otlp_open() {
+        let tokens = Tokens::parse("an-audit-token-1234", "t").unwrap();
+        let access = ReceiverAccess {
+            auth: ReceiverAuth {
+                otlp: None,
+                audit: Some(tokens),
+            },
+            ..Default::default()
+        };
+        let [_, http] = access.exposures(
+            "0.0.0.0:4317".parse().unwrap(),
+            "0.0.0.0:4318".parse().unwrap(),
+        );
+        assert!(!http.authenticated);
+    }
+}
