@@ -6,7 +6,6 @@
 //! When the channel is full the receivers push back (HTTP 503, gRPC UNAVAILABLE) instead of
 //! queueing without bound.
 
-use crate::access::{refuse_open_listeners, AccessArgs, ApiAccess, ReceiverAccess};
 use crate::api::{self, Shared};
 use crate::cli::{bind, now_ns, CorrelatorArgs, ReceiverArgs};
 use crate::clickhouse::sink::{self, Sink, SinkConfig};
@@ -24,6 +23,9 @@ use toctou_correlator::Engine;
 use toctou_schema::Event;
 use tokio::sync::{mpsc, watch};
 
+pub mod shutdown;
+use shutdown::{Progress, ShutdownArgs, Stage, Unflushed};
+
 /// How often the correlator advances an idle watermark and publishes its stats.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -34,9 +36,6 @@ pub struct RunArgs {
     /// Findings API, page, /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
     pub api_addr: SocketAddr,
-    /// API tokens, TLS and the loopback rule (src/access.rs).
-    #[command(flatten)]
-    pub access: AccessArgs,
     /// Findings kept in memory for the API (oldest dropped first, counted).
     #[arg(long, env = "TOCTOU_MAX_FINDINGS", default_value_t = 100_000)]
     pub max_findings: usize,
@@ -66,6 +65,8 @@ pub struct RunArgs {
     /// With --demo: how long the demo traffic runs.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub demo_duration: Duration,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 pub fn main(args: RunArgs) -> Result<()> {
@@ -74,7 +75,11 @@ pub fn main(args: RunArgs) -> Result<()> {
         .thread_name("toctou-io")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, shutdown_signal()))
+    let result = runtime.block_on(run(args, shutdown_signal()));
+    // Past the shutdown deadline a thread may still be stuck (a sink retrying, a request
+    // blocked): the process exits anyway, with the error saying what was not flushed.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -104,21 +109,6 @@ pub(crate) async fn shutdown_signal() {
 /// Runs until `shutdown` resolves. Binding happens first so that a port in use fails fast
 /// with the address in the message.
 pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let receiver_access = ReceiverAccess::from_args(&args.receivers.access, &args.access)?;
-    let api_access = ApiAccess::from_args(&args.access)?;
-    let [grpc_exposure, http_exposure] =
-        receiver_access.exposures(args.receivers.otlp_grpc_addr, args.receivers.otlp_http_addr);
-    refuse_open_listeners(
-        &[
-            grpc_exposure,
-            http_exposure,
-            api_access.exposure("API", args.api_addr),
-        ],
-        args.access.allow_unauthenticated,
-    )?;
-    if args.demo && receiver_access.tls.is_some() {
-        anyhow::bail!("--demo sends in plain text: it cannot be used with --tls-cert");
-    }
     let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
     let writer = FindingsWriter::open(args.findings_file.as_deref())?;
     let sink = start_sink(&args).await?;
@@ -127,6 +117,8 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     let api_listener = bind(args.api_addr, "API").await?;
 
     let (tx, rx) = mpsc::channel::<Vec<Event>>(args.queue_capacity.max(1));
+    // Only to count what is still queued should the shutdown deadline pass.
+    let queue_probe = tx.clone();
     let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), args.receivers.to_config()?);
 
     let shared = Arc::new(Shared {
@@ -135,18 +127,24 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         receivers: receivers.clone(),
         started_ns: now_ns(),
         sink: sink.as_ref().map(Sink::metrics),
-        access: api_access,
     });
 
-    // Closed once the servers are done, so every request they accepted is in the queue:
-    // the channel alone cannot say so, as `Shared` (which the correlator holds) keeps a
-    // sender alive for the metrics.
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    // Sent the shutdown deadline once the servers are done, so every request they accepted
+    // is in the queue: the channel alone cannot say so, as `Shared` (which the correlator
+    // holds) keeps a sender alive for the metrics.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+    let progress = Arc::new(Progress::default());
     let correlator = {
         let shared = shared.clone();
+        let progress = progress.clone();
+        let timeout = args.shutdown.shutdown_timeout;
         std::thread::Builder::new()
             .name("toctou-correlator".into())
-            .spawn(move || correlate(engine, rx, drained_rx, shared, writer, sink))
+            .spawn(move || {
+                correlate(
+                    engine, rx, drained_rx, shared, writer, sink, &progress, timeout,
+                )
+            })
             .context("starting the correlator thread")?
     };
 
@@ -160,13 +158,16 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     );
     // The demo sends to the bound address: the configured one may be port 0.
     let grpc_addr = grpc.local_addr()?;
-    let grpc_task = tokio::spawn(receiver_access.clone().serve_grpc(
+    let grpc_task = tokio::spawn(toctou_collector::serve_grpc(
         grpc,
         receivers.clone(),
         stopped(stop_rx.clone()),
     ));
-    let http_task =
-        tokio::spawn(receiver_access.serve_http(http, receivers.clone(), stopped(stop_rx.clone())));
+    let http_task = tokio::spawn(toctou_collector::serve_http(
+        http,
+        receivers.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let api_task = tokio::spawn(api::serve(
         api_listener,
         shared.clone(),
@@ -175,11 +176,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     drop(receivers);
 
     let demo_task = args.demo.then(|| {
-        // With ingest tokens the demo sends TOCTOU_TOKEN (this process keeps only digests).
-        let token = std::env::var("TOCTOU_TOKEN")
-            .ok()
-            .and_then(|t| t.parse().ok());
-        let demo = crate::demo::DemoArgs::against(grpc_addr, args.demo_duration, token);
+        let demo = crate::demo::DemoArgs::against(grpc_addr, args.demo_duration);
         tokio::spawn(async move {
             if let Err(err) = crate::demo::run_workloads(demo).await {
                 tracing::error!(error = %format!("{err:#}"), "demo traffic failed");
@@ -188,21 +185,52 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     });
 
     shutdown.await;
-    tracing::info!("shutting down: no new requests, draining the correlator");
+    let timeout = args.shutdown.shutdown_timeout;
+    let deadline = args.shutdown.deadline();
+    tracing::info!(timeout = %humantime::format_duration(timeout), "shutting down: no new requests, draining the correlator");
     if let Some(d) = demo_task {
         d.abort();
     }
     let _ = stop_tx.send(true);
-    let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
-    g.context("gRPC server task")?.context("gRPC server")?;
-    h.context("HTTP server task")?.context("HTTP server")?;
-    a.context("API server task")?.context("API server")?;
-    // No request is in flight any more: the correlator drains the queue and ends.
-    drop(drained_tx);
-    tokio::task::spawn_blocking(move || correlator.join())
-        .await
-        .context("joining the correlator")?
-        .map_err(|_| anyhow::anyhow!("the correlator thread panicked"))?;
+    let stopping = async {
+        // The listeners close at once; requests in flight are answered.
+        let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
+        g.context("gRPC server task")?.context("gRPC server")?;
+        h.context("HTTP server task")?.context("HTTP server")?;
+        a.context("API server task")?.context("API server")?;
+        // No request is in flight any more: the correlator drains the queue, flushes the
+        // engine and the sinks, and ends.
+        let _ = drained_tx.send(deadline);
+        tokio::task::spawn_blocking(move || correlator.join())
+            .await
+            .context("joining the correlator")?
+            .map_err(|_| anyhow::anyhow!("the correlator thread panicked"))
+    };
+    let sink_stats = match tokio::time::timeout_at(deadline.into(), stopping).await {
+        Ok(stopped) => stopped?,
+        Err(_) => {
+            return Err(Unflushed {
+                timeout,
+                stage: progress.get(),
+                queued_batches: queue_probe.max_capacity() - queue_probe.capacity(),
+                sink_backlog_rows: shared.sink.as_ref().map(|m| m.backlog_rows()),
+            }
+            .into())
+        }
+    };
+    if let Some(stats) = sink_stats.filter(|s| s.rows_failed > 0) {
+        anyhow::bail!(
+            "{} rows (findings and events) could not be written to ClickHouse by the shutdown deadline ({} written)",
+            stats.rows_failed,
+            stats.findings_written + stats.events_written
+        );
+    }
+    tracing::info!(
+        seconds = (timeout
+            .saturating_sub(deadline.saturating_duration_since(std::time::Instant::now())))
+        .as_secs_f64(),
+        "stopped: everything accepted was correlated and flushed"
+    );
     Ok(())
 }
 
@@ -229,15 +257,18 @@ async fn start_sink(args: &RunArgs) -> Result<Option<Sink>> {
 
 /// The correlator loop: the only owner of the engine. Runs on its own thread (with a
 /// single-threaded runtime for its timer) so that a burst of correlation never delays the
-/// receivers' reactor.
+/// receivers' reactor. Returns what the ClickHouse sink wrote, if there is one.
+#[allow(clippy::too_many_arguments)]
 fn correlate(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Vec<Event>>,
-    mut servers_done: tokio::sync::oneshot::Receiver<()>,
+    mut servers_done: tokio::sync::oneshot::Receiver<std::time::Instant>,
     shared: Arc<Shared>,
     mut writer: FindingsWriter,
     sink: Option<Sink>,
-) {
+    progress: &Progress,
+    timeout: Duration,
+) -> Option<sink::SinkStats> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -245,10 +276,11 @@ fn correlate(
         Ok(rt) => rt,
         Err(err) => {
             tracing::error!(error = %err, "cannot start the correlator's runtime");
-            return;
+            return None;
         }
     };
     let mut out = Vec::new();
+    let mut deadline = None;
     runtime.block_on(async {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -265,7 +297,9 @@ fn correlate(
                     Some(batch) => ingest(&mut engine, batch, &mut out, sink.as_ref()),
                     None => break,
                 },
-                _ = &mut servers_done => {
+                done = &mut servers_done => {
+                    deadline = done.ok();
+                    progress.set(Stage::Draining);
                     while let Ok(batch) = rx.try_recv() {
                         ingest(&mut engine, batch, &mut out, sink.as_ref());
                     }
@@ -275,15 +309,25 @@ fn correlate(
             publish(&mut out, &shared, &mut writer, sink.as_ref());
         }
     });
-    // Input is closed: the events already accepted are correlated as far as the watermark
-    // allows. Pending checks are not expired early: reporting them as orphans because the
-    // process stops would be a false finding.
-    engine.tick(now_ns(), &mut out);
+    // Input is closed for good: this process keeps its state in memory only, so whatever
+    // it does not decide now is lost. End of input, as `toctou replay` ends (and as
+    // docs/CORRELATOR.md specifies): the buffer drains and every timer fires, so a check
+    // still waiting for its use is reported as the replay of the same accepted requests
+    // reports it. (Distributed mode does not do this: there a partition's next owner
+    // rebuilds the state from Kafka, and early orphans would be false.)
+    progress.set(Stage::Flushing);
+    engine.flush(now_ns(), &mut out);
     publish(&mut out, &shared, &mut writer, sink.as_ref());
     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
-    let _ = writer.flush();
-    if let Some(sink) = sink {
-        let stats = sink.close();
+    if let Err(err) = writer.flush() {
+        tracing::error!(error = %err, "flushing the findings output at shutdown failed");
+    }
+    progress.set(Stage::Sinks);
+    let stats = sink.map(|sink| {
+        let stats = match deadline {
+            Some(deadline) => sink.close_by(shutdown::sink_deadline(deadline, timeout)),
+            None => sink.close(),
+        };
         tracing::info!(
             findings = stats.findings_written,
             events = stats.events_written,
@@ -291,7 +335,10 @@ fn correlate(
             retries = stats.retries,
             "clickhouse sink flushed"
         );
-    }
+        stats
+    });
+    progress.set(Stage::Done);
+    stats
 }
 
 /// The sink gets the events before the engine consumes them; its `events` blocks while

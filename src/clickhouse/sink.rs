@@ -91,9 +91,10 @@ pub struct Sink {
     /// push-back coming ([`Sink::congested`]) instead of waiting in `send`.
     in_channel: Arc<AtomicUsize>,
     capacity: usize,
-    /// When `close` was called: from then on, every retry (also one already under way, and
-    /// those of batches still in the channel) gives up at the shutdown deadline.
-    closing: Arc<OnceLock<Instant>>,
+    config: SinkConfig,
+    /// Set by `close`/`close_by` to the instant retries give up: from then on, every retry
+    /// (also one already under way, and those of batches still in the channel) stops there.
+    give_up_at: Arc<OnceLock<Instant>>,
 }
 
 impl Sink {
@@ -102,14 +103,14 @@ impl Sink {
         let (tx, rx) = sync_channel(capacity);
         let metrics = Arc::new(SinkMetrics::default());
         let in_channel = Arc::new(AtomicUsize::new(0));
-        let closing = Arc::new(OnceLock::new());
+        let give_up_at = Arc::new(OnceLock::new());
         let thread = {
             let metrics = metrics.clone();
             let in_channel = in_channel.clone();
-            let closing = closing.clone();
+            let give_up_at = give_up_at.clone();
             std::thread::Builder::new()
                 .name("toctou-clickhouse".into())
-                .spawn(move || write_loop(client, config, rx, &metrics, &in_channel, &closing))?
+                .spawn(move || write_loop(client, config, rx, &metrics, &in_channel, &give_up_at))?
         };
         Ok(Sink {
             tx,
@@ -117,7 +118,8 @@ impl Sink {
             metrics,
             in_channel,
             capacity,
-            closing,
+            give_up_at,
+            config,
         })
     }
 
@@ -165,9 +167,19 @@ impl Sink {
         sent
     }
 
-    /// Flushes what is buffered (retrying up to the shutdown deadline) and ends the thread.
+    /// Flushes what is buffered (retrying up to the configured shutdown deadline from now)
+    /// and ends the thread.
     pub fn close(self) -> SinkStats {
-        let _ = self.closing.set(Instant::now());
+        let deadline = Instant::now() + self.config.shutdown_deadline;
+        self.close_by(deadline)
+    }
+
+    /// Flushes what is buffered, retrying transient errors until `deadline` at the latest
+    /// (rows still failing then are given up and counted in `rows_failed`), and ends the
+    /// thread. A process with a shutdown deadline of its own passes it here, so that the
+    /// sink gives up in time to say so instead of being cut off mid-retry.
+    pub fn close_by(self, deadline: Instant) -> SinkStats {
+        let _ = self.give_up_at.set(deadline);
         drop(self.tx);
         self.thread.join().unwrap_or_default()
     }
@@ -234,7 +246,7 @@ fn write_loop(
     rx: Receiver<Batch>,
     metrics: &SinkMetrics,
     in_channel: &AtomicUsize,
-    closing: &OnceLock<Instant>,
+    give_up_at: &OnceLock<Instant>,
 ) -> SinkStats {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -267,10 +279,13 @@ fn write_loop(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
         }
+        // Set before the channel closes by `close_by`; a sink dropped without it gives up
+        // the configured deadline after the channel closed.
         let deadline = || {
-            closed_at
-                .or(closing.get().copied())
-                .map(|t| t + config.shutdown_deadline)
+            give_up_at
+                .get()
+                .copied()
+                .or(closed_at.map(|t| t + config.shutdown_deadline))
         };
         if closed_at.is_some() || findings.due(&config) {
             stats.findings_written +=
@@ -318,7 +333,12 @@ where
                 metrics.batch(table, BatchResult::Retried, rows.len());
                 tracing::warn!(table = table.name(), rows = rows.len(), error = %err, "clickhouse insert failed; retrying");
                 let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                let mut pause = backoff + Duration::from_millis(jitter);
+                if let Some(d) = deadline() {
+                    // Closing: the last attempt comes at the deadline, not a backoff past it.
+                    pause = pause.min(d.saturating_duration_since(Instant::now()));
+                }
+                tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(err) => {
@@ -378,6 +398,30 @@ mod tests {
         let stats = sink.close();
         assert_eq!(in_channel.load(Relaxed), 0, "every batch left the channel");
         assert_eq!(stats.rows_failed, 7);
+    }
+
+    /// `close_by` gives up at the caller's deadline, not the configured one (an hour here):
+    /// a process stopping within its own shutdown timeout learns what was not written.
+    #[test]
+    fn close_by_gives_up_at_the_callers_deadline() {
+        let client = Client::default().with_url("http://127.0.0.1:1");
+        let config = SinkConfig {
+            max_age: Duration::from_millis(10),
+            shutdown_deadline: Duration::from_secs(3600),
+            ..SinkConfig::default()
+        };
+        let sink = Sink::spawn(client, config).unwrap();
+        let finding = crate::clickhouse::rows::tests::finding();
+        assert!(sink.findings(&[finding.clone(), finding.clone(), finding]));
+        let started = Instant::now();
+        let stats = sink.close_by(Instant::now() + Duration::from_millis(500));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "close_by waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(stats.findings_written, 0);
+        assert_eq!(stats.rows_failed, 3);
     }
 
     #[test]

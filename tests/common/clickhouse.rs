@@ -41,3 +41,60 @@ pub async fn sql(url: &str, db: &str, statement: &str) -> String {
     assert!(status.is_success(), "{statement}\n=> {status}: {body}");
     body
 }
+
+/// A ClickHouse server of one test's own, through `scripts/clickhouse` with a home of its
+/// own, so that stopping and restarting it disturbs no other test; stopped and removed on
+/// drop. A restart keeps its port (the clients keep their URL).
+pub struct PrivateServer {
+    home: std::path::PathBuf,
+    pub url: String,
+}
+
+impl PrivateServer {
+    pub fn start(name: &str) -> PrivateServer {
+        let home = std::env::temp_dir().join(format!(
+            "toctou-ch-{name}-{}-{}",
+            std::process::id(),
+            super::rand_suffix()
+        ));
+        let url = script(&home, "start");
+        PrivateServer { home, url }
+    }
+
+    pub fn stop(&self) {
+        script(&self.home, "stop");
+    }
+
+    /// Starts it again, on the same port.
+    pub fn restart(&self) {
+        let url = script(&self.home, "start");
+        assert_eq!(url, self.url, "the server came back on another port");
+    }
+}
+
+fn script(home: &Path, command: &str) -> String {
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/clickhouse"))
+        .arg(command)
+        .env("TOCTOU_CLICKHOUSE_HOME", home)
+        .output()
+        .expect("running scripts/clickhouse");
+    assert!(
+        out.status.success(),
+        "scripts/clickhouse {command} failed (run 'scripts/clickhouse install' first?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/clickhouse"))
+            .arg("stop")
+            .env("TOCTOU_CLICKHOUSE_HOME", &self.home)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}

@@ -322,6 +322,79 @@ pub async fn send_stories(
     (sent, report)
 }
 
+/// Sends the stories of resources `0, 1, 2, ...` from `tasks` concurrent senders (sender k
+/// takes resources k, k + tasks, ...) to one OTLP/HTTP receiver, as fast as it answers,
+/// until it stops answering: a request answered 2xx is acknowledged and recorded (the
+/// oracle's input, in the order acknowledged); 503 and 429 are retried; anything else
+/// (refused or reset connections: the receiver is going away) ends that sender, and the rest
+/// of its story is never sent. `progress` counts stories completed.
+pub async fn send_until_refused(
+    addr: SocketAddr,
+    tasks: u64,
+    progress: Arc<AtomicU64>,
+) -> (Vec<String>, SendReport) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let retryable = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for k in 0..tasks {
+        let (acked, retryable, progress) = (acked.clone(), retryable.clone(), progress.clone());
+        handles.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap();
+            let mut i = k;
+            loop {
+                for step in story(i) {
+                    let (path, body) = step.render(now_ns());
+                    loop {
+                        let resp = client
+                            .post(format!("http://{addr}{path}"))
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match resp {
+                            Ok(r) if r.status().is_success() => break,
+                            Ok(r) if r.status() == 503 || r.status() == 429 => {
+                                retryable.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Ok(r) => {
+                                panic!("receiver answered {}: {:?}", r.status(), r.text().await)
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    acked.lock().unwrap().push(body);
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+                i += tasks;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("sender task");
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let report = SendReport {
+        requests: acked.len() as u64,
+        retryable: retryable.load(Ordering::Relaxed),
+    };
+    (acked, report)
+}
+
+/// Spans and audit records in OTLP/JSON requests as `story` renders them.
+pub fn count_events(requests: &[String]) -> u64 {
+    requests
+        .iter()
+        .map(|r| {
+            (r.matches("\"toctou.phase\"").count() + r.matches("\"toctou.audit.action\"").count())
+                as u64
+        })
+        .sum()
+}
+
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
