@@ -6,6 +6,7 @@
 //! When the channel is full the receivers push back (HTTP 503, gRPC UNAVAILABLE) instead of
 //! queueing without bound.
 
+use crate::access::{refuse_open_listeners, AccessArgs, ApiAccess, ReceiverAccess};
 use crate::api::{self, Shared};
 use crate::cli::{bind, now_ns, CorrelatorArgs, ReceiverArgs};
 use crate::clickhouse::sink::{self, Sink, SinkConfig};
@@ -36,6 +37,9 @@ pub struct RunArgs {
     /// Findings API, page, /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
     pub api_addr: SocketAddr,
+    /// API tokens, TLS and the loopback rule (src/access.rs).
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Findings kept in memory for the API (oldest dropped first, counted).
     #[arg(long, env = "TOCTOU_MAX_FINDINGS", default_value_t = 100_000)]
     pub max_findings: usize,
@@ -109,6 +113,21 @@ pub(crate) async fn shutdown_signal() {
 /// Runs until `shutdown` resolves. Binding happens first so that a port in use fails fast
 /// with the address in the message.
 pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let receiver_access = ReceiverAccess::from_args(&args.receivers.access, &args.access)?;
+    let api_access = ApiAccess::from_args(&args.access)?;
+    let [grpc_exposure, http_exposure] =
+        receiver_access.exposures(args.receivers.otlp_grpc_addr, args.receivers.otlp_http_addr);
+    refuse_open_listeners(
+        &[
+            grpc_exposure,
+            http_exposure,
+            api_access.exposure("API", args.api_addr),
+        ],
+        args.access.allow_unauthenticated,
+    )?;
+    if args.demo && receiver_access.tls.is_some() {
+        anyhow::bail!("--demo sends in plain text: it cannot be used with --tls-cert");
+    }
     let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
     let writer = FindingsWriter::open(args.findings_file.as_deref())?;
     let sink = start_sink(&args).await?;
@@ -127,6 +146,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         receivers: receivers.clone(),
         started_ns: now_ns(),
         sink: sink.as_ref().map(Sink::metrics),
+        access: api_access,
     });
 
     // Sent the shutdown deadline once the servers are done, so every request they accepted
@@ -158,16 +178,13 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     );
     // The demo sends to the bound address: the configured one may be port 0.
     let grpc_addr = grpc.local_addr()?;
-    let grpc_task = tokio::spawn(toctou_collector::serve_grpc(
+    let grpc_task = tokio::spawn(receiver_access.clone().serve_grpc(
         grpc,
         receivers.clone(),
         stopped(stop_rx.clone()),
     ));
-    let http_task = tokio::spawn(toctou_collector::serve_http(
-        http,
-        receivers.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    let http_task =
+        tokio::spawn(receiver_access.serve_http(http, receivers.clone(), stopped(stop_rx.clone())));
     let api_task = tokio::spawn(api::serve(
         api_listener,
         shared.clone(),
@@ -176,7 +193,11 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     drop(receivers);
 
     let demo_task = args.demo.then(|| {
-        let demo = crate::demo::DemoArgs::against(grpc_addr, args.demo_duration);
+        // With ingest tokens the demo sends TOCTOU_TOKEN (this process keeps only digests).
+        let token = std::env::var("TOCTOU_TOKEN")
+            .ok()
+            .and_then(|t| t.parse().ok());
+        let demo = crate::demo::DemoArgs::against(grpc_addr, args.demo_duration, token);
         tokio::spawn(async move {
             if let Err(err) = crate::demo::run_workloads(demo).await {
                 tracing::error!(error = %format!("{err:#}"), "demo traffic failed");
