@@ -20,9 +20,6 @@ use std::time::Duration;
 use toctou_collector::Receivers;
 use tokio::sync::watch;
 
-/// How long queued messages may still be delivered at shutdown.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
-
 #[derive(Args, Debug)]
 pub struct CollectorArgs {
     #[command(flatten)]
@@ -45,6 +42,8 @@ pub struct CollectorArgs {
     /// How long the producer waits to fill a batch.
     #[arg(long, env = "TOCTOU_KAFKA_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub kafka_linger: Duration,
+    #[command(flatten)]
+    pub shutdown: crate::run::shutdown::ShutdownArgs,
 }
 
 pub fn main(args: CollectorArgs) -> Result<()> {
@@ -53,7 +52,10 @@ pub fn main(args: CollectorArgs) -> Result<()> {
         .thread_name("toctou-io")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, crate::run::shutdown_signal()))
+    let result = runtime.block_on(run(args, crate::run::shutdown_signal()));
+    // Past the shutdown deadline a request may still wait on Kafka: exit anyway.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 pub async fn run(
@@ -109,21 +111,44 @@ pub async fn run(
     ));
     let http_task =
         tokio::spawn(receiver_access.serve_http(http, receivers.clone(), stopped(stop_rx.clone())));
-    let router = metrics_router(receivers.clone(), producer_metrics, api_access.clone());
+    let router = metrics_router(
+        receivers.clone(),
+        producer_metrics.clone(),
+        api_access.clone(),
+    );
     let api_task =
         tokio::spawn(async move { api_access.serve(api, router, stopped(stop_rx)).await });
     drop(receivers);
 
     shutdown.await;
-    tracing::info!("shutting down: no new requests, waiting for kafka's acknowledgements");
+    let timeout = args.shutdown.shutdown_timeout;
+    let deadline = args.shutdown.deadline();
+    tracing::info!(timeout = %humantime::format_duration(timeout), "shutting down: no new requests, waiting for kafka's acknowledgements");
     let _ = stop_tx.send(true);
-    let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
-    g.context("gRPC server task")?.context("gRPC server")?;
-    h.context("HTTP server task")?.context("HTTP server")?;
-    a.context("API server task")?.context("API server")?;
-    tokio::task::spawn_blocking(move || sink.flush(SHUTDOWN_FLUSH))
+    // A request is answered 200 only once Kafka acknowledged its messages, so once the
+    // servers have answered every request in flight, everything acknowledged is in Kafka;
+    // the flush only settles messages whose requests already failed.
+    let inflight = producer_metrics;
+    let stopping = async {
+        let (g, h, a) = tokio::join!(grpc_task, http_task, api_task);
+        g.context("gRPC server task")?.context("gRPC server")?;
+        h.context("HTTP server task")?.context("HTTP server")?;
+        a.context("API server task")?.context("API server")?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        tokio::task::spawn_blocking(move || sink.flush(left))
+            .await
+            .context("flushing the producer")
+    };
+    if tokio::time::timeout_at(deadline.into(), stopping)
         .await
-        .context("flushing the producer")?;
+        .is_err()
+    {
+        anyhow::bail!(
+            "shutdown did not finish within --shutdown-timeout {}: {} requests still waiting for Kafka's acknowledgement (their clients get no 200 and send again)",
+            humantime::format_duration(timeout),
+            inflight.inflight_batches.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     Ok(())
 }
 

@@ -30,7 +30,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::Message;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use toctou_correlator::{Engine, Stats};
 
@@ -79,6 +79,8 @@ pub struct CorrelatorNodeArgs {
     /// The age of the oldest buffered row that triggers an insert.
     #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub clickhouse_batch_age: Duration,
+    #[command(flatten)]
+    pub shutdown: crate::run::shutdown::ShutdownArgs,
 }
 
 pub fn main(args: CorrelatorNodeArgs) -> Result<()> {
@@ -88,7 +90,10 @@ pub fn main(args: CorrelatorNodeArgs) -> Result<()> {
         .thread_name("toctou-io")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, crate::run::shutdown_signal()))
+    let result = runtime.block_on(run(args, crate::run::shutdown_signal()));
+    // Past the shutdown deadline the poll thread may still wait on ClickHouse: exit anyway.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 pub async fn run(
@@ -118,6 +123,7 @@ pub async fn run(
     let sink =
         Sink::spawn(ch.client(), sink_config).context("starting the clickhouse sink thread")?;
     let sink_metrics = sink.metrics();
+    let sink_metrics_for_exit = sink_metrics.clone();
     let metrics = Arc::new(ConsumerMetrics::default());
     let stats = Arc::new(Mutex::new(Stats::default()));
     let context = GroupContext {
@@ -160,13 +166,16 @@ pub async fn run(
         "toctou correlator consuming"
     );
     let stop = Arc::new(AtomicBool::new(false));
+    // Set (to when the sink must give up) before `stop`.
+    let give_up_at = Arc::new(OnceLock::new());
     let thread = {
         let stop = stop.clone();
         let stats = stats.clone();
+        let give_up_at = give_up_at.clone();
         let commit_interval = args.commit_interval;
         std::thread::Builder::new()
             .name("toctou-correlator".into())
-            .spawn(move || consume(consumer, stop, stats, commit_interval))
+            .spawn(move || consume(consumer, stop, &give_up_at, stats, commit_interval))
             .context("starting the correlator thread")?
     };
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
@@ -179,12 +188,34 @@ pub async fn run(
     });
 
     shutdown.await;
-    tracing::info!("shutting down: committing what clickhouse holds and leaving the group");
+    let timeout = args.shutdown.shutdown_timeout;
+    let deadline = args.shutdown.deadline();
+    tracing::info!(timeout = %humantime::format_duration(timeout), "shutting down: committing what clickhouse holds and leaving the group");
+    let _ = give_up_at.set(crate::run::shutdown::sink_deadline(deadline, timeout));
     stop.store(true, Relaxed);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .context("joining the correlator thread")?
-        .map_err(|_| anyhow::anyhow!("the correlator thread panicked"))?;
+    // Nothing is flushed early (see the module doc): what ClickHouse does not hold by the
+    // deadline stays uncommitted, and the partitions' next owner re-reads it.
+    let joined = tokio::time::timeout_at(
+        deadline.into(),
+        tokio::task::spawn_blocking(move || thread.join()),
+    )
+    .await;
+    let stats = match joined {
+        Ok(joined) => joined
+            .context("joining the correlator thread")?
+            .map_err(|_| anyhow::anyhow!("the correlator thread panicked"))?,
+        Err(_) => anyhow::bail!(
+            "shutdown did not finish within --shutdown-timeout {}: {} rows not written to ClickHouse; the offsets behind them stay uncommitted and the next owner re-reads them",
+            humantime::format_duration(timeout),
+            sink_metrics_for_exit.backlog_rows()
+        ),
+    };
+    if let Some(stats) = stats.filter(|s| s.rows_failed > 0) {
+        anyhow::bail!(
+            "{} rows could not be written to ClickHouse by the shutdown deadline; the offsets behind them stay uncommitted and the next owner re-reads them",
+            stats.rows_failed
+        );
+    }
     let _ = stop_api_tx.send(());
     api_task
         .await
@@ -271,13 +302,15 @@ fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
     want
 }
 
-/// The poll loop. Returns once `stop` is set and the partitions are committed.
+/// The poll loop. Returns once `stop` is set and the partitions are committed, with what
+/// the sink wrote; it gives up retrying at `give_up_at` (when set).
 fn consume(
     consumer: BaseConsumer<GroupContext>,
     stop: Arc<AtomicBool>,
+    give_up_at: &OnceLock<Instant>,
     stats: Arc<Mutex<Stats>>,
     commit_interval: Duration,
-) {
+) -> Option<crate::clickhouse::sink::SinkStats> {
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
     let mut paused = false;
@@ -311,13 +344,17 @@ fn consume(
     // Shutdown: like a revocation of everything, then leave the group.
     let sink = lock(&consumer.context().state).release_all(&consumer);
     drop(consumer);
-    if let Some(sink) = sink {
-        let stats = sink.close();
+    sink.map(|sink| {
+        let stats = match give_up_at.get() {
+            Some(deadline) => sink.close_by(*deadline),
+            None => sink.close(),
+        };
         tracing::info!(
             findings = stats.findings_written,
             events = stats.events_written,
             failed = stats.rows_failed,
             "clickhouse sink flushed"
         );
-    }
+        stats
+    })
 }
