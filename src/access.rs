@@ -7,8 +7,9 @@
 //! the check runs before anything is bound, and its error names each listener at fault and
 //! the flags that fix it. `/healthz` stays open everywhere, for probes.
 //!
-//! Tokens come from files (one per line) and from `TOCTOU_*_TOKENS` variables, never from
-//! flags: a command line is visible to every user of the host.
+//! Tokens come from files (one per line) or from `TOCTOU_*_TOKENS` variables; the
+//! matching flags exist (clap reads a variable through its flag) but a command line is
+//! visible to every user of the host, so the help says to prefer the variable.
 
 use crate::tls::{self, TlsListener};
 use anyhow::{bail, Context, Result};
@@ -28,13 +29,6 @@ use toctou_collector::auth::{self, Refusal};
 use toctou_collector::{ReceiverAuth, Receivers, ServeError, Tokens};
 use tokio::net::TcpListener;
 
-/// Tokens of the findings API, page and metrics, comma- or newline-separated.
-pub const API_TOKENS_ENV: &str = "TOCTOU_API_TOKENS";
-/// Tokens of the OTLP receivers (and the audit webhook unless it has its own).
-pub const INGEST_TOKENS_ENV: &str = "TOCTOU_INGEST_TOKENS";
-/// Tokens of the Kubernetes audit webhook.
-pub const AUDIT_TOKENS_ENV: &str = "TOCTOU_AUDIT_TOKENS";
-
 /// What a 401 of the API answers: bearer for programs, basic (any user, the token as the
 /// password) so that a browser asks for it and the page opens.
 const API_CHALLENGES: [&str; 2] = ["Bearer realm=\"toctou\"", "Basic realm=\"toctou\""];
@@ -47,6 +41,10 @@ pub struct AccessArgs {
     /// also be given in TOCTOU_API_TOKENS (comma-separated); both sets are accepted.
     #[arg(long, env = "TOCTOU_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// API tokens themselves, comma-separated. Prefer the variable: a command line is
+    /// visible to every user of the host.
+    #[arg(long, env = "TOCTOU_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<TokenList>,
     /// PEM certificate chain: every listener (receivers, API) speaks TLS. Needs --tls-key.
     #[arg(long, env = "TOCTOU_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -67,10 +65,17 @@ pub struct ReceiverAccessArgs {
     /// Tokens may also be given in TOCTOU_INGEST_TOKENS (comma-separated).
     #[arg(long, env = "TOCTOU_INGEST_TOKEN_FILE")]
     pub ingest_token_file: Option<PathBuf>,
+    /// Ingest tokens themselves, comma-separated. Prefer the variable: a command line is
+    /// visible to every user of the host.
+    #[arg(long, env = "TOCTOU_INGEST_TOKENS", hide_env_values = true)]
+    pub ingest_tokens: Option<TokenList>,
     /// File of tokens for the Kubernetes audit webhook (/v1/k8s-audit) alone, put in the API
     /// server's webhook kubeconfig; also TOCTOU_AUDIT_TOKENS.
     #[arg(long, env = "TOCTOU_AUDIT_TOKEN_FILE")]
     pub audit_token_file: Option<PathBuf>,
+    /// Audit webhook tokens themselves, comma-separated (prefer the variable).
+    #[arg(long, env = "TOCTOU_AUDIT_TOKENS", hide_env_values = true)]
+    pub audit_tokens: Option<TokenList>,
     /// PEM CA certificates: the receivers require a client certificate issued by one of them
     /// (mutual TLS). Needs --tls-cert.
     #[arg(long, env = "TOCTOU_TLS_CLIENT_CA")]
@@ -107,13 +112,36 @@ impl Secret {
     }
 }
 
-/// A token set from a file and/or an environment variable; `None` when neither is set.
-pub fn read_tokens(file: Option<&Path>, env: &str) -> Result<Option<Tokens>> {
+/// Tokens as given to a `--*-tokens` flag or its variable: parsed after clap, so that a
+/// malformed one is reported by position, never echoed as clap echoes a bad value.
+#[derive(Clone)]
+pub struct TokenList(String);
+
+impl std::fmt::Debug for TokenList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenList(redacted)")
+    }
+}
+
+impl std::str::FromStr for TokenList {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<TokenList, Self::Err> {
+        Ok(TokenList(s.to_string()))
+    }
+}
+
+/// A token set from a file and/or a list (`origin` names the list in errors); `None` when
+/// neither is given or the list is blank.
+pub fn read_tokens(
+    file: Option<&Path>,
+    list: Option<&TokenList>,
+    origin: &str,
+) -> Result<Option<Tokens>> {
     let from_file = file.map(Tokens::from_file).transpose()?;
-    let from_env = match std::env::var(env) {
-        Ok(text) if !text.trim().is_empty() => Some(Tokens::parse_list(&text, env)?),
-        Ok(_) | Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => bail!("{env} is not valid UTF-8"),
+    let from_env = match list {
+        Some(TokenList(text)) if !text.trim().is_empty() => Some(Tokens::parse_list(text, origin)?),
+        _ => None,
     };
     Ok(match (from_file, from_env) {
         (Some(a), Some(b)) => Some(a.union(&b)),
@@ -196,7 +224,11 @@ impl ApiAccess {
     /// Reads the API's tokens and TLS files.
     pub fn from_args(args: &AccessArgs) -> Result<ApiAccess> {
         let access = ApiAccess {
-            tokens: read_tokens(args.api_token_file.as_deref(), API_TOKENS_ENV)?,
+            tokens: read_tokens(
+                args.api_token_file.as_deref(),
+                args.api_tokens.as_ref(),
+                "--api-tokens/TOCTOU_API_TOKENS",
+            )?,
             tls: tls_config(args, None)?,
             refused: Arc::default(),
         };
@@ -307,8 +339,16 @@ pub struct ReceiverAccess {
 
 impl ReceiverAccess {
     pub fn from_args(receiver: &ReceiverAccessArgs, api: &AccessArgs) -> Result<ReceiverAccess> {
-        let otlp = read_tokens(receiver.ingest_token_file.as_deref(), INGEST_TOKENS_ENV)?;
-        let audit = read_tokens(receiver.audit_token_file.as_deref(), AUDIT_TOKENS_ENV)?;
+        let otlp = read_tokens(
+            receiver.ingest_token_file.as_deref(),
+            receiver.ingest_tokens.as_ref(),
+            "--ingest-tokens/TOCTOU_INGEST_TOKENS",
+        )?;
+        let audit = read_tokens(
+            receiver.audit_token_file.as_deref(),
+            receiver.audit_tokens.as_ref(),
+            "--audit-tokens/TOCTOU_AUDIT_TOKENS",
+        )?;
         Ok(ReceiverAccess {
             auth: ReceiverAuth {
                 // Without tokens of its own the webhook takes the ingest tokens.
