@@ -10,6 +10,35 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use toctou_schema::conventions as c;
 
+/// The longest value toctou keeps of an attribute it reads (`toctou.resource`,
+/// `toctou.request_id`, `service.name`, ...), in bytes; schema/CONVENTIONS.md documents it.
+/// Each kept value is copied into an event that lives in the correlator's state and in
+/// findings, so one request must not be able to park megabytes per span there. A longer
+/// value refuses its span or record (`attribute_too_long`); the rest of the request goes on.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// How much of a refused value an error message repeats back: enough to recognise it.
+const SHOWN_BYTES: usize = 64;
+
+fn too_long(key: &str, len: usize) -> Rejection {
+    Rejection::new(
+        RejectReason::AttributeTooLong,
+        format!("{key} is {len} bytes long, over the limit of {MAX_VALUE_BYTES} bytes"),
+    )
+}
+
+/// `s` quoted for an error message, cut after [`SHOWN_BYTES`] (at a char boundary).
+fn shown(s: &str) -> String {
+    if s.len() <= SHOWN_BYTES {
+        return format!("{s:?}");
+    }
+    let mut end = SHOWN_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &s[..end], s.len())
+}
+
 /// The attributes toctou reads, borrowed from the span or record. When a key repeats (the
 /// OTLP data model forbids it, but not every SDK checks), the first occurrence wins.
 #[derive(Default)]
@@ -95,6 +124,7 @@ pub(crate) fn text(key: &str, v: Option<&Value>) -> Result<Option<String>, Rejec
     match v {
         None => Ok(None),
         Some(Value::StringValue(s)) if s.is_empty() => Ok(None),
+        Some(Value::StringValue(s)) if s.len() > MAX_VALUE_BYTES => Err(too_long(key, s.len())),
         Some(Value::StringValue(s)) => Ok(Some(s.clone())),
         Some(Value::IntValue(i)) => Ok(Some(i.to_string())),
         Some(other) => Err(bad_type(key, other, "a string")),
@@ -145,7 +175,7 @@ pub(crate) fn keyword<T>(
             Some(t) => Ok(Some(t)),
             None => Err(Rejection::new(
                 RejectReason::BadAttribute,
-                format!("{key} is {s:?}, expected one of {allowed}"),
+                format!("{key} is {}, expected one of {allowed}", shown(s)),
             )),
         },
         Some(other) => Err(bad_type(key, other, "a string")),
@@ -163,16 +193,21 @@ pub(crate) fn status_code(v: Option<&Value>) -> Option<i64> {
     }
 }
 
-/// `service.name` of the resource, or `unknown_service` as the SDKs default it.
-pub(crate) fn service_name(resource: Option<&Resource>) -> String {
-    resource
+/// `service.name` of the resource, or `unknown_service` as the SDKs default it; a name over
+/// [`MAX_VALUE_BYTES`] is the rejection of every toctou item of the resource.
+pub(crate) fn service_name(resource: Option<&Resource>) -> Result<String, Rejection> {
+    let name = resource
         .and_then(|r| r.attributes.iter().find(|kv| kv.key == c::SERVICE_NAME))
         .and_then(|kv| kv.value.as_ref()?.value.as_ref())
         .and_then(|v| match v {
-            Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
+            Value::StringValue(s) if !s.is_empty() => Some(s),
             _ => None,
-        })
-        .unwrap_or_else(|| "unknown_service".to_string())
+        });
+    match name {
+        Some(s) if s.len() > MAX_VALUE_BYTES => Err(too_long(c::SERVICE_NAME, s.len())),
+        Some(s) => Ok(s.clone()),
+        None => Ok("unknown_service".to_string()),
+    }
 }
 
 /// A fixed-size id from its bytes: empty means unknown (all zeroes); any other length is
@@ -281,12 +316,49 @@ mod tests {
 
     #[test]
     fn service_name_defaults_like_the_sdks() {
-        assert_eq!(service_name(None), "unknown_service");
-        let r = Resource {
+        assert_eq!(service_name(None).unwrap(), "unknown_service");
+        let mut r = Resource {
             attributes: vec![kv(c::SERVICE_NAME, Value::StringValue("shop".into()))],
             ..Default::default()
         };
-        assert_eq!(service_name(Some(&r)), "shop");
+        assert_eq!(service_name(Some(&r)).unwrap(), "shop");
+        r.attributes[0] = kv(c::SERVICE_NAME, Value::StringValue("s".repeat(5000)));
+        let err = service_name(Some(&r)).unwrap_err();
+        assert_eq!(err.reason, RejectReason::AttributeTooLong);
+        assert_eq!(
+            err.message,
+            "service.name is 5000 bytes long, over the limit of 4096 bytes"
+        );
+    }
+
+    #[test]
+    fn kept_values_are_bounded_and_refusals_do_not_echo_them_whole() {
+        let at_limit = "r".repeat(MAX_VALUE_BYTES);
+        assert_eq!(
+            text("k", Some(&Value::StringValue(at_limit.clone()))).unwrap(),
+            Some(at_limit)
+        );
+        let over = Value::StringValue("r".repeat(MAX_VALUE_BYTES + 1));
+        let err = text("toctou.resource", Some(&over)).unwrap_err();
+        assert_eq!(err.reason, RejectReason::AttributeTooLong);
+        assert_eq!(
+            err.message,
+            "toctou.resource is 4097 bytes long, over the limit of 4096 bytes"
+        );
+        // Versions are text too.
+        let err = version("v", Some(&over)).unwrap_err();
+        assert_eq!(err.reason, RejectReason::AttributeTooLong);
+        // A keyword is never kept, but its refusal quotes at most SHOWN_BYTES of it.
+        let long = Value::StringValue("é".repeat(100_000));
+        let err = keyword("k", Some(&long), "x", |_| None::<()>).unwrap_err();
+        assert_eq!(err.reason, RejectReason::BadAttribute);
+        assert!(err.message.len() < 200, "{}", err.message);
+        assert!(
+            err.message
+                .ends_with("... (200000 bytes), expected one of x"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

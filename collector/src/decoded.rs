@@ -110,6 +110,9 @@ pub enum RejectReason {
     MissingResource,
     /// An attribute or field with a value outside its allowed set or of the wrong type.
     BadAttribute,
+    /// A value toctou keeps (resource, request id, service name, ...) longer than
+    /// `attrs::MAX_VALUE_BYTES`.
+    AttributeTooLong,
     /// A trace or span id of the wrong length, or no trace id where one is needed.
     BadId,
     /// The sink was full: the client is told to retry.
@@ -121,7 +124,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::MalformedProtobuf,
         RejectReason::MalformedJson,
         RejectReason::UnsupportedContentType,
@@ -131,6 +134,7 @@ impl RejectReason {
         RejectReason::MethodNotAllowed,
         RejectReason::MissingResource,
         RejectReason::BadAttribute,
+        RejectReason::AttributeTooLong,
         RejectReason::BadId,
         RejectReason::Backpressure,
         RejectReason::SinkClosed,
@@ -148,6 +152,7 @@ impl RejectReason {
             RejectReason::MethodNotAllowed => "method_not_allowed",
             RejectReason::MissingResource => "missing_resource",
             RejectReason::BadAttribute => "bad_attribute",
+            RejectReason::AttributeTooLong => "attribute_too_long",
             RejectReason::BadId => "bad_id",
             RejectReason::Backpressure => "backpressure",
             RejectReason::SinkClosed => "sink_closed",

@@ -611,4 +611,81 @@ mod tests {
         // An empty request is a request with nothing in it.
         assert_eq!(traces(&[]), Some(ExportTraceServiceRequest::default()));
     }
+
+    /// An attribute `key` whose AnyValue nests `depth` kvlists, built from the inside out
+    /// without recursion (prost's encoder would recurse as deep).
+    fn deep_attribute(key: &str, depth: usize) -> Vec<u8> {
+        fn prefix(rev: &mut Vec<u8>, tag: u8, len: usize) {
+            let mut head = vec![tag];
+            prost::encoding::encode_varint(len as u64, &mut head);
+            rev.extend(head.iter().rev());
+        }
+        // Reversed: every level prepends a few bytes to what is inside it.
+        let mut rev: Vec<u8> = vec![0x01, 0x18]; // AnyValue { int_value: 1 }
+        for _ in 0..depth {
+            let value = rev.len();
+            prefix(&mut rev, 0x12, value); // KeyValue.value
+            rev.extend(b"\x0A\x01k".iter().rev()); // KeyValue.key = "k"
+            let kv = rev.len();
+            prefix(&mut rev, 0x0A, kv); // KeyValueList.values
+            let list = rev.len();
+            prefix(&mut rev, 0x32, list); // AnyValue.kvlist_value
+        }
+        let value = rev.len();
+        prefix(&mut rev, 0x12, value);
+        let mut kv = vec![0x0A, key.len() as u8];
+        kv.extend(key.as_bytes());
+        rev.reverse();
+        kv.extend(rev);
+        kv
+    }
+
+    #[test]
+    fn deep_nesting_is_skipped_unread_and_refused_by_prost_when_read() {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes: vec![
+                KeyValue {
+                    key: c::PHASE.into(),
+                    key_strindex: 0,
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue("check".into())),
+                    }),
+                },
+                KeyValue {
+                    key: c::RESOURCE.into(),
+                    key_strindex: 0,
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue("r".into())),
+                    }),
+                },
+            ],
+            ..Default::default()
+        };
+        let request = |attribute: Vec<u8>| {
+            let mut span = span.encode_to_vec();
+            prost::encoding::encode_key(9, prost::encoding::WireType::LengthDelimited, &mut span);
+            prost::encoding::encode_varint(attribute.len() as u64, &mut span);
+            span.extend(attribute);
+            let scope = ScopeSpans::default();
+            let mut scope_bytes = scope.encode_to_vec();
+            prost::encoding::bytes::encode(2, &span, &mut scope_bytes);
+            let mut rs = Vec::new();
+            prost::encoding::bytes::encode(2, &scope_bytes, &mut rs);
+            let mut req = Vec::new();
+            prost::encoding::bytes::encode(1, &rs, &mut req);
+            req
+        };
+        // 100k levels in an attribute toctou does not read: skipped by its length.
+        let raw = request(deep_attribute("deep", 100_000));
+        assert!(raw.len() > 1_000_000);
+        let pruned = traces(&raw).expect("unread fields are skipped, not descended");
+        assert_eq!(decode_traces(&pruned).events.len(), 1);
+        // The same depth in toctou.resource is read, so prost decodes it, up to its limit.
+        let raw = request(deep_attribute(c::RESOURCE, 100_000));
+        assert!(traces(&raw).is_none());
+        let err = ExportTraceServiceRequest::decode(raw.as_slice()).unwrap_err();
+        assert!(err.to_string().contains("recursion limit reached"), "{err}");
+    }
 }

@@ -18,15 +18,45 @@ use serde::Deserialize;
 /// An OTLP/JSON `ExportTraceServiceRequest`, as the prost message.
 pub fn traces_from_json(body: &[u8]) -> Result<ExportTraceServiceRequest, DecodeError> {
     expect_object(body)?;
-    let parsed: model::TracesRequest = serde_json::from_slice(body)?;
+    let parsed: model::TracesRequest = serde_json::from_slice(body).map_err(bounded)?;
     Ok(parsed.into())
 }
 
 /// An OTLP/JSON `ExportLogsServiceRequest`, as the prost message.
 pub fn logs_from_json(body: &[u8]) -> Result<ExportLogsServiceRequest, DecodeError> {
     expect_object(body)?;
-    let parsed: model::LogsRequest = serde_json::from_slice(body)?;
+    let parsed: model::LogsRequest = serde_json::from_slice(body).map_err(bounded)?;
     Ok(parsed.into())
+}
+
+/// The longest parser message passed on, in bytes. serde quotes a value of the wrong type
+/// or spelling in full, and the message goes back to the client and into the log: a 20 MiB
+/// string where a number belongs must not come back as a 20 MiB error.
+const MAX_ERROR_BYTES: usize = 256;
+
+/// `e`, with its message cut to about [`MAX_ERROR_BYTES`]: the start and the end, where serde
+/// says what it expected, and the position.
+fn bounded(e: serde_json::Error) -> DecodeError {
+    let text = e.to_string();
+    if text.len() <= MAX_ERROR_BYTES {
+        return DecodeError::Json(e);
+    }
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let message = text.strip_suffix(&position).unwrap_or(&text);
+    let mut head = MAX_ERROR_BYTES / 2;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len().saturating_sub(MAX_ERROR_BYTES / 2).max(head);
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    DecodeError::Json(serde::de::Error::custom(format!(
+        "{} [{} bytes cut] {}{position}",
+        &message[..head],
+        tail - head,
+        &message[tail..],
+    )))
 }
 
 /// serde's derived structs also read JSON arrays (as tuples), which would let `[]` pass as
@@ -234,6 +264,57 @@ mod tests {
             assert!(matches!(err, DecodeError::Json(_)), "{err}");
             assert!(err.to_string().starts_with("malformed json: "), "{err}");
         }
+    }
+
+    #[test]
+    fn nesting_past_the_parser_limit_is_an_error_not_a_crash() {
+        // 100k levels of kvlistValue in an attribute nobody reads: serde_json stops at 128.
+        let depth = 100_000;
+        let mut body = String::from(
+            r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"deep","value":"#,
+        );
+        for _ in 0..depth {
+            body.push_str(r#"{"kvlistValue":{"values":[{"key":"k","value":"#);
+        }
+        body.push_str(r#"{"intValue":1}"#);
+        for _ in 0..depth {
+            body.push_str("}]}}");
+        }
+        body.push_str("}]}]}]}]}");
+        let err = traces_from_json(body.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("malformed json: recursion limit exceeded"),
+            "{err}"
+        );
+        // Unknown fields are skipped without building them, and serde_json skips without
+        // recursing: as deep as that, the request is simply empty.
+        let body = format!(
+            "{{\"resourceLogs\":[],\"future\":{}{}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert!(logs_from_json(body.as_bytes())
+            .unwrap()
+            .resource_logs
+            .is_empty());
+    }
+
+    #[test]
+    fn a_huge_value_of_the_wrong_type_is_not_echoed_whole() {
+        let huge = "z".repeat(1 << 20);
+        let body = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"startTimeUnixNano":"{huge}"}}]}}]}}]}}"#
+        );
+        let err = traces_from_json(body.as_bytes()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.len() < 400, "{} bytes", text.len());
+        assert!(text.starts_with("malformed json: "), "{text}");
+        assert!(text.contains("bytes cut] z"), "{text}");
+        assert!(
+            text.contains("\" is not an integer at line 1 column "),
+            "{text}"
+        );
     }
 
     #[test]

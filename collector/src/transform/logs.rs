@@ -18,12 +18,17 @@ pub fn decode_logs(request: &ExportLogsServiceRequest) -> Decoded {
         let service = attrs::service_name(resource_logs.resource.as_ref());
         for scope_logs in &resource_logs.scope_logs {
             for record in &scope_logs.log_records {
-                file_outcome(
-                    &mut out,
-                    audit_event(&service, record),
-                    IgnoreReason::NoAction,
-                    || item_label("log record", &record.span_id, index),
-                );
+                let outcome = match &service {
+                    Ok(service) => audit_event(service, record),
+                    // As for spans: only the audit records are refused for the name.
+                    Err(r) => match Known::collect(&record.attributes).audit_action {
+                        Some(_) => Err(r.clone()),
+                        None => Ok(None),
+                    },
+                };
+                file_outcome(&mut out, outcome, IgnoreReason::NoAction, || {
+                    item_label("log record", &record.span_id, index)
+                });
                 index += 1;
             }
         }
@@ -196,5 +201,56 @@ mod tests {
             panic!("not an audit event")
         };
         assert_eq!(a.service, "unknown_service");
+    }
+
+    #[test]
+    fn long_kept_values_refuse_their_record_only() {
+        let long = "x".repeat(crate::attrs::MAX_VALUE_BYTES + 1);
+        let mut resource = Resource::default();
+        resource.attributes.push(s(c::SERVICE_NAME, &long));
+        let records = vec![
+            record(vec![s(c::AUDIT_ACTION, "update"), s(c::RESOURCE, "r")]),
+            record(vec![s("message", "hello")]),
+        ];
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![
+                ResourceLogs {
+                    resource: Some(resource),
+                    scope_logs: vec![ScopeLogs {
+                        log_records: records.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                ResourceLogs {
+                    scope_logs: vec![ScopeLogs {
+                        log_records: vec![
+                            records[0].clone(),
+                            record(vec![
+                                s(c::AUDIT_ACTION, "update"),
+                                s(c::RESOURCE, "r"),
+                                s(c::ACTOR, &long),
+                            ]),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
+        };
+        let d = decode_logs(&req);
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.ignored.get(IgnoreReason::NoAction), 1);
+        let reasons: Vec<_> = d.rejected.iter().map(|r| r.reason).collect();
+        assert_eq!(reasons, [RejectReason::AttributeTooLong; 2]);
+        assert!(d.rejected[0].message.contains("service.name is 4097 bytes"));
+        assert!(
+            d.rejected[1].message.ends_with(&format!(
+                "{} is 4097 bytes long, over the limit of 4096 bytes",
+                c::ACTOR
+            )),
+            "{}",
+            d.rejected[1].message
+        );
     }
 }

@@ -24,12 +24,18 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Decoded {
         let service = attrs::service_name(resource_spans.resource.as_ref());
         for scope_spans in &resource_spans.scope_spans {
             for span in &scope_spans.spans {
-                file_outcome(
-                    &mut out,
-                    span_event(&service, span),
-                    IgnoreReason::NoPhase,
-                    || item_label("span", &span.span_id, index),
-                );
+                let outcome = match &service {
+                    Ok(service) => span_event(service, span),
+                    // The resource's name is unusable: its toctou spans are refused for it,
+                    // the others were never ours to take.
+                    Err(r) => match Known::collect(&span.attributes).phase {
+                        Some(_) => Err(r.clone()),
+                        None => Ok(None),
+                    },
+                };
+                file_outcome(&mut out, outcome, IgnoreReason::NoPhase, || {
+                    item_label("span", &span.span_id, index)
+                });
                 index += 1;
             }
         }
@@ -353,6 +359,25 @@ mod tests {
         assert_eq!(
             d.error_message("spans"),
             "rejected 1 of 3 spans: span 0101010101010101: missing attribute toctou.resource"
+        );
+    }
+
+    #[test]
+    fn a_service_name_over_the_limit_refuses_the_toctou_spans_of_its_resource() {
+        let name = "s".repeat(crate::attrs::MAX_VALUE_BYTES + 1);
+        let good = span(vec![s(c::PHASE, "check"), s(c::RESOURCE, "r")]);
+        let plain = span(vec![s("http.route", "/x")]);
+        let mut req = request(Some(&name), vec![good.clone(), plain]);
+        req.resource_spans
+            .push(request(Some("shop"), vec![good]).resource_spans.remove(0));
+        let d = decode_traces(&req);
+        assert_eq!(d.events.len(), 1, "the other resource's span");
+        assert_eq!(d.ignored.get(IgnoreReason::NoPhase), 1);
+        assert_eq!(d.rejected.len(), 1);
+        assert_eq!(d.rejected[0].reason, RejectReason::AttributeTooLong);
+        assert_eq!(
+            d.rejected[0].message,
+            "span cdcdcdcdcdcdcdcd: service.name is 4097 bytes long, over the limit of 4096 bytes"
         );
     }
 
