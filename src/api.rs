@@ -316,6 +316,16 @@ fn service_findings(out: &mut String, store: &FindingStore) {
             kind.as_str()
         );
     }
+    // One series per capped metric: what its overflow bucket took in, so that a flood of
+    // names is visible (and alertable) rather than only folded away.
+    let name = "toctou_metric_series_overflow_total";
+    let _ = write!(
+        out,
+        "# HELP {name} Samples counted under {} because their label values found no series of their own (cap reached, or a value over {} bytes).\n# TYPE {name} counter\n{name}{{metric=\"toctou_service_findings_total\"}} {}\n",
+        crate::store::OVERFLOW_LABEL,
+        crate::store::MAX_LABEL_VALUE_BYTES,
+        store.by_service_overflow(),
+    );
 }
 
 /// Escapes a label value as the Prometheus text format requires.

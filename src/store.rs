@@ -17,6 +17,10 @@ use toctou_schema::{Finding, FindingKind};
 pub const MAX_SERVICE_SERIES: usize = 1000;
 /// The label value findings beyond [`MAX_SERVICE_SERIES`] are counted under.
 pub const OVERFLOW_LABEL: &str = "_other";
+/// The longest service or operation name given its own series; longer names count under
+/// [`OVERFLOW_LABEL`] too. The collector already refuses values over 4 KiB, but a thousand
+/// pairs of 4 KiB names would still make /metrics megabytes long; real names are short.
+pub const MAX_LABEL_VALUE_BYTES: usize = 128;
 
 /// What a findings query asks for.
 #[derive(Debug, Default, Clone)]
@@ -35,6 +39,8 @@ pub struct FindingStore {
     dropped: u64,
     /// Findings ever stored, by (service, operation) and kind; bounded by MAX_SERVICE_SERIES.
     by_service: BTreeMap<(String, String), [u64; KINDS]>,
+    /// Findings counted under the overflow pair instead of their own: the names they lost.
+    by_service_overflow: u64,
     /// What the page draws; counts survive the store dropping old findings.
     aggregates: Aggregates,
 }
@@ -46,6 +52,7 @@ impl FindingStore {
             findings: VecDeque::with_capacity(capacity.min(1024)),
             dropped: 0,
             by_service: BTreeMap::new(),
+            by_service_overflow: 0,
             aggregates: Aggregates::new(),
         }
     }
@@ -79,14 +86,28 @@ impl FindingStore {
     }
 
     fn count_by_service(&mut self, f: &Finding) {
+        let kind = kind_index(f.kind);
+        // A name spelled like the overflow label would hide in it: it counts as overflow.
+        let fits = f.service.len() <= MAX_LABEL_VALUE_BYTES
+            && f.operation.len() <= MAX_LABEL_VALUE_BYTES
+            && f.service != OVERFLOW_LABEL;
         let key = (f.service.clone(), f.operation.clone());
-        let key =
-            if self.by_service.contains_key(&key) || self.by_service.len() < MAX_SERVICE_SERIES {
-                key
-            } else {
-                (OVERFLOW_LABEL.to_string(), OVERFLOW_LABEL.to_string())
-            };
-        self.by_service.entry(key).or_default()[kind_index(f.kind)] += 1;
+        if fits
+            && (self.by_service.contains_key(&key) || self.by_service.len() < MAX_SERVICE_SERIES)
+        {
+            self.by_service.entry(key).or_default()[kind] += 1;
+            return;
+        }
+        self.by_service_overflow += 1;
+        self.by_service
+            .entry((OVERFLOW_LABEL.to_string(), OVERFLOW_LABEL.to_string()))
+            .or_default()[kind] += 1;
+    }
+
+    /// Findings counted under [`OVERFLOW_LABEL`] because their pair found no place (the cap
+    /// was reached, or a name was over [`MAX_LABEL_VALUE_BYTES`]).
+    pub fn by_service_overflow(&self) -> u64 {
+        self.by_service_overflow
     }
 
     /// What the page draws at `now_ns`, with `seconds` of rate series (see [`Summary`]).
@@ -183,6 +204,23 @@ mod tests {
         assert_eq!(series.len(), MAX_SERVICE_SERIES + 2);
         assert!(series.contains(&("svc-0", "op", FindingKind::OrphanCheck, 1)));
         assert!(series.contains(&(OVERFLOW_LABEL, OVERFLOW_LABEL, FindingKind::StaleCheck, 5)));
+        assert_eq!(s.by_service_overflow(), 5);
+    }
+
+    #[test]
+    fn names_too_long_for_a_label_count_as_overflow() {
+        let mut s = FindingStore::new(10);
+        let mut f = finding(1, FindingKind::StaleCheck);
+        f.operation = "o".repeat(MAX_LABEL_VALUE_BYTES + 1);
+        s.push(f.clone());
+        f.operation = "o".repeat(MAX_LABEL_VALUE_BYTES);
+        s.push(f.clone());
+        f.service = OVERFLOW_LABEL.into();
+        s.push(f);
+        let series: Vec<_> = s.by_service().collect();
+        assert_eq!(series.len(), 2);
+        assert!(series.contains(&(OVERFLOW_LABEL, OVERFLOW_LABEL, FindingKind::StaleCheck, 2)));
+        assert_eq!(s.by_service_overflow(), 2);
     }
 
     #[test]
