@@ -12,18 +12,13 @@
 use crate::auth::{GrpcGuard, ReceiverAuth};
 use crate::decoded::{Decoded, RejectReason, Signal};
 use crate::error::{IngestError, ServeError, SinkError};
+use crate::grpc_service::{OtlpService, Received};
 use crate::metrics::{Metrics, Transport};
 use crate::receivers::{Receipt, Receivers, BLOCKING_THRESHOLD};
 use crate::transform::{decode_logs, decode_traces};
 use futures::Stream;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -32,10 +27,11 @@ use prost::Message;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tonic::codec::CompressionEncoding;
+
+use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Connected, TcpIncoming};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
 /// Serves the OTLP gRPC services on `listener` until `shutdown` resolves, then finishes the
 /// calls in flight. Open to anyone (see [`serve_grpc_on`]).
@@ -72,16 +68,22 @@ where
         tokens: auth.otlp,
         receivers: state.clone(),
     };
-    let traces = TraceServiceServer::new(GrpcReceiver(state.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit);
-    let logs = LogsServiceServer::new(GrpcReceiver(state.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit);
+    let receiver = GrpcReceiver(state.clone());
+    let traces =
+        OtlpService::<ExportTraceServiceRequest, ExportTraceServiceResponse>::new(limit, {
+            let r = receiver.clone();
+            Arc::new(move |request| {
+                let r = r.clone();
+                Box::pin(async move { r.export_traces(request).await })
+            })
+        });
+    let logs = OtlpService::<ExportLogsServiceRequest, ExportLogsServiceResponse>::new(limit, {
+        let r = receiver;
+        Arc::new(move |request| {
+            let r = r.clone();
+            Box::pin(async move { r.export_logs(request).await })
+        })
+    });
     let metrics = state.metrics().clone();
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
@@ -203,17 +205,24 @@ fn retry_details(code: Code, message: String, retry_after: std::time::Duration) 
     .into()
 }
 
+#[derive(Clone)]
 struct GrpcReceiver(Receivers);
 
 impl GrpcReceiver {
     /// Decodes and delivers one message; `decode` runs off the reactor for large messages.
-    async fn handle<M, F>(&self, signal: Signal, message: M, decode: F) -> Result<Receipt, Status>
+    async fn handle<M, F>(
+        &self,
+        signal: Signal,
+        request: Received<M>,
+        decode: F,
+    ) -> Result<Receipt, Status>
     where
-        M: Message + Send + 'static,
+        M: Send + 'static,
         F: FnOnce(&M) -> Decoded + Send + 'static,
     {
         let r = &self.0;
-        let size = message.encoded_len();
+        let Received { message, wire_len } = request;
+        let size = wire_len;
         r.metrics().add_received_bytes(Transport::Grpc, size as u64);
         let result = async {
             let _slot = r.slot().await?;
@@ -238,40 +247,30 @@ impl GrpcReceiver {
             }
         })
     }
-}
 
-#[tonic::async_trait]
-impl TraceService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let receipt = self
-            .handle(Signal::Traces, request.into_inner(), decode_traces)
-            .await?;
-        Ok(Response::new(ExportTraceServiceResponse {
+    async fn export_traces(
+        self,
+        request: Received<ExportTraceServiceRequest>,
+    ) -> Result<ExportTraceServiceResponse, Status> {
+        let receipt = self.handle(Signal::Traces, request, decode_traces).await?;
+        Ok(ExportTraceServiceResponse {
             partial_success: (receipt.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: receipt.rejected as i64,
                 error_message: receipt.message,
             }),
-        }))
+        })
     }
-}
 
-#[tonic::async_trait]
-impl LogsService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let receipt = self
-            .handle(Signal::Logs, request.into_inner(), decode_logs)
-            .await?;
-        Ok(Response::new(ExportLogsServiceResponse {
+    async fn export_logs(
+        self,
+        request: Received<ExportLogsServiceRequest>,
+    ) -> Result<ExportLogsServiceResponse, Status> {
+        let receipt = self.handle(Signal::Logs, request, decode_logs).await?;
+        Ok(ExportLogsServiceResponse {
             partial_success: (receipt.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: receipt.rejected as i64,
                 error_message: receipt.message,
             }),
-        }))
+        })
     }
 }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod decoded;
 pub mod error;
 pub mod grpc;
+mod grpc_service;
 pub mod http;
 pub mod json;
 pub mod k8s;
