@@ -100,6 +100,12 @@ pub async fn run(
     args: CorrelatorNodeArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    // Before Kafka or ClickHouse are asked anything: a refusal needs neither.
+    let access = crate::access::ApiAccess::from_args(&args.access)?;
+    crate::access::refuse_open_listeners(
+        &[access.exposure("metrics", args.api_addr)],
+        args.access.allow_unauthenticated,
+    )?;
     let config = args.correlator.to_config();
     Engine::new(config.clone()).context("invalid correlator flags")?;
     let ch = &args.clickhouse;
@@ -155,11 +161,6 @@ pub async fn run(
         .subscribe(&[&args.kafka.topic])
         .with_context(|| format!("subscribing to {:?}", args.kafka.topic))?;
 
-    let access = crate::access::ApiAccess::from_args(&args.access)?;
-    crate::access::refuse_open_listeners(
-        &[access.exposure("metrics", args.api_addr)],
-        args.access.allow_unauthenticated,
-    )?;
     let api = crate::cli::bind(args.api_addr, "API").await?;
     tracing::info!(
         api = %api.local_addr()?, topic = %args.kafka.topic, partitions, group = %args.group,
