@@ -25,6 +25,11 @@ pub struct Toctou {
 impl Toctou {
     /// Starts `toctou run` on ports the OS picks, with `extra` flags appended.
     pub fn start(extra: &[&str]) -> Toctou {
+        Toctou::start_env(extra, &[])
+    }
+
+    /// [`Toctou::start`] with environment variables set (tokens given as variables, say).
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Toctou {
         let findings_file = std::env::temp_dir().join(format!(
             "toctou-findings-{}-{}.jsonl",
             std::process::id(),
@@ -45,7 +50,7 @@ impl Toctou {
         .collect();
         args.push(findings_file.display().to_string());
         args.extend(extra.iter().map(|a| a.to_string()));
-        let node = Node::start(&args, "toctou run listening");
+        let node = Node::start_env(&args, env, "toctou run listening");
         Toctou {
             grpc: node.addr("otlp_grpc"),
             http: node.addr("otlp_http"),

@@ -18,9 +18,16 @@ pub struct Node {
 impl Node {
     /// Starts `toctou <args>` and waits for the log line containing `ready`.
     pub fn start(args: &[String], ready: &str) -> Node {
+        Node::start_env(args, &[], ready)
+    }
+
+    /// [`Node::start`] with environment variables set (applied after `TOCTOU_LOG=info`, so
+    /// they may override it).
+    pub fn start_env(args: &[String], env: &[(&str, &str)], ready: &str) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_toctou"))
             .args(args)
             .env("TOCTOU_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
