@@ -313,16 +313,39 @@ pub fn resource_type(resource: &str) -> &str {
 
 /// Lowercase hex of an id; empty for an all-zero (unknown) id.
 pub fn hex_id(id: &[u8]) -> String {
+    // By table rather than `hex::encode`, whose char-at-a-time iterator was 3% of `toctou
+    // run`'s instructions in the callgrind profile (every span without a request id, and
+    // every finding's ids, go through here).
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     if id.iter().all(|b| *b == 0) {
-        String::new()
-    } else {
-        hex::encode(id)
+        return String::new();
     }
+    let mut out = Vec::with_capacity(id.len() * 2);
+    for &b in id {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_id_is_lowercase_hex_and_empty_for_zero() {
+        assert_eq!(hex_id(&[0; 16]), "");
+        assert_eq!(hex_id(&[]), "");
+        assert_eq!(hex_id(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
+        for seed in 0u32..256 {
+            let id: Vec<u8> = (0..16u32)
+                .map(|i| (seed.wrapping_mul(2654435761).rotate_left(i)) as u8)
+                .collect();
+            if id.iter().any(|b| *b != 0) {
+                assert_eq!(hex_id(&id), hex::encode(&id));
+            }
+        }
+    }
 
     #[test]
     fn versions_order_only_as_integers() {
