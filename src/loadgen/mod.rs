@@ -54,6 +54,10 @@ pub struct LoadgenArgs {
     /// Threads of the generator (default: the CPUs it may run on).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Bearer token sent with every request, for receivers with ingest tokens (prefer the
+    /// variable: a command line is visible to every user of the host).
+    #[arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)]
+    pub token: Option<crate::access::Secret>,
 }
 
 pub fn main(args: LoadgenArgs) -> Result<()> {
@@ -103,7 +107,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<serde_json::Value> {
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         clients.push(
-            Client::connect(args.protocol, &args.endpoint)
+            Client::connect(args.protocol, &args.endpoint, args.token.as_ref())
                 .await
                 .with_context(|| format!("connecting to {}", args.endpoint))?,
         );

@@ -5,6 +5,7 @@
 //! protobuf encoding per request on the generator's core.
 
 use super::mix::{Signal, Template};
+use crate::access::Secret;
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -84,12 +85,21 @@ pub enum Client {
         traces_url: String,
         logs_url: String,
     },
-    Grpc(tonic::client::Grpc<Channel>),
+    /// With the `authorization` value sent as metadata on every call, when there is one.
+    Grpc(
+        tonic::client::Grpc<Channel>,
+        Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ),
 }
 
 impl Client {
-    /// `endpoint` is `http://host:port` (the OTLP/HTTP or the OTLP/gRPC port).
-    pub async fn connect(protocol: Protocol, endpoint: &str) -> anyhow::Result<Client> {
+    /// `endpoint` is `http://host:port` (the OTLP/HTTP or the OTLP/gRPC port); `token`, when
+    /// given, goes with every request as `Authorization: Bearer`.
+    pub async fn connect(
+        protocol: Protocol,
+        endpoint: &str,
+        token: Option<&Secret>,
+    ) -> anyhow::Result<Client> {
         let base = endpoint.trim_end_matches('/');
         Ok(match protocol {
             Protocol::Http => Client::Http {
@@ -97,6 +107,7 @@ impl Client {
                 client: reqwest::Client::builder()
                     .pool_max_idle_per_host(1)
                     .timeout(Duration::from_secs(30))
+                    .default_headers(authorization(token)?)
                     .build()?,
                 traces_url: format!("{base}/v1/traces"),
                 logs_url: format!("{base}/v1/logs"),
@@ -112,7 +123,15 @@ impl Client {
                     .connect()
                     .await?;
                 // The server's default limit is 4 MiB; a batch of 512 is well under it.
-                Client::Grpc(tonic::client::Grpc::new(channel))
+                let auth = match token {
+                    None => None,
+                    Some(t) => {
+                        let mut value: tonic::metadata::MetadataValue<_> = t.bearer().parse()?;
+                        value.set_sensitive(true);
+                        Some(value)
+                    }
+                };
+                Client::Grpc(tonic::client::Grpc::new(channel), auth)
             }
         })
     }
@@ -155,7 +174,17 @@ impl Client {
                 let rejected = rejected_in(template.signal, &bytes);
                 tally.accepted(template.signal, template.items, rejected, started.elapsed());
             }
-            Client::Grpc(grpc) => {
+            Client::Grpc(grpc, auth) => {
+                let auth = auth.as_ref();
+                let request = |body: Bytes| {
+                    let mut request = tonic::Request::new(body);
+                    if let Some(value) = auth {
+                        request
+                            .metadata_mut()
+                            .insert("authorization", value.clone());
+                    }
+                    request
+                };
                 if let Err(err) = grpc.ready().await {
                     tally.error(format!("transport: {}", short(&err)));
                     return;
@@ -164,7 +193,7 @@ impl Client {
                 let rejected = match template.signal {
                     Signal::Traces => grpc
                         .unary(
-                            tonic::Request::new(body),
+                            request(body),
                             PathAndQuery::from_static(TRACES_PATH),
                             RawCodec::<ExportTraceServiceResponse>::default(),
                         )
@@ -176,7 +205,7 @@ impl Client {
                         }),
                     Signal::Logs => grpc
                         .unary(
-                            tonic::Request::new(body),
+                            request(body),
                             PathAndQuery::from_static(LOGS_PATH),
                             RawCodec::<ExportLogsServiceResponse>::default(),
                         )
@@ -279,6 +308,18 @@ impl<M: Message + Default> Decoder for ProstDecoder<M> {
     }
 }
 
+/// The HTTP client's default headers: the bearer token, marked sensitive (kept out of
+/// reqwest's and hyper's debug output).
+fn authorization(token: Option<&Secret>) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&t.bearer())?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,7 +358,7 @@ mod tests {
             (Protocol::Http, http_addr, 1u64),
             (Protocol::Grpc, grpc_addr, 2),
         ] {
-            let mut client = Client::connect(protocol, &format!("http://{addr}"))
+            let mut client = Client::connect(protocol, &format!("http://{addr}"), None)
                 .await
                 .unwrap();
             let mut tally = Tally::default();
@@ -350,7 +391,7 @@ mod tests {
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
         let mix = Mix::build(&MixConfig::default());
-        let mut client = Client::connect(Protocol::Http, &format!("http://{addr}"))
+        let mut client = Client::connect(Protocol::Http, &format!("http://{addr}"), None)
             .await
             .unwrap();
         let mut tally = Tally::default();
@@ -361,5 +402,65 @@ mod tests {
         client.send(&mix.rounds[0].traces, body, &mut tally).await;
         assert_eq!(tally.spans_accepted, 0);
         assert_eq!(tally.errors.get("http 503"), Some(&1));
+    }
+
+    /// With ingest tokens on the receivers: the loadgen's token is taken over both
+    /// protocols, and without it every request is refused and counted by its status.
+    #[tokio::test]
+    async fn the_token_goes_with_every_request() {
+        let (tx, mut rx) = mpsc::channel::<Vec<Event>>(64);
+        let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), ReceiverConfig::default());
+        let token: Secret = "loadgen-token-0123456789".parse().unwrap();
+        let tokens = toctou_collector::Tokens::parse("loadgen-token-0123456789", "t").unwrap();
+        let auth = toctou_collector::ReceiverAuth {
+            otlp: Some(tokens.clone()),
+            audit: Some(tokens),
+        };
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        tokio::spawn(toctou_collector::serve_http_on(
+            http,
+            receivers.clone(),
+            auth.clone(),
+            std::future::pending(),
+        ));
+        tokio::spawn(toctou_collector::serve_grpc_on(
+            tonic::transport::server::TcpIncoming::from(grpc),
+            receivers,
+            auth,
+            std::future::pending(),
+        ));
+        let mix = Mix::build(&MixConfig::default());
+        let template = &mix.rounds[0].traces;
+        for (protocol, addr, refusal) in [
+            (Protocol::Http, http_addr, "http 401"),
+            (Protocol::Grpc, grpc_addr, "grpc Unauthenticated"),
+        ] {
+            let endpoint = format!("http://{addr}");
+            let mut without = Client::connect(protocol, &endpoint, None).await.unwrap();
+            let mut with = Client::connect(protocol, &endpoint, Some(&token))
+                .await
+                .unwrap();
+            let mut refused = Tally::default();
+            let mut body = Vec::new();
+            template.render(1, crate::cli::now_ns(), &mut body);
+            without.send(template, body.clone(), &mut refused).await;
+            assert_eq!(
+                refused.errors.get(refusal),
+                Some(&1),
+                "{:?}",
+                refused.errors
+            );
+            assert_eq!(refused.spans_accepted, 0);
+            let mut accepted = Tally::default();
+            with.send(template, body, &mut accepted).await;
+            assert!(accepted.errors.is_empty(), "{:?}", accepted.errors);
+            assert_eq!(accepted.spans_accepted, template.items);
+            let mut got = 0;
+            while got < template.items {
+                got += rx.recv().await.expect("events").len() as u64;
+            }
+        }
     }
 }
