@@ -715,3 +715,68 @@ async fn the_api_escapes_what_it_echoes() {
         assert_eq!(message.contains("<"), echoed, "{body}");
     }
 }
+
+/// `toctou demo` exports with its token (gRPC metadata, through the OpenTelemetry SDK) and
+/// reads the findings API with the API token: against a `toctou run` that wants both, it
+/// finds exactly the races that happened, and nothing was refused.
+#[test]
+fn the_demo_sends_its_tokens_to_a_secured_run() {
+    let dir = scratch("demo");
+    let toctou = Toctou::start(&[
+        "--ingest-token-file",
+        &write(&dir, "ingest.tokens", INGEST_NEW),
+        "--api-token-file",
+        &write(&dir, "api.tokens", API),
+        "--pair-ttl",
+        "2s",
+        "--allowed-lateness",
+        "2s",
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
+        .args([
+            "demo",
+            "--endpoint",
+            &format!("http://{}", toctou.grpc),
+            "--api",
+            &toctou.api_url(""),
+            "--duration",
+            "3s",
+            "--pair-ttl",
+            "2s",
+            "--allowed-lateness",
+            "2s",
+        ])
+        .env("TOCTOU_LOG", "warn")
+        .env("TOCTOU_TOKEN", INGEST_NEW)
+        .env("TOCTOU_API_TOKEN", API)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("toctou found exactly the races that happened."),
+        "{stdout}"
+    );
+    let metrics = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        get(
+            &reqwest::Client::new(),
+            &toctou.api_url("/metrics"),
+            Some(API),
+        )
+        .await
+        .text()
+        .await
+        .unwrap()
+    });
+    assert!(events_accepted(&metrics) > 0.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "toctou_rejected_total{reason=\"unauthenticated\"}"
+        ),
+        0.0
+    );
+    assert_eq!(metric(&metrics, "toctou_api_unauthenticated_total"), 0.0);
+    assert_no_secret("the demo's output", &format!("{stdout}{stderr}"));
+}
