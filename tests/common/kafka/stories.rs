@@ -256,16 +256,29 @@ pub async fn send_stories(
     gap: Duration,
     progress: Arc<AtomicU64>,
 ) -> (Vec<String>, SendReport) {
+    send_stories_until(n, collectors, gap, progress, Arc::default()).await
+}
+
+/// `send_stories`, where each sender also stops before its next story once `stop` is set,
+/// for tests whose faults take longer than any fixed stream would last.
+pub async fn send_stories_until(
+    n: u64,
+    collectors: Vec<SocketAddr>,
+    gap: Duration,
+    progress: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<String>, SendReport) {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let retryable = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (k, addr) in collectors.iter().copied().enumerate() {
-        let (sent, retryable, requests, progress) = (
+        let (sent, retryable, requests, progress, stop) = (
             sent.clone(),
             retryable.clone(),
             requests.clone(),
             progress.clone(),
+            stop.clone(),
         );
         let stride = collectors.len() as u64;
         tasks.push(tokio::spawn(async move {
@@ -274,7 +287,7 @@ pub async fn send_stories(
                 .build()
                 .unwrap();
             let mut i = k as u64;
-            while i < n {
+            while i < n && !stop.load(Ordering::Relaxed) {
                 for step in story(i) {
                     // Each request is timed when first sent, as an instrumented service would
                     // time it: a request held up by an outage keeps its times, the next ones
