@@ -268,4 +268,48 @@ mod tests {
         let err = server_config(&cert, &other_key, None).unwrap_err();
         assert!(matches!(err, TlsError::Rustls(_)), "{err}");
     }
+
+    /// Clients that connect and never speak hold a handshake slot each, not the door: a
+    /// real client behind them is accepted at once.
+    #[tokio::test]
+    async fn a_silent_connection_does_not_block_the_next_one() {
+        use axum::serve::Listener as _;
+        let dir = scratch("silent");
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = write(&dir, "cert.pem", &ca.cert.pem());
+        let key = write(&dir, "key.pem", &ca.key_pair.serialize_pem());
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener =
+            TlsListener::new(tcp, server_config(&cert, &key, None).unwrap()).unwrap();
+
+        let silent: Vec<TcpStream> =
+            futures::future::join_all((0..8).map(|_| TcpStream::connect(addr)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let connecting = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        });
+        let (_stream, peer) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the real client was accepted behind the silent ones");
+        let client = connecting.await.unwrap();
+        assert_eq!(peer, client.get_ref().0.local_addr().unwrap());
+        drop(silent);
+    }
 }
