@@ -79,8 +79,8 @@ pub struct Config {
     /// [`DEFAULT_MAX_POLICIES`]. When exceeded the policy changed longest ago is forgotten.
     pub max_policies: usize,
     /// [`DEFAULT_MAX_CLOCK_SKEW`]. An event whose time is further than this ahead of the
-    /// wall clock the caller passes (its producer's clock runs fast) is ordered as if it
-    /// happened when it arrived, so it cannot drag the watermark ahead of everyone else's
+    /// wall clock the caller passes (its producer's clock runs fast) is ordered where it
+    /// arrived (after the newest event seen), so it cannot drag the watermark ahead of everyone else's
     /// events; counted in `toctou_clock_skew_events_total{direction="future"}`. Kept well
     /// below the pair TTL: an event this far ahead still moves the watermark this far, and
     /// makes other producers' events up to this much (less the lateness) late. Zero turns

@@ -11,7 +11,8 @@
 //! after it, so a timer never depends on how arrivals were batched.
 //!
 //! Clock skew: an event more than `max_clock_skew` ahead of the wall clock the caller passes
-//! takes its arrival time as its place in the order (its own times stay in its evidence),
+//! takes its arrival as its place in the order, right after the newest event seen (its own
+//! times stay in its evidence),
 //! so one producer with a fast clock cannot drag the watermark ahead and make everyone
 //! else's events late; an event older than the watermark by more than the history kept is
 //! counted as a past outlier. Both are counted by direction. The bound needs a wall clock:
@@ -127,11 +128,13 @@ impl Engine {
         let (mut key, item) = convert(event, &mut self.sym);
         if self.skew_ns > 0 && key.time > now_ns.saturating_add(self.skew_ns) {
             // A fast clock: ordering by its time would move the watermark (and expire other
-            // producers' state) as far ahead as the clock is wrong. Its arrival is the best
-            // estimate of when it happened; the rank in `ident` still puts a check before
-            // its use when both arrive together.
+            // producers' state) as far ahead as the clock is wrong. Where it arrived is the
+            // best estimate of when it happened: right after the newest event seen (live,
+            // about the wall clock; in a backlog being caught up, that backlog's time, which
+            // the wall clock would drag forward). It never raises the watermark. The rank in
+            // `ident` still puts a check before its use when both arrive together.
             self.stats.clock_skew_future += 1;
-            key.time = now_ns.max(self.watermark);
+            key.time = self.max_event.unwrap_or(now_ns).max(self.watermark);
         } else if self.watermark != u64::MAX
             && key.time.saturating_add(self.history_window_ns) < self.watermark
         {
