@@ -20,7 +20,7 @@ pub const MAX_VALUE_BYTES: usize = 4096;
 /// How much of a refused value an error message repeats back: enough to recognise it.
 const SHOWN_BYTES: usize = 64;
 
-fn too_long(key: &str, len: usize) -> Rejection {
+pub(crate) fn too_long(key: &str, len: usize) -> Rejection {
     Rejection::new(
         RejectReason::AttributeTooLong,
         format!("{key} is {len} bytes long, over the limit of {MAX_VALUE_BYTES} bytes"),

@@ -4,6 +4,7 @@
 //! Only what changed the cluster becomes an event: the `ResponseComplete` stage of a write
 //! verb that did not fail. Everything else is counted as ignored, by reason.
 
+use crate::attrs::{too_long, MAX_VALUE_BYTES};
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
 use crate::error::DecodeError;
 use crate::json::{detect, DocKind};
@@ -146,6 +147,17 @@ fn push(record: AuditRecord, index: usize, seen: &mut Seen, out: &mut Decoded) {
 type Outcome = Result<Result<AuditEvent, IgnoreReason>, (Option<String>, Rejection)>;
 
 fn audit_event(r: AuditRecord, seen: &mut Seen) -> Outcome {
+    // The same bound as span attributes (`attrs::MAX_VALUE_BYTES`): an API server never
+    // sends an id, name or user anywhere near it, and whatever is kept lives on in the
+    // correlator's state and in findings. Checked before the id is remembered or quoted.
+    if let Some(len) = r
+        .audit_id
+        .as_ref()
+        .map(String::len)
+        .filter(|n| *n > MAX_VALUE_BYTES)
+    {
+        return Err((None, too_long("auditID", len)));
+    }
     let audit_id = r.audit_id.filter(|id| !id.is_empty());
     let stage = r.stage.unwrap_or_default();
     let label = audit_id.as_ref().map(|id| format!("audit event {id}"));
@@ -226,12 +238,23 @@ fn audit_event(r: AuditRecord, seen: &mut Seen) -> Outcome {
         .annotations
         .and_then(|mut a| a.remove(c::REQUEST_ID))
         .filter(|s| !s.is_empty());
+    let actor = r.user.and_then(|u| u.username).filter(|s| !s.is_empty());
+    for (field, value) in [
+        ("the resource (from objectRef)", Some(&resource)),
+        ("resourceVersion", version.as_ref()),
+        (c::REQUEST_ID, request_id.as_ref()),
+        ("user.username", actor.as_ref()),
+    ] {
+        if let Some(len) = value.map(String::len).filter(|n| *n > MAX_VALUE_BYTES) {
+            return Err((label, too_long(field, len)));
+        }
+    }
     Ok(Ok(AuditEvent {
         action,
         resource,
         version,
         request_id,
-        actor: r.user.and_then(|u| u.username).filter(|s| !s.is_empty()),
+        actor,
         time_ns,
         service: c::K8S_SERVICE.to_string(),
         source_id: audit_id,

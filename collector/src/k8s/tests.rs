@@ -350,3 +350,42 @@ fn bodies_that_are_not_audit_events_are_errors() {
         .events
         .is_empty());
 }
+
+#[test]
+fn values_over_the_length_limit_refuse_their_event_only() {
+    let long = "x".repeat(MAX_VALUE_BYTES + 1);
+    let at_limit = "n".repeat(MAX_VALUE_BYTES - "k8s/configmaps/default/".len());
+    let cases = [
+        (json!({"auditID": long}), "auditID"),
+        (
+            json!({"objectRef": {"resource": "configmaps", "namespace": "default", "name": long}}),
+            "the resource (from objectRef)",
+        ),
+        (
+            json!({"objectRef": {"resource": "configmaps", "namespace": "default", "name": "cfg",
+                                 "resourceVersion": long}}),
+            "resourceVersion",
+        ),
+        (json!({"annotations": {c::REQUEST_ID: long}}), c::REQUEST_ID),
+        (json!({"user": {"username": long}}), "user.username"),
+    ];
+    for (overrides, field) in cases {
+        let body = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [
+            event(overrides),
+            event(json!({"auditID": "id-2"})),
+        ]});
+        let d = decode(body);
+        assert_eq!(d.events.len(), 1, "{field}: the other event is kept");
+        assert_eq!(d.rejected.len(), 1, "{field}");
+        let r = &d.rejected[0];
+        assert_eq!(r.reason, RejectReason::AttributeTooLong, "{field}");
+        assert!(r.message.contains(field), "{}", r.message);
+        // The message names the length, never the value.
+        assert!(r.message.len() < 300, "{}", r.message);
+    }
+    // A resource path of exactly the limit is kept.
+    let d = decode(event(json!({"objectRef": {"resource": "configmaps",
+        "namespace": "default", "name": at_limit}})));
+    assert_eq!(d.events.len(), 1);
+    assert!(d.rejected.is_empty());
+}
