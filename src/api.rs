@@ -50,6 +50,9 @@ pub struct Shared {
     pub sink: Option<Arc<SinkMetrics>>,
     /// Who may read (tokens), over what (TLS), and how many were refused.
     pub access: ApiAccess,
+    /// The receivers' queue to the correlator, to report its depth; weak, so that it never
+    /// keeps the queue open at shutdown.
+    pub queue: tokio::sync::mpsc::WeakSender<Vec<toctou_schema::Event>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -282,6 +285,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         sink.render_prometheus(&mut out);
     }
     shared.access.render_prometheus(&mut out);
+    let (queued, capacity) = shared.queue.upgrade().map_or((0, 0), |q| {
+        (q.max_capacity() - q.capacity(), q.max_capacity())
+    });
+    gauge(
+        &mut out,
+        "toctou_queue_batches",
+        "Decoded request batches waiting for the correlator; at the capacity, receivers push back.",
+        queued as u64,
+    );
+    gauge(
+        &mut out,
+        "toctou_queue_capacity",
+        "Most batches the queue holds (--queue-capacity).",
+        capacity as u64,
+    );
     gauge(
         &mut out,
         "toctou_start_time_seconds",

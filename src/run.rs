@@ -147,6 +147,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         started_ns: now_ns(),
         sink: sink.as_ref().map(Sink::metrics),
         access: api_access,
+        queue: queue_probe.downgrade(),
     });
 
     // Sent the shutdown deadline once the servers are done, so every request they accepted

@@ -75,6 +75,17 @@ fn pushed_back_load_loses_nothing_acknowledged() {
         refused
     );
     assert_eq!(report["items_rejected"], 0, "{report}");
+    // The queue the push-back came from is on /metrics, and empties once the load stops.
+    assert_eq!(metric(&text, "toctou_queue_capacity"), 4.0);
+    assert!(metric(&text, "toctou_queue_batches") <= 4.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while metric(&rt.block_on(toctou.metrics()), "toctou_queue_batches") > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue never drained"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // Still serving.
     let health = rt
         .block_on(reqwest::get(toctou.api_url("/healthz")))
