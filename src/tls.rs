@@ -14,12 +14,35 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+/// Handshakes that failed (`error`: plain text to a TLS port, an untrusted or missing
+/// client certificate...) and that ran out of time (`timeout`), on every TLS listener of the
+/// process. Process-wide, like the listeners: one count however many ports.
+static HANDSHAKE_FAILURES: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// `toctou_tls_handshake_failures_total{reason}` for /metrics.
+pub fn render_prometheus(out: &mut String) {
+    use std::fmt::Write;
+    let name = "toctou_tls_handshake_failures_total";
+    let _ = write!(
+        out,
+        "# HELP {name} TLS handshakes that failed or timed out, by reason.\n# TYPE {name} counter\n"
+    );
+    for (reason, n) in ["error", "timeout"].iter().zip(&HANDSHAKE_FAILURES) {
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"{reason}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+}
 
 /// How long a client may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -204,9 +227,13 @@ async fn accept_loop(
                     let _ = ready.send((stream, peer)).await;
                 }
                 Ok(Err(err)) => {
+                    HANDSHAKE_FAILURES[0].fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, error = %err, "tls handshake failed");
                 }
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                Err(_) => {
+                    HANDSHAKE_FAILURES[1].fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "tls handshake timed out");
+                }
             }
         });
     }

@@ -505,6 +505,15 @@ async fn tls_on_every_listener() {
         .await
         .unwrap();
     assert_eq!(events_accepted(&metrics), lines.len() as f64);
+    // The three refused connections above, counted.
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "toctou_tls_handshake_failures_total{reason=\"error\"}"
+        ),
+        3.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,7 @@ fn metrics_router(
                 receivers.metrics().render_prometheus(&mut out);
                 producer.render_prometheus(&mut out);
                 access.render_prometheus(&mut out);
+                crate::tls::render_prometheus(&mut out);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

@@ -243,6 +243,7 @@ fn metrics_router(
                 lock(&stats).render_prometheus(&mut out);
                 sink.render_prometheus(&mut out);
                 counter.render_prometheus(&mut out);
+                crate::tls::render_prometheus(&mut out);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
