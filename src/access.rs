@@ -335,6 +335,25 @@ pub struct ReceiverAccess {
     pub client_certificates: bool,
 }
 
+/// The access of a command with the receivers and one HTTP listener of its own (`run`'s
+/// API, the collector's metrics), once the loopback rule has passed for all three.
+pub fn receivers_and_api(
+    receivers: &crate::cli::ReceiverArgs,
+    access: &AccessArgs,
+    api_name: &'static str,
+    api_addr: SocketAddr,
+) -> Result<(ReceiverAccess, ApiAccess)> {
+    let receiver_access = ReceiverAccess::from_args(&receivers.access, access)?;
+    let api_access = ApiAccess::from_args(access)?;
+    let [grpc, http] =
+        receiver_access.exposures(receivers.otlp_grpc_addr, receivers.otlp_http_addr);
+    refuse_open_listeners(
+        &[grpc, http, api_access.exposure(api_name, api_addr)],
+        access.allow_unauthenticated,
+    )?;
+    Ok((receiver_access, api_access))
+}
+
 impl ReceiverAccess {
     pub fn from_args(receiver: &ReceiverAccessArgs, api: &AccessArgs) -> Result<ReceiverAccess> {
         let otlp = read_tokens(

@@ -6,7 +6,7 @@
 //! When the channel is full the receivers push back (HTTP 503, gRPC UNAVAILABLE) instead of
 //! queueing without bound.
 
-use crate::access::{refuse_open_listeners, AccessArgs, ApiAccess, ReceiverAccess};
+use crate::access::{receivers_and_api, AccessArgs};
 use crate::api::{self, Shared};
 use crate::cli::{bind, now_ns, CorrelatorArgs, ReceiverArgs};
 use crate::clickhouse::sink::{self, Sink, SinkConfig};
@@ -113,18 +113,8 @@ pub(crate) async fn shutdown_signal() {
 /// Runs until `shutdown` resolves. Binding happens first so that a port in use fails fast
 /// with the address in the message.
 pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let receiver_access = ReceiverAccess::from_args(&args.receivers.access, &args.access)?;
-    let api_access = ApiAccess::from_args(&args.access)?;
-    let [grpc_exposure, http_exposure] =
-        receiver_access.exposures(args.receivers.otlp_grpc_addr, args.receivers.otlp_http_addr);
-    refuse_open_listeners(
-        &[
-            grpc_exposure,
-            http_exposure,
-            api_access.exposure("API", args.api_addr),
-        ],
-        args.access.allow_unauthenticated,
-    )?;
+    let (receiver_access, api_access) =
+        receivers_and_api(&args.receivers, &args.access, "API", args.api_addr)?;
     if args.demo && receiver_access.tls.is_some() {
         anyhow::bail!("--demo sends in plain text: it cannot be used with --tls-cert");
     }

@@ -8,7 +8,7 @@ use super::producer::{
     KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT, DEFAULT_MAX_INFLIGHT_BYTES,
 };
 use super::{admin, KafkaArgs};
-use crate::access::{refuse_open_listeners, AccessArgs, ApiAccess, ReceiverAccess};
+use crate::access::{receivers_and_api, AccessArgs, ApiAccess};
 use crate::cli::{bind, ReceiverArgs};
 use anyhow::{Context, Result};
 use axum::routing::get;
@@ -62,18 +62,8 @@ pub async fn run(
     args: CollectorArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let receiver_access = ReceiverAccess::from_args(&args.receivers.access, &args.access)?;
-    let api_access = ApiAccess::from_args(&args.access)?;
-    let [grpc_exposure, http_exposure] =
-        receiver_access.exposures(args.receivers.otlp_grpc_addr, args.receivers.otlp_http_addr);
-    refuse_open_listeners(
-        &[
-            grpc_exposure,
-            http_exposure,
-            api_access.exposure("metrics", args.api_addr),
-        ],
-        args.access.allow_unauthenticated,
-    )?;
+    let (receiver_access, api_access) =
+        receivers_and_api(&args.receivers, &args.access, "metrics", args.api_addr)?;
     let receiver_config = args.receivers.to_config()?;
     let kafka = args.kafka.clone();
     let partitions = tokio::task::spawn_blocking(move || admin::partition_count(&kafka))
