@@ -211,6 +211,8 @@ async fn tokens_from_files_guard_the_receivers_the_webhook_and_the_api() {
                 resp.headers()["www-authenticate"],
                 "Bearer realm=\"toctou\""
             );
+            // Refused before the body was read: the client must not reuse the connection.
+            assert_eq!(resp.headers()["connection"], "close");
             let body: Value = resp.json().await.unwrap();
             assert_eq!(body["code"], 16, "{body}");
             let status = grpc_export(&channel, path, line, token).await.unwrap_err();

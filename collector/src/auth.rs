@@ -273,7 +273,7 @@ fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
 /// format is not looked at, as its headers come from someone not yet trusted.
 fn unauthorized(refusal: Refusal) -> Response {
     let body = json::rpc_status(tonic::Code::Unauthenticated as i32, &refusal.to_string());
-    (
+    let response = (
         StatusCode::UNAUTHORIZED,
         [
             (header::WWW_AUTHENTICATE, BEARER_CHALLENGE),
@@ -281,7 +281,9 @@ fn unauthorized(refusal: Refusal) -> Response {
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    // Refused before the body was read: the connection cannot carry another request.
+    crate::http::closing(response)
 }
 
 /// The gRPC receivers' check, a tonic interceptor: runs on the headers, before the message

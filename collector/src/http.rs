@@ -104,18 +104,42 @@ async fn otlp(r: Receivers, signal: Signal, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let format = match body::otlp_format(&parts.headers) {
         Ok(f) => f,
-        Err(e) => return failure(&r, None, e),
+        Err(e) => return closing(failure(&r, None, e)),
     };
     match ingest(&r, signal, format, &parts.headers, body).await {
         Ok(receipt) => export_response(signal, format, &receipt),
-        Err(e) => failure(&r, Some(format), e),
+        Err(Failed { error, body_read }) => {
+            let response = failure(&r, Some(format), error);
+            if body_read {
+                response
+            } else {
+                closing(response)
+            }
+        }
     }
+}
+
+/// An ingest failure, and whether it came after the request body was read to its end.
+struct Failed {
+    error: IngestError,
+    body_read: bool,
+}
+
+/// Marks an answer given before the request body was read with `Connection: close`. hyper
+/// cannot reuse such a connection and closes it after the answer; without the header a
+/// keep-alive client (an SDK exporter under push-back, say) puts it back in its pool and its
+/// next request dies on the close as a transport error instead of being answered.
+pub(crate) fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 async fn k8s_audit(State(r): State<Receivers>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if let Err(e) = body::json_only(&parts.headers) {
-        return failure(&r, None, e);
+        return closing(failure(&r, None, e));
     }
     match ingest(&r, Signal::K8sAudit, Format::Json, &parts.headers, body).await {
         Ok(receipt) => {
@@ -127,7 +151,14 @@ async fn k8s_audit(State(r): State<Receivers>, req: Request) -> Response {
             });
             respond(StatusCode::OK, Format::Json, body.to_string().into_bytes())
         }
-        Err(e) => failure(&r, Some(Format::Json), e),
+        Err(Failed { error, body_read }) => {
+            let response = failure(&r, Some(Format::Json), error);
+            if body_read {
+                response
+            } else {
+                closing(response)
+            }
+        }
     }
 }
 
@@ -142,12 +173,22 @@ async fn ingest(
     format: Format,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Receipt, IngestError> {
-    let encoding = body::encoding(headers)?;
+) -> Result<Receipt, Failed> {
+    let unread = |error| Failed {
+        error,
+        body_read: false,
+    };
+    let read = |error| Failed {
+        error,
+        body_read: true,
+    };
+    let encoding = body::encoding(headers).map_err(unread)?;
     // The slot is held until the sink took the events: it bounds the bodies in memory.
-    let _slot = r.slot().await?;
+    let _slot = r.slot().await.map_err(unread)?;
     let limit = r.config().max_request_bytes;
-    let wire = body::read_limited(headers, body, limit).await?;
+    let wire = body::read_limited(headers, body, limit)
+        .await
+        .map_err(unread)?;
     r.metrics()
         .add_received_bytes(Transport::Http, wire.len() as u64);
     // Any compressed body can inflate past the threshold, so those always go off the reactor.
@@ -157,8 +198,9 @@ async fn ingest(
             let raw = body::decompress(encoding, wire, limit)?;
             decode(signal, format, &raw)
         })
-        .await?;
-    r.deliver(signal, decoded).await
+        .await
+        .map_err(read)?;
+    r.deliver(signal, decoded).await.map_err(read)
 }
 
 fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decoded, IngestError> {
