@@ -9,7 +9,7 @@ use common::clickhouse::{server_url, sql, PrivateServer};
 use common::kafka::stories::{
     count_events, diff, expected_findings_with_lateness, send_until_refused, wait_for_progress,
 };
-use common::{kinds, testdata, Toctou};
+use common::{kinds, Toctou};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,26 +19,7 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let mut toctou = Toctou::start(&["--allowed-lateness", "200ms"]);
-    let input = std::fs::read_to_string(testdata(
-        "testdata/scenarios/stale_check_versions/input.jsonl",
-    ))
-    .unwrap();
-    let client = reqwest::Client::new();
-    for line in input.lines() {
-        let path = if line.contains("resourceSpans") {
-            "/v1/traces"
-        } else {
-            "/v1/logs"
-        };
-        let resp = client
-            .post(toctou.http_url(path))
-            .header("content-type", "application/json")
-            .body(line.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-    }
+    toctou.send_scenario("stale_check_versions").await;
     // The scenario lies in the past: the idle watermark passes it within the lateness.
     toctou
         .wait_for(Duration::from_secs(10), |f| {
@@ -191,26 +172,7 @@ async fn past_the_deadline_it_exits_non_zero_saying_what_was_not_flushed() {
         "3s",
     ]);
     server.stop();
-    let input = std::fs::read_to_string(testdata(
-        "testdata/scenarios/stale_check_versions/input.jsonl",
-    ))
-    .unwrap();
-    let client = reqwest::Client::new();
-    for line in input.lines() {
-        let path = if line.contains("resourceSpans") {
-            "/v1/traces"
-        } else {
-            "/v1/logs"
-        };
-        let resp = client
-            .post(toctou.http_url(path))
-            .header("content-type", "application/json")
-            .body(line.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-    }
+    toctou.send_scenario("stale_check_versions").await;
     let started = Instant::now();
     let status = tokio::task::block_in_place(|| toctou.terminate(Duration::from_secs(20)))
         .unwrap_or_else(|| panic!("no exit within 20 s:\n{}", toctou.log()));

@@ -64,6 +64,30 @@ impl Toctou {
         format!("http://{}{path}", self.http)
     }
 
+    /// Posts every line of a golden scenario's input (OTLP JSON) to its receiver, each
+    /// answered 2xx.
+    pub async fn send_scenario(&self, name: &str) {
+        let input =
+            std::fs::read_to_string(testdata(&format!("testdata/scenarios/{name}/input.jsonl")))
+                .unwrap();
+        let client = reqwest::Client::new();
+        for line in input.lines() {
+            let path = if line.contains("resourceSpans") {
+                "/v1/traces"
+            } else {
+                "/v1/logs"
+            };
+            let resp = client
+                .post(self.http_url(path))
+                .header("content-type", "application/json")
+                .body(line.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{name}: {}", resp.status());
+        }
+    }
+
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.api)
     }
