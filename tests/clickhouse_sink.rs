@@ -16,30 +16,6 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Posts each line of the scenario's input (one OTLP/JSON request each); returns how many.
-async fn send_scenario(toctou: &Toctou, dir: &Path) -> usize {
-    let input = std::fs::read_to_string(dir.join("input.jsonl")).expect("input.jsonl");
-    let client = reqwest::Client::new();
-    let mut sent = 0;
-    for line in input.lines().filter(|l| !l.trim().is_empty()) {
-        let path = if line.contains("\"resourceLogs\"") {
-            "/v1/logs"
-        } else {
-            "/v1/traces"
-        };
-        let resp = client
-            .post(toctou.http_url(path))
-            .header("content-type", "application/json")
-            .body(line.to_owned())
-            .send()
-            .await
-            .expect("posting OTLP JSON");
-        assert!(resp.status().is_success(), "{}", resp.status());
-        sent += 1;
-    }
-    sent
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_writes_the_scenarios_findings_events_and_rollups() {
     let url = server_url();
@@ -54,7 +30,7 @@ async fn run_writes_the_scenarios_findings_events_and_rollups() {
     ]);
 
     let dir = root().join("testdata/scenarios/stale_check_versions");
-    let sent = send_scenario(&toctou, &dir).await;
+    let sent = toctou.send_scenario("stale_check_versions").await;
     let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("expected.jsonl"))
         .expect("expected.jsonl")
         .lines()
@@ -253,8 +229,7 @@ async fn findings_sent_while_clickhouse_is_down_arrive_once_it_is_back() {
     // Migrated at start-up; now the server goes away for 20 s while the scenario arrives.
     server.script("stop");
     let down = std::time::Instant::now();
-    let dir = root().join("testdata/scenarios/stale_check_versions");
-    send_scenario(&toctou, &dir).await;
+    toctou.send_scenario("stale_check_versions").await;
     let found = toctou
         .wait_for(Duration::from_secs(30), |f| !f.is_empty())
         .await;

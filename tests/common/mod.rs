@@ -65,13 +65,14 @@ impl Toctou {
     }
 
     /// Posts every line of a golden scenario's input (OTLP JSON) to its receiver, each
-    /// answered 2xx.
-    pub async fn send_scenario(&self, name: &str) {
+    /// answered 2xx; returns how many requests were sent.
+    pub async fn send_scenario(&self, name: &str) -> usize {
         let input =
             std::fs::read_to_string(testdata(&format!("testdata/scenarios/{name}/input.jsonl")))
                 .unwrap();
         let client = reqwest::Client::new();
-        for line in input.lines() {
+        let mut sent = 0;
+        for line in input.lines().filter(|l| !l.trim().is_empty()) {
             let path = if line.contains("resourceSpans") {
                 "/v1/traces"
             } else {
@@ -85,7 +86,9 @@ impl Toctou {
                 .await
                 .unwrap();
             assert!(resp.status().is_success(), "{name}: {}", resp.status());
+            sent += 1;
         }
+        sent
     }
 
     pub fn api_url(&self, path: &str) -> String {
