@@ -82,13 +82,13 @@ impl<T> Slots<T> {
         self.chunks.iter().flatten()
     }
 
+    /// O(1): the engine reads it after every event. Only the first chunk can hold less than
+    /// `CHUNK` slots of room; every later one is allocated with exactly `CHUNK`.
     fn heap_bytes(&self) -> usize {
+        let slots = self.chunks.first().map_or(0, Vec::capacity)
+            + self.chunks.len().saturating_sub(1) * CHUNK;
         self.chunks.capacity() * std::mem::size_of::<Vec<Slot<T>>>()
-            + self
-                .chunks
-                .iter()
-                .map(|c| c.capacity() * std::mem::size_of::<Slot<T>>())
-                .sum::<usize>()
+            + slots * std::mem::size_of::<Slot<T>>()
     }
 }
 
