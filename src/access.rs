@@ -254,6 +254,38 @@ impl ApiAccess {
         }
     }
 
+    /// The HTTP listener of a command without the API (collector, correlator): /metrics
+    /// (what `render` writes, then this guard's and the TLS listeners' counters) behind the
+    /// API tokens, /healthz open for probes.
+    pub fn metrics_router(
+        self,
+        render: impl Fn(&mut String) + Clone + Send + Sync + 'static,
+    ) -> Router {
+        let counter = self.clone();
+        let metrics = Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (render, counter) = (render.clone(), counter.clone());
+                async move {
+                    let mut out = String::new();
+                    render(&mut out);
+                    counter.render_prometheus(&mut out);
+                    crate::tls::render_prometheus(&mut out);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        out,
+                    )
+                }
+            }),
+        );
+        // /healthz after the guard: probes carry no token.
+        self.protect(metrics)
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+    }
+
     /// `toctou_api_unauthenticated_total`, appended to a /metrics answer.
     pub fn render_prometheus(&self, out: &mut String) {
         let name = "toctou_api_unauthenticated_total";

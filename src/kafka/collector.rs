@@ -11,7 +11,6 @@ use super::{admin, KafkaArgs};
 use crate::access::{receivers_and_api, AccessArgs, ApiAccess};
 use crate::cli::{bind, ReceiverArgs};
 use anyhow::{Context, Result};
-use axum::routing::get;
 use axum::Router;
 use clap::Args;
 use std::net::SocketAddr;
@@ -148,30 +147,8 @@ fn metrics_router(
     producer: Arc<ProducerMetrics>,
     access: ApiAccess,
 ) -> Router {
-    let counter = access.clone();
-    let metrics = Router::new().route(
-        "/metrics",
-        get(move || {
-            let receivers = receivers.clone();
-            let producer = producer.clone();
-            let access = counter.clone();
-            async move {
-                let mut out = String::new();
-                receivers.metrics().render_prometheus(&mut out);
-                producer.render_prometheus(&mut out);
-                access.render_prometheus(&mut out);
-                crate::tls::render_prometheus(&mut out);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    out,
-                )
-            }
-        }),
-    );
-    access
-        .protect(metrics)
-        .route("/healthz", get(|| async { "ok\n" }))
+    access.metrics_router(move |out| {
+        receivers.metrics().render_prometheus(out);
+        producer.render_prometheus(out);
+    })
 }

@@ -23,7 +23,6 @@ use super::{admin, KafkaArgs};
 use crate::clickhouse::sink::{Sink, SinkConfig, SinkMetrics};
 use crate::clickhouse::{migrations, ClickhouseArgs};
 use anyhow::{Context, Result};
-use axum::routing::get;
 use axum::Router;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -231,33 +230,11 @@ fn metrics_router(
     sink: Arc<SinkMetrics>,
     access: crate::access::ApiAccess,
 ) -> Router {
-    let counter = access.clone();
-    let router = Router::new().route(
-        "/metrics",
-        get(move || {
-            let (consumer, stats, sink) = (consumer.clone(), stats.clone(), sink.clone());
-            let counter = counter.clone();
-            async move {
-                let mut out = String::new();
-                consumer.render_prometheus(&mut out);
-                lock(&stats).render_prometheus(&mut out);
-                sink.render_prometheus(&mut out);
-                counter.render_prometheus(&mut out);
-                crate::tls::render_prometheus(&mut out);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    out,
-                )
-            }
-        }),
-    );
-    // /healthz after the guard: probes carry no token.
-    access
-        .protect(router)
-        .route("/healthz", get(|| async { "ok\n" }))
+    access.metrics_router(move |out| {
+        consumer.render_prometheus(out);
+        lock(&stats).render_prometheus(out);
+        sink.render_prometheus(out);
+    })
 }
 
 /// Pauses every assigned partition while the sink is nearly full and resumes them once it
