@@ -462,16 +462,20 @@ fn read_lag(hi: i64, positions: [i64; 3]) -> i64 {
     (hi - position).max(0)
 }
 
+/// The partitions of `topic` in a rebalance's list.
+fn partitions_of(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
+}
+
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut state = lock(&self.state);
-            let revoked: Vec<i32> = tpl
-                .elements()
-                .iter()
-                .filter(|e| e.topic() == state.topic)
-                .map(|e| e.partition())
-                .collect();
+            let revoked = partitions_of(tpl, &state.topic);
             state.metrics.rebalances.fetch_add(1, Relaxed);
             state.revoke(consumer, &revoked);
         }
@@ -481,12 +485,7 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut state = lock(&self.state);
-                let assigned: Vec<i32> = tpl
-                    .elements()
-                    .iter()
-                    .filter(|e| e.topic() == state.topic)
-                    .map(|e| e.partition())
-                    .collect();
+                let assigned = partitions_of(tpl, &state.topic);
                 state.metrics.rebalances.fetch_add(1, Relaxed);
                 state.assign(consumer, &assigned);
             }
