@@ -293,27 +293,14 @@ pub async fn send_stories_until(
                     // time it: a request held up by an outage keeps its times, the next ones
                     // are later, and `toctou replay` over the same bytes sees the same gaps.
                     let (path, body) = step.render(now_ns());
-                    loop {
-                        let resp = client
-                            .post(format!("http://{addr}{path}"))
-                            .header("content-type", "application/json")
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match resp {
-                            Ok(r) if r.status().is_success() => break,
-                            Ok(r) if r.status() == 503 || r.status() == 429 => {
-                                retryable.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                            }
-                            Ok(r) => {
-                                panic!("collector answered {}: {:?}", r.status(), r.text().await)
-                            }
-                            Err(_) => {
-                                retryable.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                            }
-                        }
+                    let url = format!("http://{addr}{path}");
+                    // A transport error (the receiver restarting) is retried like a push-back.
+                    while post_acked(&client, &url, &body, &retryable, 200)
+                        .await
+                        .is_err()
+                    {
+                        retryable.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     requests.fetch_add(1, Ordering::Relaxed);
                     sent.lock().unwrap().push(body);
@@ -360,24 +347,12 @@ pub async fn send_until_refused(
             loop {
                 for step in story(i) {
                     let (path, body) = step.render(now_ns());
-                    loop {
-                        let resp = client
-                            .post(format!("http://{addr}{path}"))
-                            .header("content-type", "application/json")
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match resp {
-                            Ok(r) if r.status().is_success() => break,
-                            Ok(r) if r.status() == 503 || r.status() == 429 => {
-                                retryable.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            Ok(r) => {
-                                panic!("receiver answered {}: {:?}", r.status(), r.text().await)
-                            }
-                            Err(_) => return,
-                        }
+                    let url = format!("http://{addr}{path}");
+                    if post_acked(&client, &url, &body, &retryable, 50)
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
                     acked.lock().unwrap().push(body);
                 }
@@ -395,6 +370,35 @@ pub async fn send_until_refused(
         retryable: retryable.load(Ordering::Relaxed),
     };
     (acked, report)
+}
+
+/// Posts one OTLP/JSON request until it is acknowledged (2xx), retrying 503 and 429 after
+/// `retry_ms` (counted in `retryable`); any other answer fails the test. `Err` is a transport
+/// error, which each sender treats its own way.
+async fn post_acked(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+    retryable: &AtomicU64,
+    retry_ms: u64,
+) -> Result<(), reqwest::Error> {
+    loop {
+        let r = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await?;
+        if r.status().is_success() {
+            return Ok(());
+        }
+        if r.status() == 503 || r.status() == 429 {
+            retryable.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+        } else {
+            panic!("receiver answered {}: {:?}", r.status(), r.text().await);
+        }
+    }
 }
 
 /// Spans and audit records in OTLP/JSON requests as `story` renders them.
