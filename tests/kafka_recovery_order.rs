@@ -21,7 +21,7 @@ mod common;
 use common::clickhouse::{sql, PrivateServer};
 use common::kafka::stories::{
     count_events, diff, expected_findings_with_lateness, send_stories_until, wait_for_findings,
-    wait_for_progress,
+    wait_for_progress, ACK_DEADLINE,
 };
 use common::kafka::{collector, correlator_with_lateness, Broker};
 use common::metric;
@@ -33,6 +33,39 @@ const LATENESS: &str = "40s";
 
 fn pause(secs: u64) {
     std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// Whether the senders reach `n` stories within the senders' own deadline for one request
+/// (a collector that never takes requests again must fail the test, not hang it).
+async fn resumes(progress: &AtomicU64, n: u64) -> bool {
+    let deadline = Instant::now() + ACK_DEADLINE;
+    while progress.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// What each node was doing: its producer counters and the end of its log.
+async fn diagnose(nodes: &[(&str, &common::kafka::Node)]) -> String {
+    let mut out = String::new();
+    for (name, node) in nodes {
+        let metrics = node.metrics().await;
+        let counters: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("toctou_kafka_") || l.starts_with("toctou_rejected_total"))
+            .collect();
+        let log = node.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        out.push_str(&format!(
+            "--- {name}\n{}\n... last log lines:\n{}\n",
+            counters.join("\n"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,16 +117,17 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
         mark("clickhouse back", &progress);
     });
     let resumed = progress.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while progress.load(Ordering::Relaxed) < resumed + 150 {
-        assert!(
-            Instant::now() < deadline,
-            "the stream did not resume after order 1\ntimeline:\n{}\ncollector 1:\n{}\ncorrelator:\n{}",
+    if !resumes(&progress, resumed + 150).await {
+        panic!(
+            "the stream did not resume after order 1\ntimeline:\n{}\n{}",
             timeline.join("\n"),
-            c1.log(),
-            corr.log()
+            diagnose(&[
+                ("collector 1", &c1),
+                ("collector 2", &c2),
+                ("correlator", &corr)
+            ])
+            .await
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Order 2: Kafka, the pipeline's entry, comes back last.
@@ -112,7 +146,18 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
     });
     // Traffic after the last recovery too, then the stream ends.
     let recovered = progress.load(Ordering::Relaxed);
-    wait_for_progress(&progress, recovered + 150).await;
+    if !resumes(&progress, recovered + 150).await {
+        panic!(
+            "the stream did not resume after order 2\ntimeline:\n{}\n{}",
+            timeline.join("\n"),
+            diagnose(&[
+                ("collector 1", &c1),
+                ("collector 2", &c2),
+                ("correlator", &corr)
+            ])
+            .await
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     let (sent, report) = sender.await.expect("sender");
     mark("stream done", &progress);
@@ -155,10 +200,15 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
     let m = corr.metrics().await;
     assert!(metric(&m, "toctou_sink_retries_total") > 0.0, "{m}");
     let mut pushed_back = 0.0;
+    let mut replaced = Vec::new();
     for c in [&c1, &c2] {
-        pushed_back += metric(
-            &c.metrics().await,
-            "toctou_rejected_total{reason=\"backpressure\"}",
+        let m = c.metrics().await;
+        pushed_back += metric(&m, "toctou_rejected_total{reason=\"backpressure\"}");
+        replaced.push(
+            m.lines()
+                .filter(|l| l.starts_with("toctou_kafka_producer_replacements_total"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
     assert!(pushed_back > 0.0, "no request was pushed back");
@@ -188,7 +238,7 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
     }
     mark("all stopped with status 0", &progress);
     println!(
-        "recovery order: {} requests acknowledged, {} retried, {} events, {} findings\n{}",
+        "recovery order: {} requests acknowledged, {} retried, {} events, {} findings\nproducers replaced: {replaced:?}\n{}",
         report.requests,
         report.retryable,
         events,

@@ -43,7 +43,7 @@ pub fn main(cmd: KafkaCommand) -> Result<()> {
     }
 }
 
-fn init(args: InitArgs) -> Result<()> {
+pub(crate) fn init(args: InitArgs) -> Result<()> {
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
     anyhow::ensure!(
         args.replication_factor >= 1,

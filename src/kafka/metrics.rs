@@ -22,6 +22,10 @@ pub struct ProducerMetrics {
     pub inflight_bytes: AtomicI64,
     /// Request batches waiting for their acknowledgements.
     pub inflight_batches: AtomicI64,
+    /// librdkafka producers replaced after a fatal error.
+    pub replaced_fatal: AtomicU64,
+    /// librdkafka producers replaced for delivering nothing to a cluster that answers.
+    pub replaced_stuck: AtomicU64,
 }
 
 impl ProducerMetrics {
@@ -43,6 +47,12 @@ impl ProducerMetrics {
             "# HELP toctou_kafka_produce_failures_total Messages not acknowledged, by stage (the request was answered with a retryable error).\n# TYPE toctou_kafka_produce_failures_total counter\ntoctou_kafka_produce_failures_total{{stage=\"delivery\"}} {}\ntoctou_kafka_produce_failures_total{{stage=\"enqueue\"}} {}",
             self.failed_messages.load(Relaxed),
             self.enqueue_failures.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_kafka_producer_replacements_total Kafka producers replaced because they could no longer deliver, by reason.\n# TYPE toctou_kafka_producer_replacements_total counter\ntoctou_kafka_producer_replacements_total{{reason=\"fatal\"}} {}\ntoctou_kafka_producer_replacements_total{{reason=\"stuck\"}} {}",
+            self.replaced_fatal.load(Relaxed),
+            self.replaced_stuck.load(Relaxed)
         );
         counter(
             out,

@@ -225,6 +225,12 @@ fn story(i: u64) -> Vec<Step> {
     }
 }
 
+/// How long a story sender keeps retrying one request. The longest outage a test makes
+/// lasts well under a minute; a collector must take requests again within the delivery
+/// timeout of Kafka's return (60 s in these tests), plus the time it takes to notice a
+/// producer that cannot deliver and replace it.
+pub const ACK_DEADLINE: Duration = Duration::from_secs(240);
+
 /// What a sender saw.
 #[derive(Debug, Default)]
 pub struct SendReport {
@@ -294,13 +300,22 @@ pub async fn send_stories_until(
                     // are later, and `toctou replay` over the same bytes sees the same gaps.
                     let (path, body) = step.render(now_ns());
                     let url = format!("http://{addr}{path}");
-                    // A transport error (the receiver restarting) is retried like a push-back.
-                    while post_acked(&client, &url, &body, &retryable, 200)
-                        .await
-                        .is_err()
-                    {
-                        retryable.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    // A transport error (the receiver restarting) is retried like a push-back,
+                    // but not forever: a collector that never takes the request again fails
+                    // the test instead of hanging it.
+                    let retry = async {
+                        while post_acked(&client, &url, &body, &retryable, 200)
+                            .await
+                            .is_err()
+                        {
+                            retryable.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    };
+                    if tokio::time::timeout(ACK_DEADLINE, retry).await.is_err() {
+                        panic!(
+                            "collector {addr} did not acknowledge a request for {ACK_DEADLINE:?}"
+                        );
                     }
                     requests.fetch_add(1, Ordering::Relaxed);
                     sent.lock().unwrap().push(body);
