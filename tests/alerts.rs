@@ -422,7 +422,7 @@ fn the_prometheus_rules_pass_promtool_and_name_real_metrics() {
     assert!(promtool(&["test", "rules", "pipeline.test.yml"]).contains("SUCCESS"));
     // Distributed mode's rules; their metrics are checked against a running collector and
     // correlator in tests/deploy.rs.
-    assert!(promtool(&["check", "rules", "kafka.rules.yml"]).contains("SUCCESS: 5 rules found"));
+    assert!(promtool(&["check", "rules", "kafka.rules.yml"]).contains("SUCCESS: 6 rules found"));
     assert!(promtool(&["test", "rules", "kafka.test.yml"]).contains("SUCCESS"));
 
     // Every metric a rule reads is served by a real `toctou run` with the ClickHouse sink.
