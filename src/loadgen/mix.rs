@@ -12,7 +12,13 @@
 //! - 16-character slots in strings (idempotency keys, the request id of an audit record)
 //!   hold the round number in hex, the same digits the trace id shows as a request id;
 //! - every time (fixed64) is `now - WINDOW + offset`, so event time follows the clock and
-//!   the correlator's watermark moves as in production.
+//!   the correlator's watermark moves as in production;
+//! - every resource version is 16 decimal digits: the send's clock in milliseconds (10
+//!   digits) before the template's own 6. Versions thus grow from round to round as a real
+//!   resource's do. (Replayed unchanged, each template wrote the same versions every cycle, and
+//!   a stale check then had every earlier write of its newer version as evidence: 57 per
+//!   finding on average at saturation, 100 at most, a fifth of the server's CPU spent writing
+//!   them.)
 //!
 //! Findings are real: per template, about 4% of pairs are stale (another writer's audited
 //! update between check and use, and the use acting on the newer version), 2% of uses reuse
@@ -38,6 +44,8 @@ pub const WINDOW_NS: u64 = 200_000_000;
 const ROUND_MARK: [u8; 8] = [0xA5; 8];
 /// Marks a 16-hex-digit round slot in a template string.
 const HEX_MARK: &[u8; 16] = b"@@@@@@@@@@@@@@@@";
+/// Marks the 10-digit clock prefix of a resource version in a template string.
+const VERSION_MARK: &[u8; 10] = b"%%%%%%%%%%";
 /// Top 16 bits of a template time; the low 48 bits are its offset within the window.
 const TIME_MARK: u64 = 0xA7A7 << 48;
 /// Protobuf tags of the fixed64 times we stamp: Span.start_time_unix_nano (7),
@@ -92,6 +100,7 @@ pub struct Template {
     bytes: Vec<u8>,
     round_marks: Vec<usize>,
     hex_marks: Vec<usize>,
+    version_marks: Vec<usize>,
     /// Offset of each fixed64 time, and its offset within the window.
     time_marks: Vec<(usize, u64)>,
 }
@@ -146,6 +155,10 @@ impl Template {
         for &at in &self.hex_marks {
             out[at..at + 16].copy_from_slice(&hex);
         }
+        let prefix = dec10(now_ns / 1_000_000);
+        for &at in &self.version_marks {
+            out[at..at + 10].copy_from_slice(&prefix);
+        }
         let base = now_ns.saturating_sub(WINDOW_NS);
         for &(at, offset) in &self.time_marks {
             out[at..at + 8].copy_from_slice(&(base + offset).to_le_bytes());
@@ -156,6 +169,22 @@ impl Template {
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
+}
+
+/// The last 10 decimal digits of `v`.
+fn dec10(mut v: u64) -> [u8; 10] {
+    let mut out = [b'0'; 10];
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out
+}
+
+/// A resource version of a template: the clock slot, then `v` in 6 digits.
+fn version_slot(v: u32) -> String {
+    debug_assert!(v < 1_000_000);
+    format!("{}{v:06}", String::from_utf8_lossy(VERSION_MARK))
 }
 
 fn hex16(v: u64) -> [u8; 16] {
@@ -271,7 +300,8 @@ fn build_round(config: &MixConfig, t: u32, rng: &mut StdRng) -> (RoundTemplate, 
         }
         let res = pick_resource(rng, config.resources);
         let resource = format!("{kind}/{res:06}");
-        let version: u32 = rng.gen_range(1..1_000_000);
+        // Room for the two writes after it in 6 digits.
+        let version: u32 = rng.gen_range(1..999_990);
         let check_at = u64::from(p) * step + rng.gen_range(0..step.max(1));
         let check_end = check_at + rng.gen_range(200_000..2_000_000);
         let use_at = check_end + rng.gen_range(500_000..10_000_000);
@@ -287,7 +317,7 @@ fn build_round(config: &MixConfig, t: u32, rng: &mut StdRng) -> (RoundTemplate, 
         let mut check_attrs = vec![
             str_kv(c::PHASE, "check"),
             str_kv(c::RESOURCE, check_resource),
-            str_kv(c::RESOURCE_VERSION, version.to_string()),
+            str_kv(c::RESOURCE_VERSION, version_slot(version)),
             str_kv(c::CHECK_DECISION, "allow"),
             str_kv(
                 c::CHECK_SOURCE,
@@ -344,7 +374,7 @@ fn build_round(config: &MixConfig, t: u32, rng: &mut StdRng) -> (RoundTemplate, 
         } else {
             version
         };
-        use_attrs.push(str_kv(c::RESOURCE_VERSION, used_version.to_string()));
+        use_attrs.push(str_kv(c::RESOURCE_VERSION, version_slot(used_version)));
         if operation == "charge" {
             let key = if pair == Pair::Duplicate {
                 expected.duplicate_use += 1;
@@ -488,7 +518,7 @@ fn audit_record(
     let mut attributes = vec![
         str_kv(c::AUDIT_ACTION, "update"),
         str_kv(c::RESOURCE, resource),
-        str_kv(c::RESOURCE_VERSION, version.to_string()),
+        str_kv(c::RESOURCE_VERSION, version_slot(version)),
         str_kv(c::ACTOR, actor),
         str_kv("db.system.name", "postgresql"),
         str_kv("db.operation.name", "UPDATE"),
@@ -503,7 +533,8 @@ fn audit_record(
         severity_text: "INFO".into(),
         body: Some(AnyValue {
             value: Some(any_value::Value::StringValue(format!(
-                "UPDATE {resource} SET version = {version}"
+                "UPDATE {resource} SET version = {}",
+                version_slot(version)
             ))),
         }),
         attributes,
@@ -521,6 +552,7 @@ fn audit_record(
 fn template(signal: Signal, items: u64, bytes: Vec<u8>) -> Template {
     let mut round_marks = Vec::new();
     let mut hex_marks = Vec::new();
+    let mut version_marks = Vec::new();
     let mut time_marks = Vec::new();
     let mut i = 0;
     while i + 8 <= bytes.len() {
@@ -540,6 +572,11 @@ fn template(signal: Signal, items: u64, bytes: Vec<u8>) -> Template {
             i += 16;
             continue;
         }
+        if i + 10 <= bytes.len() && &bytes[i..i + 10] == VERSION_MARK {
+            version_marks.push(i);
+            i += 10;
+            continue;
+        }
         if i > 0 && TIME_TAGS.contains(&bytes[i - 1]) {
             let v = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
             if v >> 48 == TIME_MARK >> 48 {
@@ -556,6 +593,7 @@ fn template(signal: Signal, items: u64, bytes: Vec<u8>) -> Template {
         bytes,
         round_marks,
         hex_marks,
+        version_marks,
         time_marks,
     }
 }
@@ -591,6 +629,9 @@ mod tests {
             assert_eq!(r.traces.time_marks.len() as u64, 2 * r.traces.items);
             assert_eq!(r.logs.round_marks.len() as u64, r.logs.items);
             assert_eq!(r.logs.time_marks.len() as u64, 2 * r.logs.items);
+            // A version on every span; on every audit record, and in its body.
+            assert_eq!(r.traces.version_marks.len() as u64, r.traces.items);
+            assert_eq!(r.logs.version_marks.len() as u64, 2 * r.logs.items);
             assert!(
                 r.logs.items > 20,
                 "about a fifth of pairs write: {}",
@@ -661,10 +702,22 @@ mod tests {
     }
 
     #[test]
-    fn rounds_differ_in_ids_keys_and_times_only() {
+    fn rounds_differ_in_ids_keys_times_and_versions_only() {
         let mix = Mix::build(&MixConfig::default());
-        let (a, _) = decode_round(&mix.rounds[1], 1, NOW);
-        let (b, _) = decode_round(&mix.rounds[1], 2, NOW + 1_000_000_000);
+        let (a, a_audits) = decode_round(&mix.rounds[1], 1, NOW);
+        let (b, b_audits) = decode_round(&mix.rounds[1], 2, NOW + 1_000_000_000);
+        let version = |v: &Option<String>| -> u64 {
+            let v = v.as_deref().expect("a version");
+            assert_eq!(v.len(), 16, "{v}");
+            v.parse().expect("decimal")
+        };
+        for (x, y) in a_audits.iter().zip(&b_audits) {
+            let (Event::Audit(x), Event::Audit(y)) = (x, y) else {
+                panic!()
+            };
+            // One second later: the clock prefix (ms) is 1000 higher.
+            assert_eq!(version(&y.version) - version(&x.version), 1000 * 1_000_000);
+        }
         for (x, y) in a.iter().zip(&b) {
             let (Event::Span(x), Event::Span(y)) = (x, y) else {
                 panic!()
@@ -672,6 +725,11 @@ mod tests {
             assert_ne!(x.trace_id, y.trace_id);
             assert_eq!(x.resource, y.resource);
             assert_eq!(y.start_ns - x.start_ns, 1_000_000_000);
+            assert_eq!(version(&y.version) - version(&x.version), 1000 * 1_000_000);
+            assert_eq!(
+                version(&x.version) / 1_000_000,
+                NOW / 1_000_000 % 10_000_000_000
+            );
             if x.phase == toctou_schema::Phase::Use {
                 assert_ne!(x.idempotency_key, y.idempotency_key);
             }
@@ -720,6 +778,11 @@ mod tests {
             kinds.get("unchecked_use").copied(),
             Some(want.unchecked_use)
         );
+        // Each stale check has its one write in between as evidence, not the same write of
+        // the cycle before.
+        for f in findings.iter().filter(|f| f.kind.as_str() == "stale_check") {
+            assert_eq!(f.intervening.len(), 1, "{f:?}");
+        }
         // Each unchecked use leaves its request's check unused.
         assert_eq!(kinds.get("orphan_check").copied(), Some(want.unchecked_use));
     }
