@@ -208,6 +208,26 @@ impl Compact {
     pub fn to_string_or_empty(&self, long: &LongStrings) -> String {
         self.to_string_opt(long).unwrap_or_default()
     }
+
+    /// The string as an integer version, exactly as [`toctou_schema::Version::as_int`]
+    /// reads it. The stale-check rule compares a pair's versions with every write in the
+    /// resource's history, so the common form (an inline string of ASCII digits; 16 of them
+    /// fit in an `i64`) is read straight from its bytes; anything else is rendered and
+    /// parsed.
+    pub fn version_int(&self, long: &LongStrings) -> Option<i128> {
+        if (1..=INLINE_MAX as u8 + 1).contains(&self.tag) {
+            let digits = &self.bytes[..usize::from(self.tag - 1)];
+            if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+                let v = digits
+                    .iter()
+                    .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+                return Some(i128::from(v));
+            }
+        }
+        let mut buf = [0; 36];
+        self.as_str(long, &mut buf)
+            .and_then(|s| toctou_schema::Version(s).as_int())
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +269,42 @@ mod tests {
             c.release(&mut long);
         }
         assert_eq!(long.len(), 0);
+    }
+
+    #[test]
+    fn version_int_reads_what_version_as_int_reads() {
+        let mut long = long_strings();
+        for s in [
+            "0",
+            "7",
+            "007",
+            "42",
+            "9999999999999999",
+            "0000001795699491",
+            "",
+            " 12",
+            "12 ",
+            "-5",
+            "+3",
+            "12a",
+            "1.5",
+            "v2",
+            "\u{661}\u{662}",
+            "99999999999999999",
+            "-99999999999999999999999",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "123456789012345678901234567890123456789",
+        ] {
+            let c = Compact::encode(s, &mut long);
+            assert_eq!(
+                c.version_int(&long),
+                toctou_schema::Version(s).as_int(),
+                "{s:?}"
+            );
+            c.release(&mut long);
+        }
+        assert_eq!(Compact::none().version_int(&long), None);
     }
 
     #[test]

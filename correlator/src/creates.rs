@@ -212,13 +212,7 @@ impl Engine {
     /// An audit `create`: starts or joins the pending create, or reports a duplicate create
     /// by another known request.
     pub(crate) fn create_from_audit(&mut self, a: &AuditItem, out: &mut Vec<Finding>) {
-        let write = |e: &mut Engine| AuditWrite {
-            time: a.time,
-            action: a.action,
-            version: a.version.share(&mut e.sym.long),
-            request: a.request.share(&mut e.sym.long),
-            actor: a.actor.share(&mut e.sym.long),
-        };
+        let write = |e: &mut Engine| AuditWrite::new(a, &mut e.sym.long);
         match self.claim_create(a.resource, &a.request) {
             Claim::First => {
                 let pc = PendingCreate {

@@ -33,9 +33,57 @@ pub(crate) struct AuditWrite {
     pub version: Compact,
     pub request: Compact,
     pub actor: Compact,
+    /// `version` as an integer, read once here: the stale-check rule compares a pair's
+    /// versions with every write in the history, and on a hot resource that is thousands of
+    /// writes per stale pair.
+    version_int: VersionInt,
+}
+
+/// An integer version in 8 bytes: the value, or one of two marks for "not an integer" and
+/// "an integer outside `i64`" (read again from the string when needed).
+#[derive(Clone, Copy)]
+struct VersionInt(i64);
+
+impl VersionInt {
+    const NONE: i64 = i64::MIN;
+    const WIDE: i64 = i64::MIN + 1;
+
+    fn of(c: &Compact, long: &LongStrings) -> VersionInt {
+        VersionInt(match c.version_int(long) {
+            None => Self::NONE,
+            Some(v) => match i64::try_from(v) {
+                Ok(v) if v > Self::WIDE => v,
+                _ => Self::WIDE,
+            },
+        })
+    }
+
+    fn get(self, c: &Compact, long: &LongStrings) -> Option<i128> {
+        match self.0 {
+            Self::NONE => None,
+            Self::WIDE => c.version_int(long),
+            v => Some(i128::from(v)),
+        }
+    }
 }
 
 impl AuditWrite {
+    /// The write of audit event `a`, taking its own references on the strings.
+    pub fn new(a: &AuditItem, long: &mut LongStrings) -> AuditWrite {
+        AuditWrite {
+            time: a.time,
+            action: a.action,
+            version_int: VersionInt::of(&a.version, long),
+            version: a.version.share(long),
+            request: a.request.share(long),
+            actor: a.actor.share(long),
+        }
+    }
+
+    fn version_int(&self, long: &LongStrings) -> Option<i128> {
+        self.version_int.get(&self.version, long)
+    }
+
     pub fn to_ref(&self, resource: &str, long: &LongStrings) -> AuditRef {
         AuditRef {
             action: self.action,
@@ -88,8 +136,7 @@ pub(crate) enum Staleness {
 }
 
 fn int_of(c: &Compact, long: &LongStrings) -> Option<i128> {
-    let mut buf: RenderBuf = [0; 36];
-    c.as_str(long, &mut buf).and_then(|s| Version(s).as_int())
+    c.version_int(long)
 }
 
 /// Versions equal as the conventions define it (integers by value, else byte for byte).
@@ -123,7 +170,7 @@ pub(crate) fn staleness(
             .filter(|(_, w)| w.by_other(p.request))
             .filter(|(_, w)| {
                 let in_time = p.check_time < w.time && w.time < p.use_time;
-                let in_versions = match (checked_int, int_of(&w.version, long), used_int) {
+                let in_versions = match (checked_int, w.version_int(long), used_int) {
                     (Some(c), Some(v), Some(u)) => c < v && v <= u,
                     _ => false,
                 };
@@ -144,7 +191,7 @@ pub(crate) fn staleness(
         .range(..before_use)
         .enumerate()
         .filter(|(_, w)| w.by_other(p.request))
-        .filter(|(_, w)| match (checked_int, int_of(&w.version, long)) {
+        .filter(|(_, w)| match (checked_int, w.version_int(long)) {
             (Some(c), Some(v)) => v > c,
             _ => p.check_time < w.time,
         })
@@ -160,13 +207,7 @@ pub(crate) fn staleness(
 impl Engine {
     /// Adds an audit write to its resource's history (in commit-time order).
     pub(crate) fn record_write(&mut self, a: &AuditItem) {
-        let write = AuditWrite {
-            time: a.time,
-            action: a.action,
-            version: a.version.share(&mut self.sym.long),
-            request: a.request.share(&mut self.sym.long),
-            actor: a.actor.share(&mut self.sym.long),
-        };
+        let write = AuditWrite::new(a, &mut self.sym.long);
         let slot = self.sym.resources.retain(a.resource);
         let gen = self.sym.resources.gen(slot);
         let history = &mut self.sym.resources.value_mut(slot).history;
@@ -211,5 +252,34 @@ impl Engine {
         self.audits.len -= 1;
         self.sym.resources.release(slot);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compact::long_strings;
+
+    #[test]
+    fn a_write_keeps_its_version_as_the_integer_version_as_int_reads() {
+        let mut long = long_strings();
+        for s in [
+            "42",
+            "0000001795699491900955",
+            "-7",
+            "9223372036854775807",
+            "-9223372036854775807",
+            "-9223372036854775808",
+            "99999999999999999999999",
+            "v2",
+            "",
+        ] {
+            let c = Compact::encode(s, &mut long);
+            let v = VersionInt::of(&c, &long);
+            assert_eq!(v.get(&c, &long), Version(s).as_int(), "{s:?}");
+            c.release(&mut long);
+        }
+        let none = Compact::none();
+        assert_eq!(VersionInt::of(&none, &long).get(&none, &long), None);
     }
 }
