@@ -35,17 +35,25 @@ fn pause(secs: u64) {
     std::thread::sleep(Duration::from_secs(secs));
 }
 
-/// Whether the senders reach `n` stories within the senders' own deadline for one request
-/// (a collector that never takes requests again must fail the test, not hang it).
-async fn resumes(progress: &AtomicU64, n: u64) -> bool {
+/// Waits until the senders reach `n` stories, within the senders' own deadline for one
+/// request: a collector that never takes requests again fails the test instead of hanging
+/// it, with the timeline and what each node was doing.
+async fn expect_resumed(
+    progress: &AtomicU64,
+    n: u64,
+    after: &str,
+    timeline: &std::cell::RefCell<Vec<String>>,
+    nodes: &[(&str, &common::kafka::Node)],
+) {
     let deadline = Instant::now() + ACK_DEADLINE;
     while progress.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline {
-            return false;
+            let timeline = timeline.borrow().join("\n");
+            let nodes = diagnose(nodes).await;
+            panic!("the stream did not resume after {after}\ntimeline:\n{timeline}\n{nodes}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    true
 }
 
 /// What each node was doing: its producer counters and the end of its log.
@@ -91,10 +99,11 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
         progress.clone(),
         stop.clone(),
     ));
-    let mut timeline = Vec::new();
+    // A cell, so that the timeline can be read between marks.
+    let timeline = std::cell::RefCell::new(Vec::<String>::new());
     let t0 = Instant::now();
-    let mut mark = |what: &str, progress: &AtomicU64| {
-        timeline.push(format!(
+    let mark = |what: &str, progress: &AtomicU64| {
+        timeline.borrow_mut().push(format!(
             "{:>5.1}s {what} (stories sent: {})",
             t0.elapsed().as_secs_f64(),
             progress.load(Ordering::Relaxed)
@@ -117,18 +126,12 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
         mark("clickhouse back", &progress);
     });
     let resumed = progress.load(Ordering::Relaxed);
-    if !resumes(&progress, resumed + 150).await {
-        panic!(
-            "the stream did not resume after order 1\ntimeline:\n{}\n{}",
-            timeline.join("\n"),
-            diagnose(&[
-                ("collector 1", &c1),
-                ("collector 2", &c2),
-                ("correlator", &corr)
-            ])
-            .await
-        );
-    }
+    let nodes = [
+        ("collector 1", &c1),
+        ("collector 2", &c2),
+        ("correlator", &corr),
+    ];
+    expect_resumed(&progress, resumed + 150, "order 1", &timeline, &nodes).await;
 
     // Order 2: Kafka, the pipeline's entry, comes back last.
     tokio::task::block_in_place(|| {
@@ -146,18 +149,12 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
     });
     // Traffic after the last recovery too, then the stream ends.
     let recovered = progress.load(Ordering::Relaxed);
-    if !resumes(&progress, recovered + 150).await {
-        panic!(
-            "the stream did not resume after order 2\ntimeline:\n{}\n{}",
-            timeline.join("\n"),
-            diagnose(&[
-                ("collector 1", &c1),
-                ("collector 2", &c2),
-                ("correlator", &corr)
-            ])
-            .await
-        );
-    }
+    let nodes = [
+        ("collector 1", &c1),
+        ("collector 2", &c2),
+        ("correlator", &corr),
+    ];
+    expect_resumed(&progress, recovered + 150, "order 2", &timeline, &nodes).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, report) = sender.await.expect("sender");
     mark("stream done", &progress);
@@ -174,7 +171,7 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
         expected,
         "{}\ntimeline:\n{}\ncorrelator:\n{}",
         diff(&expected, &stored),
-        timeline.join("\n"),
+        timeline.borrow().join("\n"),
         corr.log()
     );
     assert_eq!(
@@ -243,6 +240,6 @@ async fn clickhouse_and_kafka_recovering_in_the_wrong_order_lose_nothing() {
         report.retryable,
         events,
         expected.len(),
-        timeline.join("\n")
+        timeline.borrow().join("\n")
     );
 }
