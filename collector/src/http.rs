@@ -108,14 +108,7 @@ async fn otlp(r: Receivers, signal: Signal, req: Request) -> Response {
     };
     match ingest(&r, signal, format, &parts.headers, body).await {
         Ok(receipt) => export_response(signal, format, &receipt),
-        Err(Failed { error, body_read }) => {
-            let response = failure(&r, Some(format), error);
-            if body_read {
-                response
-            } else {
-                closing(response)
-            }
-        }
+        Err(failed) => failed.respond(&r, Some(format)),
     }
 }
 
@@ -123,6 +116,18 @@ async fn otlp(r: Receivers, signal: Signal, req: Request) -> Response {
 struct Failed {
     error: IngestError,
     body_read: bool,
+}
+
+impl Failed {
+    /// The error's answer, marked `Connection: close` when the body was not read.
+    fn respond(self, r: &Receivers, format: Option<Format>) -> Response {
+        let response = failure(r, format, self.error);
+        if self.body_read {
+            response
+        } else {
+            closing(response)
+        }
+    }
 }
 
 /// Marks an answer given before the request body was read with `Connection: close`. hyper
@@ -151,14 +156,7 @@ async fn k8s_audit(State(r): State<Receivers>, req: Request) -> Response {
             });
             respond(StatusCode::OK, Format::Json, body.to_string().into_bytes())
         }
-        Err(Failed { error, body_read }) => {
-            let response = failure(&r, Some(Format::Json), error);
-            if body_read {
-                response
-            } else {
-                closing(response)
-            }
-        }
+        Err(failed) => failed.respond(&r, Some(Format::Json)),
     }
 }
 

@@ -135,10 +135,6 @@ pub(crate) enum Staleness {
     Indeterminate,
 }
 
-fn int_of(c: &Compact, long: &LongStrings) -> Option<i128> {
-    c.version_int(long)
-}
-
 /// Versions equal as the conventions define it (integers by value, else byte for byte).
 pub(crate) fn same_version(a: &Compact, b: &Compact, long: &LongStrings) -> bool {
     if a == b {
@@ -158,12 +154,12 @@ pub(crate) fn staleness(
     p: &Pair<'_>,
     long: &LongStrings,
 ) -> Staleness {
-    let checked_int = int_of(p.checked, long);
+    let checked_int = p.checked.version_int(long);
     if !p.checked.is_none() && !p.used.is_none() {
         if same_version(p.checked, p.used, long) {
             return Staleness::Fresh;
         }
-        let used_int = int_of(p.used, long);
+        let used_int = p.used.version_int(long);
         let intervening = history
             .iter()
             .enumerate()

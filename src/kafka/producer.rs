@@ -257,6 +257,12 @@ impl Producers {
     /// because Kafka is down is not being stuck, since a new producer would fail the same
     /// way.
     async fn failed(&self, used: &Arc<FutureProducer>, failed: &[i32]) {
+        // A producer already replaced says nothing of the one in use (its purge fails every
+        // message it still held); without this, each of those failures would build a
+        // producer only to drop it.
+        if !Arc::ptr_eq(&self.current(), used) {
+            return;
+        }
         if let Some((code, reason)) = used.client().fatal_error() {
             let fresh = match self.config.create() {
                 Ok(p) => p,
