@@ -39,6 +39,31 @@ use clap::{Parser, Subcommand};
 /// allocator made that a quarter of its time (see BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (include/mimalloc.h of the
+/// libmimalloc-sys in Cargo.lock; its Rust bindings do not name this option).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// How long freed memory stays with the process before mimalloc returns it to the OS.
+/// With mimalloc's 1 s, a receiver at a steady moderate rate kept giving back and faulting in
+/// again the pages of request-sized buffers (at 10k spans/s over 16 connections, each
+/// connection sends a request every ~0.8 s): 12% of `toctou run`'s samples at 10k spans/s
+/// were `clear_page_erms`, and 4,700-7,400 page faults in 20 s fell to ~950 with 10 s
+/// (BENCHMARKS.md, issue 7). Memory freed after a burst still goes back 10 s later.
+const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
+unsafe extern "C" {
+    fn mi_option_set_default(option: std::ffi::c_int, value: std::ffi::c_long);
+    #[cfg(test)]
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+}
+
+/// Sets the allocator's defaults; `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn tune_allocator() {
+    // SAFETY: sets a plain integer in mimalloc's option table; any value is valid, and the
+    // option is read at each purge decision, so setting it after allocations began is fine.
+    unsafe { mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
+}
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -80,6 +105,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
@@ -112,4 +138,19 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_purge_delay_reaches_mimalloc() {
+        super::tune_allocator();
+        // SAFETY: reads an integer option.
+        let delay = unsafe { super::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        // The environment may override the default; without it, ours holds.
+        match std::env::var("MIMALLOC_PURGE_DELAY") {
+            Ok(_) => {}
+            Err(_) => assert_eq!(delay, super::PURGE_DELAY_MS),
+        }
+    }
 }
