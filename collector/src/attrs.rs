@@ -1,9 +1,11 @@
 //! Reading the toctou attributes out of an OTLP key-value list: the one place that knows
 //! which value types each attribute accepts and how they normalize to text.
 //!
-//! Both protobuf and JSON input end up as the prost types, so this is the only extraction
-//! code there is. It makes one pass over the attributes per span or record (not one lookup
-//! per key), since a busy service sends many attributes that are not ours.
+//! Whatever the input (the prost types from JSON or from protobuf the pruning reader does
+//! not take, or the wire bytes themselves in `wire`), attribute values reach the rules as
+//! an [`Attr`] borrowed from it, so this is the only extraction code there is. It makes one
+//! pass over the attributes per span or record (not one lookup per key), since a busy
+//! service sends many attributes that are not ours.
 
 use crate::decoded::{RejectReason, Rejection};
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
@@ -39,26 +41,64 @@ fn shown(s: &str) -> String {
     format!("{:?}... ({} bytes)", &s[..end], s.len())
 }
 
+/// An attribute value as the rules read it, borrowed from the request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Attr<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    /// An array, map, bytes or string-table reference: no rule accepts one, so only its type
+    /// name (as the OTLP JSON mapping spells it) is kept, for the error message.
+    Other(&'static str),
+}
+
+impl<'a> Attr<'a> {
+    pub fn of(v: &'a Value) -> Self {
+        match v {
+            Value::StringValue(s) => Attr::Str(s),
+            Value::BoolValue(b) => Attr::Bool(*b),
+            Value::IntValue(i) => Attr::Int(*i),
+            Value::DoubleValue(d) => Attr::Double(*d),
+            Value::ArrayValue(_) => Attr::Other("arrayValue"),
+            Value::KvlistValue(_) => Attr::Other("kvlistValue"),
+            Value::BytesValue(_) => Attr::Other("bytesValue"),
+            Value::StringValueStrindex(_) => Attr::Other("stringValueStrindex"),
+        }
+    }
+
+    /// The name of the value's type as the OTLP JSON mapping spells it, for error messages.
+    fn type_name(self) -> &'static str {
+        match self {
+            Attr::Str(_) => "stringValue",
+            Attr::Bool(_) => "boolValue",
+            Attr::Int(_) => "intValue",
+            Attr::Double(_) => "doubleValue",
+            Attr::Other(name) => name,
+        }
+    }
+}
+
 /// The attributes toctou reads, borrowed from the span or record. When a key repeats (the
 /// OTLP data model forbids it, but not every SDK checks), the first occurrence wins.
 #[derive(Default)]
 pub(crate) struct Known<'a> {
-    pub phase: Option<&'a Value>,
-    pub resource: Option<&'a Value>,
-    pub resource_version: Option<&'a Value>,
-    pub request_id: Option<&'a Value>,
-    pub operation: Option<&'a Value>,
-    pub actor: Option<&'a Value>,
-    pub decision: Option<&'a Value>,
-    pub source: Option<&'a Value>,
-    pub policy: Option<&'a Value>,
-    pub policy_version: Option<&'a Value>,
-    pub idempotency_key: Option<&'a Value>,
-    pub outcome: Option<&'a Value>,
-    pub audit_action: Option<&'a Value>,
-    pub http_response_status_code: Option<&'a Value>,
-    pub http_status_code: Option<&'a Value>,
-    pub rpc_grpc_status_code: Option<&'a Value>,
+    pub phase: Option<Attr<'a>>,
+    pub resource: Option<Attr<'a>>,
+    pub resource_version: Option<Attr<'a>>,
+    pub request_id: Option<Attr<'a>>,
+    pub operation: Option<Attr<'a>>,
+    pub actor: Option<Attr<'a>>,
+    pub decision: Option<Attr<'a>>,
+    pub source: Option<Attr<'a>>,
+    pub policy: Option<Attr<'a>>,
+    pub policy_version: Option<Attr<'a>>,
+    pub idempotency_key: Option<Attr<'a>>,
+    pub outcome: Option<Attr<'a>>,
+    pub audit_action: Option<Attr<'a>>,
+    pub http_response_status_code: Option<Attr<'a>>,
+    pub http_status_code: Option<Attr<'a>>,
+    pub rpc_grpc_status_code: Option<Attr<'a>>,
 }
 
 impl<'a> Known<'a> {
@@ -66,67 +106,62 @@ impl<'a> Known<'a> {
         let mut k = Known::default();
         for kv in attributes {
             // An attribute with an empty AnyValue carries nothing: treat it as absent.
-            let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
-                continue;
-            };
-            let slot = match kv.key.as_str() {
-                c::PHASE => &mut k.phase,
-                c::RESOURCE => &mut k.resource,
-                c::RESOURCE_VERSION => &mut k.resource_version,
-                c::REQUEST_ID => &mut k.request_id,
-                c::OPERATION => &mut k.operation,
-                c::ACTOR => &mut k.actor,
-                c::CHECK_DECISION => &mut k.decision,
-                c::CHECK_SOURCE => &mut k.source,
-                c::POLICY => &mut k.policy,
-                c::POLICY_VERSION => &mut k.policy_version,
-                c::IDEMPOTENCY_KEY => &mut k.idempotency_key,
-                c::USE_OUTCOME => &mut k.outcome,
-                c::AUDIT_ACTION => &mut k.audit_action,
-                c::HTTP_RESPONSE_STATUS_CODE => &mut k.http_response_status_code,
-                c::HTTP_STATUS_CODE => &mut k.http_status_code,
-                c::RPC_GRPC_STATUS_CODE => &mut k.rpc_grpc_status_code,
-                _ => continue,
-            };
-            if slot.is_none() {
-                *slot = Some(value);
+            if let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                k.offer(&kv.key, Attr::of(value));
             }
         }
         k
     }
-}
 
-/// The name of a value's type as the OTLP JSON mapping spells it, for error messages.
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::StringValue(_) => "stringValue",
-        Value::BoolValue(_) => "boolValue",
-        Value::IntValue(_) => "intValue",
-        Value::DoubleValue(_) => "doubleValue",
-        Value::ArrayValue(_) => "arrayValue",
-        Value::KvlistValue(_) => "kvlistValue",
-        Value::BytesValue(_) => "bytesValue",
-        Value::StringValueStrindex(_) => "stringValueStrindex",
+    /// The slot of a key toctou reads; `None` for any other key.
+    pub fn slot(&mut self, key: &str) -> Option<&mut Option<Attr<'a>>> {
+        Some(match key {
+            c::PHASE => &mut self.phase,
+            c::RESOURCE => &mut self.resource,
+            c::RESOURCE_VERSION => &mut self.resource_version,
+            c::REQUEST_ID => &mut self.request_id,
+            c::OPERATION => &mut self.operation,
+            c::ACTOR => &mut self.actor,
+            c::CHECK_DECISION => &mut self.decision,
+            c::CHECK_SOURCE => &mut self.source,
+            c::POLICY => &mut self.policy,
+            c::POLICY_VERSION => &mut self.policy_version,
+            c::IDEMPOTENCY_KEY => &mut self.idempotency_key,
+            c::USE_OUTCOME => &mut self.outcome,
+            c::AUDIT_ACTION => &mut self.audit_action,
+            c::HTTP_RESPONSE_STATUS_CODE => &mut self.http_response_status_code,
+            c::HTTP_STATUS_CODE => &mut self.http_status_code,
+            c::RPC_GRPC_STATUS_CODE => &mut self.rpc_grpc_status_code,
+            _ => return None,
+        })
+    }
+
+    /// Records a present value of `key`, unless the key already had one (the first
+    /// occurrence wins) or is not one toctou reads.
+    pub fn offer(&mut self, key: &str, value: Attr<'a>) {
+        if let Some(slot @ None) = self.slot(key) {
+            *slot = Some(value);
+        }
     }
 }
 
-fn bad_type(key: &str, v: &Value, wanted: &str) -> Rejection {
+fn bad_type(key: &str, v: Attr<'_>, wanted: &str) -> Rejection {
     Rejection::new(
         RejectReason::BadAttribute,
-        format!("{key} must be {wanted}, got {}", type_name(v)),
+        format!("{key} must be {wanted}, got {}", v.type_name()),
     )
 }
 
 /// An identifier-like attribute (resource, request id, actor, ...): a string, or an integer
 /// taken as its decimal text since some SDKs type numeric ids as ints. An empty string
 /// counts as absent.
-pub(crate) fn text(key: &str, v: Option<&Value>) -> Result<Option<String>, Rejection> {
+pub(crate) fn text(key: &str, v: Option<Attr<'_>>) -> Result<Option<String>, Rejection> {
     match v {
         None => Ok(None),
-        Some(Value::StringValue(s)) if s.is_empty() => Ok(None),
-        Some(Value::StringValue(s)) if s.len() > MAX_VALUE_BYTES => Err(too_long(key, s.len())),
-        Some(Value::StringValue(s)) => Ok(Some(s.clone())),
-        Some(Value::IntValue(i)) => Ok(Some(i.to_string())),
+        Some(Attr::Str("")) => Ok(None),
+        Some(Attr::Str(s)) if s.len() > MAX_VALUE_BYTES => Err(too_long(key, s.len())),
+        Some(Attr::Str(s)) => Ok(Some(s.to_owned())),
+        Some(Attr::Int(i)) => Ok(Some(i.to_string())),
         Some(other) => Err(bad_type(key, other, "a string")),
     }
 }
@@ -134,9 +169,9 @@ pub(crate) fn text(key: &str, v: Option<&Value>) -> Result<Option<String>, Rejec
 /// A version attribute: string, int or double. Integers (and doubles that hold an integer,
 /// as JavaScript SDKs send every number) become their decimal text, so that `7`, `7.0` and
 /// `"7"` compare equal downstream.
-pub(crate) fn version(key: &str, v: Option<&Value>) -> Result<Option<String>, Rejection> {
+pub(crate) fn version(key: &str, v: Option<Attr<'_>>) -> Result<Option<String>, Rejection> {
     match v {
-        Some(Value::DoubleValue(d)) => {
+        Some(Attr::Double(d)) => {
             if !d.is_finite() {
                 return Err(Rejection::new(
                     RejectReason::BadAttribute,
@@ -145,18 +180,14 @@ pub(crate) fn version(key: &str, v: Option<&Value>) -> Result<Option<String>, Re
             }
             // 2^63 bounds where an f64 integer still fits an i64 exactly.
             if d.fract() == 0.0 && d.abs() < 9.223_372_036_854_776e18 {
-                Ok(Some((*d as i64).to_string()))
+                Ok(Some((d as i64).to_string()))
             } else {
                 Ok(Some(d.to_string()))
             }
         }
-        Some(
-            other @ (Value::BoolValue(_)
-            | Value::ArrayValue(_)
-            | Value::KvlistValue(_)
-            | Value::BytesValue(_)
-            | Value::StringValueStrindex(_)),
-        ) => Err(bad_type(key, other, "a string, int or double")),
+        Some(other @ (Attr::Bool(_) | Attr::Other(_))) => {
+            Err(bad_type(key, other, "a string, int or double"))
+        }
         text_or_int => text(key, text_or_int),
     }
 }
@@ -165,13 +196,13 @@ pub(crate) fn version(key: &str, v: Option<&Value>) -> Result<Option<String>, Re
 /// `parse` maps the text to its enum. Only string values are accepted.
 pub(crate) fn keyword<T>(
     key: &str,
-    v: Option<&Value>,
+    v: Option<Attr<'_>>,
     allowed: &str,
     parse: impl Fn(&str) -> Option<T>,
 ) -> Result<Option<T>, Rejection> {
     match v {
         None => Ok(None),
-        Some(Value::StringValue(s)) => match parse(s) {
+        Some(Attr::Str(s)) => match parse(s) {
             Some(t) => Ok(Some(t)),
             None => Err(Rejection::new(
                 RejectReason::BadAttribute,
@@ -184,11 +215,11 @@ pub(crate) fn keyword<T>(
 
 /// A status code attribute, read leniently: these are not our attributes, and a malformed
 /// one must not cost the span; anything that is not an integer reads as absent.
-pub(crate) fn status_code(v: Option<&Value>) -> Option<i64> {
+pub(crate) fn status_code(v: Option<Attr<'_>>) -> Option<i64> {
     match v? {
-        Value::IntValue(i) => Some(*i),
-        Value::StringValue(s) => s.trim().parse().ok(),
-        Value::DoubleValue(d) if d.fract() == 0.0 => Some(*d as i64),
+        Attr::Int(i) => Some(i),
+        Attr::Str(s) => s.trim().parse().ok(),
+        Attr::Double(d) if d.fract() == 0.0 => Some(d as i64),
         _ => None,
     }
 }
@@ -196,17 +227,18 @@ pub(crate) fn status_code(v: Option<&Value>) -> Option<i64> {
 /// `service.name` of the resource, or `unknown_service` as the SDKs default it; a name over
 /// [`MAX_VALUE_BYTES`] is the rejection of every toctou item of the resource.
 pub(crate) fn service_name(resource: Option<&Resource>) -> Result<String, Rejection> {
-    let name = resource
+    let first = resource
         .and_then(|r| r.attributes.iter().find(|kv| kv.key == c::SERVICE_NAME))
-        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-        .and_then(|v| match v {
-            Value::StringValue(s) if !s.is_empty() => Some(s),
-            _ => None,
-        });
-    match name {
-        Some(s) if s.len() > MAX_VALUE_BYTES => Err(too_long(c::SERVICE_NAME, s.len())),
-        Some(s) => Ok(s.clone()),
-        None => Ok("unknown_service".to_string()),
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref());
+    service_name_of(first.map(Attr::of))
+}
+
+/// [`service_name`] from the value of the resource's first `service.name` attribute.
+pub(crate) fn service_name_of(first: Option<Attr<'_>>) -> Result<String, Rejection> {
+    match first {
+        Some(Attr::Str(s)) if s.len() > MAX_VALUE_BYTES => Err(too_long(c::SERVICE_NAME, s.len())),
+        Some(Attr::Str(s)) if !s.is_empty() => Ok(s.to_owned()),
+        _ => Ok("unknown_service".to_string()),
     }
 }
 
@@ -228,6 +260,10 @@ pub(crate) fn fixed_id<const N: usize>(what: &str, bytes: &[u8]) -> Result<[u8; 
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::common::v1::AnyValue;
+
+    fn a(v: &Value) -> Option<Attr<'_>> {
+        Some(Attr::of(v))
+    }
 
     fn kv(key: &str, v: Value) -> KeyValue {
         KeyValue {
@@ -257,21 +293,21 @@ mod tests {
     #[test]
     fn text_accepts_strings_and_ints_only() {
         assert_eq!(
-            text("k", Some(&Value::IntValue(-42))).unwrap(),
+            text("k", a(&Value::IntValue(-42))).unwrap(),
             Some("-42".into())
         );
         assert_eq!(
-            text("k", Some(&Value::StringValue(String::new()))).unwrap(),
+            text("k", a(&Value::StringValue(String::new()))).unwrap(),
             None
         );
-        let err = text("k", Some(&Value::BoolValue(true))).unwrap_err();
+        let err = text("k", a(&Value::BoolValue(true))).unwrap_err();
         assert_eq!(err.reason, RejectReason::BadAttribute);
         assert_eq!(err.message, "k must be a string, got boolValue");
     }
 
     #[test]
     fn versions_normalize_numbers() {
-        let v = |x: Value| version("v", Some(&x));
+        let v = |x: Value| version("v", a(&x));
         assert_eq!(v(Value::IntValue(7)).unwrap(), Some("7".into()));
         assert_eq!(v(Value::DoubleValue(7.0)).unwrap(), Some("7".into()));
         assert_eq!(v(Value::DoubleValue(-3.0)).unwrap(), Some("-3".into()));
@@ -296,21 +332,21 @@ mod tests {
         let parse = |s: &str| (s == "x").then_some(1);
         assert_eq!(keyword("k", None, "x", parse).unwrap(), None);
         assert_eq!(
-            keyword("k", Some(&Value::StringValue("x".into())), "x", parse).unwrap(),
+            keyword("k", a(&Value::StringValue("x".into())), "x", parse).unwrap(),
             Some(1)
         );
-        let err = keyword("k", Some(&Value::StringValue("y".into())), "x", parse).unwrap_err();
+        let err = keyword("k", a(&Value::StringValue("y".into())), "x", parse).unwrap_err();
         assert_eq!(err.message, "k is \"y\", expected one of x");
-        let err = keyword("k", Some(&Value::IntValue(1)), "x", parse).unwrap_err();
+        let err = keyword("k", a(&Value::IntValue(1)), "x", parse).unwrap_err();
         assert_eq!(err.reason, RejectReason::BadAttribute);
     }
 
     #[test]
     fn status_codes_read_leniently() {
-        assert_eq!(status_code(Some(&Value::IntValue(403))), Some(403));
-        assert_eq!(status_code(Some(&Value::StringValue("7".into()))), Some(7));
-        assert_eq!(status_code(Some(&Value::DoubleValue(403.0))), Some(403));
-        assert_eq!(status_code(Some(&Value::StringValue("OK".into()))), None);
+        assert_eq!(status_code(a(&Value::IntValue(403))), Some(403));
+        assert_eq!(status_code(a(&Value::StringValue("7".into()))), Some(7));
+        assert_eq!(status_code(a(&Value::DoubleValue(403.0))), Some(403));
+        assert_eq!(status_code(a(&Value::StringValue("OK".into()))), None);
         assert_eq!(status_code(None), None);
     }
 
@@ -335,22 +371,22 @@ mod tests {
     fn kept_values_are_bounded_and_refusals_do_not_echo_them_whole() {
         let at_limit = "r".repeat(MAX_VALUE_BYTES);
         assert_eq!(
-            text("k", Some(&Value::StringValue(at_limit.clone()))).unwrap(),
+            text("k", a(&Value::StringValue(at_limit.clone()))).unwrap(),
             Some(at_limit)
         );
         let over = Value::StringValue("r".repeat(MAX_VALUE_BYTES + 1));
-        let err = text("toctou.resource", Some(&over)).unwrap_err();
+        let err = text("toctou.resource", a(&over)).unwrap_err();
         assert_eq!(err.reason, RejectReason::AttributeTooLong);
         assert_eq!(
             err.message,
             "toctou.resource is 4097 bytes long, over the limit of 4096 bytes"
         );
         // Versions are text too.
-        let err = version("v", Some(&over)).unwrap_err();
+        let err = version("v", a(&over)).unwrap_err();
         assert_eq!(err.reason, RejectReason::AttributeTooLong);
         // A keyword is never kept, but its refusal quotes at most SHOWN_BYTES of it.
         let long = Value::StringValue("é".repeat(100_000));
-        let err = keyword("k", Some(&long), "x", |_| None::<()>).unwrap_err();
+        let err = keyword("k", a(&long), "x", |_| None::<()>).unwrap_err();
         assert_eq!(err.reason, RejectReason::BadAttribute);
         assert!(err.message.len() < 200, "{}", err.message);
         assert!(

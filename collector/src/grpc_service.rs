@@ -1,11 +1,13 @@
 //! The OTLP/gRPC services, written out instead of opentelemetry-proto's generated servers,
 //! for one reason: the generated ones decode every request in full with prost, into owned
-//! strings for each of the ~23 attributes a span carries. Here the message is read by the
-//! pruning reader ([`crate::wire`]) that OTLP/HTTP protobuf uses, keeping only what the
-//! transforms read, and goes to prost only when that reader does not take it (so a malformed
+//! strings for each of the ~23 attributes a span carries. Here the message is read into
+//! events by the wire reader ([`crate::wire`]) that OTLP/HTTP protobuf uses, and goes to
+//! prost (then the transforms) only when that reader does not take it (so a malformed
 //! message still gets prost's error). Routing, compression, the message size limit and the
 //! answer for an unknown method are tonic's, as in the generated code.
 
+use crate::decoded::Decoded;
+use crate::transform::{decode_logs, decode_traces};
 use bytes::Buf;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -19,33 +21,43 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
-/// A request message as decoded, with the size it had on the wire (the pruned message's own
-/// encoded length is smaller, and the received-bytes metric counts what was sent).
+/// A request message as decoded into events, with the size it had on the wire (for the
+/// received-bytes metric).
 pub(crate) struct Received<M> {
-    pub message: M,
+    pub decoded: Decoded,
     pub wire_len: usize,
+    request: PhantomData<M>,
 }
 
-/// The two OTLP export requests: where they are routed and how they are pruned.
+/// The two OTLP export requests: where they are routed and how they are decoded.
 pub(crate) trait OtlpRequest: prost::Message + Default + Send + 'static {
     const SERVICE: &'static str;
     const PATH: &'static str;
-    fn pruned(raw: &[u8]) -> Option<Self>;
+    /// The wire reader's events; `None` when it leaves the message to prost.
+    fn read(raw: &[u8]) -> Option<Decoded>;
+    /// The events of a message prost decoded.
+    fn transform(&self) -> Decoded;
 }
 
 impl OtlpRequest for ExportTraceServiceRequest {
     const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-    fn pruned(raw: &[u8]) -> Option<Self> {
+    fn read(raw: &[u8]) -> Option<Decoded> {
         crate::wire::traces(raw)
+    }
+    fn transform(&self) -> Decoded {
+        decode_traces(self)
     }
 }
 
 impl OtlpRequest for ExportLogsServiceRequest {
     const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
-    fn pruned(raw: &[u8]) -> Option<Self> {
+    fn read(raw: &[u8]) -> Option<Decoded> {
         crate::wire::logs(raw)
+    }
+    fn transform(&self) -> Decoded {
+        decode_logs(self)
     }
 }
 
@@ -191,13 +203,19 @@ impl<M: OtlpRequest> Decoder for PrunedDecoder<M> {
         };
         // The same error text (and INTERNAL code) as tonic-prost, which the rejection
         // counting in `grpc` recognises.
-        let message = match M::pruned(raw) {
-            Some(m) => m,
-            None => M::decode(raw).map_err(|e| Status::internal(e.to_string()))?,
+        let decoded = match M::read(raw) {
+            Some(decoded) => decoded,
+            None => M::decode(raw)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .transform(),
         };
         if buf.remaining() > 0 {
             buf.advance(wire_len);
         }
-        Ok(Some(Received { message, wire_len }))
+        Ok(Some(Received {
+            decoded,
+            wire_len,
+            request: PhantomData,
+        }))
     }
 }

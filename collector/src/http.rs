@@ -203,17 +203,19 @@ async fn ingest(
 
 fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decoded, IngestError> {
     let decoded = match (signal, format) {
-        // The pruning reader first (most of the cost of a request was allocating attributes
+        // The wire reader first (most of the cost of a request was allocating attributes
         // nobody reads); prost for anything it does not take, with prost's error.
-        (Signal::Traces, Format::Protobuf) => decode_traces(&match crate::wire::traces(raw) {
-            Some(request) => request,
-            None => ExportTraceServiceRequest::decode(raw).map_err(DecodeError::from)?,
-        }),
+        (Signal::Traces, Format::Protobuf) => match crate::wire::traces(raw) {
+            Some(decoded) => decoded,
+            None => {
+                decode_traces(&ExportTraceServiceRequest::decode(raw).map_err(DecodeError::from)?)
+            }
+        },
         (Signal::Traces, Format::Json) => decode_traces(&json::traces_from_json(raw)?),
-        (Signal::Logs, Format::Protobuf) => decode_logs(&match crate::wire::logs(raw) {
-            Some(request) => request,
-            None => ExportLogsServiceRequest::decode(raw).map_err(DecodeError::from)?,
-        }),
+        (Signal::Logs, Format::Protobuf) => match crate::wire::logs(raw) {
+            Some(decoded) => decoded,
+            None => decode_logs(&ExportLogsServiceRequest::decode(raw).map_err(DecodeError::from)?),
+        },
         (Signal::Logs, Format::Json) => decode_logs(&json::logs_from_json(raw)?),
         (Signal::K8sAudit, _) => decode_k8s_audit(raw)?,
     };

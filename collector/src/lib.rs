@@ -11,8 +11,8 @@
 //!     their RFC 3339 times);
 //!   - [`replay`]: files of any of these, one document or one per line;
 //!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons;
-//!   - `wire`: OTLP/HTTP protobuf bodies read into the prost types pruned to what the
-//!     transforms read (prost decodes whatever it does not take as is).
+//!   - `wire`: OTLP protobuf bodies (HTTP and gRPC) read straight into events, borrowing
+//!     what the transforms read from the bytes (prost decodes whatever it does not take).
 //! - Receiving:
 //!   - [`sink`]: the [`EventSink`] trait and the bounded [`ChannelSink`];
 //!   - [`receivers`]: [`Receivers`], the shared state, and the steps every transport takes
@@ -64,7 +64,7 @@ pub use transform::{decode_logs, decode_traces};
 
 /// The crate-private decoding steps the fuzz targets (fuzz/) drive directly; not an API.
 ///
-/// Why: the pruning reader `wire` is only reachable through the HTTP receiver, where a
+/// Why: the wire reader `wire` is only reachable through the HTTP receiver, where a
 /// differential target cannot tell its result from prost's fallback.
 #[doc(hidden)]
 pub mod fuzzing {

@@ -1,52 +1,33 @@
-//! A pruning reader of OTLP protobuf requests: it walks the wire format and builds the
-//! prost types with only what the transforms read (ids, times, status, the toctou and
-//! status-code attributes of spans and records, `service.name` of resources), skipping the
-//! rest without allocating it.
+//! A reader of OTLP protobuf requests straight into events: it walks the wire format and
+//! hands the transforms only what they read (ids, times, status, the toctou and status-code
+//! attributes of spans and records, `service.name` of resources), borrowed from the request
+//! bytes, skipping the rest without allocating it.
 //!
 //! Why: decoding a whole request into the owned prost types cost two thirds of `toctou
 //! run`'s instructions in the callgrind profile of issue 7 (a `String` per attribute key and
-//! value, ~23 attributes per span with its resource, of which 6-7 are read). The transforms
-//! stay the single place of every rule: they get the same types, with fewer attributes.
+//! value, ~23 attributes per span with its resource, of which 6-7 are read). Building
+//! pruned prost types still allocated a key, a value and two ids per kept attribute and
+//! span, which the transforms then copied again: 13% of the samples at saturation. The
+//! transforms stay the single place of every rule: they take the same borrowed parts
+//! (`SpanParts`, `RecordParts`, `attrs::Known`) from here as from the prost types.
 //!
 //! Anything unusual (a wire type that does not match the schema, truncation, a group, bad
-//! UTF-8 in a kept field) makes the reader give up, and the caller decodes the request with
-//! prost as before: malformed requests get exactly prost's error. Fields toctou does not read
-//! are checked for framing and wire type, not decoded, so bad UTF-8 inside, say, a span name
-//! no longer refuses the whole request.
+//! UTF-8 in a kept field, a kept attribute that is not a plain scalar) makes the reader give
+//! up, and the caller decodes the request with prost as before: malformed requests get
+//! exactly prost's error. Fields toctou does not read are checked for framing and wire type,
+//! not decoded, so bad UTF-8 inside, say, a span name does not refuse the whole request.
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
-use prost::Message;
+use crate::attrs::{self, Attr, Known};
+use crate::decoded::{Decoded, Rejection};
+use crate::transform::logs::{file_record, RecordParts};
+use crate::transform::traces::{file_span, SpanParts};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use toctou_schema::conventions as c;
 
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
-
-/// The attribute keys the transforms read (`attrs::Known`).
-const KEPT_KEYS: [&str; 16] = [
-    c::PHASE,
-    c::RESOURCE,
-    c::RESOURCE_VERSION,
-    c::REQUEST_ID,
-    c::OPERATION,
-    c::ACTOR,
-    c::CHECK_DECISION,
-    c::CHECK_SOURCE,
-    c::POLICY,
-    c::POLICY_VERSION,
-    c::IDEMPOTENCY_KEY,
-    c::USE_OUTCOME,
-    c::AUDIT_ACTION,
-    c::HTTP_RESPONSE_STATUS_CODE,
-    c::HTTP_STATUS_CODE,
-    c::RPC_GRPC_STATUS_CODE,
-];
 
 /// `None`: not a request this reader takes as is; decode it with prost instead.
 type Read<T> = Option<T>;
@@ -149,21 +130,30 @@ fn expect(field: &Field, wire: u8) -> Read<()> {
     (field.wire == wire).then_some(())
 }
 
-/// An attribute whose key the transforms read, decoded with prost; `Some(None)` for one
-/// they do not read.
-fn kept_attribute(bytes: &[u8], keep: impl Fn(&[u8]) -> bool) -> Read<Option<KeyValue>> {
+/// Reads one attribute into `known` when toctou reads its key; others are skipped unread.
+#[inline]
+fn attribute<'a>(bytes: &'a [u8], known: &mut Known<'a>) -> Read<()> {
     let parts = AttributeFields::read(bytes)?;
-    if !keep(parts.key) {
-        return Some(None);
+    // Every key toctou reads starts with one of these; most keys a service sends do not.
+    let key = parts.key;
+    if !(key.starts_with(b"toctou.") || key.starts_with(b"http.") || key.starts_with(b"rpc.")) {
+        return Some(());
     }
-    match parts.scalar() {
-        Some(kv) => Some(Some(kv)),
-        None => KeyValue::decode(bytes).ok().map(Some),
+    // A key that is not UTF-8 is none of ours (prost would refuse it, but not in an
+    // attribute nobody reads: the reader does not check those).
+    let Some(slot) = std::str::from_utf8(key).ok().and_then(|k| known.slot(k)) else {
+        return Some(());
+    };
+    // Read (and so checked) even when an earlier occurrence already won.
+    let value = parts.value()?;
+    if slot.is_none() {
+        *slot = value;
     }
+    Some(())
 }
 
 /// The fields of one `KeyValue`, read in a single pass (the attribute loop is the reader's
-/// hottest: ~15 per span), enough both to decide whether it is kept and to build it.
+/// hottest: ~15 per span), enough both to decide whether it is kept and to read it.
 struct AttributeFields<'a> {
     /// The last key field: it decides, as in prost. A repeated key field (no encoder writes
     /// one, but anyone can send it) must not hide a key the transforms read behind one they
@@ -173,7 +163,6 @@ struct AttributeFields<'a> {
     keys: u32,
     value: Option<&'a [u8]>,
     values: u32,
-    key_strindex: i32,
     /// A value or key_strindex field of an unexpected wire type: prost's to judge.
     odd: bool,
 }
@@ -185,7 +174,6 @@ impl<'a> AttributeFields<'a> {
             keys: 0,
             value: None,
             values: 0,
-            key_strindex: 0,
             odd: false,
         };
         let mut fields = Fields::new(bytes);
@@ -200,7 +188,7 @@ impl<'a> AttributeFields<'a> {
                     parts.value = Some(f.bytes);
                     parts.values += 1;
                 }
-                (3, VARINT) => parts.key_strindex = f.value as i32,
+                (3, VARINT) => {}
                 (2 | 3, _) => parts.odd = true,
                 _ => {}
             }
@@ -208,43 +196,31 @@ impl<'a> AttributeFields<'a> {
         Some(parts)
     }
 
-    /// A key-value whose value is a string, bool, int or double, each field once: what
-    /// toctou's attributes are. prost took ~900 instructions for one; this, a tenth. `None`
-    /// for anything else (arrays, maps, bytes, repeated fields, bad UTF-8), which prost then
-    /// decodes.
-    fn scalar(&self) -> Option<KeyValue> {
+    /// The value when it is a string, bool, int or double, each field once: what toctou's
+    /// attributes are (`Some(None)` for no value, which counts as absent). prost took ~900
+    /// instructions for a key-value; this, a tenth, and no allocation. `None` for anything
+    /// else (arrays, maps, bytes, repeated fields, bad UTF-8): the request then goes to
+    /// prost, which decodes or refuses it.
+    fn value(&self) -> Read<Option<Attr<'a>>> {
         if self.odd || self.keys != 1 || self.values > 1 {
             return None;
         }
-        let value = match self.value {
-            Some(bytes) => Some(AnyValue {
-                value: Some(scalar_value(bytes)?),
-            }),
-            None => None,
-        };
-        Some(KeyValue {
-            key: std::str::from_utf8(self.key).ok()?.to_owned(),
-            value,
-            key_strindex: self.key_strindex,
-        })
+        match self.value {
+            Some(bytes) => scalar_value(bytes),
+            None => Some(None),
+        }
     }
 }
 
-/// [`AttributeFields::scalar`] of a whole encoded `KeyValue`.
-#[cfg(test)]
-fn scalar_attribute(bytes: &[u8]) -> Option<KeyValue> {
-    AttributeFields::read(bytes)?.scalar()
-}
-
-fn scalar_value(bytes: &[u8]) -> Option<Value> {
+fn scalar_value(bytes: &[u8]) -> Read<Option<Attr<'_>>> {
     let mut fields = Fields::new(bytes);
     let mut value = None;
     while let Some(f) = fields.next()? {
         let v = match (f.number, f.wire) {
-            (1, LEN) => Value::StringValue(std::str::from_utf8(f.bytes).ok()?.to_owned()),
-            (2, VARINT) => Value::BoolValue(f.value != 0),
-            (3, VARINT) => Value::IntValue(f.value as i64),
-            (4, FIXED64) => Value::DoubleValue(f64::from_bits(f.value)),
+            (1, LEN) => Attr::Str(std::str::from_utf8(f.bytes).ok()?),
+            (2, VARINT) => Attr::Bool(f.value != 0),
+            (3, VARINT) => Attr::Int(f.value as i64),
+            (4, FIXED64) => Attr::Double(f64::from_bits(f.value)),
             (1..=8, _) => return None,
             _ => continue,
         };
@@ -252,23 +228,21 @@ fn scalar_value(bytes: &[u8]) -> Option<Value> {
             return None;
         }
     }
-    value
+    Some(value)
 }
 
-fn is_kept_key(key: &[u8]) -> bool {
-    // Every key we read starts with one of these; most keys a service sends do not.
-    (key.starts_with(b"toctou.") || key.starts_with(b"http.") || key.starts_with(b"rpc."))
-        && KEPT_KEYS.iter().any(|k| k.as_bytes() == key)
-}
-
-fn resource(bytes: &[u8], into: &mut Resource) -> Read<()> {
+/// Finds the value of the resource's first `service.name` attribute (`first` stays `None`
+/// until one is seen; a resource may come in several fields, which prost merges).
+fn resource<'a>(bytes: &'a [u8], first: &mut Option<Option<Attr<'a>>>) -> Read<()> {
     let mut fields = Fields::new(bytes);
     while let Some(f) = fields.next()? {
         match f.number {
             1 => {
                 expect(&f, LEN)?;
-                if let Some(kv) = kept_attribute(f.bytes, |k| k == c::SERVICE_NAME.as_bytes())? {
-                    into.attributes.push(kv);
+                let parts = AttributeFields::read(f.bytes)?;
+                if parts.key == c::SERVICE_NAME.as_bytes() {
+                    let value = parts.value()?;
+                    first.get_or_insert(value);
                 }
             }
             2 => expect(&f, VARINT)?,
@@ -279,39 +253,80 @@ fn resource(bytes: &[u8], into: &mut Resource) -> Read<()> {
     Some(())
 }
 
-fn span(bytes: &[u8]) -> Read<Span> {
-    let mut s = Span::default();
+/// The service of a `ResourceSpans` or `ResourceLogs` message (field 1 is the resource in
+/// both), read before its items since the resource may follow them on the wire.
+fn service(bytes: &[u8]) -> Read<Result<String, Rejection>> {
+    let mut first = None;
     let mut fields = Fields::new(bytes);
     while let Some(f) = fields.next()? {
         match f.number {
             1 => {
                 expect(&f, LEN)?;
-                s.trace_id = f.bytes.to_vec();
+                resource(f.bytes, &mut first)?;
+            }
+            2 | 3 => expect(&f, LEN)?,
+            _ => {}
+        }
+    }
+    Some(attrs::service_name_of(first.flatten()))
+}
+
+/// Whether a `Status` message says error; its message is checked as prost would.
+fn status_code(bytes: &[u8], code: &mut i32) -> Read<()> {
+    let mut fields = Fields::new(bytes);
+    while let Some(f) = fields.next()? {
+        match f.number {
+            2 => {
+                expect(&f, LEN)?;
+                std::str::from_utf8(f.bytes).ok()?;
+            }
+            3 => {
+                expect(&f, VARINT)?;
+                *code = f.value as i32;
+            }
+            _ => {}
+        }
+    }
+    Some(())
+}
+
+fn span(bytes: &[u8]) -> Read<(SpanParts<'_>, Known<'_>)> {
+    let mut s = SpanParts {
+        trace_id: &[],
+        span_id: &[],
+        start_ns: 0,
+        end_ns: 0,
+        status_is_error: false,
+    };
+    let mut known = Known::default();
+    let mut status = None;
+    let mut fields = Fields::new(bytes);
+    while let Some(f) = fields.next()? {
+        match f.number {
+            1 => {
+                expect(&f, LEN)?;
+                s.trace_id = f.bytes;
             }
             2 => {
                 expect(&f, LEN)?;
-                s.span_id = f.bytes.to_vec();
+                s.span_id = f.bytes;
             }
             7 => {
                 expect(&f, FIXED64)?;
-                s.start_time_unix_nano = f.value;
+                s.start_ns = f.value;
             }
             8 => {
                 expect(&f, FIXED64)?;
-                s.end_time_unix_nano = f.value;
+                s.end_ns = f.value;
             }
             9 => {
                 expect(&f, LEN)?;
-                if let Some(kv) = kept_attribute(f.bytes, is_kept_key)? {
-                    s.attributes.push(kv);
-                }
+                attribute(f.bytes, &mut known)?;
             }
             15 => {
                 expect(&f, LEN)?;
-                s.status
-                    .get_or_insert_with(Status::default)
-                    .merge(f.bytes)
-                    .ok()?;
+                // Repeated, the messages merge: a later one without a code keeps the code.
+                status_code(f.bytes, status.get_or_insert(0))?;
             }
             3 | 4 | 5 | 11 | 13 => expect(&f, LEN)?,
             6 | 10 | 12 | 14 => expect(&f, VARINT)?,
@@ -319,82 +334,76 @@ fn span(bytes: &[u8]) -> Read<Span> {
             _ => {}
         }
     }
-    Some(s)
+    s.status_is_error = status == Some(StatusCode::Error as i32);
+    Some((s, known))
 }
 
-fn scope_spans(bytes: &[u8]) -> Read<ScopeSpans> {
-    let mut out = ScopeSpans::default();
-    let mut fields = Fields::new(bytes);
-    while let Some(f) = fields.next()? {
-        match f.number {
-            2 => {
-                expect(&f, LEN)?;
-                out.spans.push(span(f.bytes)?);
-            }
-            1 | 3 => expect(&f, LEN)?,
-            _ => {}
-        }
-    }
-    Some(out)
-}
-
-/// An OTLP/protobuf traces request, pruned to what `decode_traces` reads; `None` when it is
-/// not well formed as far as this reader checks (decode it with prost then).
-pub fn traces(raw: &[u8]) -> Option<ExportTraceServiceRequest> {
-    let mut out = ExportTraceServiceRequest::default();
+/// An OTLP/protobuf traces request, straight to what `decode_traces` makes of it without
+/// building the prost types; `None` when it is not well formed as far as this reader checks
+/// or holds something it leaves to prost (decode it with prost then).
+pub fn traces(raw: &[u8]) -> Option<Decoded> {
+    let mut out = Decoded::default();
+    let mut index = 0;
     let mut fields = Fields::new(raw);
     while let Some(f) = fields.next()? {
         if f.number != 1 {
             continue;
         }
         expect(&f, LEN)?;
-        let mut rs = ResourceSpans::default();
+        let service = service(f.bytes)?;
         let mut inner = Fields::new(f.bytes);
         while let Some(g) = inner.next()? {
-            match g.number {
-                1 => {
-                    expect(&g, LEN)?;
-                    resource(g.bytes, rs.resource.get_or_insert_with(Resource::default))?;
+            if g.number != 2 {
+                continue;
+            }
+            let mut scope = Fields::new(g.bytes);
+            while let Some(h) = scope.next()? {
+                match h.number {
+                    2 => {
+                        expect(&h, LEN)?;
+                        let (parts, known) = span(h.bytes)?;
+                        file_span(&mut out, &service, &parts, known, index);
+                        index += 1;
+                    }
+                    1 | 3 => expect(&h, LEN)?,
+                    _ => {}
                 }
-                2 => {
-                    expect(&g, LEN)?;
-                    rs.scope_spans.push(scope_spans(g.bytes)?);
-                }
-                3 => expect(&g, LEN)?,
-                _ => {}
             }
         }
-        out.resource_spans.push(rs);
     }
     Some(out)
 }
 
-fn log_record(bytes: &[u8]) -> Read<LogRecord> {
-    let mut r = LogRecord::default();
+fn log_record(bytes: &[u8]) -> Read<(RecordParts<'_>, Known<'_>)> {
+    let mut r = RecordParts {
+        trace_id: &[],
+        span_id: &[],
+        time_ns: 0,
+        observed_time_ns: 0,
+    };
+    let mut known = Known::default();
     let mut fields = Fields::new(bytes);
     while let Some(f) = fields.next()? {
         match f.number {
             1 => {
                 expect(&f, FIXED64)?;
-                r.time_unix_nano = f.value;
+                r.time_ns = f.value;
             }
             11 => {
                 expect(&f, FIXED64)?;
-                r.observed_time_unix_nano = f.value;
+                r.observed_time_ns = f.value;
             }
             6 => {
                 expect(&f, LEN)?;
-                if let Some(kv) = kept_attribute(f.bytes, is_kept_key)? {
-                    r.attributes.push(kv);
-                }
+                attribute(f.bytes, &mut known)?;
             }
             9 => {
                 expect(&f, LEN)?;
-                r.trace_id = f.bytes.to_vec();
+                r.trace_id = f.bytes;
             }
             10 => {
                 expect(&f, LEN)?;
-                r.span_id = f.bytes.to_vec();
+                r.span_id = f.bytes;
             }
             3 | 5 | 12 => expect(&f, LEN)?,
             2 | 7 => expect(&f, VARINT)?,
@@ -402,48 +411,40 @@ fn log_record(bytes: &[u8]) -> Read<LogRecord> {
             _ => {}
         }
     }
-    Some(r)
+    Some((r, known))
 }
 
-/// An OTLP/protobuf logs request, pruned to what `decode_logs` reads; `None` as for
+/// An OTLP/protobuf logs request, straight to what `decode_logs` makes of it; `None` as for
 /// [`traces`].
-pub fn logs(raw: &[u8]) -> Option<ExportLogsServiceRequest> {
-    let mut out = ExportLogsServiceRequest::default();
+pub fn logs(raw: &[u8]) -> Option<Decoded> {
+    let mut out = Decoded::default();
+    let mut index = 0;
     let mut fields = Fields::new(raw);
     while let Some(f) = fields.next()? {
         if f.number != 1 {
             continue;
         }
         expect(&f, LEN)?;
-        let mut rl = ResourceLogs::default();
+        let service = service(f.bytes)?;
         let mut inner = Fields::new(f.bytes);
         while let Some(g) = inner.next()? {
-            match g.number {
-                1 => {
-                    expect(&g, LEN)?;
-                    resource(g.bytes, rl.resource.get_or_insert_with(Resource::default))?;
-                }
-                2 => {
-                    expect(&g, LEN)?;
-                    let mut sl = ScopeLogs::default();
-                    let mut scope = Fields::new(g.bytes);
-                    while let Some(h) = scope.next()? {
-                        match h.number {
-                            2 => {
-                                expect(&h, LEN)?;
-                                sl.log_records.push(log_record(h.bytes)?);
-                            }
-                            1 | 3 => expect(&h, LEN)?,
-                            _ => {}
-                        }
+            if g.number != 2 {
+                continue;
+            }
+            let mut scope = Fields::new(g.bytes);
+            while let Some(h) = scope.next()? {
+                match h.number {
+                    2 => {
+                        expect(&h, LEN)?;
+                        let (parts, known) = log_record(h.bytes)?;
+                        file_record(&mut out, &service, &parts, known, index);
+                        index += 1;
                     }
-                    rl.scope_logs.push(sl);
+                    1 | 3 => expect(&h, LEN)?,
+                    _ => {}
                 }
-                3 => expect(&g, LEN)?,
-                _ => {}
             }
         }
-        out.resource_logs.push(rl);
     }
     Some(out)
 }
@@ -452,9 +453,17 @@ pub fn logs(raw: &[u8]) -> Option<ExportLogsServiceRequest> {
 mod tests {
     use super::*;
     use crate::{decode_logs, decode_traces};
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use prost::Message;
+    use toctou_schema::Event;
 
-    /// The requests of the repository's test data, in protobuf: the pruned request decodes
-    /// to exactly the events, ignores and rejections of the full one.
+    /// The requests of the repository's test data, in protobuf: the wire reader makes
+    /// exactly the events, ignores and rejections the transforms make of the full request.
     fn fixtures() -> Vec<(ExportTraceServiceRequest, ExportLogsServiceRequest)> {
         let mut out = Vec::new();
         let mut stack = vec![
@@ -497,18 +506,16 @@ mod tests {
         let mut spans = 0;
         for (t, l) in all {
             let raw = t.encode_to_vec();
-            let pruned = traces(&raw).expect("well formed");
-            assert_eq!(decode_traces(&pruned), decode_traces(&t));
+            assert_eq!(traces(&raw).expect("well formed"), decode_traces(&t));
             spans += decode_traces(&t).item_count();
             let raw = l.encode_to_vec();
-            let pruned = logs(&raw).expect("well formed");
-            assert_eq!(decode_logs(&pruned), decode_logs(&l));
+            assert_eq!(logs(&raw).expect("well formed"), decode_logs(&l));
         }
         assert!(spans > 20);
     }
 
     #[test]
-    fn unread_attributes_are_dropped_and_read_ones_kept_in_order() {
+    fn unread_attributes_are_skipped_and_the_first_read_one_wins() {
         let kv = |k: &str, v: &str| KeyValue {
             key: k.into(),
             key_strindex: 0,
@@ -542,25 +549,22 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let pruned = traces(&req.encode_to_vec()).unwrap();
-        let res = pruned.resource_spans[0].resource.as_ref().unwrap();
-        assert_eq!(res.attributes, vec![kv(c::SERVICE_NAME, "svc")]);
-        let s = &pruned.resource_spans[0].scope_spans[0].spans[0];
-        assert_eq!(
-            s.attributes,
-            vec![
-                kv(c::PHASE, "check"),
-                kv(c::RESOURCE, "a/1"),
-                kv(c::RESOURCE, "a/2")
-            ]
-        );
-        assert_eq!((s.start_time_unix_nano, s.end_time_unix_nano), (5, 6));
-        assert_eq!(s.name, "", "unread fields are not copied");
-        assert_eq!(decode_traces(&pruned), decode_traces(&req));
+        let decoded = traces(&req.encode_to_vec()).unwrap();
+        assert_eq!(decoded, decode_traces(&req));
+        let Event::Span(s) = &decoded.events[0] else {
+            panic!("a span event")
+        };
+        assert_eq!((s.service.as_str(), s.resource.as_str()), ("svc", "a/1"));
+        assert_eq!((s.start_ns, s.end_ns), (5, 6));
+    }
+
+    /// The value of an encoded `KeyValue` as the wire reader reads it.
+    fn value_of(raw: &[u8]) -> Option<Option<Attr<'_>>> {
+        AttributeFields::read(raw)?.value()
     }
 
     #[test]
-    fn scalar_attributes_decode_as_prost_does_and_the_rest_is_left_to_it() {
+    fn scalar_attributes_read_as_prost_decodes_them_and_the_rest_is_left_to_it() {
         use opentelemetry_proto::tonic::common::v1::ArrayValue;
         let kv = |v: Option<Value>| KeyValue {
             key: c::RESOURCE_VERSION.into(),
@@ -576,22 +580,114 @@ mod tests {
             Value::DoubleValue(2.5),
         ] {
             let raw = kv(Some(v)).encode_to_vec();
-            assert_eq!(
-                scalar_attribute(&raw),
-                Some(KeyValue::decode(raw.as_slice()).unwrap())
-            );
+            let full = KeyValue::decode(raw.as_slice()).unwrap();
+            let expected = full.value.as_ref().and_then(|v| v.value.as_ref());
+            assert_eq!(value_of(&raw), Some(expected.map(Attr::of)));
         }
+        // No value, or an empty AnyValue: absent, as `Known::collect` takes it.
+        assert_eq!(value_of(&kv(None).encode_to_vec()), Some(None));
+        let mut no_value = kv(None);
+        no_value.value = None;
+        assert_eq!(value_of(&no_value.encode_to_vec()), Some(None));
+        // An array in an attribute toctou reads: the whole request goes to prost, and the
+        // transforms refuse the span for it.
         let array = Value::ArrayValue(ArrayValue {
             values: vec![AnyValue {
                 value: Some(Value::IntValue(1)),
             }],
         });
-        for other in [Some(array), None] {
-            let raw = kv(other).encode_to_vec();
-            assert_eq!(scalar_attribute(&raw), None);
-            let full = KeyValue::decode(raw.as_slice()).unwrap();
-            assert_eq!(kept_attribute(&raw, is_kept_key), Some(Some(full)));
+        assert_eq!(value_of(&kv(Some(array.clone())).encode_to_vec()), None);
+        let mut attributes = vec![
+            KeyValue {
+                key: c::PHASE.into(),
+                key_strindex: 0,
+                value: Some(AnyValue {
+                    value: Some(Value::StringValue("check".into())),
+                }),
+            },
+            kv(Some(array)),
+        ];
+        let req = |attributes: Vec<KeyValue>| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        attributes,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert!(traces(&req(attributes.clone()).encode_to_vec()).is_none());
+        assert_eq!(decode_traces(&req(attributes.clone())).rejected.len(), 1);
+        // The same array under a key toctou does not read is skipped unread.
+        attributes[1].key = "app.tags".into();
+        assert!(traces(&req(attributes).encode_to_vec()).is_some());
+    }
+
+    #[test]
+    fn a_resource_after_its_spans_and_repeated_statuses_read_as_prost_merges_them() {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            key_strindex: 0,
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+        };
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes: vec![kv(c::PHASE, "use"), kv(c::RESOURCE, "r")],
+            status: Some(Status {
+                code: 2,
+                message: "boom".into(),
+            }),
+            ..Default::default()
+        };
+        let scope = ScopeSpans {
+            spans: vec![span],
+            ..Default::default()
+        };
+        // ResourceSpans written by hand: the scope first, then two resource fields (prost
+        // merges them: the first service.name decides).
+        let mut rs = Vec::new();
+        prost::encoding::message::encode(2, &scope, &mut rs);
+        for name in ["late-svc", "other"] {
+            let r = Resource {
+                attributes: vec![kv(c::SERVICE_NAME, name)],
+                ..Default::default()
+            };
+            prost::encoding::message::encode(1, &r, &mut rs);
         }
+        let mut raw = Vec::new();
+        prost::encoding::bytes::encode(1, &rs, &mut raw);
+        // A second status field without a code keeps the first one's code.
+        let full = ExportTraceServiceRequest::decode(raw.as_slice()).unwrap();
+        assert_eq!(traces(&raw).unwrap(), decode_traces(&full));
+        let Event::Span(s) = &traces(&raw).unwrap().events[0] else {
+            panic!("a span event")
+        };
+        assert_eq!(s.service, "late-svc");
+        assert_eq!(s.outcome, toctou_schema::UseOutcome::Error);
+
+        let logs_req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: None,
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        observed_time_unix_nano: 9,
+                        attributes: vec![kv(c::AUDIT_ACTION, "update"), kv(c::RESOURCE, "r")],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let raw = logs_req.encode_to_vec();
+        assert_eq!(logs(&raw).unwrap(), decode_logs(&logs_req));
+        assert_eq!(logs(&raw).unwrap().events[0].event_time_ns(), 9);
     }
 
     #[test]
@@ -645,7 +741,7 @@ mod tests {
             ExportTraceServiceRequest::decode(&[0x80, 0x80, 0x80, 0x80, 0x10, 0x00][..]).is_err()
         );
         // An empty request is a request with nothing in it.
-        assert_eq!(traces(&[]), Some(ExportTraceServiceRequest::default()));
+        assert_eq!(traces(&[]), Some(Decoded::default()));
     }
 
     /// An attribute `key` whose AnyValue nests `depth` kvlists, built from the inside out
@@ -716,8 +812,8 @@ mod tests {
         // 100k levels in an attribute toctou does not read: skipped by its length.
         let raw = request(deep_attribute("deep", 100_000));
         assert!(raw.len() > 1_000_000);
-        let pruned = traces(&raw).expect("unread fields are skipped, not descended");
-        assert_eq!(decode_traces(&pruned).events.len(), 1);
+        let decoded = traces(&raw).expect("unread fields are skipped, not descended");
+        assert_eq!(decoded.events.len(), 1);
         // The same depth in toctou.resource is read, so prost decodes it, up to its limit.
         let raw = request(deep_attribute(c::RESOURCE, 100_000));
         assert!(traces(&raw).is_none());

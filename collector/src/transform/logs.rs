@@ -18,17 +18,8 @@ pub fn decode_logs(request: &ExportLogsServiceRequest) -> Decoded {
         let service = attrs::service_name(resource_logs.resource.as_ref());
         for scope_logs in &resource_logs.scope_logs {
             for record in &scope_logs.log_records {
-                let outcome = match &service {
-                    Ok(service) => audit_event(service, record),
-                    // As for spans: only the audit records are refused for the name.
-                    Err(r) => match Known::collect(&record.attributes).audit_action {
-                        Some(_) => Err(r.clone()),
-                        None => Ok(None),
-                    },
-                };
-                file_outcome(&mut out, outcome, IgnoreReason::NoAction, || {
-                    item_label("log record", &record.span_id, index)
-                });
+                let known = Known::collect(&record.attributes);
+                file_record(&mut out, &service, &RecordParts::of(record), known, index);
                 index += 1;
             }
         }
@@ -36,9 +27,62 @@ pub fn decode_logs(request: &ExportLogsServiceRequest) -> Decoded {
     out
 }
 
+/// What the rules read of a log record besides its attributes, borrowed as
+/// [`super::traces::SpanParts`] is.
+pub(crate) struct RecordParts<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub time_ns: u64,
+    pub observed_time_ns: u64,
+}
+
+impl<'a> RecordParts<'a> {
+    fn of(record: &'a LogRecord) -> Self {
+        RecordParts {
+            trace_id: &record.trace_id,
+            span_id: &record.span_id,
+            time_ns: record.time_unix_nano,
+            observed_time_ns: record.observed_time_unix_nano,
+        }
+    }
+}
+
+/// Files the `index`th record of a request under the service of its resource (or that
+/// service's rejection).
+pub(crate) fn file_record(
+    out: &mut Decoded,
+    service: &Result<String, Rejection>,
+    record: &RecordParts,
+    known: Known,
+    index: usize,
+) {
+    let outcome = match service {
+        Ok(service) => audit_from(service, record, known),
+        // As for spans: only the audit records are refused for the name.
+        Err(r) => match known.audit_action {
+            Some(_) => Err(r.clone()),
+            None => Ok(None),
+        },
+    };
+    file_outcome(out, outcome, IgnoreReason::NoAction, || {
+        item_label("log record", record.span_id, index)
+    });
+}
+
 /// One record: `Ok(None)` when it carries no audit action, `Err` when it does but is unusable.
 pub fn audit_event(service: &str, record: &LogRecord) -> Result<Option<AuditEvent>, Rejection> {
-    let k = Known::collect(&record.attributes);
+    audit_from(
+        service,
+        &RecordParts::of(record),
+        Known::collect(&record.attributes),
+    )
+}
+
+fn audit_from(
+    service: &str,
+    record: &RecordParts,
+    k: Known,
+) -> Result<Option<AuditEvent>, Rejection> {
     let Some(action) = k.audit_action else {
         return Ok(None);
     };
@@ -55,14 +99,14 @@ pub fn audit_event(service: &str, record: &LogRecord) -> Result<Option<AuditEven
             format!("missing attribute {}", c::RESOURCE),
         )
     })?;
-    let trace_id: TraceId = fixed_id("trace id", &record.trace_id)?;
-    let span_id: SpanId = fixed_id("span id", &record.span_id)?;
+    let trace_id: TraceId = fixed_id("trace id", record.trace_id)?;
+    let span_id: SpanId = fixed_id("span id", record.span_id)?;
     // The commit time is what the producer stamped; a producer that stamped nothing leaves
     // the time the SDK first saw the record as the best estimate.
-    let time_ns = if record.time_unix_nano != 0 {
-        record.time_unix_nano
+    let time_ns = if record.time_ns != 0 {
+        record.time_ns
     } else {
-        record.observed_time_unix_nano
+        record.observed_time_ns
     };
     // No source id: the trace and span ids say where a record was written, not which
     // record it is (one span can commit several), so a redelivery is recognised by its

@@ -24,18 +24,8 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Decoded {
         let service = attrs::service_name(resource_spans.resource.as_ref());
         for scope_spans in &resource_spans.scope_spans {
             for span in &scope_spans.spans {
-                let outcome = match &service {
-                    Ok(service) => span_event(service, span),
-                    // The resource's name is unusable: its toctou spans are refused for it,
-                    // the others were never ours to take.
-                    Err(r) => match Known::collect(&span.attributes).phase {
-                        Some(_) => Err(r.clone()),
-                        None => Ok(None),
-                    },
-                };
-                file_outcome(&mut out, outcome, IgnoreReason::NoPhase, || {
-                    item_label("span", &span.span_id, index)
-                });
+                let known = Known::collect(&span.attributes);
+                file_span(&mut out, &service, &SpanParts::of(span), known, index);
                 index += 1;
             }
         }
@@ -43,9 +33,64 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Decoded {
     out
 }
 
+/// What the rules read of a span besides its attributes, borrowed from wherever it was
+/// decoded (the prost types, or the wire bytes in `wire`).
+pub(crate) struct SpanParts<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub status_is_error: bool,
+}
+
+impl<'a> SpanParts<'a> {
+    fn of(span: &'a Span) -> Self {
+        SpanParts {
+            trace_id: &span.trace_id,
+            span_id: &span.span_id,
+            start_ns: span.start_time_unix_nano,
+            end_ns: span.end_time_unix_nano,
+            status_is_error: span
+                .status
+                .as_ref()
+                .is_some_and(|s| s.code == StatusCode::Error as i32),
+        }
+    }
+}
+
+/// Files the `index`th span of a request under the service of its resource (or that
+/// service's rejection).
+pub(crate) fn file_span(
+    out: &mut Decoded,
+    service: &Result<String, Rejection>,
+    span: &SpanParts,
+    known: Known,
+    index: usize,
+) {
+    let outcome = match service {
+        Ok(service) => span_from(service, span, known),
+        // The resource's name is unusable: its toctou spans are refused for it, the others
+        // were never ours to take.
+        Err(r) => match known.phase {
+            Some(_) => Err(r.clone()),
+            None => Ok(None),
+        },
+    };
+    file_outcome(out, outcome, IgnoreReason::NoPhase, || {
+        item_label("span", span.span_id, index)
+    });
+}
+
 /// One span: `Ok(None)` when it is not a toctou span, `Err` when it is one but is unusable.
 pub fn span_event(service: &str, span: &Span) -> Result<Option<SpanEvent>, Rejection> {
-    let k = Known::collect(&span.attributes);
+    span_from(
+        service,
+        &SpanParts::of(span),
+        Known::collect(&span.attributes),
+    )
+}
+
+fn span_from(service: &str, span: &SpanParts, k: Known) -> Result<Option<SpanEvent>, Rejection> {
     let Some(phase) = k.phase else {
         return Ok(None);
     };
@@ -57,8 +102,8 @@ pub fn span_event(service: &str, span: &Span) -> Result<Option<SpanEvent>, Rejec
             format!("missing attribute {}", c::RESOURCE),
         )
     })?;
-    let trace_id: TraceId = fixed_id("trace id", &span.trace_id)?;
-    let span_id: SpanId = fixed_id("span id", &span.span_id)?;
+    let trace_id: TraceId = fixed_id("trace id", span.trace_id)?;
+    let span_id: SpanId = fixed_id("span id", span.span_id)?;
     let request_id = match attrs::text(c::REQUEST_ID, k.request_id)? {
         Some(id) => id,
         None => {
@@ -92,10 +137,6 @@ pub fn span_event(service: &str, span: &Span) -> Result<Option<SpanEvent>, Rejec
         "ok, conflict, error",
         UseOutcome::parse,
     )?;
-    let status_is_error = span
-        .status
-        .as_ref()
-        .is_some_and(|s| s.code == StatusCode::Error as i32);
     let permission_denied = [k.http_response_status_code, k.http_status_code]
         .into_iter()
         .any(|v| attrs::status_code(v) == Some(HTTP_FORBIDDEN))
@@ -104,7 +145,7 @@ pub fn span_event(service: &str, span: &Span) -> Result<Option<SpanEvent>, Rejec
     // 4xx answers (as the semantic conventions prescribe).
     let outcome = match explicit_outcome {
         Some(o) => o,
-        None if status_is_error || permission_denied => UseOutcome::Error,
+        None if span.status_is_error || permission_denied => UseOutcome::Error,
         None => UseOutcome::Ok,
     };
     let actor = attrs::text(c::ACTOR, k.actor)?.unwrap_or_else(|| service.to_string());
@@ -115,8 +156,8 @@ pub fn span_event(service: &str, span: &Span) -> Result<Option<SpanEvent>, Rejec
         request_id,
         trace_id,
         span_id,
-        start_ns: span.start_time_unix_nano,
-        end_ns: span.end_time_unix_nano,
+        start_ns: span.start_ns,
+        end_ns: span.end_ns,
         service: service.to_string(),
         operation: attrs::text(c::OPERATION, k.operation)?.unwrap_or_default(),
         actor,
