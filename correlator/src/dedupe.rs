@@ -6,6 +6,7 @@
 //! window has passed the processing clock, or early when the set is full (counted by the
 //! caller). Checks are not kept here: a check's own pending entry recognises its redelivery.
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use std::collections::VecDeque;
 
@@ -75,11 +76,14 @@ impl Dedupe {
 
     /// Remembers an identity seen at event time `time`; says whether it was already known.
     pub fn observe(&mut self, ident: [u64; 2], time: u64) -> Seen {
-        let hash = ident[1];
-        if self.set.find(hash, |k| *k == ident).is_some() {
-            return Seen::Duplicate;
+        // One probe for both the lookup and the insertion: at saturation the set is at its
+        // bound, far larger than the cache, so each probe is a miss.
+        match self.set.entry(ident[1], |k| *k == ident, |k| k[1]) {
+            Entry::Occupied(_) => return Seen::Duplicate,
+            Entry::Vacant(slot) => {
+                slot.insert(ident);
+            }
         }
-        self.set.insert_unique(hash, ident, |k| k[1]);
         self.order
             .push_back((time.saturating_add(self.window_ns), ident));
         let mut evicted = false;
