@@ -210,7 +210,7 @@ impl Engine {
 
     fn stale_verdict(&self, s: &SpanItem, check: &CheckRecord) -> Stale {
         let long = &self.sym.long;
-        let history = &self.sym.resources.value(s.resource).history;
+        let state = self.sym.resources.value(s.resource);
         let pair = Pair {
             check_time: check.time,
             use_time: s.start_ns,
@@ -218,7 +218,7 @@ impl Engine {
             used: &s.version,
             request: &s.request,
         };
-        match staleness(history, &pair, long) {
+        match staleness(state, &pair, long) {
             Staleness::Fresh => Stale::No,
             Staleness::Indeterminate => Stale::Undecided,
             Staleness::Stale { intervening } => {
@@ -227,7 +227,7 @@ impl Engine {
                 let refs = intervening
                     .iter()
                     .take(MAX_EVIDENCE)
-                    .map(|&i| history[i].to_ref(resource, long))
+                    .map(|&i| state.history[i].to_ref(resource, long))
                     .collect();
                 let both = !check.version.is_none() && !s.version.is_none();
                 let reason = if both {
