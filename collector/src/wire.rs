@@ -169,6 +169,38 @@ struct AttributeFields<'a> {
 
 impl<'a> AttributeFields<'a> {
     fn read(bytes: &'a [u8]) -> Read<Self> {
+        Self::read_plain(bytes).map_or_else(|| Self::read_any(bytes), Some)
+    }
+
+    /// The layout every encoder writes: a key under 128 bytes (tag 0x0A), then a value under
+    /// 128 bytes (tag 0x12) ending the message, or no value. Read without the field loop;
+    /// `None` for any other layout, which [`Self::read_any`] then reads.
+    #[inline]
+    fn read_plain(bytes: &'a [u8]) -> Option<Self> {
+        let (&[0x0A, key_len], rest) = bytes.split_first_chunk::<2>()? else {
+            return None;
+        };
+        if key_len >= 0x80 || usize::from(key_len) > rest.len() {
+            return None;
+        }
+        let (key, rest) = rest.split_at(usize::from(key_len));
+        let value = match rest {
+            [] => None,
+            [0x12, len, value @ ..] if *len < 0x80 && usize::from(*len) == value.len() => {
+                Some(value)
+            }
+            _ => return None,
+        };
+        Some(AttributeFields {
+            key,
+            keys: 1,
+            value,
+            values: u32::from(value.is_some()),
+            odd: false,
+        })
+    }
+
+    fn read_any(bytes: &'a [u8]) -> Read<Self> {
         let mut parts = AttributeFields {
             key: &[],
             keys: 0,
@@ -624,6 +656,53 @@ mod tests {
         // The same array under a key toctou does not read is skipped unread.
         attributes[1].key = "app.tags".into();
         assert!(traces(&req(attributes).encode_to_vec()).is_some());
+    }
+
+    #[test]
+    fn the_plain_layout_reads_as_the_field_loop_does() {
+        let kv = |key: String, value: Option<Value>| {
+            KeyValue {
+                key,
+                key_strindex: 0,
+                value: value.map(|v| AnyValue { value: Some(v) }),
+            }
+            .encode_to_vec()
+        };
+        let plain = [
+            kv(c::PHASE.into(), Some(Value::StringValue("check".into()))),
+            kv("k".into(), Some(Value::IntValue(-1))),
+            kv("k".into(), None),
+        ];
+        let other = [
+            kv("k".repeat(200), Some(Value::StringValue("v".into()))),
+            kv("k".into(), Some(Value::StringValue("v".repeat(200)))),
+            // No key field (prost writes none for ""), the key twice, a key_strindex, a value
+            // before its key.
+            kv(String::new(), Some(Value::BoolValue(true))),
+            [kv("a".into(), None), kv("b".into(), None)].concat(),
+            [kv("a".into(), None), vec![0x18, 0x05]].concat(),
+            [vec![0x12, 0x02, 0x18, 0x01], kv("a".into(), None)].concat(),
+        ];
+        let fields = |p: AttributeFields<'_>| {
+            (
+                p.key.to_vec(),
+                p.keys,
+                p.value.map(<[u8]>::to_vec),
+                p.values,
+                p.odd,
+            )
+        };
+        for raw in &plain {
+            let fast = AttributeFields::read_plain(raw).expect("the plain layout");
+            assert_eq!(
+                fields(fast),
+                fields(AttributeFields::read_any(raw).unwrap())
+            );
+        }
+        for raw in &other {
+            assert!(AttributeFields::read_plain(raw).is_none(), "{raw:?}");
+            assert!(AttributeFields::read(raw).is_some());
+        }
     }
 
     #[test]

@@ -36,7 +36,14 @@ pub(crate) struct ResourceState {
 impl ResourceState {
     /// Inserts a write in commit-time order.
     fn insert(&mut self, write: AuditWrite) {
-        let at = self.history.partition_point(|w| w.time <= write.time);
+        // Writes arrive in commit order but for late ones: the newest write, just touched,
+        // answers most inserts without a search through a hot resource's history.
+        let at = match self.history.back() {
+            Some(last) if last.time > write.time => {
+                self.history.partition_point(|w| w.time <= write.time)
+            }
+            _ => self.history.len(),
+        };
         let v = write.version_int.plain();
         let fits = v.is_some_and(|v| {
             let after_prev = at == 0 || self.history[at - 1].version_int.plain() <= Some(v);
