@@ -104,19 +104,31 @@ pub(crate) async fn read_limited(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::TooLarge { limit });
     }
-    // Trust the declared length for the first allocation only up to the limit.
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    // A body that arrives in one frame is kept as it is; the first copy is made only when a
+    // second frame comes (then trusting the declared length for the allocation, up to the
+    // limit).
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| IngestError::Read(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if buf.len() + data.len() > limit {
+        let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if held + data.len() > limit {
             return Err(IngestError::TooLarge { limit });
+        }
+        if first.is_none() && buf.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(first) = first.take() {
+            buf.reserve((declared.unwrap_or(0) as usize).max(first.len() + data.len()));
+            buf.extend_from_slice(&first);
         }
         buf.extend_from_slice(&data);
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// The decompressed body, at most `limit` bytes; inflating stops at the first byte past it.
@@ -255,6 +267,28 @@ mod tests {
         // A declared length over the limit is refused before reading.
         let h = headers(&[("content-length", "1000")]);
         let err = read_limited(&h, Body::empty(), 100).await.unwrap_err();
+        assert_eq!(err.reason(), RejectReason::TooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_joined_and_one_frame_kept_as_is() {
+        let frames = |parts: &[&'static [u8]]| {
+            let parts: Vec<Result<Bytes, std::io::Error>> =
+                parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+            Body::from_stream(futures::stream::iter(parts))
+        };
+        let h = HeaderMap::new();
+        let joined = read_limited(&h, frames(&[b"ab", b"", b"cde", b"f"]), 100)
+            .await
+            .unwrap();
+        assert_eq!(&joined[..], b"abcdef");
+        let one: &'static [u8] = b"whole";
+        let kept = read_limited(&h, frames(&[one]), 100).await.unwrap();
+        assert_eq!(kept.as_ptr(), one.as_ptr(), "not copied");
+        // The limit counts every frame, the first one held aside included.
+        let err = read_limited(&h, frames(&[b"0123456789", b"0"]), 10)
+            .await
+            .unwrap_err();
         assert_eq!(err.reason(), RejectReason::TooLarge);
     }
 }
