@@ -208,9 +208,10 @@ fn retry_details(code: Code, message: String, retry_after: std::time::Duration) 
 struct GrpcReceiver(Receivers);
 
 impl GrpcReceiver {
-    /// Delivers one message's events. The codec decoded them as tonic read the message:
-    /// the wire reader costs about what prost's pruned decode did there before, and a
-    /// hand-off to the blocking pool would cost more than it saves at OTLP batch sizes.
+    /// Delivers one message's events, which the codec decoded on the reactor as tonic read
+    /// the message (where the pruned prost decode ran before). The wire reader takes about
+    /// 0.7 µs a span, so a 512-span export holds the worker for ~0.35 ms, and a message at
+    /// the size limit for a few ms (gRPC has no blocking-pool hand-off, unlike HTTP).
     async fn handle<M>(&self, signal: Signal, request: Received<M>) -> Result<Receipt, Status> {
         let r = &self.0;
         let Received {

@@ -16,7 +16,7 @@
 //! - Receiving:
 //!   - [`sink`]: the [`EventSink`] trait and the bounded [`ChannelSink`];
 //!   - [`receivers`]: [`Receivers`], the shared state, and the steps every transport takes
-//!     (slot, decode off the reactor when large, deliver, count);
+//!     (slot, decode, off the reactor when large over HTTP, deliver, count);
 //!   - [`http`] (with `body` for content types, size limits and decompression) and
 //!     [`grpc`]: the transports, each holding the one mapping of errors to its status codes.
 //! - [`auth`]: bearer tokens per route group, checked before a body is read.

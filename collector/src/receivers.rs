@@ -1,9 +1,9 @@
 //! The state every receiver shares ([`Receivers`]) and the steps common to HTTP and gRPC:
-//! take a slot, decode off the reactor when the work is large, hand the events to the sink,
-//! count what happened.
+//! take a slot, decode (HTTP: off the reactor when the work is large; gRPC decodes in its
+//! codec), hand the events to the sink, count what happened.
 //!
-//! The transports are thin layers over this: they turn wire bytes into a prost message or
-//! a body, and turn the outcome into their own responses.
+//! The transports are thin layers over this: they turn wire bytes into events or a body,
+//! and turn the outcome into their own responses.
 
 use crate::config::ReceiverConfig;
 use crate::decoded::{rejection_summary, Decoded, Signal};
