@@ -29,8 +29,8 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
-/// Encoded size of a typical toctou span and audit record with their attributes, to size
-/// the event list of a request (an estimate: a wrong one costs a copy or some slack).
+/// Encoded size of a typical toctou span and audit record with their attributes (a span
+/// ~400 bytes with 15 attributes), to size the event list of a request.
 const BYTES_PER_SPAN: usize = 400;
 const BYTES_PER_RECORD: usize = 250;
 
@@ -379,11 +379,26 @@ fn span(bytes: &[u8]) -> Read<(SpanParts<'_>, Known<'_>)> {
 /// building the prost types; `None` when it is not well formed as far as this reader checks
 /// or holds something it leaves to prost (decode it with prost then).
 pub fn traces(raw: &[u8]) -> Option<Decoded> {
+    walk(raw, BYTES_PER_SPAN, |out, service, bytes, index| {
+        let (parts, known) = span(bytes)?;
+        file_span(out, service, &parts, known, index);
+        Some(())
+    })
+}
+
+/// Walks an export request, whose layout traces and logs share (field 1: the resource
+/// groups; in each, field 1 the resource and field 2 the scope groups; in each of those,
+/// field 2 the items), and hands each item's bytes to `file` with its resource's service
+/// and its index in the request.
+fn walk(
+    raw: &[u8],
+    bytes_per_item: usize,
+    mut file: impl FnMut(&mut Decoded, &Result<String, Rejection>, &[u8], usize) -> Read<()>,
+) -> Option<Decoded> {
     let mut out = Decoded::default();
     // Room for the events up front: grown by doubling, the list (~300 bytes an event) was
-    // copied ~10 times for a 512-span request. An instrumented span with its attributes
-    // takes ~400 bytes on the wire; smaller ones just grow the list as before.
-    out.events.reserve(raw.len() / BYTES_PER_SPAN);
+    // copied ~10 times for a 512-span request; a wrong estimate costs a copy or some slack.
+    out.events.reserve(raw.len() / bytes_per_item);
     let mut index = 0;
     let mut fields = Fields::new(raw);
     while let Some(f) = fields.next()? {
@@ -402,8 +417,7 @@ pub fn traces(raw: &[u8]) -> Option<Decoded> {
                 match h.number {
                     2 => {
                         expect(&h, LEN)?;
-                        let (parts, known) = span(h.bytes)?;
-                        file_span(&mut out, &service, &parts, known, index);
+                        file(&mut out, &service, h.bytes, index)?;
                         index += 1;
                     }
                     1 | 3 => expect(&h, LEN)?,
@@ -458,37 +472,11 @@ fn log_record(bytes: &[u8]) -> Read<(RecordParts<'_>, Known<'_>)> {
 /// An OTLP/protobuf logs request, straight to what `decode_logs` makes of it; `None` as for
 /// [`traces`].
 pub fn logs(raw: &[u8]) -> Option<Decoded> {
-    let mut out = Decoded::default();
-    out.events.reserve(raw.len() / BYTES_PER_RECORD);
-    let mut index = 0;
-    let mut fields = Fields::new(raw);
-    while let Some(f) = fields.next()? {
-        if f.number != 1 {
-            continue;
-        }
-        expect(&f, LEN)?;
-        let service = service(f.bytes)?;
-        let mut inner = Fields::new(f.bytes);
-        while let Some(g) = inner.next()? {
-            if g.number != 2 {
-                continue;
-            }
-            let mut scope = Fields::new(g.bytes);
-            while let Some(h) = scope.next()? {
-                match h.number {
-                    2 => {
-                        expect(&h, LEN)?;
-                        let (parts, known) = log_record(h.bytes)?;
-                        file_record(&mut out, &service, &parts, known, index);
-                        index += 1;
-                    }
-                    1 | 3 => expect(&h, LEN)?,
-                    _ => {}
-                }
-            }
-        }
-    }
-    Some(out)
+    walk(raw, BYTES_PER_RECORD, |out, service, bytes, index| {
+        let (parts, known) = log_record(bytes)?;
+        file_record(out, service, &parts, known, index);
+        Some(())
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! OTLP log records to audit events: records carrying `toctou.audit.action` are a system of
 //! record saying that a resource (or a policy) changed.
 
-use super::{file_outcome, item_label};
+use super::{file_under, item_label};
 use crate::attrs::{self, fixed_id, Known};
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -56,17 +56,14 @@ pub(crate) fn file_record(
     known: Known,
     index: usize,
 ) {
-    let outcome = match service {
-        Ok(service) => audit_from(service, record, known),
-        // As for spans: only the audit records are refused for the name.
-        Err(r) => match known.audit_action {
-            Some(_) => Err(r.clone()),
-            None => Ok(None),
-        },
-    };
-    file_outcome(out, outcome, IgnoreReason::NoAction, || {
-        item_label("log record", record.span_id, index)
-    });
+    file_under(
+        out,
+        service,
+        known.audit_action.is_some(),
+        |service| audit_from(service, record, known),
+        IgnoreReason::NoAction,
+        || item_label("log record", record.span_id, index),
+    );
 }
 
 /// One record: `Ok(None)` when it carries no audit action, `Err` when it does but is unusable.

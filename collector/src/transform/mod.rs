@@ -34,6 +34,25 @@ pub(crate) fn file_outcome<T: Into<Event>>(
     }
 }
 
+/// Files one item under the service of its resource: `decide` makes its outcome from the
+/// service's name. When the name is unusable (`service` is its rejection), an item that
+/// `claims` to be toctou data is refused for it, and any other was never ours to take.
+pub(crate) fn file_under<T: Into<Event>>(
+    out: &mut Decoded,
+    service: &Result<String, Rejection>,
+    claims: bool,
+    decide: impl FnOnce(&str) -> Result<Option<T>, Rejection>,
+    reason: IgnoreReason,
+    label: impl FnOnce() -> String,
+) {
+    let outcome = match service {
+        Ok(service) => decide(service),
+        Err(r) if claims => Err(r.clone()),
+        Err(_) => Ok(None),
+    };
+    file_outcome(out, outcome, reason, label);
+}
+
 /// How an item is named in rejection messages: by its span id, which is what a developer
 /// can search for in their tracing backend, or by position when it has none.
 pub(crate) fn item_label(kind: &str, span_id: &[u8], index: usize) -> String {

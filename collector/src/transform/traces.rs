@@ -1,7 +1,7 @@
 //! OTLP spans to check and use events, per the instrumentation conventions
 //! (`schema/src/conventions.rs`).
 
-use super::{file_outcome, item_label};
+use super::{file_under, item_label};
 use crate::attrs::{self, fixed_id, Known};
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -67,18 +67,14 @@ pub(crate) fn file_span(
     known: Known,
     index: usize,
 ) {
-    let outcome = match service {
-        Ok(service) => span_from(service, span, known),
-        // The resource's name is unusable: its toctou spans are refused for it, the others
-        // were never ours to take.
-        Err(r) => match known.phase {
-            Some(_) => Err(r.clone()),
-            None => Ok(None),
-        },
-    };
-    file_outcome(out, outcome, IgnoreReason::NoPhase, || {
-        item_label("span", span.span_id, index)
-    });
+    file_under(
+        out,
+        service,
+        known.phase.is_some(),
+        |service| span_from(service, span, known),
+        IgnoreReason::NoPhase,
+        || item_label("span", span.span_id, index),
+    );
 }
 
 /// One span: `Ok(None)` when it is not a toctou span, `Err` when it is one but is unusable.
