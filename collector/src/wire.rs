@@ -308,7 +308,8 @@ fn service(bytes: &[u8]) -> Read<Result<String, Rejection>> {
     Some(attrs::service_name_of(first.flatten()))
 }
 
-/// Whether a `Status` message says error; its message is checked as prost would.
+/// Reads a `Status` message's code into `code` (left as it is when absent, as prost merges a
+/// repeated status); its message is checked as prost would.
 fn status_code(bytes: &[u8], code: &mut i32) -> Read<()> {
     let mut fields = Fields::new(bytes);
     while let Some(f) = fields.next()? {

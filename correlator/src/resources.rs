@@ -189,54 +189,81 @@ pub(crate) fn same_version(a: &Compact, b: &Compact, long: &LongStrings) -> bool
 /// The evidence is the writes by another request committed between the check and the use,
 /// by time or (integer versions) by version. The history is sorted by time, and while its
 /// versions only grow (`!unordered`) by version too, so each of those is a run of it found
-/// by binary search; otherwise the whole history is read ([`staleness_scan`]). On a hot
-/// resource that is thousands of writes per pair: 7% of `toctou run`'s samples at
-/// saturation went to the scan (BENCHMARKS.md, issue 7).
+/// by binary search; otherwise the whole history is read. On a hot resource that is
+/// thousands of writes per pair: 7% of `toctou run`'s samples at saturation went to the
+/// scan (BENCHMARKS.md, issue 7).
 pub(crate) fn staleness(state: &ResourceState, p: &Pair<'_>, long: &LongStrings) -> Staleness {
-    let history = &state.history;
+    rule(&state.history, p, long, !state.unordered)
+}
+
+/// [`staleness`] by reading every write, whatever the history: the reference the binary
+/// searches are held to.
+#[cfg(test)]
+fn staleness_scan(history: &VecDeque<AuditWrite>, p: &Pair<'_>, long: &LongStrings) -> Staleness {
+    rule(history, p, long, false)
+}
+
+/// The rule, finding its evidence by binary search when `search` (the history's versions
+/// only grow) and by reading every write otherwise.
+fn rule(
+    history: &VecDeque<AuditWrite>,
+    p: &Pair<'_>,
+    long: &LongStrings,
+    search: bool,
+) -> Staleness {
     let checked_int = p.checked.version_int(long);
-    // Index of the first write whose version is above `v` (ordered histories only).
+    // Index of the first write whose version is above `v` (searchable histories only).
     let above = |v: i128| history.partition_point(|w| i128::from(w.version_int.0) <= v);
+    let by_others = |runs: &mut dyn Iterator<Item = usize>| -> Vec<usize> {
+        runs.filter(|&i| history[i].by_other(p.request)).collect()
+    };
     if !p.checked.is_none() && !p.used.is_none() {
         if same_version(p.checked, p.used, long) {
             return Staleness::Fresh;
         }
-        let in_time = history.partition_point(|w| w.time <= p.check_time)
-            ..history.partition_point(|w| w.time < p.use_time);
-        let in_versions = match (checked_int, p.used.version_int(long)) {
-            (Some(_), Some(_)) if state.unordered => return staleness_scan(history, p, long),
-            (Some(c), Some(u)) => above(c)..above(u),
-            // A version that is not an integer orders nothing.
-            _ => 0..0,
+        let used_int = p.used.version_int(long);
+        let in_time = |w: &AuditWrite| p.check_time < w.time && w.time < p.use_time;
+        let intervening = match (checked_int, used_int) {
+            (Some(c), Some(u)) if !search => by_others(&mut (0..history.len()).filter(|&i| {
+                let w = &history[i];
+                in_time(w) || w.version_int(long).is_some_and(|v| c < v && v <= u)
+            })),
+            (c, u) => {
+                let in_time = history.partition_point(|w| w.time <= p.check_time)
+                    ..history.partition_point(|w| w.time < p.use_time);
+                let in_versions = match (c, u) {
+                    (Some(c), Some(u)) => above(c)..above(u),
+                    // A version that is not an integer orders nothing.
+                    _ => 0..0,
+                };
+                by_others(&mut union(in_time, in_versions))
+            }
         };
-        return Staleness::Stale {
-            intervening: by_others(history, p, union(in_time, in_versions)),
-        };
+        return Staleness::Stale { intervening };
     }
     if history.is_empty() {
         return Staleness::Indeterminate;
     }
+    // Committed before the use (by time: there is no used version to order by) and after
+    // the check: by version where both are integers (clocks of the application and the
+    // system of record need not agree), else by time.
     let before_use = history.partition_point(|w| w.time < p.use_time);
-    let from = match checked_int {
-        Some(_) if state.unordered => return staleness_scan(history, p, long),
-        Some(c) => above(c),
-        None => history.partition_point(|w| w.time <= p.check_time),
+    let intervening = match checked_int {
+        Some(c) if !search => by_others(&mut (0..before_use).filter(|&i| {
+            let w = &history[i];
+            match w.version_int(long) {
+                Some(v) => v > c,
+                None => p.check_time < w.time,
+            }
+        })),
+        Some(c) => by_others(&mut (above(c)..before_use)),
+        None => by_others(&mut (history.partition_point(|w| w.time <= p.check_time)..before_use)),
     };
-    let intervening = by_others(history, p, union(from..before_use, 0..0));
     if intervening.is_empty() {
         Staleness::Fresh
     } else {
         Staleness::Stale { intervening }
     }
-}
-
-/// The indices of `runs` (ascending, no repeats) whose write is by another request.
-fn by_others(
-    history: &VecDeque<AuditWrite>,
-    p: &Pair<'_>,
-    runs: impl Iterator<Item = usize>,
-) -> Vec<usize> {
-    runs.filter(|&i| history[i].by_other(p.request)).collect()
 }
 
 /// The indices in either range, ascending, each once.
@@ -253,54 +280,6 @@ fn union(a: Range<usize>, b: Range<usize>) -> impl Iterator<Item = usize> {
         (a.start..end).chain(0..0)
     } else {
         a.chain(b)
-    }
-}
-
-/// [`staleness`] by reading every write: for histories whose versions do not only grow.
-fn staleness_scan(history: &VecDeque<AuditWrite>, p: &Pair<'_>, long: &LongStrings) -> Staleness {
-    let checked_int = p.checked.version_int(long);
-    if !p.checked.is_none() && !p.used.is_none() {
-        if same_version(p.checked, p.used, long) {
-            return Staleness::Fresh;
-        }
-        let used_int = p.used.version_int(long);
-        let intervening = history
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.by_other(p.request))
-            .filter(|(_, w)| {
-                let in_time = p.check_time < w.time && w.time < p.use_time;
-                let in_versions = match (checked_int, w.version_int(long), used_int) {
-                    (Some(c), Some(v), Some(u)) => c < v && v <= u,
-                    _ => false,
-                };
-                in_time || in_versions
-            })
-            .map(|(i, _)| i)
-            .collect();
-        return Staleness::Stale { intervening };
-    }
-    if history.is_empty() {
-        return Staleness::Indeterminate;
-    }
-    // Committed before the use (by time: there is no used version to order by) and after
-    // the check: by version where both are integers (clocks of the application and the
-    // system of record need not agree), else by time.
-    let before_use = history.partition_point(|w| w.time < p.use_time);
-    let intervening: Vec<usize> = history
-        .range(..before_use)
-        .enumerate()
-        .filter(|(_, w)| w.by_other(p.request))
-        .filter(|(_, w)| match (checked_int, w.version_int(long)) {
-            (Some(c), Some(v)) => v > c,
-            _ => p.check_time < w.time,
-        })
-        .map(|(i, _)| i)
-        .collect();
-    if intervening.is_empty() {
-        Staleness::Fresh
-    } else {
-        Staleness::Stale { intervening }
     }
 }
 
