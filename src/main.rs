@@ -48,9 +48,13 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// With mimalloc's 1 s, a receiver at a steady moderate rate kept giving back and faulting in
 /// again the pages of request-sized buffers (at 10k spans/s over 16 connections, each
 /// connection sends a request every ~0.8 s): 12% of `toctou run`'s samples at 10k spans/s
-/// were `clear_page_erms`, and 4,700-7,400 page faults in 20 s fell to ~950 with 10 s
-/// (BENCHMARKS.md, issue 7). Memory freed after a burst still goes back 10 s later.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+/// were `clear_page_erms`, and 4,700-7,400 page faults in 20 s fell to ~950 with 10 s.
+/// 60 s is the default dedupe window, the longest that most state lives: pages freed by
+/// expiring state are wanted again by new state within it. With 10 s, 370-1,460 faults in
+/// 20 s at 10k spans/s (each of transparent huge pages, zeroed 2 MiB at a time) fell to
+/// 19-28, and CPU per million spans from 4.75 to 4.22 s on average over four A/B rounds
+/// (BENCHMARKS.md, issue 7). Memory freed after a burst still goes back a minute later.
+const PURGE_DELAY_MS: std::ffi::c_long = 60_000;
 
 unsafe extern "C" {
     fn mi_option_set_default(option: std::ffi::c_int, value: std::ffi::c_long);
