@@ -129,6 +129,22 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A kept key or string value as text, `None` when it is not UTF-8.
+///
+/// Why not `str::from_utf8` alone: it is called ~13 times a span, on strings of 10-40
+/// bytes, where it costs ~110 instructions (callgrind: 10% of the whole process at a fixed
+/// rate). The keys and values toctou reads are ASCII in practice, which `is_ascii` confirms
+/// a word at a time; anything else takes the full check.
+#[inline]
+fn utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: every ASCII byte sequence is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
 /// Checks the wire type of a field the schema defines; unknown numbers are skipped as
 /// protobuf says.
 fn expect(field: &Field, wire: u8) -> Read<()> {
@@ -146,7 +162,7 @@ fn attribute<'a>(bytes: &'a [u8], known: &mut Known<'a>) -> Read<()> {
     }
     // A key that is not UTF-8 is none of ours (prost would refuse it, but not in an
     // attribute nobody reads: the reader does not check those).
-    let Some(slot) = std::str::from_utf8(key).ok().and_then(|k| known.slot(k)) else {
+    let Some(slot) = utf8(key).and_then(|k| known.slot(k)) else {
         return Some(());
     };
     // Read (and so checked) even when an earlier occurrence already won.
@@ -254,7 +270,7 @@ fn scalar_value(bytes: &[u8]) -> Read<Option<Attr<'_>>> {
     let mut value = None;
     while let Some(f) = fields.next()? {
         let v = match (f.number, f.wire) {
-            (1, LEN) => Attr::Str(std::str::from_utf8(f.bytes).ok()?),
+            (1, LEN) => Attr::Str(utf8(f.bytes)?),
             (2, VARINT) => Attr::Bool(f.value != 0),
             (3, VARINT) => Attr::Int(f.value as i64),
             (4, FIXED64) => Attr::Double(f64::from_bits(f.value)),
@@ -316,7 +332,7 @@ fn status_code(bytes: &[u8], code: &mut i32) -> Read<()> {
         match f.number {
             2 => {
                 expect(&f, LEN)?;
-                std::str::from_utf8(f.bytes).ok()?;
+                utf8(f.bytes)?;
             }
             3 => {
                 expect(&f, VARINT)?;
@@ -766,6 +782,22 @@ mod tests {
         let raw = logs_req.encode_to_vec();
         assert_eq!(logs(&raw).unwrap(), decode_logs(&logs_req));
         assert_eq!(logs(&raw).unwrap().events[0].event_time_ns(), 9);
+    }
+
+    #[test]
+    fn text_is_read_as_str_from_utf8_reads_it() {
+        let cases: [&[u8]; 7] = [
+            b"",
+            b"toctou.resource",
+            "inventory/Zürich-7".as_bytes(),
+            "注文/000123".as_bytes(),
+            b"ok\xFF",
+            b"\xC3",
+            b"\xED\xA0\x80 surrogate",
+        ];
+        for bytes in cases {
+            assert_eq!(utf8(bytes), std::str::from_utf8(bytes).ok(), "{bytes:?}");
+        }
     }
 
     #[test]
