@@ -22,6 +22,16 @@ import urllib.request
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def cpuinfo(key):
+    """The first value of `key` in /proc/cpuinfo ("" when absent)."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    return ""
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -308,10 +318,12 @@ def main():
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
-            "cpu_model": next(
-                (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-                "",
-            ),
+            "cpu_model": cpuinfo("model name"),
+            # A VM's model name hides the host; these tell one host from another (the peers'
+            # figures moved by up to 45% between hosts, see BENCHMARKS.md).
+            "cpu_family_model": f'{cpuinfo("cpu family")}/{cpuinfo("model")}',
+            "cpu_mhz": cpuinfo("cpu MHz"),
+            "cache": cpuinfo("cache size"),
             "kernel": os.uname().release,
             "server_cpu": args.server_cpu,
             "load_cpu": args.load_cpu,
