@@ -86,7 +86,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field; `Some(None)` at the end, `None` on malformed input.
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Read<Option<Field<'a>>> {
         if self.buf.is_empty() {
             return Some(None);
@@ -266,6 +266,14 @@ impl<'a> AttributeFields<'a> {
 }
 
 fn scalar_value(bytes: &[u8]) -> Read<Option<Attr<'_>>> {
+    // The layout encoders write for a short string, the usual value of a kept attribute:
+    // one field 1 under 128 bytes filling the message. Read without the field loop, which
+    // cost ~180 instructions a value (callgrind, issue 7); any other layout takes the loop.
+    if let [0x0A, len, text @ ..] = bytes {
+        if *len < 0x80 && usize::from(*len) == text.len() {
+            return Some(Some(Attr::Str(utf8(text)?)));
+        }
+    }
     let mut fields = Fields::new(bytes);
     let mut value = None;
     while let Some(f) = fields.next()? {
@@ -608,6 +616,27 @@ mod tests {
     /// The value of an encoded `KeyValue` as the wire reader reads it.
     fn value_of(raw: &[u8]) -> Option<Option<Attr<'_>>> {
         AttributeFields::read(raw)?.value()
+    }
+
+    #[test]
+    fn short_strings_read_as_the_field_loop_reads_them() {
+        let long = "x".repeat(200);
+        let mut long_value = vec![0x0A, 0xC8, 0x01];
+        long_value.extend_from_slice(long.as_bytes());
+        let cases: [(&[u8], Read<Option<Attr>>); 7] = [
+            (b"\x0A\x03v-7", Some(Some(Attr::Str("v-7")))),
+            (b"\x0A\x00", Some(Some(Attr::Str("")))),
+            (&long_value, Some(Some(Attr::Str(&long)))),
+            // Not UTF-8: prost's to refuse.
+            (b"\x0A\x02\xFF\xFE", None),
+            // A second value, a repeated string, a truncated one: none is a plain scalar.
+            (b"\x0A\x01a\x10\x01", None),
+            (b"\x0A\x01a\x0A\x01b", None),
+            (b"\x0A\x02a", None),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(scalar_value(bytes), expected, "{bytes:?}");
+        }
     }
 
     #[test]
