@@ -207,10 +207,7 @@ impl<'a> AttributeFields<'a> {
         let (key, rest) = rest.split_at(usize::from(key_len));
         let value = match rest {
             [] => None,
-            [0x12, len, value @ ..] if *len < 0x80 && usize::from(*len) == value.len() => {
-                Some(value)
-            }
-            _ => return None,
+            _ => Some(sole_short_field(rest, 0x12)?),
         };
         Some(AttributeFields {
             key,
@@ -265,14 +262,24 @@ impl<'a> AttributeFields<'a> {
     }
 }
 
+/// The bytes of a LEN field with one-byte tag `tag` and a length under 128 that fills
+/// `bytes` exactly: how encoders write a short value alone in its message.
+#[inline(always)]
+fn sole_short_field(bytes: &[u8], tag: u8) -> Option<&[u8]> {
+    match bytes {
+        [t, len, value @ ..] if *t == tag && *len < 0x80 && usize::from(*len) == value.len() => {
+            Some(value)
+        }
+        _ => None,
+    }
+}
+
 fn scalar_value(bytes: &[u8]) -> Read<Option<Attr<'_>>> {
     // The layout encoders write for a short string, the usual value of a kept attribute:
     // one field 1 under 128 bytes filling the message. Read without the field loop, which
     // cost ~180 instructions a value (callgrind, issue 7); any other layout takes the loop.
-    if let [0x0A, len, text @ ..] = bytes {
-        if *len < 0x80 && usize::from(*len) == text.len() {
-            return Some(Some(Attr::Str(utf8(text)?)));
-        }
+    if let Some(text) = sole_short_field(bytes, 0x0A) {
+        return Some(Some(Attr::Str(utf8(text)?)));
     }
     let mut fields = Fields::new(bytes);
     let mut value = None;

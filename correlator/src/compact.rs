@@ -65,15 +65,6 @@ fn decode_hex(hex: &[u8], out: &mut [u8; 16]) -> bool {
     bad < 16
 }
 
-const DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-fn encode_hex(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[(b >> 4) as usize];
-        out[2 * i + 1] = DIGITS[(b & 15) as usize];
-    }
-}
-
 impl Compact {
     pub fn none() -> Compact {
         Compact::default()
@@ -172,12 +163,12 @@ impl Compact {
             NONE => return None,
             LONG => return Some(long.key(self.long_slot().unwrap()).as_str()),
             HEX32 => {
-                encode_hex(&self.bytes, &mut buf[..32]);
+                toctou_schema::write_hex(&self.bytes, &mut buf[..32]);
                 32
             }
             UUID => {
                 let mut hex = [0u8; 32];
-                encode_hex(&self.bytes, &mut hex);
+                toctou_schema::write_hex(&self.bytes, &mut hex);
                 let mut n = 0;
                 for (i, out) in buf.iter_mut().enumerate() {
                     if [8, 13, 18, 23].contains(&i) {

@@ -313,27 +313,35 @@ pub fn resource_type(resource: &str) -> &str {
 
 /// Lowercase hex of an id; empty for an all-zero (unknown) id.
 pub fn hex_id(id: &[u8]) -> String {
-    // By table rather than `hex::encode`, whose char-at-a-time iterator was 3% of `toctou
-    // run`'s instructions in the callgrind profile (every span without a request id, and
-    // every finding's ids, go through here).
-    // Trace and span ids are written into a buffer on the stack and copied out once: pushed
-    // a byte at a time, with the UTF-8 check at the end, this was ~540 instructions a call
-    // (callgrind, issue 7; every span without a request id comes here).
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    // By table into a buffer on the stack, copied out once: `hex::encode`'s char-at-a-time
+    // iterator was 3% of `toctou run`'s instructions, and pushing a byte at a time with a
+    // UTF-8 check at the end still ~540 instructions a call (callgrind, issue 7; every span
+    // without a request id, and every finding's ids, come here).
     if id.iter().all(|b| *b == 0) {
         return String::new();
     }
-    let mut buf = [0u8; 32];
-    let Some(out) = buf.get_mut(..id.len() * 2) else {
-        return id.iter().map(|b| format!("{b:02x}")).collect();
+    let mut stack = [0u8; 32];
+    let mut heap = Vec::new();
+    let out = match stack.get_mut(..id.len() * 2) {
+        Some(out) => out,
+        None => {
+            heap.resize(id.len() * 2, 0);
+            &mut heap[..]
+        }
     };
-    for (pair, &b) in out.chunks_exact_mut(2).zip(id) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
-    }
+    write_hex(id, out);
     std::str::from_utf8(out)
         .expect("hex digits are ASCII")
         .to_owned()
+}
+
+/// Writes the lowercase hex of `bytes` into the first `2 * bytes.len()` bytes of `out`.
+pub fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod event;
 pub mod finding;
 
 pub use event::{
-    hex_id, resource_type, AuditAction, AuditEvent, CheckSource, Decision, Event, Phase, SpanEvent,
-    SpanId, TraceId, UseOutcome, Version,
+    hex_id, resource_type, write_hex, AuditAction, AuditEvent, CheckSource, Decision, Event, Phase,
+    SpanEvent, SpanId, TraceId, UseOutcome, Version,
 };
 pub use finding::{finding_id, AuditRef, Finding, FindingKind, Severity, UseRef};
