@@ -122,6 +122,45 @@ async fn run_writes_the_scenarios_findings_events_and_rollups() {
     assert_eq!(uses, agree, "rollups agree with the events");
 }
 
+/// Every column of every event the sink writes, for a scenario with checks, uses, audit
+/// records with and without a source id, policies and idempotency keys, read back from the
+/// server: the golden file pins the rows (`UPDATE_GOLDEN=1` rewrites it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_column_for_column_as_the_golden_file() {
+    let url = server_url();
+    let db = format!("toctou_test_{}_golden_events", std::process::id());
+    let mut toctou = Toctou::start(&[
+        "--clickhouse-url",
+        &url,
+        "--clickhouse-database",
+        &db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ]);
+    toctou.send_scenario("clean").await;
+    let status = toctou.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", toctou.log());
+    // event_time as seconds: its text form would depend on the server's time zone.
+    let rows = sql(
+        &url,
+        &db,
+        "SELECT type, service, operation, resource, resource_type, version, request_id, \
+         trace_id, span_id, event_key, toUInt32(event_time), event_time_ns, start_ns, end_ns, \
+         actor, decision, check_source, policy, policy_version, idempotency_key, outcome, \
+         permission_denied, audit_action, source_id FROM events ORDER BY event_key, type",
+    )
+    .await;
+    assert!(!rows.is_empty(), "{}", toctou.log());
+    let golden = root().join("testdata/clickhouse/events_clean.tsv");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, &rows).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
+    assert_eq!(rows, want, "events table against {}", golden.display());
+}
+
 /// Waits (the sink inserts every 200 ms) until /metrics shows every finding written, then
 /// checks the sink's other series of a healthy run.
 async fn assert_sink_metrics(toctou: &Toctou, findings: usize) {

@@ -16,7 +16,8 @@
 #[path = "sink_metrics.rs"]
 pub mod metrics;
 
-use super::rows::{EventRow, FindingRow};
+use super::rows::{event_columns, write_event, FindingRow};
+use bytes::Bytes;
 use clickhouse::Client;
 pub use metrics::{BatchResult, SinkMetrics, Table};
 use rand::Rng;
@@ -59,7 +60,7 @@ impl Default for SinkConfig {
 }
 
 enum Batch {
-    Events(Vec<EventRow>),
+    Events(EncodedEvents),
     Findings(Vec<FindingRow>),
 }
 
@@ -69,6 +70,78 @@ impl Batch {
             Batch::Events(rows) => rows.len(),
             Batch::Findings(rows) => rows.len(),
         }
+    }
+}
+
+/// Rows of one table waiting for their insert.
+trait Rows: Default {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn append(&mut self, more: Self);
+    /// One insert of all the rows; may be called again with the same rows (a retry).
+    async fn insert(&self, client: &Client, table: &str) -> clickhouse::error::Result<()>;
+}
+
+impl Rows for Vec<FindingRow> {
+    fn len(&self) -> usize {
+        self.len()
+    }
+
+    fn append(&mut self, more: Self) {
+        self.extend(more);
+    }
+
+    async fn insert(&self, client: &Client, table: &str) -> clickhouse::error::Result<()> {
+        let mut insert = client.insert::<FindingRow>(table).await?;
+        for row in self {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+}
+
+/// Events already in RowBinary, written on the correlator's thread by
+/// [`write_event`]: no row structs, and the sink thread only hands the bytes on.
+#[derive(Default)]
+struct EncodedEvents {
+    /// One chunk per batch handed over; sent as they are (cloning `Bytes` copies nothing).
+    chunks: Vec<Bytes>,
+    rows: usize,
+}
+
+impl EncodedEvents {
+    fn of(events: &[Event]) -> Self {
+        // ~250 bytes an event with the loadgen's mix; one allocation for most batches.
+        let mut bytes = Vec::with_capacity(events.len() * 256);
+        for e in events {
+            write_event(e, &mut bytes);
+        }
+        EncodedEvents {
+            chunks: vec![Bytes::from(bytes)],
+            rows: events.len(),
+        }
+    }
+}
+
+impl Rows for EncodedEvents {
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn append(&mut self, more: Self) {
+        self.chunks.extend(more.chunks);
+        self.rows += more.rows;
+    }
+
+    async fn insert(&self, client: &Client, table: &str) -> clickhouse::error::Result<()> {
+        let sql = format!("INSERT INTO {table}({}) FORMAT RowBinary", event_columns());
+        let mut insert = client.insert_formatted_with(sql);
+        for chunk in &self.chunks {
+            insert.send(chunk.clone()).await?;
+        }
+        insert.end().await
     }
 }
 
@@ -131,7 +204,7 @@ impl Sink {
     /// Blocks while the sink is full: that is the push-back. Returns false once the sink
     /// thread has ended (it logged why).
     pub fn events(&self, events: &[Event]) -> bool {
-        events.is_empty() || self.send(Batch::Events(events.iter().map(EventRow::from).collect()))
+        events.is_empty() || self.send(Batch::Events(EncodedEvents::of(events)))
     }
 
     pub fn findings(&self, findings: &[Finding]) -> bool {
@@ -214,24 +287,24 @@ pub fn error_code(msg: &str) -> Option<u32> {
 
 struct Buffer<T> {
     table: Table,
-    rows: Vec<T>,
+    rows: T,
     since: Option<Instant>,
 }
 
-impl<T> Buffer<T> {
+impl<T: Rows> Buffer<T> {
     fn new(table: Table) -> Self {
         Buffer {
             table,
-            rows: Vec::new(),
+            rows: T::default(),
             since: None,
         }
     }
 
-    fn push(&mut self, rows: Vec<T>) {
+    fn push(&mut self, rows: T) {
         if self.rows.is_empty() {
             self.since = Some(Instant::now());
         }
-        self.rows.extend(rows);
+        self.rows.append(rows);
     }
 
     fn due(&self, config: &SinkConfig) -> bool {
@@ -259,8 +332,8 @@ fn write_loop(
         }
     };
     let mut stats = SinkStats::default();
-    let mut findings = Buffer::<FindingRow>::new(Table::Findings);
-    let mut events = Buffer::<EventRow>::new(Table::Events);
+    let mut findings = Buffer::<Vec<FindingRow>>::new(Table::Findings);
+    let mut events = Buffer::<EncodedEvents>::new(Table::Events);
     let mut closed_at: Option<Instant> = None;
     loop {
         let wait = [findings.since, events.since]
@@ -301,7 +374,7 @@ fn write_loop(
     }
 }
 
-/// Inserts the buffer, in chunks of at most `max_rows`, retrying transient errors (until
+/// Inserts the buffer, retrying transient errors (until
 /// `deadline()`, if any: read at each retry, as the sink may start closing meanwhile);
 /// returns the rows written. The buffer is empty afterwards.
 async fn flush<T>(
@@ -312,7 +385,7 @@ async fn flush<T>(
     metrics: &SinkMetrics,
 ) -> u64
 where
-    T: clickhouse::RowOwned + clickhouse::RowWrite,
+    T: Rows,
 {
     let rows = std::mem::take(&mut buffer.rows);
     buffer.since = None;
@@ -322,7 +395,7 @@ where
     let table = buffer.table;
     let mut backoff = MIN_BACKOFF;
     loop {
-        match insert(client, table.name(), &rows).await {
+        match rows.insert(client, table.name()).await {
             Ok(()) => {
                 metrics.batch(table, BatchResult::Ok, rows.len());
                 metrics.dequeued(rows.len());
@@ -350,17 +423,6 @@ where
             }
         }
     }
-}
-
-async fn insert<T>(client: &Client, table: &str, rows: &[T]) -> clickhouse::error::Result<()>
-where
-    T: clickhouse::RowOwned + clickhouse::RowWrite,
-{
-    let mut insert = client.insert::<T>(table).await?;
-    for row in rows {
-        insert.write(row).await?;
-    }
-    insert.end().await
 }
 
 #[cfg(test)]
