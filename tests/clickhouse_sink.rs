@@ -16,18 +16,23 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `toctou run` writing to `db`, inserting every 200 ms.
+fn with_sink(url: &str, db: &str) -> Toctou {
+    Toctou::start(&[
+        "--clickhouse-url",
+        url,
+        "--clickhouse-database",
+        db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_writes_the_scenarios_findings_events_and_rollups() {
     let url = server_url();
     let db = format!("toctou_test_{}_sink", std::process::id());
-    let mut toctou = Toctou::start(&[
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        &db,
-        "--clickhouse-batch-age",
-        "200ms",
-    ]);
+    let mut toctou = with_sink(&url, &db);
 
     let dir = root().join("testdata/scenarios/stale_check_versions");
     let sent = toctou.send_scenario("stale_check_versions").await;
@@ -129,14 +134,7 @@ async fn run_writes_the_scenarios_findings_events_and_rollups() {
 async fn events_land_column_for_column_as_the_golden_file() {
     let url = server_url();
     let db = format!("toctou_test_{}_golden_events", std::process::id());
-    let mut toctou = Toctou::start(&[
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        &db,
-        "--clickhouse-batch-age",
-        "200ms",
-    ]);
+    let mut toctou = with_sink(&url, &db);
     toctou.send_scenario("clean").await;
     let status = toctou.terminate(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{}", toctou.log());
@@ -257,14 +255,7 @@ async fn findings_sent_while_clickhouse_is_down_arrive_once_it_is_back() {
     };
     let url = server.script("start");
     let db = "toctou_outage";
-    let mut toctou = Toctou::start(&[
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        db,
-        "--clickhouse-batch-age",
-        "200ms",
-    ]);
+    let mut toctou = with_sink(&url, db);
     // Migrated at start-up; now the server goes away for 20 s while the scenario arrives.
     server.script("stop");
     let down = std::time::Instant::now();
