@@ -290,3 +290,77 @@ async fn oversized_and_bomb_messages_are_refused_and_counted() {
     assert_eq!(h.receivers.metrics().rejected(RejectReason::TooLarge), 3);
     h.shutdown().await;
 }
+
+/// The server's SETTINGS frame, read off a raw HTTP/2 connection: (identifier, value) pairs.
+async fn server_settings(h: &Harness) -> Vec<(u16, u32)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(h.grpc).await.unwrap();
+    // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    // The server's preface is its SETTINGS frame.
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 4, "the first frame is not SETTINGS: {head:?}");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn frames_up_to_256_kib_are_advertised() {
+    let h = Harness::start().await;
+    // SETTINGS_MAX_FRAME_SIZE (0x5): with HTTP/2's default 16 KiB an SDK batch arrives in
+    // ten frames and ~20 reads; clients that honour the setting send it in one.
+    let settings = server_settings(&h).await;
+    assert!(settings.contains(&(0x5, 256 * 1024)), "{settings:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_one_frame_arrives_whole() {
+    let mut h = Harness::start().await;
+    // 400 check spans with a 1 KiB attribute each: ~450 KB, so the tonic client (which
+    // honours the advertised frame size) sends 256 KiB frames and then the rest.
+    let pad = "p".repeat(1024);
+    let spans = (0..400u32)
+        .map(|i| {
+            let mut sp = span(1, 1_000_000 + u64::from(i), Vec::new());
+            sp.span_id = u64::from(i + 1).to_be_bytes().to_vec();
+            sp.attributes = vec![
+                s("toctou.phase", "check"),
+                s("toctou.resource", &format!("inventory/sku-{i}")),
+                s("toctou.request_id", &format!("order-{i}")),
+                s("padding", &pad),
+            ];
+            sp
+        })
+        .collect();
+    let request = traces("shop", spans);
+    assert!(request.encoded_len() > 2 * 256 * 1024 - 100_000);
+    let mut t = TraceServiceClient::new(channel(&h).await);
+    let resp = t.export(request).await.unwrap().into_inner();
+    assert_eq!(resp.partial_success, None);
+    let batch = h.next_batch().await;
+    assert_eq!(batch.len(), 400);
+    let resources: std::collections::HashSet<_> = batch
+        .iter()
+        .map(|e| match e {
+            Event::Span(s) => s.resource.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(resources.len(), 400);
+    h.shutdown().await;
+}
