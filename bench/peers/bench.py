@@ -204,14 +204,39 @@ class ClickhousePoller(threading.Thread):
             time.sleep(self.interval)
 
 
-def measure(args, server, work, ch_url=None):
+def measure_fixed(args, server, work):
+    """One round at the fixed rate on a freshly started server: its idle RSS, the
+    generator's report and CPU seconds per million spans."""
     server.start(args.server_cpu, os.path.join(work, f"{server.name}.log"))
     try:
         time.sleep(3)
-        res = {"name": server.name, "idle_rss_mib": round(status_kib(server.pid, "VmRSS") / 1024, 1)}
+        idle = round(status_kib(server.pid, "VmRSS") / 1024, 1)
         fixed = loadgen(args, server, args.fixed_rate, args.fixed_seconds, 2)
-        res["fixed"] = fixed
-        res["cpu_s_per_m_spans_at_fixed"] = per_million(fixed["server_cpu_s"], fixed)
+        return {"idle_rss_mib": idle, "report": fixed, "cpu": per_million(fixed["server_cpu_s"], fixed)}
+    finally:
+        server.stop()
+
+
+def lower_median(items, key):
+    """The item with the median `key` (the lower middle of an even count); None sorts last."""
+    ranked = sorted(items, key=lambda i: key(i) if key(i) is not None else float("inf"))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def measure(args, server, work, rounds, ch_url=None):
+    """The fixed-rate rounds (already run) summarised, then on a fresh start the latency
+    into ClickHouse (with `ch_url`) and the saturation run."""
+    mid = lower_median(rounds, lambda r: r["cpu"])
+    res = {
+        "name": server.name,
+        "idle_rss_mib": lower_median(rounds, lambda r: r["idle_rss_mib"])["idle_rss_mib"],
+        "fixed": mid["report"],
+        "cpu_s_per_m_spans_at_fixed": mid["cpu"],
+        "cpu_s_per_m_spans_at_fixed_rounds": [r["cpu"] for r in rounds],
+    }
+    server.start(args.server_cpu, os.path.join(work, f"{server.name}.log"))
+    try:
+        time.sleep(3)
         if ch_url:
             poller = ClickhousePoller(ch_url)
             poller.start()
@@ -261,6 +286,10 @@ def main():
     ap.add_argument("--sat-warmup", type=int, default=5)
     ap.add_argument("--fixed-rate", type=int, default=10000)
     ap.add_argument("--fixed-seconds", type=int, default=15)
+    # At 10k spans/s each server uses 5-13% of a core and the VM's speed drifts by tens of
+    # percent within minutes: the fixed rate is measured in rounds, the servers taking turns
+    # in each, and the median round reported (with every round and the per-round ratios).
+    ap.add_argument("--fixed-rounds", type=int, default=3)
     ap.add_argument("--latency-rate", type=int, default=100000)
     ap.add_argument("--latency-seconds", type=int, default=15)
     ap.add_argument("--only", default="toctou,toctou+clickhouse,rotel,otelcol")
@@ -277,9 +306,9 @@ def main():
         ] + extra
         return Server(name, argv, h, g, api_port=a, findings=findings)
 
-    results = []
+    servers = []  # (server, ClickHouse URL for the latency phase)
     if "toctou" in only:
-        results.append(measure(args, toctou("toctou", []), args.work))
+        servers.append((toctou("toctou", []), None))
     if "toctou+clickhouse" in only and args.clickhouse_url:
         extra = [
             "--clickhouse-url", args.clickhouse_url, "--no-migrate",
@@ -287,9 +316,7 @@ def main():
             # finding waits up to the batch age for its insert (4 inserts a second at most).
             "--allowed-lateness", "500ms", "--clickhouse-batch-age", "250ms",
         ]
-        results.append(
-            measure(args, toctou("toctou+clickhouse", extra), args.work, ch_url=args.clickhouse_url)
-        )
+        servers.append((toctou("toctou+clickhouse", extra), args.clickhouse_url))
     if "rotel" in only:
         h, g = free_port(), free_port()
         argv = [
@@ -298,12 +325,21 @@ def main():
             "--pid-file", os.path.join(args.work, "rotel.pid"),
             "--log-file", os.path.join(args.work, "rotel-agent.log"),
         ]
-        results.append(measure(args, Server("rotel", argv, h, g), args.work))
+        servers.append((Server("rotel", argv, h, g), None))
     if "otelcol" in only:
         h, g = free_port(), free_port()
         env = {"OTELCOL_HTTP_PORT": str(h), "OTELCOL_GRPC_PORT": str(g)}
         argv = [args.otelcol, "--config", args.otelcol_config]
-        results.append(measure(args, Server("otelcol", argv, h, g, env=env), args.work))
+        servers.append((Server("otelcol", argv, h, g, env=env), None))
+
+    rounds = {server.name: [] for server, _ in servers}
+    for r in range(args.fixed_rounds):
+        # Each round starts with the next server, so none is always first after a pause.
+        for server, _ in servers[r % len(servers):] + servers[: r % len(servers)]:
+            rounds[server.name].append(measure_fixed(args, server, args.work))
+    results = [
+        measure(args, server, args.work, rounds[server.name], ch_url=ch) for server, ch in servers
+    ]
 
     by = {r["name"]: r for r in results}
     ratios = {}
@@ -314,6 +350,13 @@ def main():
                 a, b = by[t]["cpu_s_per_m_spans_at_fixed"], by[peer]["cpu_s_per_m_spans_at_fixed"]
                 if a and b:
                     ratios[f"{t}/{peer} cpu per M spans at {args.fixed_rate}/s"] = round(a / b, 3)
+                    ratios[f"{t}/{peer} cpu per M spans at {args.fixed_rate}/s, per round"] = [
+                        round(x / y, 3) if x and y else None
+                        for x, y in zip(
+                            by[t]["cpu_s_per_m_spans_at_fixed_rounds"],
+                            by[peer]["cpu_s_per_m_spans_at_fixed_rounds"],
+                        )
+                    ]
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -334,6 +377,8 @@ def main():
             "spans_per_request": 512,
             "saturation_seconds": args.sat_seconds,
             "fixed_rate_spans_per_s": args.fixed_rate,
+            "fixed_rate_seconds": args.fixed_seconds,
+            "fixed_rate_rounds": args.fixed_rounds,
             "latency_rate_spans_per_s": args.latency_rate,
         },
         "results": results,

@@ -24,8 +24,16 @@ for i, v in enumerate(sps):
     ax[0].text(i, v, f"{v:.0f}k", ha="center", va="bottom")
 
 cpu = [r.get("cpu_s_per_m_spans_at_fixed") or 0 for r in res]
-ax[1].bar(names, cpu, color=c)
-ax[1].set_title(f"CPU s per million spans at {doc['load']['fixed_rate_spans_per_s']:,} spans/s")
+# The median round, with the spread of all rounds (runs before rounds have one value).
+rounds = [[v for v in r.get("cpu_s_per_m_spans_at_fixed_rounds") or [m] if v] for r, m in zip(res, cpu)]
+spread = [[m - min(rs or [m]) for m, rs in zip(cpu, rounds)], [max(rs or [m]) - m for m, rs in zip(cpu, rounds)]]
+ax[1].bar(names, cpu, color=c, yerr=spread, capsize=4, ecolor="#333333")
+n_rounds = doc["load"].get("fixed_rate_rounds", 1)
+ax[1].set_title(
+    f"CPU s per million spans at {doc['load']['fixed_rate_spans_per_s']:,} spans/s"
+    + (f"\n(median of {n_rounds} rounds, bars: min-max)" if n_rounds > 1 else ""),
+    fontsize=10,
+)
 for i, v in enumerate(cpu):
     ax[1].text(i, v, f"{v:.2f}", ha="center", va="bottom")
 
