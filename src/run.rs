@@ -293,6 +293,10 @@ fn correlate(
     };
     let mut out = Vec::new();
     let mut deadline = None;
+    let mut feed = sink.as_ref().map(|sink| SinkFeed {
+        sink,
+        pending: sink::Handover::default(),
+    });
     runtime.block_on(async {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -304,21 +308,26 @@ fn correlate(
                 _ = ticker.tick() => {
                     engine.tick(now_ns(), &mut out);
                     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
+                    publish(&mut out, &shared, &mut writer, feed.as_mut());
+                    if let Some(feed) = feed.as_mut() {
+                        feed.hand_over();
+                    }
+                    continue;
                 }
                 batch = rx.recv() => match batch {
-                    Some(batch) => ingest(&mut engine, batch, &mut out, sink.as_ref()),
+                    Some(batch) => ingest(&mut engine, batch, &mut out, feed.as_mut()),
                     None => break,
                 },
                 done = &mut servers_done => {
                     deadline = done.ok();
                     progress.set(Stage::Draining);
                     while let Ok(batch) = rx.try_recv() {
-                        ingest(&mut engine, batch, &mut out, sink.as_ref());
+                        ingest(&mut engine, batch, &mut out, feed.as_mut());
                     }
                     break;
                 }
             }
-            publish(&mut out, &shared, &mut writer, sink.as_ref());
+            publish(&mut out, &shared, &mut writer, feed.as_mut());
         }
     });
     // Input is closed for good: this process keeps its state in memory only, so whatever
@@ -329,7 +338,10 @@ fn correlate(
     // rebuilds the state from Kafka, and early orphans would be false.)
     progress.set(Stage::Flushing);
     engine.flush(now_ns(), &mut out);
-    publish(&mut out, &shared, &mut writer, sink.as_ref());
+    publish(&mut out, &shared, &mut writer, feed.as_mut());
+    if let Some(mut feed) = feed.take() {
+        feed.hand_over();
+    }
     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
     if let Err(err) = writer.flush() {
         tracing::error!(error = %err, "flushing the findings output at shutdown failed");
@@ -353,16 +365,37 @@ fn correlate(
     stats
 }
 
-/// The sink gets the events before the engine consumes them; its `events` blocks while
+/// The ClickHouse sink and the rows gathered for it since the last hand-over (see
+/// [`sink::Handover`] for why they are gathered).
+struct SinkFeed<'a> {
+    sink: &'a Sink,
+    pending: sink::Handover,
+}
+
+impl SinkFeed<'_> {
+    /// Blocks while ClickHouse is behind and the sink's channel is full: the push-back.
+    fn hand_over(&mut self) {
+        self.sink.hand_over(&mut self.pending);
+    }
+
+    fn hand_over_if_due(&mut self) {
+        if self.pending.due() {
+            self.hand_over();
+        }
+    }
+}
+
+/// The sink gets the events before the engine consumes them; handing them over blocks while
 /// ClickHouse is behind, which is what makes ingest push back.
 fn ingest(
     engine: &mut Engine,
     batch: Vec<Event>,
     out: &mut Vec<toctou_schema::Finding>,
-    sink: Option<&Sink>,
+    feed: Option<&mut SinkFeed>,
 ) {
-    if let Some(sink) = sink {
-        sink.events(&batch);
+    if let Some(feed) = feed {
+        feed.pending.add_events(&batch);
+        feed.hand_over_if_due();
     }
     let now = now_ns();
     for event in batch {
@@ -374,13 +407,14 @@ fn publish(
     out: &mut Vec<toctou_schema::Finding>,
     shared: &Shared,
     writer: &mut FindingsWriter,
-    sink: Option<&Sink>,
+    feed: Option<&mut SinkFeed>,
 ) {
     if out.is_empty() {
         return;
     }
-    if let Some(sink) = sink {
-        sink.findings(out);
+    if let Some(feed) = feed {
+        feed.pending.add_findings(out);
+        feed.hand_over_if_due();
     }
     for f in out.iter() {
         if let Err(err) = writer.write(f) {
