@@ -301,21 +301,20 @@ fn correlate(
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tokio::select! {
+            let ticked = tokio::select! {
                 // The tick first: under a steady flood of batches it must still run, since it
                 // publishes stats and advances the watermark.
                 biased;
                 _ = ticker.tick() => {
                     engine.tick(now_ns(), &mut out);
                     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
-                    publish(&mut out, &shared, &mut writer, feed.as_mut());
-                    if let Some(feed) = feed.as_mut() {
-                        feed.hand_over();
-                    }
-                    continue;
+                    true
                 }
                 batch = rx.recv() => match batch {
-                    Some(batch) => ingest(&mut engine, batch, &mut out, feed.as_mut()),
+                    Some(batch) => {
+                        ingest(&mut engine, batch, &mut out, feed.as_mut());
+                        false
+                    }
                     None => break,
                 },
                 done = &mut servers_done => {
@@ -326,8 +325,11 @@ fn correlate(
                     }
                     break;
                 }
-            }
+            };
             publish(&mut out, &shared, &mut writer, feed.as_mut());
+            if let Some(feed) = feed.as_mut().filter(|_| ticked) {
+                feed.hand_over();
+            }
         }
     });
     // Input is closed for good: this process keeps its state in memory only, so whatever
@@ -339,7 +341,7 @@ fn correlate(
     progress.set(Stage::Flushing);
     engine.flush(now_ns(), &mut out);
     publish(&mut out, &shared, &mut writer, feed.as_mut());
-    if let Some(mut feed) = feed.take() {
+    if let Some(feed) = feed.as_mut() {
         feed.hand_over();
     }
     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();

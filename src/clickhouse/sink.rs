@@ -111,20 +111,6 @@ struct EncodedEvents {
     rows: usize,
 }
 
-impl EncodedEvents {
-    fn of(events: &[Event]) -> Self {
-        // ~250 bytes an event with the loadgen's mix; one allocation for most batches.
-        let mut bytes = Vec::with_capacity(events.len() * 256);
-        for e in events {
-            write_event(e, &mut bytes);
-        }
-        EncodedEvents {
-            chunks: vec![Bytes::from(bytes)],
-            rows: events.len(),
-        }
-    }
-}
-
 impl Rows for EncodedEvents {
     fn len(&self) -> usize {
         self.rows
@@ -166,12 +152,11 @@ pub struct Handover {
 pub const HANDOVER_ROWS: usize = 1024;
 
 impl Handover {
-    /// Encodes the events now, on the caller's thread (RowBinary, as [`Sink::events`]).
+    /// Encodes the events now, on the caller's thread, in RowBinary by [`write_event`]: no
+    /// row structs, and the sink thread only hands the bytes on.
     pub fn add_events(&mut self, events: &[Event]) {
-        if self.events.capacity() == 0 {
-            // ~250 bytes an event with the loadgen's mix.
-            self.events.reserve(HANDOVER_ROWS * 256);
-        }
+        // ~250 bytes an event with the loadgen's mix; one allocation for most batches.
+        self.events.reserve(events.len() * 256);
         for e in events {
             write_event(e, &mut self.events);
         }
@@ -252,10 +237,13 @@ impl Sink {
     /// Blocks while the sink is full: that is the push-back. Returns false once the sink
     /// thread has ended (it logged why).
     pub fn events(&self, events: &[Event]) -> bool {
-        events.is_empty() || self.send(Batch::Events(EncodedEvents::of(events)))
+        let mut handover = Handover::default();
+        handover.add_events(events);
+        self.hand_over(&mut handover)
     }
 
-    /// Hands over everything `handover` gathered; blocks, and returns, as [`Sink::events`].
+    /// Hands over everything `handover` gathered, one batch per table (none when empty);
+    /// blocks, and returns, as [`Sink::events`].
     pub fn hand_over(&self, handover: &mut Handover) -> bool {
         let mut sent = true;
         if handover.event_rows > 0 {
@@ -273,10 +261,9 @@ impl Sink {
     }
 
     pub fn findings(&self, findings: &[Finding]) -> bool {
-        findings.is_empty()
-            || self.send(Batch::Findings(
-                findings.iter().map(FindingRow::from).collect(),
-            ))
+        let mut handover = Handover::default();
+        handover.add_findings(findings);
+        self.hand_over(&mut handover)
     }
 
     /// Whether the channel is at least three quarters full. The Kafka poll loop must keep
@@ -567,7 +554,7 @@ mod tests {
     }
 
     /// A hand-over gathers rows until it is due, then sends them as one batch per table,
-    /// encoded as `Sink::events` encodes them, and starts empty again.
+    /// each event encoded by `write_event`, and starts empty again.
     #[test]
     fn a_handover_sends_what_it_gathered_in_one_batch_per_table() {
         let client = Client::default().with_url("http://127.0.0.1:1");
@@ -588,7 +575,10 @@ mod tests {
         assert!(!handover.due());
         handover.add_findings(&[crate::clickhouse::rows::tests::finding()]);
         assert!(handover.due());
-        let expected = EncodedEvents::of(&events).chunks.concat();
+        let mut expected = Vec::new();
+        for e in &events {
+            write_event(e, &mut expected);
+        }
         assert_eq!(handover.events, expected);
 
         let queued = sink.metrics.backlog_rows();
