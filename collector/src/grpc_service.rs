@@ -3,12 +3,20 @@
 //! strings for each of the ~23 attributes a span carries. Here the message is read into
 //! events by the wire reader ([`crate::wire`]) that OTLP/HTTP protobuf uses, and goes to
 //! prost (then the transforms) only when that reader does not take it (so a malformed
-//! message still gets prost's error). Routing, compression, the message size limit and the
-//! answer for an unknown method are tonic's, as in the generated code.
+//! message still gets prost's error). Routing and the answer for an unknown method are
+//! tonic's, as in the generated code.
+//!
+//! An uncompressed call (what SDKs send by default) skips tonic's decode buffer too: tonic
+//! copies every frame into a buffer grown from 8 KiB, while an SDK batch arrives in one
+//! HTTP/2 frame (we advertise 256 KiB frames), so [`Gather`] reads the message straight out
+//! of that frame, or joins the frames once into a buffer sized from the message's prefix.
+//! Its refusals (size limit, compressed flag, truncation) carry tonic's codes and texts.
+//! Compressed calls go through tonic's codec, which inflates them within the limit.
 
 use crate::decoded::Decoded;
 use crate::transform::{decode_logs, decode_traces};
-use bytes::Buf;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::convert::Infallible;
@@ -116,8 +124,12 @@ where
         if req.uri().path() != Req::PATH {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
-        let method = Unary(self.export.clone());
         let limit = self.max_decoding_message_size;
+        if is_identity(req.headers()) {
+            let export = self.export.clone();
+            return Box::pin(async move { Ok(plain_unary(export, limit, req.into_body()).await) });
+        }
+        let method = Unary(self.export.clone());
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(PrunedCodec::<Req, Resp>(PhantomData))
                 .accept_compressed(CompressionEncoding::Gzip)
@@ -201,14 +213,7 @@ impl<M: OtlpRequest> Decoder for PrunedDecoder<M> {
             copy = buf.copy_to_bytes(wire_len);
             &copy[..]
         };
-        // The same error text (and INTERNAL code) as tonic-prost, which the rejection
-        // counting in `grpc` recognises.
-        let decoded = match M::read(raw) {
-            Some(decoded) => decoded,
-            None => M::decode(raw)
-                .map_err(|e| Status::internal(e.to_string()))?
-                .transform(),
-        };
+        let decoded = decode::<M>(raw)?;
         if buf.remaining() > 0 {
             buf.advance(wire_len);
         }
@@ -217,5 +222,342 @@ impl<M: OtlpRequest> Decoder for PrunedDecoder<M> {
             wire_len,
             request: PhantomData,
         }))
+    }
+}
+
+/// One message's events: the wire reader's, or prost's and the transforms' when the reader
+/// leaves it. A message neither takes is refused with tonic-prost's error text and
+/// INTERNAL code, which the rejection counting in `grpc` recognises.
+fn decode<M: OtlpRequest>(raw: &[u8]) -> Result<Decoded, Status> {
+    Ok(match M::read(raw) {
+        Some(decoded) => decoded,
+        None => M::decode(raw)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .transform(),
+    })
+}
+
+/// Whether the call's message is uncompressed (no `grpc-encoding`, or `identity`).
+fn is_identity(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("grpc-encoding")
+        .is_none_or(|v| v.as_bytes() == b"identity")
+}
+
+/// A unary call over an uncompressed body: the message gathered without tonic's copy,
+/// decoded, exported, and the answer (or the refusal, with its status in the headers as
+/// tonic sends it) built here.
+async fn plain_unary<Req, Resp, B>(
+    export: Export<Req, Resp>,
+    limit: usize,
+    body: B,
+) -> http::Response<tonic::body::Body>
+where
+    Req: OtlpRequest,
+    Resp: prost::Message,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let answer = async {
+        let message = read_message(body, limit).await?;
+        let received = Received {
+            decoded: decode::<Req>(&message)?,
+            wire_len: message.len(),
+            request: PhantomData,
+        };
+        // The frame goes back before the export waits for room in the correlator's queue.
+        drop(message);
+        export(received).await
+    }
+    .await;
+    match answer {
+        Ok(response) => reply(&response),
+        Err(status) => status.into_http(),
+    }
+}
+
+/// The one message of a unary call's body, without its 5-byte prefix.
+async fn read_message<B>(body: B, limit: usize) -> Result<Bytes, Status>
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let mut body = std::pin::pin!(body);
+    let mut gather = Gather::new(limit);
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            // As tonic: a client that cancels has simply ended its stream.
+            Err(e) => match Status::from_error(e.into()) {
+                status if status.code() == tonic::Code::Cancelled => break,
+                status => return Err(status),
+            },
+        };
+        // Trailers carry nothing a unary OTLP export reads.
+        if let Ok(mut data) = frame.into_data() {
+            gather.push(data.copy_to_bytes(data.remaining()))?;
+        }
+    }
+    gather.finish()
+}
+
+/// The gRPC message prefix: a compressed flag and a big-endian length.
+const PREFIX: usize = 5;
+
+/// Gathers a unary call's one length-prefixed message from its body's data frames. A
+/// message that arrives in one frame is that frame, not copied; one spread over several is
+/// joined once into a buffer sized from its prefix. Refuses, as soon as the prefix is in,
+/// a compressed flag (the call named no encoding) and a length over the limit; and anything
+/// after the message.
+struct Gather {
+    limit: usize,
+    /// The only chunk so far.
+    first: Option<Bytes>,
+    /// The chunks so far, once there are two.
+    joined: Option<BytesMut>,
+    /// The message's length, once the prefix is in.
+    declared: Option<usize>,
+}
+
+impl Gather {
+    fn new(limit: usize) -> Self {
+        Gather {
+            limit,
+            first: None,
+            joined: None,
+            declared: None,
+        }
+    }
+
+    fn gathered(&self) -> &[u8] {
+        match (&self.joined, &self.first) {
+            (Some(joined), _) => joined,
+            (None, Some(first)) => first,
+            (None, None) => &[],
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) -> Result<(), Status> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if let Some(joined) = &mut self.joined {
+            joined.extend_from_slice(&chunk);
+        } else if let Some(first) = self.first.take() {
+            let mut room = first.len() + chunk.len();
+            if let Some(len) = self.declared {
+                room = room.max(PREFIX + len);
+            }
+            let mut joined = BytesMut::with_capacity(room);
+            joined.extend_from_slice(&first);
+            joined.extend_from_slice(&chunk);
+            self.joined = Some(joined);
+        } else {
+            self.first = Some(chunk);
+        }
+        if self.declared.is_none() {
+            self.declared = self.prefix()?;
+        }
+        match self.declared {
+            Some(len) if self.gathered().len() > PREFIX + len => Err(Status::internal(
+                "protocol error: more than one message in a unary call",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The declared length, once the prefix is in: tonic's checks, in tonic's words.
+    fn prefix(&self) -> Result<Option<usize>, Status> {
+        let Some(prefix) = self.gathered().get(..PREFIX) else {
+            return Ok(None);
+        };
+        match prefix[0] {
+            0 => {}
+            // https://grpc.github.io/grpc/core/md_doc_compression.html: a set flag without
+            // a grpc-encoding MUST fail with INTERNAL.
+            1 => {
+                return Err(Status::internal(
+                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                ))
+            }
+            f => {
+                return Err(Status::internal(format!(
+                    "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1), while sending request"
+                )))
+            }
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > self.limit {
+            return Err(Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                self.limit
+            )));
+        }
+        Ok(Some(len))
+    }
+
+    /// The message, once the body has ended.
+    fn finish(self) -> Result<Bytes, Status> {
+        let Some(len) = self.declared else {
+            return Err(if self.gathered().is_empty() {
+                Status::internal("Missing request message.")
+            } else {
+                Status::internal("Unexpected EOF decoding stream.")
+            });
+        };
+        let all = match (self.joined, self.first) {
+            (Some(joined), _) => joined.freeze(),
+            (None, Some(first)) => first,
+            (None, None) => Bytes::new(),
+        };
+        if all.len() < PREFIX + len {
+            return Err(Status::internal("Unexpected EOF decoding stream."));
+        }
+        Ok(all.slice(PREFIX..))
+    }
+}
+
+/// The successful answer to a unary call: the message, uncompressed (a server may always
+/// answer so), and `grpc-status: 0` in the trailers.
+fn reply<M: prost::Message>(message: &M) -> http::Response<tonic::body::Body> {
+    let len = message.encoded_len();
+    let mut data = BytesMut::with_capacity(PREFIX + len);
+    data.put_u8(0);
+    data.put_u32(len as u32);
+    message
+        .encode(&mut data)
+        .expect("the buffer is sized from encoded_len");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = Full::new(data.freeze()).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut v = vec![0];
+        v.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        v.extend_from_slice(message);
+        v
+    }
+
+    fn gather(limit: usize, chunks: &[&[u8]]) -> Result<Bytes, Status> {
+        let mut g = Gather::new(limit);
+        for c in chunks {
+            g.push(Bytes::copy_from_slice(c))?;
+        }
+        g.finish()
+    }
+
+    #[test]
+    fn a_message_in_one_frame_is_that_frame_not_a_copy() {
+        let frame = Bytes::from(framed(b"an export request"));
+        let mut g = Gather::new(1024);
+        g.push(frame.clone()).unwrap();
+        let message = g.finish().unwrap();
+        assert_eq!(&message[..], b"an export request");
+        assert_eq!(message.as_ptr(), frame[PREFIX..].as_ptr());
+    }
+
+    #[test]
+    fn a_message_over_several_frames_is_joined_once_in_a_buffer_of_its_size() {
+        let whole = framed(&[7u8; 1000]);
+        // The prefix itself split across frames, then uneven pieces.
+        let pieces: Vec<&[u8]> = vec![&whole[..2], &whole[2..9], &whole[9..500], &whole[500..]];
+        assert_eq!(&gather(1000, &pieces).unwrap()[..], &[7u8; 1000][..]);
+
+        let mut g = Gather::new(1000);
+        g.push(Bytes::copy_from_slice(&whole[..100])).unwrap();
+        g.push(Bytes::copy_from_slice(&whole[100..200])).unwrap();
+        let joined = g.joined.as_ref().unwrap();
+        assert!(joined.capacity() >= whole.len(), "{}", joined.capacity());
+        g.push(Bytes::copy_from_slice(&whole[200..])).unwrap();
+        assert_eq!(g.finish().unwrap().len(), 1000);
+
+        // Empty frames change nothing; an empty message is a message.
+        assert_eq!(gather(10, &[&[], &framed(b"")[..], &[]]).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn refusals_carry_tonics_codes_and_words() {
+        let refused = |limit, chunks: &[&[u8]]| gather(limit, chunks).unwrap_err();
+
+        let e = refused(10, &[]);
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::Internal, "Missing request message.")
+        );
+        for truncated in [&framed(b"abc")[..3], &framed(b"abc")[..7]] {
+            let e = refused(10, &[truncated]);
+            assert_eq!(e.code(), Code::Internal);
+            assert_eq!(e.message(), "Unexpected EOF decoding stream.");
+        }
+
+        let mut compressed = framed(b"abc");
+        compressed[0] = 1;
+        let e = refused(10, &[&compressed]);
+        assert_eq!(e.code(), Code::Internal);
+        assert!(
+            e.message().contains("compressed-flag but no grpc-encoding"),
+            "{e}"
+        );
+        compressed[0] = 2;
+        assert!(refused(10, &[&compressed])
+            .message()
+            .contains("invalid compression flag: 2"));
+
+        // Over the limit: refused on the prefix alone, before the message is read.
+        let big = framed(&[0u8; 11]);
+        let mut g = Gather::new(10);
+        let e = g.push(Bytes::copy_from_slice(&big[..PREFIX])).unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange);
+        assert!(
+            e.message()
+                .contains("found 11 bytes, the limit is: 10 bytes"),
+            "{e}"
+        );
+        assert_eq!(gather(11, &[&big]).unwrap().len(), 11);
+
+        // A second message (or stray bytes) after the first.
+        let mut two = framed(b"one");
+        two.extend_from_slice(&framed(b"two"));
+        let e = refused(10, &[&two]);
+        assert_eq!(e.code(), Code::Internal);
+        assert!(e.message().contains("more than one message"), "{e}");
+        let e = refused(10, &[&framed(b"one"), &[0]]);
+        assert!(e.message().contains("more than one message"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_reply_is_the_prefixed_message_then_status_ok() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        let message = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "three spans without a name".into(),
+            }),
+        };
+        let response = reply(&message);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        let body = response.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        let data = body.to_bytes();
+        assert_eq!(data[0], 0);
+        let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, data.len() - PREFIX);
+        let back = <ExportTraceServiceResponse as prost::Message>::decode(&data[PREFIX..]).unwrap();
+        assert_eq!(back, message);
     }
 }
