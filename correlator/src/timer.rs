@@ -9,11 +9,12 @@
 //! Timers are not cancelled: the payload names a record by slot and generation, and the
 //! handler checks that the record is still the one (and in the state) the timer was set for.
 
+use crate::fifo::Fifo;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 
 pub(crate) struct TimerQueue<P: Ord + Copy> {
-    run: VecDeque<(u64, P)>,
+    run: Fifo<(u64, P)>,
     stragglers: BinaryHeap<Reverse<(u64, P)>>,
     /// The earliest deadline (`u64::MAX` when empty), cached: the engine asks before every
     /// event, far more often than timers are set or fire.
@@ -23,7 +24,7 @@ pub(crate) struct TimerQueue<P: Ord + Copy> {
 impl<P: Ord + Copy> TimerQueue<P> {
     pub fn new() -> Self {
         TimerQueue {
-            run: VecDeque::new(),
+            run: Fifo::new(),
             stragglers: BinaryHeap::new(),
             head: u64::MAX,
         }
@@ -31,7 +32,7 @@ impl<P: Ord + Copy> TimerQueue<P> {
 
     /// Heap bytes held by the two queues.
     pub fn heap_bytes(&self) -> usize {
-        (self.run.capacity() + self.stragglers.capacity()) * std::mem::size_of::<(u64, P)>()
+        self.run.heap_bytes() + self.stragglers.capacity() * std::mem::size_of::<(u64, P)>()
     }
 
     pub fn push(&mut self, deadline: u64, payload: P) {
@@ -72,10 +73,12 @@ impl<P: Ord + Copy> TimerQueue<P> {
             false => self.stragglers.pop().map(|r| r.0),
         };
         self.head = self.peek().map_or(u64::MAX, |(d, _)| d);
-        if self.run.is_empty() && self.stragglers.is_empty() && self.run.capacity() > 4096 {
+        if self.run.is_empty() && self.stragglers.is_empty() {
             // A drained queue gives its memory back (end of input, or after a burst).
-            self.run = VecDeque::new();
-            self.stragglers = BinaryHeap::new();
+            self.run.shrink();
+            if self.stragglers.capacity() > 4096 {
+                self.stragglers = BinaryHeap::new();
+            }
         }
         popped
     }
