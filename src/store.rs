@@ -8,9 +8,8 @@ mod summary;
 
 pub use summary::{Summary, RATE_SECONDS};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use summary::{kind_index, Aggregates, KINDS};
-use toctou_correlator::fifo::Fifo;
 use toctou_schema::{Finding, FindingKind};
 
 /// Most (service, operation) label pairs on `toctou_service_findings_total`; findings of
@@ -35,9 +34,7 @@ pub struct Query {
 
 pub struct FindingStore {
     capacity: usize,
-    /// In chunks: the store fills over minutes to its bound, and a doubling `VecDeque`
-    /// would copy it all at every doubling.
-    findings: Fifo<Finding>,
+    findings: VecDeque<Finding>,
     /// Findings pushed out by newer ones; reported on /metrics so that a full store is visible.
     dropped: u64,
     /// Findings ever stored, by (service, operation) and kind; bounded by MAX_SERVICE_SERIES.
@@ -52,7 +49,7 @@ impl FindingStore {
     pub fn new(capacity: usize) -> FindingStore {
         FindingStore {
             capacity,
-            findings: Fifo::new(),
+            findings: VecDeque::with_capacity(capacity.min(1024)),
             dropped: 0,
             by_service: BTreeMap::new(),
             by_service_overflow: 0,

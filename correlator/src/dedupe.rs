@@ -6,14 +6,14 @@
 //! window has passed the processing clock, or early when the set is full (counted by the
 //! caller). Checks are not kept here: a check's own pending entry recognises its redelivery.
 
-use crate::fifo::Fifo;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
+use std::collections::VecDeque;
 
 pub(crate) struct Dedupe {
     set: HashTable<[u64; 2]>,
     /// Insertion order with each entry's expiry: event time + window.
-    order: Fifo<(u64, [u64; 2])>,
+    order: VecDeque<(u64, [u64; 2])>,
     window_ns: u64,
     max: usize,
 }
@@ -32,7 +32,7 @@ impl Dedupe {
     pub fn new(window_ns: u64, max: usize) -> Self {
         Dedupe {
             set: HashTable::new(),
-            order: Fifo::new(),
+            order: VecDeque::new(),
             window_ns,
             max,
         }
@@ -68,8 +68,8 @@ impl Dedupe {
             self.order.pop_front();
             self.forget(ident);
         }
-        if self.order.is_empty() && self.set.capacity() > 4096 {
-            self.order.shrink();
+        if self.order.is_empty() && self.order.capacity() > 4096 {
+            self.order = VecDeque::new();
             self.set = HashTable::new();
         }
     }

@@ -20,8 +20,7 @@
 //! - `report`: findings with their evidence and deterministic ids.
 //! - Storage underneath: `item` (the compact form of an event), `buffer` (reorder buffer),
 //!   `timer` (deadline queues), `table` (slab plus hash index), `intern` and `symbols`
-//!   (refcounted names), `compact` (short strings without allocation), [`fifo`] (queues
-//!   that grow by chunks, also the binary's findings store's).
+//!   (refcounted names), `compact` (short strings without allocation).
 //!
 //! # Memory and speed
 //! A pending check costs about 157 bytes all told (a 104-byte record, its hash index entry
@@ -38,7 +37,6 @@ mod creates;
 mod decide;
 mod dedupe;
 mod engine;
-pub mod fifo;
 mod intern;
 mod item;
 mod keys;

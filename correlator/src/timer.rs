@@ -9,12 +9,11 @@
 //! Timers are not cancelled: the payload names a record by slot and generation, and the
 //! handler checks that the record is still the one (and in the state) the timer was set for.
 
-use crate::fifo::Fifo;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 pub(crate) struct TimerQueue<P: Ord + Copy> {
-    run: Fifo<(u64, P)>,
+    run: VecDeque<(u64, P)>,
     stragglers: BinaryHeap<Reverse<(u64, P)>>,
     /// The earliest deadline (`u64::MAX` when empty), cached: the engine asks before every
     /// event, far more often than timers are set or fire.
@@ -24,7 +23,7 @@ pub(crate) struct TimerQueue<P: Ord + Copy> {
 impl<P: Ord + Copy> TimerQueue<P> {
     pub fn new() -> Self {
         TimerQueue {
-            run: Fifo::new(),
+            run: VecDeque::new(),
             stragglers: BinaryHeap::new(),
             head: u64::MAX,
         }
@@ -32,7 +31,7 @@ impl<P: Ord + Copy> TimerQueue<P> {
 
     /// Heap bytes held by the two queues.
     pub fn heap_bytes(&self) -> usize {
-        self.run.heap_bytes() + self.stragglers.capacity() * std::mem::size_of::<(u64, P)>()
+        (self.run.capacity() + self.stragglers.capacity()) * std::mem::size_of::<(u64, P)>()
     }
 
     pub fn push(&mut self, deadline: u64, payload: P) {
@@ -73,12 +72,10 @@ impl<P: Ord + Copy> TimerQueue<P> {
             false => self.stragglers.pop().map(|r| r.0),
         };
         self.head = self.peek().map_or(u64::MAX, |(d, _)| d);
-        if self.run.is_empty() && self.stragglers.is_empty() {
+        if self.run.is_empty() && self.stragglers.is_empty() && self.run.capacity() > 4096 {
             // A drained queue gives its memory back (end of input, or after a burst).
-            self.run.shrink();
-            if self.stragglers.capacity() > 4096 {
-                self.stragglers = BinaryHeap::new();
-            }
+            self.run = VecDeque::new();
+            self.stragglers = BinaryHeap::new();
         }
         popped
     }
