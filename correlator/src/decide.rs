@@ -236,7 +236,8 @@ impl Engine {
     }
 
     /// The use's own write: a write of the resource by the same request after its check,
-    /// the one nearest its span by commit time (within the lateness of it).
+    /// the first inside its span, else the nearest to it by commit time within the lateness
+    /// (the earlier one on a tie).
     fn own_write(&self, w: &WaitingUse) -> Option<OwnWrite> {
         if w.span.request.is_none() {
             return None;
@@ -244,31 +245,38 @@ impl Engine {
         let long = &self.sym.long;
         let history = &self.sym.resources.value(w.span.resource).history;
         let (start, end) = (w.span.start_ns, w.end_ns());
-        let from = history.partition_point(|a| a.time < start.saturating_sub(self.lateness_ns));
-        let to = history.partition_point(|a| a.time <= end.saturating_add(self.lateness_ns));
         let checked = w.check.version.version_int(long);
-        let distance = |t: u64| start.saturating_sub(t).max(t.saturating_sub(end));
-        let mut best: Option<(u64, usize)> = None;
-        for (i, a) in history.range(from..to).enumerate() {
-            let i = from + i;
-            if a.request != w.span.request {
-                continue;
+        let own = |i: usize| {
+            let a = &history[i];
+            a.request == w.span.request
+                && match (checked, a.version_int(long)) {
+                    (Some(c), Some(v)) => v > c,
+                    _ => a.time > w.check.time,
+                }
+        };
+        // Inside the span first (the usual place: the first one there), then outwards from
+        // it on each side, so a hot resource's history is read only as far as the nearest.
+        let first_in = history.partition_point(|a| a.time < start);
+        let after_end = history.partition_point(|a| a.time <= end);
+        let found = (first_in..after_end).find(|&i| own(i)).or_else(|| {
+            let earliest = start.saturating_sub(self.lateness_ns);
+            let latest = end.saturating_add(self.lateness_ns);
+            let before = (0..first_in)
+                .rev()
+                .take_while(|&i| history[i].time >= earliest)
+                .find(|&i| own(i));
+            let after = (after_end..history.len())
+                .take_while(|&i| history[i].time <= latest)
+                .find(|&i| own(i));
+            match (before, after) {
+                (Some(b), Some(a)) if history[a].time - end < start - history[b].time => Some(a),
+                (Some(b), _) => Some(b),
+                (None, a) => a,
             }
-            let after_check = match (checked, a.version_int(long)) {
-                (Some(c), Some(v)) => v > c,
-                _ => a.time > w.check.time,
-            };
-            if !after_check {
-                continue;
-            }
-            let d = distance(a.time);
-            if best.is_none_or(|(bd, _)| d < bd) {
-                best = Some((d, i));
-            }
-        }
-        best.map(|(_, i)| OwnWrite {
-            time: history[i].time,
-            version: history[i].version_int(long),
+        })?;
+        Some(OwnWrite {
+            time: history[found].time,
+            version: history[found].version_int(long),
         })
     }
 
