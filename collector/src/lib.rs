@@ -50,7 +50,9 @@ pub use config::{
     ReceiverConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_SUBMIT_TIMEOUT,
 };
-pub use decoded::{Decoded, IgnoreReason, IgnoredCounts, RejectReason, Rejection, Signal};
+pub use decoded::{
+    Decoded, IgnoreReason, IgnoredCounts, RejectReason, RejectedCounts, Rejection, Signal,
+};
 pub use error::{ConfigError, DecodeError, IngestError, ServeError, SinkError};
 pub use grpc::{serve_grpc, serve_grpc_on};
 pub use http::{http_router, secured_http_router, serve_http, serve_http_on};
