@@ -8,14 +8,18 @@
 //!   commit order.
 //! - [`load`]: pace, race window, run tag and the per-kind counts the workloads share.
 //! - one module per workload: [`inventory`], [`payments`], [`claims`], [`authz`],
-//!   [`pricing`]; each owns its tables, its racing workers and its ground-truth SQL.
+//!   [`pricing`], [`accounts`]; each owns its tables, its racing workers and its
+//!   ground-truth SQL.
 //! - [`telemetry`]: the OpenTelemetry SDK set-up of each demo service; [`delivery`]: what
-//!   the SDK was handed and what its exporters delivered (push-back, and the report).
+//!   the SDK was handed and what its exporters delivered (push-back, and the report);
+//!   [`clock`]: services on hosts whose clocks are off.
 //! - [`embedded`]: the `toctou run` the demo starts when nothing answers.
 //! - [`compare`]: the findings API read back, and the comparison printed.
 
+mod accounts;
 mod authz;
 mod claims;
+mod clock;
 mod compare;
 mod db;
 mod delivery;
@@ -29,13 +33,14 @@ mod telemetry;
 use crate::access::Secret;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use clock::ClockOffset;
 use load::{Counts, Load, Pacer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use telemetry::{Service, Transport};
+use telemetry::{Exporting, Service, Transport};
 
 /// The pair TTL of the `toctou run` the demo starts itself: short, so orphan checks and
 /// partial creates are decided (after two TTLs) within seconds of the traffic.
@@ -43,7 +48,7 @@ const EMBEDDED_PAIR_TTL: Duration = Duration::from_secs(5);
 /// The pair TTL assumed of a running `toctou run` (its default) when none is given.
 const DEFAULT_PAIR_TTL: Duration = Duration::from_secs(30);
 
-/// The demo's workloads, as named by `--workload-rate`.
+/// The demo's workloads, as named by `--workloads` and `--workload-rate`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     Inventory,
@@ -51,17 +56,34 @@ pub enum Workload {
     Claims,
     Authz,
     Pricing,
+    Accounts,
 }
 
 impl Workload {
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 6] = [
         Workload::Inventory,
         Workload::Payments,
         Workload::Claims,
         Workload::Authz,
         Workload::Pricing,
+        Workload::Accounts,
     ];
 }
+
+/// The demo's services by `service.name`, as `--sdk-default-delays` and `--clock-offset`
+/// name them; `demo-db` is the database's relay, which sends the audit records.
+const SERVICES: [&str; 10] = [
+    "inventory-api",
+    "inventory-sync",
+    "payments-webhook",
+    "docs-api",
+    "claims-controller-a",
+    "claims-controller-b",
+    "pricing-api",
+    "accounts-api",
+    "accounts-standing-orders",
+    "demo-db",
+];
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -85,9 +107,26 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// The rate of one workload, overriding --rate for it: NAME=RATE (repeatable), NAME
-    /// one of inventory, payments, claims, authz, pricing.
+    /// one of inventory, payments, claims, authz, pricing, accounts.
     #[arg(long, value_parser = parse_workload_rate)]
     pub workload_rate: Vec<(Workload, f64)>,
+    /// Run only these workloads (comma-separated or repeated); default: all of them.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub workloads: Vec<Workload>,
+    /// Services that export on the OpenTelemetry SDK's default batch schedule (spans every
+    /// 5 s, logs every 1 s) instead of the demo's 200 ms, as an application left at the
+    /// defaults does: their events reach toctou later than its default allowed lateness.
+    /// Comma-separated or repeated; names: inventory-api, inventory-sync, payments-webhook,
+    /// docs-api, claims-controller-a, claims-controller-b, pricing-api, accounts-api,
+    /// accounts-standing-orders, demo-db (the database's audit records).
+    #[arg(long, value_delimiter = ',')]
+    pub sdk_default_delays: Vec<String>,
+    /// A service on a host whose clock is off: SERVICE=OFFSET (repeatable), e.g.
+    /// accounts-api=-200ms or demo-db=+150ms; every time its SDK records (span start and
+    /// end, audit record times) is shifted by OFFSET. Service names as for
+    /// --sdk-default-delays.
+    #[arg(long, value_parser = parse_clock_offset)]
+    pub clock_offset: Vec<(String, ClockOffset)>,
     /// Longest wait between a check and its use: wider windows race more often.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub race_window: Duration,
@@ -120,7 +159,10 @@ fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=RATE, got {s:?}"))?;
     let workload = Workload::from_str(name, true).map_err(|_| {
-        format!("unknown workload {name:?}: one of inventory, payments, claims, authz, pricing")
+        format!(
+            "unknown workload {name:?}: one of inventory, payments, claims, authz, pricing, \
+             accounts"
+        )
     })?;
     let rate: f64 = rate
         .parse()
@@ -129,6 +171,13 @@ fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
         return Err(format!("invalid rate {rate}: at least 0"));
     }
     Ok((workload, rate))
+}
+
+fn parse_clock_offset(s: &str) -> Result<(String, ClockOffset), String> {
+    let (service, offset) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SERVICE=OFFSET, got {s:?}"))?;
+    Ok((service.to_string(), ClockOffset::parse(offset)?))
 }
 
 impl DemoArgs {
@@ -142,6 +191,9 @@ impl DemoArgs {
             concurrency: 4,
             rate: 100.0,
             workload_rate: Vec::new(),
+            workloads: Vec::new(),
+            sdk_default_delays: Vec::new(),
+            clock_offset: Vec::new(),
             race_window: Duration::from_millis(20),
             pair_ttl: None,
             allowed_lateness: Duration::from_secs(2),
@@ -160,6 +212,28 @@ impl DemoArgs {
             .map_or(self.rate, |(_, r)| *r)
     }
 
+    /// The workloads to run: those named by --workloads, else all.
+    fn selected(&self) -> Vec<Workload> {
+        Workload::ALL
+            .into_iter()
+            .filter(|w| self.workloads.is_empty() || self.workloads.contains(w))
+            .collect()
+    }
+
+    /// How the service named `name` exports.
+    fn exporting(&self, name: &str) -> Exporting {
+        Exporting {
+            sdk_default_delays: self.sdk_default_delays.iter().any(|s| s == name),
+            clock: self
+                .clock_offset
+                .iter()
+                .rev()
+                .find(|(s, _)| s == name)
+                .map(|(_, o)| *o)
+                .unwrap_or_default(),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if !self.rate.is_finite() || self.rate < 0.0 {
             bail!(
@@ -169,6 +243,18 @@ impl DemoArgs {
         }
         if self.concurrency == 0 {
             bail!("--concurrency must be at least 1");
+        }
+        let named = self
+            .sdk_default_delays
+            .iter()
+            .chain(self.clock_offset.iter().map(|(s, _)| s));
+        for service in named {
+            if !SERVICES.contains(&service.as_str()) {
+                bail!(
+                    "no demo service is called {service:?}: one of {}",
+                    SERVICES.join(", ")
+                );
+            }
         }
         if let Some(db) = self.db.as_ref().filter(|p| p.exists()) {
             // Checked again when the file is created; here, before any server is started.
@@ -256,6 +342,7 @@ async fn traffic_and_compare(
             args.token.as_ref(),
             &delivery,
             audit,
+            args.exporting(name),
         )?))
     };
     let svc = |name: &str| service(name, false);
@@ -266,6 +353,7 @@ async fn traffic_and_compare(
         docs: svc("docs-api")?,
         claims: [svc("claims-controller-a")?, svc("claims-controller-b")?],
         pricing: svc("pricing-api")?,
+        accounts: [svc("accounts-api")?, svc("accounts-standing-orders")?],
         db: service("demo-db", true)?,
     };
     let schemas = [
@@ -274,12 +362,14 @@ async fn traffic_and_compare(
         claims::SCHEMA,
         authz::SCHEMA,
         pricing::SCHEMA,
+        accounts::SCHEMA,
     ];
     let db = Arc::new(db::Db::create(&db_path, &schemas, services.db.clone())?);
     let until = Instant::now() + args.duration;
-    let loads: Vec<(Workload, Load)> = Workload::ALL
-        .iter()
-        .map(|&w| {
+    let loads: Vec<(Workload, Load)> = args
+        .selected()
+        .into_iter()
+        .map(|w| {
             (
                 w,
                 Load {
@@ -297,7 +387,7 @@ async fn traffic_and_compare(
     report(
         compare,
         format!(
-        "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}",
+        "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}{}",
         loads.len(),
         args.concurrency,
         humantime::format_duration(args.race_window),
@@ -309,6 +399,7 @@ async fn traffic_and_compare(
             .join(" "),
         db_path.display(),
         if keep_db { "" } else { " (temporary)" },
+        exporting_note(args),
     ),
     );
     tracing::info!(endpoint = %args.endpoint, transport = ?args.transport, "demo traffic started");
@@ -340,6 +431,7 @@ async fn traffic_and_compare(
         c += claims::truth(&conn)?;
         c += authz::truth(&conn)?;
         c += pricing::truth(&conn)?;
+        c += accounts::truth(&conn)?;
         Ok(c)
     });
     drop(db);
@@ -409,6 +501,25 @@ async fn traffic_and_compare(
     compare::print(&truth, &found, !args.no_settle, &notes)
 }
 
+/// The services that do not export as the demo's do by default, for the run's first line.
+fn exporting_note(args: &DemoArgs) -> String {
+    let mut notes = Vec::new();
+    for name in SERVICES {
+        let e = args.exporting(name);
+        if e.sdk_default_delays {
+            notes.push(format!("{name} on the SDK's default export schedule"));
+        }
+        if !e.clock.is_zero() {
+            notes.push(format!("{name}'s clock at {}", e.clock));
+        }
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", notes.join(", "))
+    }
+}
+
 /// The demo's own lines go to stdout when it compares (`toctou demo`), and to the log when
 /// it runs inside `toctou run --demo`, whose stdout carries findings as JSON lines.
 fn report(to_stdout: bool, line: String) {
@@ -428,6 +539,8 @@ struct Services {
     docs: Arc<Service>,
     claims: [Arc<Service>; 2],
     pricing: Arc<Service>,
+    /// The tellers' API and the standing-orders job.
+    accounts: [Arc<Service>; 2],
     db: Arc<Service>,
 }
 
@@ -441,6 +554,8 @@ impl Services {
             self.claims[0].clone(),
             self.claims[1].clone(),
             self.pricing.clone(),
+            self.accounts[0].clone(),
+            self.accounts[1].clone(),
             self.db.clone(),
         ]
     }
@@ -461,6 +576,7 @@ fn run_all(s: &Services, db: &db::Db, loads: &[(Workload, Load)]) -> Result<()> 
                     Workload::Claims => claims::run([&s.claims[0], &s.claims[1]], db, load),
                     Workload::Authz => authz::run(&s.docs, db, load),
                     Workload::Pricing => pricing::run(&s.pricing, db, load),
+                    Workload::Accounts => accounts::run(&s.accounts[0], &s.accounts[1], db, load),
                 });
                 (w, h)
             })
