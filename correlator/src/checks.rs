@@ -10,6 +10,7 @@
 use crate::compact::Compact;
 use crate::engine::Engine;
 use crate::metrics::EvictedState;
+use crate::symbols::Symbols;
 use crate::table::{Handle, Table};
 use crate::timer::TimerQueue;
 use hashbrown::DefaultHashBuilder;
@@ -44,6 +45,28 @@ pub(crate) struct CheckRecord {
     /// It replaced an earlier check of the same request (a late use from before it cannot
     /// be told which check it followed).
     pub superseded_earlier: bool,
+}
+
+impl CheckRecord {
+    /// A copy that holds references of its own, for a use that outlives its lookup.
+    pub fn share(&self, sym: &mut Symbols) -> CheckRecord {
+        CheckRecord {
+            time: self.time,
+            deadline: self.deadline,
+            trace: self.trace,
+            span: self.span,
+            resource: sym.resources.retain(self.resource),
+            profile: sym.profiles.retain(self.profile),
+            request: self.request.share(&mut sym.long),
+            version: self.version.share(&mut sym.long),
+            idem: self.idem.share(&mut sym.long),
+            decision: self.decision,
+            source: self.source,
+            state: self.state,
+            used: self.used,
+            superseded_earlier: self.superseded_earlier,
+        }
+    }
 }
 
 fn rehash(b: &DefaultHashBuilder, r: &CheckRecord) -> u64 {

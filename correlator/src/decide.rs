@@ -13,14 +13,9 @@ use crate::item::{AuditItem, SpanItem};
 use crate::keys::KeyedUse;
 use crate::metrics::EvictedState;
 use crate::report::Verdict;
-use crate::resources::{staleness, Pair, Staleness, MAX_EVIDENCE};
+use crate::resources::{staleness, OwnWrite, Pair, Staleness, MAX_EVIDENCE};
+use crate::waiting::{Prior, WaitingUse};
 use toctou_schema::{hex_id, AuditAction, Decision, Finding, FindingKind, UseOutcome, UseRef};
-
-/// An earlier use this one duplicates.
-enum Prior {
-    Key(UseRef),
-    Create(UseRef),
-}
 
 enum Stale {
     Yes(Verdict),
@@ -55,7 +50,14 @@ impl Engine {
         }
     }
 
-    pub(crate) fn on_use(&mut self, s: SpanItem, ident: [u64; 2], out: &mut Vec<Finding>) {
+    /// A use, processed at `placed_at` (its start, or its arrival when its clock is ahead).
+    pub(crate) fn on_use(
+        &mut self,
+        s: SpanItem,
+        ident: [u64; 2],
+        placed_at: u64,
+        out: &mut Vec<Finding>,
+    ) {
         let use_time = s.start_ns;
         if self.redelivered(ident, use_time) {
             s.release(&mut self.sym);
@@ -98,23 +100,37 @@ impl Engine {
                     .unwrap_or(false);
                 if s.permission_denied && allowed {
                     let slot = matched.expect("allowed implies matched");
-                    let mut v = self.policy_drift(slot, use_time).unwrap_or(Verdict {
-                        kind: FindingKind::AuthzDrift,
-                        reason: String::new(),
-                        intervening: Vec::new(),
-                        prior: None,
-                    });
+                    let check = self.checks.table.get(slot);
+                    let (profile, check_time) = (check.profile, check.time);
+                    // Refused: it did not act, so its time is its start.
+                    let mut v =
+                        self.policy_drift(profile, check_time, use_time)
+                            .unwrap_or(Verdict {
+                                kind: FindingKind::AuthzDrift,
+                                reason: String::new(),
+                                intervening: Vec::new(),
+                                prior: None,
+                            });
                     v.reason = "use was denied by permission after its check allowed it".into();
                     let f = self.use_finding(&s, Some(self.checks.table.get(slot)), v);
                     self.emit(f, use_time, out);
                 }
             }
-            UseOutcome::Ok => self.on_successful_use(&s, matched, out),
+            UseOutcome::Ok => return self.on_successful_use(s, matched, placed_at, out),
         }
         s.release(&mut self.sym);
     }
 
-    fn on_successful_use(&mut self, s: &SpanItem, matched: Option<u32>, out: &mut Vec<Finding>) {
+    /// Registers what a successful use made (its idempotency key, its create) at its start,
+    /// so that later uses see it, and decides it at once when its check alone decides it
+    /// (`unchecked_use`); otherwise it waits for its write (`waiting`).
+    fn on_successful_use(
+        &mut self,
+        s: SpanItem,
+        matched: Option<u32>,
+        placed_at: u64,
+        out: &mut Vec<Finding>,
+    ) {
         let mut prior = None;
         if !s.idem.is_none() {
             let operation = self.sym.profile(s.profile).operation.clone();
@@ -137,83 +153,194 @@ impl Engine {
             });
         }
         if self.sym.profile(s.profile).is_create {
-            if let Some(p) = self.create_from_use(s, out) {
+            if let Some(p) = self.create_from_use(&s, out) {
                 prior = prior.or(Some(Prior::Create(p)));
             }
         }
-        if let Some(v) = self.judge(s, matched, prior) {
+        let unchecked = match matched {
+            None => Some("use has no check by the same request on the resource before it"),
+            Some(slot) if self.checks.table.get(slot).decision == Decision::Deny => {
+                Some("use went ahead although its check denied")
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = unchecked {
+            let v = Verdict {
+                kind: FindingKind::UncheckedUse,
+                reason: reason.into(),
+                intervening: Vec::new(),
+                prior: None,
+            };
             let check = matched.map(|slot| self.checks.table.get(slot));
-            let f = self.use_finding(s, check, v);
+            let f = self.use_finding(&s, check, v);
             self.emit(f, s.start_ns, out);
+            s.release(&mut self.sym);
+            return;
+        }
+        let slot = matched.expect("unchecked handled above");
+        let check = self.checks.table.get(slot).share(&mut self.sym);
+        let w = WaitingUse {
+            span: s,
+            check,
+            prior,
+            placed_at,
+            waited: false,
+        };
+        // Its end, measured from its place in the order (a fast clock's span keeps its
+        // length, not its distance from the wall clock).
+        let deadline = placed_at.saturating_add(w.end_ns() - w.span.start_ns);
+        self.waiting.park(w, deadline);
+        while self.waiting.len > self.config.max_pending {
+            let Some((at, slot)) = self.waiting.timers.pop() else {
+                break;
+            };
+            self.stats.count_evicted(EvictedState::Use);
+            self.decide_waiting(at, slot, true, out);
         }
     }
 
-    /// The single finding for a successful use, first rule that applies.
+    /// Decision timer of a waiting use (or its early eviction): applies the rules that
+    /// depend on what happened while it ran, with its own write (or its end) as its time.
+    pub(crate) fn decide_waiting(
+        &mut self,
+        deadline: u64,
+        slot: u32,
+        evicted: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        let mut w = self.waiting.take(slot);
+        let own = self.own_write(&w);
+        if own.is_none() && !w.waited && !evicted && self.expects_own_write(&w) {
+            // Its own audit record may carry a commit time after the span's end (another
+            // clock, a commit after the span): wait for it, within the lateness.
+            w.waited = true;
+            let later = deadline.saturating_add(self.lateness_ns);
+            self.waiting.park(w, later);
+            return;
+        }
+        let effect = own.as_ref().map_or(w.end_ns(), |o| o.time);
+        if let Some(v) = self.judge(&w, own.as_ref(), effect, deadline) {
+            let f = self.use_finding(&w.span, Some(&w.check), v);
+            self.emit(f, w.end_ns(), out);
+        }
+        self.release_check(w.check);
+        w.span.release(&mut self.sym);
+    }
+
+    /// Whether a use's verdict needs its own audit record: it lacks a version on either
+    /// side (with both, the versions decide), and it has a request its record can name. The
+    /// resource's history may still be empty here: its first write can be the use's own,
+    /// committed after the span's end on the database's clock.
+    fn expects_own_write(&self, w: &WaitingUse) -> bool {
+        (w.check.version.is_none() || w.span.version.is_none()) && !w.span.request.is_none()
+    }
+
+    /// The use's own write: a write of the resource by the same request after its check,
+    /// the first inside its span, else the nearest to it by commit time within the lateness
+    /// (the earlier one on a tie).
+    fn own_write(&self, w: &WaitingUse) -> Option<OwnWrite> {
+        if w.span.request.is_none() {
+            return None;
+        }
+        let long = &self.sym.long;
+        let history = &self.sym.resources.value(w.span.resource).history;
+        let (start, end) = (w.span.start_ns, w.end_ns());
+        let checked = w.check.version.version_int(long);
+        let own = |i: usize| {
+            let a = &history[i];
+            a.request == w.span.request
+                && match (checked, a.version_int(long)) {
+                    (Some(c), Some(v)) => v > c,
+                    _ => a.time > w.check.time,
+                }
+        };
+        // Inside the span first (the usual place: the first one there), then outwards from
+        // it on each side, so a hot resource's history is read only as far as the nearest.
+        let first_in = history.partition_point(|a| a.time < start);
+        let after_end = history.partition_point(|a| a.time <= end);
+        let found = (first_in..after_end).find(|&i| own(i)).or_else(|| {
+            let earliest = start.saturating_sub(self.lateness_ns);
+            let latest = end.saturating_add(self.lateness_ns);
+            let before = (0..first_in)
+                .rev()
+                .take_while(|&i| history[i].time >= earliest)
+                .find(|&i| own(i));
+            let after = (after_end..history.len())
+                .take_while(|&i| history[i].time <= latest)
+                .find(|&i| own(i));
+            match (before, after) {
+                (Some(b), Some(a)) if history[a].time - end < start - history[b].time => Some(a),
+                (Some(b), _) => Some(b),
+                (None, a) => a,
+            }
+        })?;
+        Some(OwnWrite {
+            time: history[found].time,
+            version: history[found].version_int(long),
+        })
+    }
+
+    /// The single finding for a successful use that matched an allowing check: the first
+    /// of `authz_drift`, `duplicate_use`, `stale_check` that applies, judged with the use
+    /// taking effect at `effect`; `decided_at` is the event time of the decision.
     fn judge(
         &mut self,
-        s: &SpanItem,
-        matched: Option<u32>,
-        prior: Option<Prior>,
+        w: &WaitingUse,
+        own: Option<&OwnWrite>,
+        effect: u64,
+        decided_at: u64,
     ) -> Option<Verdict> {
-        let verdict = |kind, reason: String| Verdict {
-            kind,
-            reason,
-            intervening: Vec::new(),
-            prior: None,
-        };
-        let Some(slot) = matched else {
-            return Some(verdict(
-                FindingKind::UncheckedUse,
-                "use has no check by the same request on the resource before it".into(),
-            ));
-        };
-        if self.checks.table.get(slot).decision == Decision::Deny {
-            return Some(verdict(
-                FindingKind::UncheckedUse,
-                "use went ahead although its check denied".into(),
-            ));
-        }
-        if let Some(v) = self.policy_drift(slot, s.start_ns) {
+        if let Some(v) = self.policy_drift(w.check.profile, w.check.time, effect) {
             return Some(v);
         }
-        match prior {
+        match &w.prior {
             Some(Prior::Key(p)) => {
-                let mut v = verdict(
-                    FindingKind::DuplicateUse,
-                    format!(
+                return Some(Verdict {
+                    kind: FindingKind::DuplicateUse,
+                    reason: format!(
                         "idempotency key already used by request {} for the same operation",
                         p.request_id
                     ),
-                );
-                v.prior = Some(p);
-                return Some(v);
+                    intervening: Vec::new(),
+                    prior: Some(p.clone()),
+                });
             }
             Some(Prior::Create(p)) => {
-                let mut v = verdict(
-                    FindingKind::DuplicateUse,
-                    format!("resource already created by request {}", p.request_id),
-                );
-                v.prior = Some(p);
-                return Some(v);
+                return Some(Verdict {
+                    kind: FindingKind::DuplicateUse,
+                    reason: format!("resource already created by request {}", p.request_id),
+                    intervening: Vec::new(),
+                    prior: Some(p.clone()),
+                });
             }
             None => {}
         }
-        match self.stale_verdict(s, self.checks.table.get(slot)) {
+        // Writes after the check may have left the history before this decision (a use
+        // that paired with an old tombstone and ran long): "fresh" cannot be trusted then.
+        let complete = w.check.time.saturating_add(self.history_window_ns) >= decided_at;
+        match self.stale_verdict(&w.span, &w.check, own, effect) {
             Stale::Yes(v) => Some(v),
-            Stale::No => None,
-            Stale::Undecided => {
+            Stale::No if complete => None,
+            Stale::No | Stale::Undecided => {
                 self.stats.indeterminate += 1;
                 None
             }
         }
     }
 
-    fn stale_verdict(&self, s: &SpanItem, check: &CheckRecord) -> Stale {
+    fn stale_verdict(
+        &self,
+        s: &SpanItem,
+        check: &CheckRecord,
+        own: Option<&OwnWrite>,
+        effect: u64,
+    ) -> Stale {
         let long = &self.sym.long;
         let state = self.sym.resources.value(s.resource);
         let pair = Pair {
             check_time: check.time,
-            use_time: s.start_ns,
+            use_time: effect,
+            own_version: own.and_then(|o| o.version),
             checked: &check.version,
             used: &s.version,
             request: &s.request,
@@ -254,19 +381,14 @@ impl Engine {
     }
 
     /// The `authz_drift` rule for a check that named a policy and its version.
-    fn policy_drift(&mut self, slot: u32, use_time: u64) -> Option<Verdict> {
-        let check = self.checks.table.get(slot);
-        let profile = self.sym.profile(check.profile);
-        let (Some(policy), Some(_)) =
-            (profile.policy.as_deref(), profile.policy_version.as_deref())
-        else {
+    fn policy_drift(&mut self, profile: u32, check_time: u64, use_time: u64) -> Option<Verdict> {
+        let p = self.sym.profile(profile);
+        let (Some(policy), Some(_)) = (p.policy.as_deref(), p.policy_version.as_deref()) else {
             return None;
         };
         let policy_slot = self.policies.find(policy)?;
-        let check_time = check.time;
         self.prune_policy(policy_slot);
-        let check = self.checks.table.get(slot);
-        let profile = self.sym.profile(check.profile);
+        let profile = self.sym.profile(profile);
         let policy = profile.policy.as_deref().expect("checked above");
         let version = profile.policy_version.as_deref().expect("checked above");
         let long = &self.sym.long;
@@ -322,3 +444,5 @@ impl Engine {
 mod ordering_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waiting_tests;

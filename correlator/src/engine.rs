@@ -30,6 +30,7 @@ use crate::metrics::{EvictedState, Stats};
 use crate::policies::Policies;
 use crate::resources::AuditLog;
 use crate::symbols::Symbols;
+use crate::waiting::Waiting;
 use toctou_schema::{Event, Finding, Phase};
 
 /// The correlator: feed it events and wall-clock ticks, collect findings.
@@ -50,6 +51,7 @@ pub struct Engine {
     pub(crate) creates: Creates,
     pub(crate) audits: AuditLog,
     pub(crate) policies: Policies,
+    pub(crate) waiting: Waiting,
     pub(crate) dedupe: Dedupe,
     pub(crate) stats: Stats,
     /// The wall clock the caller passed to the current call: findings' `detected_at_ns`.
@@ -66,6 +68,9 @@ pub struct Engine {
 /// The kinds of timer, in the order they fire when due at the same instant.
 #[derive(Clone, Copy)]
 enum TimerKind {
+    /// First: a use's decision sees the state as it was at its deadline (a check expiring
+    /// or a write pruned at that very instant is still there).
+    UseDecision,
     /// Before expiries, so a tombstone leaving frees its place for one arriving.
     TombstoneRemoval,
     CheckExpiry,
@@ -92,6 +97,7 @@ impl Engine {
             creates: Creates::new(),
             audits: AuditLog::new(),
             policies: Policies::new(),
+            waiting: Waiting::new(),
             dedupe: Dedupe::new(nanos(config.dedupe_window), config.max_dedupe),
             stats: Stats {
                 pending_checks_limit: config.max_pending as u64,
@@ -225,13 +231,14 @@ impl Engine {
     fn process(&mut self, key: OrderKey, item: Item, out: &mut Vec<Finding>) {
         match item {
             Item::Span(s) if s.phase == Phase::Check => self.on_check(s, out),
-            Item::Span(s) => self.on_use(s, key.ident, out),
+            Item::Span(s) => self.on_use(s, key.ident, key.time, out),
             Item::Audit(a) => self.on_audit(a, key.ident, out),
         }
     }
 
     fn next_timer(&self) -> Option<(u64, TimerKind)> {
         let heads = [
+            (self.waiting.timers.head(), TimerKind::UseDecision),
             (self.checks.removal.head(), TimerKind::TombstoneRemoval),
             (self.checks.expiry.head(), TimerKind::CheckExpiry),
             (self.creates.deadlines.head(), TimerKind::CreateDeadline),
@@ -255,6 +262,7 @@ impl Engine {
 
     fn queue_len(&self, kind: TimerKind) -> usize {
         match kind {
+            TimerKind::UseDecision => self.waiting.timers.len(),
             TimerKind::TombstoneRemoval => self.checks.removal.len(),
             TimerKind::CheckExpiry => self.checks.expiry.len(),
             TimerKind::CreateDeadline => self.creates.deadlines.len(),
@@ -281,6 +289,11 @@ impl Engine {
 
     fn fire(&mut self, kind: TimerKind, out: &mut Vec<Finding>) {
         match kind {
+            TimerKind::UseDecision => {
+                let (d, slot) = self.waiting.timers.pop().expect("peeked");
+                self.clock = self.clock.max(d);
+                self.decide_waiting(d, slot, false, out);
+            }
             TimerKind::CheckExpiry => {
                 let (d, h) = self.checks.expiry.pop().expect("peeked");
                 self.clock = self.clock.max(d);
@@ -312,7 +325,9 @@ impl Engine {
     fn update_gauges(&mut self) {
         self.stats.pending_checks = self.checks.pending as u64;
         self.stats.tombstones = self.checks.tombstones as u64;
-        self.stats.check_state_bytes = self.checks.heap_bytes() as u64;
+        // Uses waiting for their write hold a copy of their check.
+        self.stats.check_state_bytes =
+            (self.checks.heap_bytes() + self.waiting.heap_bytes()) as u64;
         self.stats.buffered_events = self.buffer.len() as u64;
         self.stats.watermark_lag_seconds = if self.watermark == 0 || self.watermark == u64::MAX {
             0.0
@@ -327,6 +342,7 @@ impl Engine {
     #[cfg(test)]
     pub(crate) fn is_drained(&self) -> bool {
         self.buffer.len() == 0
+            && self.waiting.len == 0
             && self.checks.table.len() == 0
             && self.checks.pending == 0
             && self.checks.tombstones == 0

@@ -11,6 +11,7 @@
 //! - [`metrics`]: [`Stats`], every metric in one place, and its Prometheus text.
 //! - `engine`: the event-time loop: watermark, reorder buffer, timers.
 //! - `decide`: what a use is (precedence of the finding kinds), what an audit record changes.
+//! - `waiting`: successful uses waiting for their write to be seen before they are judged.
 //! - `checks`: pending checks and tombstones, supersession, expiry, orphans.
 //! - `resources`: per-resource audit history and the stale-check rule.
 //! - `creates`: pending creates, duplicate and partial creates.
@@ -47,6 +48,7 @@ mod resources;
 mod symbols;
 mod table;
 mod timer;
+mod waiting;
 
 #[cfg(test)]
 mod testkit;

@@ -27,10 +27,12 @@ pub enum EvictedState {
     Create,
     /// A policy's change history was forgotten.
     Policy,
+    /// A use waiting for its write was decided early.
+    Use,
 }
 
 impl EvictedState {
-    pub const ALL: [EvictedState; 8] = [
+    pub const ALL: [EvictedState; 9] = [
         EvictedState::Pending,
         EvictedState::Tombstone,
         EvictedState::Buffered,
@@ -39,6 +41,7 @@ impl EvictedState {
         EvictedState::Audit,
         EvictedState::Create,
         EvictedState::Policy,
+        EvictedState::Use,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl EvictedState {
             EvictedState::Audit => "audit",
             EvictedState::Create => "create",
             EvictedState::Policy => "policy",
+            EvictedState::Use => "use",
         }
     }
 
@@ -186,7 +190,7 @@ pub struct Stats {
     /// producer's clock running that far behind, or a delivery that late).
     pub clock_skew_past: u64,
     /// Early expiries, by [`EvictedState`] (declaration order).
-    pub evicted: [u64; 8],
+    pub evicted: [u64; EvictedState::ALL.len()],
     /// Gauge: checks waiting for their use.
     pub pending_checks: u64,
     /// Gauge: the most checks held (`max_pending`), so that alerts can compare the two
@@ -218,7 +222,7 @@ impl Default for Stats {
             duplicate_events: 0,
             clock_skew_future: 0,
             clock_skew_past: 0,
-            evicted: [0; 8],
+            evicted: [0; EvictedState::ALL.len()],
             pending_checks: 0,
             pending_checks_limit: 0,
             tombstones: 0,

@@ -116,7 +116,7 @@ impl AuditWrite {
         }
     }
 
-    fn version_int(&self, long: &LongStrings) -> Option<i128> {
+    pub fn version_int(&self, long: &LongStrings) -> Option<i128> {
         self.version_int.get(&self.version, long)
     }
 
@@ -152,10 +152,20 @@ impl AuditLog {
     }
 }
 
+/// A use's own audit record (same request, same resource): where its write took effect.
+pub(crate) struct OwnWrite {
+    pub time: u64,
+    /// Its version, when an integer.
+    pub version: Option<i128>,
+}
+
 /// What the check and use said, for the stale-check rule.
 pub(crate) struct Pair<'a> {
     pub check_time: u64,
+    /// When the use took effect: its own write's commit time, else its span's end.
     pub use_time: u64,
+    /// The own write's version (an integer): writes by version stop below it.
+    pub own_version: Option<i128>,
     pub checked: &'a Compact,
     pub used: &'a Compact,
     pub request: &'a Compact,
@@ -244,20 +254,25 @@ fn rule(
     if history.is_empty() {
         return Staleness::Indeterminate;
     }
-    // Committed before the use (by time: there is no used version to order by) and after
-    // the check: by version where both are integers (clocks of the application and the
-    // system of record need not agree), else by time.
+    // Committed after the check and before the use took effect: by version where the
+    // checked version and the write's are integers (clocks of the application and the
+    // system of record need not agree), up to the own write's version where it has one,
+    // else by time.
     let before_use = history.partition_point(|w| w.time < p.use_time);
-    let intervening = match checked_int {
-        Some(c) if !search => by_others(&mut (0..before_use).filter(|&i| {
+    let intervening = match (checked_int, p.own_version) {
+        (Some(c), own) if !search => by_others(&mut (0..history.len()).filter(|&i| {
             let w = &history[i];
-            match w.version_int(long) {
-                Some(v) => v > c,
-                None => p.check_time < w.time,
+            match (w.version_int(long), own) {
+                (Some(v), Some(o)) => c < v && v < o,
+                (Some(v), None) => c < v && w.time < p.use_time,
+                (None, _) => p.check_time < w.time && w.time < p.use_time,
             }
         })),
-        Some(c) => by_others(&mut (above(c)..before_use)),
-        None => by_others(&mut (history.partition_point(|w| w.time <= p.check_time)..before_use)),
+        (Some(c), Some(o)) => by_others(&mut (above(c)..above(o - 1))),
+        (Some(c), None) => by_others(&mut (above(c)..before_use)),
+        (None, _) => {
+            by_others(&mut (history.partition_point(|w| w.time <= p.check_time)..before_use))
+        }
     };
     if intervening.is_empty() {
         Staleness::Fresh
@@ -408,9 +423,14 @@ mod tests {
                 };
                 let (checked, used) = (version(&mut long), version(&mut long));
                 let request = &requests[rand(4) as usize];
+                let own_version = match rand(3) {
+                    0 => Some(i128::from(rand(320) as u32)),
+                    _ => None,
+                };
                 let pair = Pair {
                     check_time: rand(110),
                     use_time: rand(110),
+                    own_version,
                     checked: &checked,
                     used: &used,
                     request,

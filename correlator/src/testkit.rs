@@ -67,6 +67,11 @@ pub fn use_(resource: &str, request: &str, at_ms: u64) -> Span {
 }
 
 impl Span {
+    /// A use whose span lasts `ms` from its start (a write that waited on a lock).
+    pub fn lasting(mut self, ms: u64) -> Self {
+        self.0.end_ns = self.0.start_ns + ms * 1_000_000;
+        self
+    }
     pub fn version(mut self, v: &str) -> Self {
         self.0.version = Some(v.into());
         self

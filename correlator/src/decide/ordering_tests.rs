@@ -132,16 +132,27 @@ fn events_at_the_same_instant_order_audit_then_check_then_use() {
     );
     assert!(f.is_empty(), "{f:?}");
     assert_eq!(stats.pairs, 1);
-    // A write at the instant of the use is known (the resource has an audit stream) but was
-    // not committed before the use: decided fresh, not indeterminate.
+    // A write at the instant an instantaneous use took effect is known (the resource has an
+    // audit stream) but was not committed before it: decided fresh, not indeterminate.
     let (f, stats) = run(
         &cfg(),
         vec![
             check("inv/1", "q1", 0).ev(),
-            use_("inv/1", "q1", 10).ev(),
+            use_("inv/1", "q1", 10).lasting(0).ev(),
             audit(Update, "inv/1", 10).request("q2").ev(),
         ],
     );
     assert!(f.is_empty(), "{f:?}");
     assert_eq!(stats.indeterminate, 0);
+    // The same write inside a use that lasts (and has no audit record of its own) committed
+    // before the use's end: it counts.
+    let (f, _) = run(
+        &cfg(),
+        vec![
+            check("inv/1", "q1", 0).ev(),
+            use_("inv/1", "q1", 10).lasting(1).ev(),
+            audit(Update, "inv/1", 10).request("q2").ev(),
+        ],
+    );
+    assert_eq!(kinds(&f), [StaleCheck]);
 }

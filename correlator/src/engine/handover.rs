@@ -15,12 +15,13 @@ use toctou_schema::Finding;
 
 impl Engine {
     /// The event time of the oldest event that the engine's open state (buffered events,
-    /// pending checks and tombstones, pending creates, idempotency keys, audit history and
+    /// uses waiting for their write, pending checks and tombstones, pending creates, idempotency keys, audit history and
     /// redelivery identities) was built from; `None` when it holds none.
     pub fn oldest_state_ns(&mut self) -> Option<u64> {
         let ttl = self.ttl_ns;
         let candidates = [
             self.buffer.peek_time(),
+            self.waiting.oldest(),
             head_minus(self.checks.expiry.head(), ttl),
             // A tombstone's removal is set a TTL after its expiry, itself a TTL after the check.
             head_minus(self.checks.removal.head(), ttl.saturating_mul(2)),
