@@ -4,6 +4,7 @@
 //! toctou found.
 //!
 //! # Layout
+//! - [`args`]: the command line, checked before anything starts.
 //! - [`db`]: the SQLite database, its audit table and the relay that sends audit records in
 //!   commit order.
 //! - [`load`]: pace, race window, run tag and the per-kind counts the workloads share.
@@ -17,6 +18,7 @@
 //! - [`compare`]: the findings API read back, and the comparison printed.
 
 mod accounts;
+mod args;
 mod authz;
 mod claims;
 mod clock;
@@ -30,243 +32,20 @@ mod payments;
 mod pricing;
 mod telemetry;
 
-use crate::access::Secret;
+pub use args::{DemoArgs, Workload};
+
 use anyhow::{bail, Context, Result};
-use clap::Args;
-use clock::ClockOffset;
 use load::{Counts, Load, Pacer};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use telemetry::{Exporting, Service, Transport};
+use telemetry::{Service, Transport};
 
 /// The pair TTL of the `toctou run` the demo starts itself: short, so orphan checks and
 /// partial creates are decided (after two TTLs) within seconds of the traffic.
 const EMBEDDED_PAIR_TTL: Duration = Duration::from_secs(5);
 /// The pair TTL assumed of a running `toctou run` (its default) when none is given.
 const DEFAULT_PAIR_TTL: Duration = Duration::from_secs(30);
-
-/// The demo's workloads, as named by `--workloads` and `--workload-rate`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Workload {
-    Inventory,
-    Payments,
-    Claims,
-    Authz,
-    Pricing,
-    Accounts,
-}
-
-impl Workload {
-    const ALL: [Workload; 6] = [
-        Workload::Inventory,
-        Workload::Payments,
-        Workload::Claims,
-        Workload::Authz,
-        Workload::Pricing,
-        Workload::Accounts,
-    ];
-}
-
-/// The demo's services by `service.name`, as `--sdk-default-delays` and `--clock-offset`
-/// name them; `demo-db` is the database's relay, which sends the audit records.
-const SERVICES: [&str; 10] = [
-    "inventory-api",
-    "inventory-sync",
-    "payments-webhook",
-    "docs-api",
-    "claims-controller-a",
-    "claims-controller-b",
-    "pricing-api",
-    "accounts-api",
-    "accounts-standing-orders",
-    "demo-db",
-];
-
-#[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
-    /// OTLP endpoint of `toctou run`: gRPC by default, the HTTP base URL with --transport http.
-    /// When nothing answers there, the demo starts a `toctou run` of its own on loopback.
-    #[arg(long, default_value = "http://127.0.0.1:4317")]
-    pub endpoint: String,
-    #[arg(long, value_enum, default_value = "grpc")]
-    pub transport: Transport,
-    /// The findings API of the same `toctou run`, to compare what it found.
-    #[arg(long, default_value = "http://127.0.0.1:8686")]
-    pub api: String,
-    /// How long the workloads run.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Concurrent workers per workload.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
-    /// Requests per second of each workload (pods per second for the claims controller,
-    /// events per second for the payment webhooks); 0: as fast as the workers go.
-    #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
-    /// The rate of one workload, overriding --rate for it: NAME=RATE (repeatable), NAME
-    /// one of inventory, payments, claims, authz, pricing, accounts.
-    #[arg(long, value_parser = parse_workload_rate)]
-    pub workload_rate: Vec<(Workload, f64)>,
-    /// Run only these workloads (comma-separated or repeated); default: all of them.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub workloads: Vec<Workload>,
-    /// Services that export on the OpenTelemetry SDK's default batch schedule (spans every
-    /// 5 s, logs every 1 s) instead of the demo's 200 ms, as an application left at the
-    /// defaults does: their events reach toctou later than its default allowed lateness.
-    /// Comma-separated or repeated; names: inventory-api, inventory-sync, payments-webhook,
-    /// docs-api, claims-controller-a, claims-controller-b, pricing-api, accounts-api,
-    /// accounts-standing-orders, demo-db (the database's audit records).
-    #[arg(long, value_delimiter = ',')]
-    pub sdk_default_delays: Vec<String>,
-    /// A service on a host whose clock is off: SERVICE=OFFSET (repeatable), e.g.
-    /// accounts-api=-200ms or demo-db=+150ms; every time its SDK records (span start and
-    /// end, audit record times) is shifted by OFFSET. Service names as for
-    /// --sdk-default-delays.
-    #[arg(long, value_parser = parse_clock_offset)]
-    pub clock_offset: Vec<(String, ClockOffset)>,
-    /// Longest wait between a check and its use: wider windows race more often.
-    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
-    pub race_window: Duration,
-    /// The server's --pair-ttl, to know how long to wait before the final comparison
-    /// (orphans and partial creates are decided after the pair TTL). Default: 30s, the
-    /// server's default; 5s for the `toctou run` the demo starts itself.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub pair_ttl: Option<Duration>,
-    /// The server's --allowed-lateness.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub allowed_lateness: Duration,
-    /// Do not wait for the TTL-decided kinds before printing the comparison.
-    #[arg(long)]
-    pub no_settle: bool,
-    /// Keep the SQLite database at this path (a new file) instead of a temporary one.
-    #[arg(long)]
-    pub db: Option<PathBuf>,
-    /// Bearer token sent with every export, for a `toctou run` with ingest tokens (prefer
-    /// the variable: a command line is visible to every user of the host).
-    #[arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)]
-    pub token: Option<Secret>,
-    /// Bearer token for the findings API, when it has tokens of its own; default: --token.
-    #[arg(long, env = "TOCTOU_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<Secret>,
-}
-
-fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
-    use clap::ValueEnum as _;
-    let (name, rate) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=RATE, got {s:?}"))?;
-    let workload = Workload::from_str(name, true).map_err(|_| {
-        format!(
-            "unknown workload {name:?}: one of inventory, payments, claims, authz, pricing, \
-             accounts"
-        )
-    })?;
-    let rate: f64 = rate
-        .parse()
-        .map_err(|_| format!("invalid rate {rate:?}: requests per second, 0 for unlimited"))?;
-    if !rate.is_finite() || rate < 0.0 {
-        return Err(format!("invalid rate {rate}: at least 0"));
-    }
-    Ok((workload, rate))
-}
-
-fn parse_clock_offset(s: &str) -> Result<(String, ClockOffset), String> {
-    let (service, offset) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected SERVICE=OFFSET, got {s:?}"))?;
-    Ok((service.to_string(), ClockOffset::parse(offset)?))
-}
-
-impl DemoArgs {
-    /// The demo that `toctou run --demo` starts against its own gRPC receiver.
-    pub fn against(grpc: SocketAddr, duration: Duration, token: Option<Secret>) -> DemoArgs {
-        DemoArgs {
-            endpoint: format!("http://{grpc}"),
-            transport: Transport::Grpc,
-            api: String::new(),
-            duration,
-            concurrency: 4,
-            rate: 100.0,
-            workload_rate: Vec::new(),
-            workloads: Vec::new(),
-            sdk_default_delays: Vec::new(),
-            clock_offset: Vec::new(),
-            race_window: Duration::from_millis(20),
-            pair_ttl: None,
-            allowed_lateness: Duration::from_secs(2),
-            no_settle: true,
-            db: None,
-            token,
-            api_token: None,
-        }
-    }
-
-    fn rate_of(&self, w: Workload) -> f64 {
-        self.workload_rate
-            .iter()
-            .rev()
-            .find(|(x, _)| *x == w)
-            .map_or(self.rate, |(_, r)| *r)
-    }
-
-    /// The workloads to run: those named by --workloads, else all.
-    fn selected(&self) -> Vec<Workload> {
-        Workload::ALL
-            .into_iter()
-            .filter(|w| self.workloads.is_empty() || self.workloads.contains(w))
-            .collect()
-    }
-
-    /// How the service named `name` exports.
-    fn exporting(&self, name: &str) -> Exporting {
-        Exporting {
-            sdk_default_delays: self.sdk_default_delays.iter().any(|s| s == name),
-            clock: self
-                .clock_offset
-                .iter()
-                .rev()
-                .find(|(s, _)| s == name)
-                .map(|(_, o)| *o)
-                .unwrap_or_default(),
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        if !self.rate.is_finite() || self.rate < 0.0 {
-            bail!(
-                "invalid --rate {}: requests per second, 0 for unlimited",
-                self.rate
-            );
-        }
-        if self.concurrency == 0 {
-            bail!("--concurrency must be at least 1");
-        }
-        let named = self
-            .sdk_default_delays
-            .iter()
-            .chain(self.clock_offset.iter().map(|(s, _)| s));
-        for service in named {
-            if !SERVICES.contains(&service.as_str()) {
-                bail!(
-                    "no demo service is called {service:?}: one of {}",
-                    SERVICES.join(", ")
-                );
-            }
-        }
-        if let Some(db) = self.db.as_ref().filter(|p| p.exists()) {
-            // Checked again when the file is created; here, before any server is started.
-            bail!(
-                "{} already exists: the demo counts what happened from the whole database, so \
-                 it needs a new file (remove it or pass another --db)",
-                db.display()
-            );
-        }
-        Ok(())
-    }
-}
 
 pub fn main(args: DemoArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -399,7 +178,7 @@ async fn traffic_and_compare(
             .join(" "),
         db_path.display(),
         if keep_db { "" } else { " (temporary)" },
-        exporting_note(args),
+        args.exporting_note(),
     ),
     );
     tracing::info!(endpoint = %args.endpoint, transport = ?args.transport, "demo traffic started");
@@ -499,25 +278,6 @@ async fn traffic_and_compare(
         .await
         .unwrap_or_default();
     compare::print(&truth, &found, !args.no_settle, &notes)
-}
-
-/// The services that do not export as the demo's do by default, for the run's first line.
-fn exporting_note(args: &DemoArgs) -> String {
-    let mut notes = Vec::new();
-    for name in SERVICES {
-        let e = args.exporting(name);
-        if e.sdk_default_delays {
-            notes.push(format!("{name} on the SDK's default export schedule"));
-        }
-        if !e.clock.is_zero() {
-            notes.push(format!("{name}'s clock at {}", e.clock));
-        }
-    }
-    if notes.is_empty() {
-        String::new()
-    } else {
-        format!("; {}", notes.join(", "))
-    }
 }
 
 /// The demo's own lines go to stdout when it compares (`toctou demo`), and to the log when
