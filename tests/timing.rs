@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::demo::{parse, KINDS};
 use common::otelcol::Collector;
 use common::{burner, Toctou};
 use rusqlite::Connection;
@@ -25,15 +26,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
-
-const KINDS: [&str; 6] = [
-    "stale_check",
-    "duplicate_use",
-    "unchecked_use",
-    "authz_drift",
-    "partial_create",
-    "orphan_check",
-];
 
 /// One scenario at a time: each brings its own load (beside the burner), and their numbers
 /// (races per run, the time they take) are those of one scenario on a busy machine.
@@ -61,7 +53,31 @@ impl Drop for DemoRun {
     }
 }
 
-fn demo(args: &[&str]) -> DemoRun {
+/// The `toctou run` of scenarios 1, 2 and 4: orphans decided two seconds after their TTL.
+const SHORT_TTL: [&str; 4] = ["--pair-ttl", "2s", "--allowed-lateness", "2s"];
+
+/// The hot-rows load of scenarios 1, 2 and 4: the accounts workload alone, 16 tellers at
+/// 1,000 postings/s with up to 5 ms between check and use, for 10 s (about 4,000 stale
+/// postings on a busy 2-core machine), against a `toctou run` with [`SHORT_TTL`].
+const TELLERS: [&str; 14] = [
+    "--workloads",
+    "accounts",
+    "--workload-rate",
+    "accounts=1000",
+    "--concurrency",
+    "16",
+    "--race-window",
+    "5ms",
+    "--duration",
+    "10s",
+    "--pair-ttl",
+    "2s",
+    "--allowed-lateness",
+    "2s",
+];
+
+/// Runs `toctou demo` exporting to `endpoint` and reading `toctou`'s findings API.
+fn demo(endpoint: &str, toctou: &Toctou, args: &[&str]) -> DemoRun {
     let db = std::env::temp_dir().join(format!(
         "toctou-timing-{}-{}.sqlite",
         std::process::id(),
@@ -69,6 +85,7 @@ fn demo(args: &[&str]) -> DemoRun {
     ));
     let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
         .arg("demo")
+        .args(["--endpoint", endpoint, "--api", &toctou.api_url("")])
         .args(args)
         .arg("--db")
         .arg(&db)
@@ -76,26 +93,13 @@ fn demo(args: &[&str]) -> DemoRun {
         .output()
         .expect("running toctou demo");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let run = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("demo run "))
-        .and_then(|l| l.split(':').next())
-        .unwrap_or_else(|| {
-            panic!(
-                "no run tag in:\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-        .to_string();
-    let mut table = BTreeMap::new();
-    for line in stdout.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() >= 3 && KINDS.contains(&cols[0]) {
-            if let (Ok(h), Ok(f)) = (cols[1].parse(), cols[2].parse()) {
-                table.insert(cols[0].to_string(), (h, f));
-            }
-        }
-    }
+    assert!(
+        stdout.contains("demo run "),
+        "toctou demo did not start its run ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (run, table) = parse(&stdout);
     DemoRun {
         out,
         stdout,
@@ -360,64 +364,24 @@ fn assert_exercised(scenario: &str, run: &DemoRun, truth: &Truth, min_stale: usi
 fn hot_rows_straight_into_toctou() {
     let _turn = one_at_a_time();
     let burn = burner::every_core();
-    let toctou = Toctou::start(&["--pair-ttl", "2s", "--allowed-lateness", "2s"]);
+    let toctou = Toctou::start(&SHORT_TTL);
     let endpoint = format!("http://{}", toctou.grpc);
-    let api = toctou.api_url("");
-    let run = demo(&[
-        "--endpoint",
-        &endpoint,
-        "--api",
-        &api,
-        "--workloads",
-        "accounts",
-        "--workload-rate",
-        "accounts=1000",
-        "--concurrency",
-        "16",
-        "--race-window",
-        "5ms",
-        "--duration",
-        "10s",
-        "--pair-ttl",
-        "2s",
-        "--allowed-lateness",
-        "2s",
-    ]);
+    let run = demo(&endpoint, &toctou, &TELLERS);
     let truth = assert_exact("straight", &run, &toctou);
     assert_exercised("straight", &run, &truth, 2_000);
     assert!(burn.spins() > 0);
 }
 
-/// Scenario 2: the same load through an OpenTelemetry Collector in front of `toctou run`; the demo
-/// reads the findings from toctou's API.
+/// Scenario 2: the same load through an OpenTelemetry Collector in front of `toctou run`; the
+/// demo reads the findings from toctou's API.
 #[test]
 fn hot_rows_through_an_opentelemetry_collector() {
     let _turn = one_at_a_time();
     let burn = burner::every_core();
-    let toctou = Toctou::start(&["--pair-ttl", "2s", "--allowed-lateness", "2s"]);
+    let toctou = Toctou::start(&SHORT_TTL);
     let collector = Collector::start(toctou.grpc);
     let endpoint = format!("http://{}", collector.grpc);
-    let api = toctou.api_url("");
-    let run = demo(&[
-        "--endpoint",
-        &endpoint,
-        "--api",
-        &api,
-        "--workloads",
-        "accounts",
-        "--workload-rate",
-        "accounts=1000",
-        "--concurrency",
-        "16",
-        "--race-window",
-        "5ms",
-        "--duration",
-        "10s",
-        "--pair-ttl",
-        "2s",
-        "--allowed-lateness",
-        "2s",
-    ]);
+    let run = demo(&endpoint, &toctou, &TELLERS);
     assert!(
         !run.stdout.contains("embedded"),
         "the demo must export to the Collector:\n{}",
@@ -428,38 +392,38 @@ fn hot_rows_through_an_opentelemetry_collector() {
     assert!(burn.spins() > 0, "{}", collector.log());
 }
 
-/// Scenario 3: low-rate services on the SDK's default export schedule (the standing-orders job on
-/// the hot accounts, the inventory's restock job, the documents API at 5 requests/s) beside
-/// high-rate ones on 200 ms, against `toctou run` at its defaults (pair TTL 30 s, allowed lateness
-/// 2 s): the low-rate services' spans reach toctou up to 5 s after they ended, later than the
-/// allowed lateness. Waits out two pair TTLs before comparing.
+/// Scenario 3: low-rate services on the SDK's default export schedule (the standing-orders job
+/// on the hot accounts, the inventory's restock job, the documents API at 5 requests/s) beside
+/// high-rate ones on 200 ms, and the database's audit records on the SDK's default log schedule
+/// (1 s), against `toctou run` at its defaults (pair TTL 30 s, allowed lateness 2 s): the
+/// low-rate services' spans reach toctou up to 5 s after they ended, later than the allowed
+/// lateness. Waits out two pair TTLs before comparing.
 #[test]
 fn low_rate_services_on_the_sdk_default_schedule() {
     let _turn = one_at_a_time();
     let burn = burner::every_core();
     let toctou = Toctou::start(&[]);
     let endpoint = format!("http://{}", toctou.grpc);
-    let api = toctou.api_url("");
-    let run = demo(&[
-        "--endpoint",
+    let run = demo(
         &endpoint,
-        "--api",
-        &api,
-        "--rate",
-        "40",
-        "--workload-rate",
-        "accounts=600",
-        "--concurrency",
-        "8",
-        "--workload-rate",
-        "authz=5",
-        "--sdk-default-delays",
-        "accounts-standing-orders,inventory-sync,docs-api",
-        "--race-window",
-        "5ms",
-        "--duration",
-        "10s",
-    ]);
+        &toctou,
+        &[
+            "--concurrency",
+            "8",
+            "--rate",
+            "40",
+            "--workload-rate",
+            "accounts=600",
+            "--workload-rate",
+            "authz=5",
+            "--sdk-default-delays",
+            "accounts-standing-orders,inventory-sync,docs-api,demo-db",
+            "--race-window",
+            "5ms",
+            "--duration",
+            "10s",
+        ],
+    );
     assert!(
         run.stdout
             .contains("accounts-standing-orders on the SDK's default export schedule"),
@@ -487,43 +451,25 @@ fn low_rate_services_on_the_sdk_default_schedule() {
 
 /// Scenario 4: the tellers' host 200 ms behind, the standing-orders job's 200 ms ahead, the
 /// database's 150 ms ahead: comparisons of span times with commit times are only as good as the
-/// clocks' agreement, so this is within what the docs promise only because every check carries the
-/// version it read (the accounts workload's checks always do) and every use either names the
-/// version it acted on or is bounded by its own audit record (same request id, integer version):
-/// the verdict then depends on versions, not clocks.
+/// clocks' agreement, so this is within what the docs promise only because every check carries
+/// the version it read (the accounts workload's checks always do) and every use either names
+/// the version it acted on or is bounded by its own audit record (same request id, integer
+/// version): the verdict then depends on versions, not clocks.
 #[test]
 fn hosts_whose_clocks_are_off_by_up_to_200ms() {
     let _turn = one_at_a_time();
     let burn = burner::every_core();
-    let toctou = Toctou::start(&["--pair-ttl", "2s", "--allowed-lateness", "2s"]);
+    let toctou = Toctou::start(&SHORT_TTL);
     let endpoint = format!("http://{}", toctou.grpc);
-    let api = toctou.api_url("");
-    let run = demo(&[
-        "--endpoint",
-        &endpoint,
-        "--api",
-        &api,
-        "--workloads",
-        "accounts",
-        "--workload-rate",
-        "accounts=1000",
-        "--concurrency",
-        "16",
-        "--race-window",
-        "5ms",
-        "--duration",
-        "10s",
-        "--pair-ttl",
-        "2s",
-        "--allowed-lateness",
-        "2s",
+    let offsets = [
         "--clock-offset",
         "accounts-api=-200ms",
         "--clock-offset",
         "accounts-standing-orders=+200ms",
         "--clock-offset",
         "demo-db=+150ms",
-    ]);
+    ];
+    let run = demo(&endpoint, &toctou, &[&TELLERS[..], &offsets].concat());
     assert!(
         run.stdout.contains("accounts-api's clock at -200ms"),
         "{}",

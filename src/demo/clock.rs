@@ -1,16 +1,14 @@
 //! Hosts whose clocks disagree. The demo's services all run in one process, on one clock; to
 //! show producers on hosts whose clocks are off (`--clock-offset`), a service's span and log
-//! processors shift every timestamp its SDK recorded (span start and end, span event times,
-//! log record times) by a fixed offset before the batch processor exports them: what that
-//! service's SDK would have recorded on such a host. The ground truth is untouched: it is
-//! counted from the database, on the one true clock.
+//! processors (with a [`ClockOffset`] as their hook) shift every timestamp its SDK recorded
+//! (span start and end, span event times, log record times) by a fixed offset before the
+//! batch processor exports them: what that service's SDK would have recorded on such a host.
+//! The ground truth is untouched: it is counted from the database, on the one true clock.
 
+use super::hook::{LogHook, SpanHook};
 use opentelemetry::logs::LogRecord as _;
-use opentelemetry::Context;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLogRecord;
+use opentelemetry_sdk::trace::SpanData;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -55,73 +53,32 @@ impl fmt::Display for ClockOffset {
     }
 }
 
-/// A span processor that shifts a span's times by the host's offset, then passes it on.
-#[derive(Debug)]
-pub struct OffsetSpans<P> {
-    pub inner: P,
-    pub offset: ClockOffset,
-}
-
-impl<P: SpanProcessor> SpanProcessor for OffsetSpans<P> {
-    fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, mut span: SpanData) {
-        span.start_time = self.offset.apply(span.start_time);
-        span.end_time = self.offset.apply(span.end_time);
+/// A span leaves with the host's times.
+impl SpanHook for ClockOffset {
+    fn on_end(&self, span: &mut SpanData) {
+        span.start_time = self.apply(span.start_time);
+        span.end_time = self.apply(span.end_time);
         for event in &mut span.events.events {
-            event.timestamp = self.offset.apply(event.timestamp);
+            event.timestamp = self.apply(event.timestamp);
         }
-        self.inner.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
     }
 }
 
-/// A log processor that shifts a record's times by the host's offset, then passes it on.
-#[derive(Debug)]
-pub struct OffsetLogs<P> {
-    pub inner: P,
-    pub offset: ClockOffset,
-}
-
-impl<P: LogProcessor> LogProcessor for OffsetLogs<P> {
-    fn emit(&self, data: &mut SdkLogRecord, scope: &opentelemetry::InstrumentationScope) {
-        if let Some(t) = data.timestamp() {
-            data.set_timestamp(self.offset.apply(t));
+/// A log record leaves with the host's times.
+impl LogHook for ClockOffset {
+    fn on_emit(&self, record: &mut SdkLogRecord) {
+        if let Some(t) = record.timestamp() {
+            record.set_timestamp(self.apply(t));
         }
-        if let Some(t) = data.observed_timestamp() {
-            data.set_observed_timestamp(self.offset.apply(t));
+        if let Some(t) = record.observed_timestamp() {
+            record.set_observed_timestamp(self.apply(t));
         }
-        self.inner.emit(data, scope);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::hook::Hooked;
     use super::*;
     use opentelemetry::logs::{Logger as _, LoggerProvider as _};
     use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
@@ -147,9 +104,9 @@ mod tests {
         let offset = ClockOffset::parse("-200ms").unwrap();
         let spans = InMemorySpanExporter::default();
         let tp = SdkTracerProvider::builder()
-            .with_span_processor(OffsetSpans {
+            .with_span_processor(Hooked {
                 inner: SimpleSpanProcessor::new(spans.clone()),
-                offset,
+                hook: offset,
             })
             .build();
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
@@ -169,9 +126,9 @@ mod tests {
 
         let logs = InMemoryLogExporter::default();
         let lp = SdkLoggerProvider::builder()
-            .with_log_processor(OffsetLogs {
+            .with_log_processor(Hooked {
                 inner: SimpleLogProcessor::new(logs.clone()),
-                offset,
+                hook: offset,
             })
             .build();
         let logger = lp.logger("l");

@@ -13,7 +13,8 @@
 //!   ground-truth SQL.
 //! - [`telemetry`]: the OpenTelemetry SDK set-up of each demo service; [`delivery`]: what
 //!   the SDK was handed and what its exporters delivered (push-back, and the report);
-//!   [`clock`]: services on hosts whose clocks are off.
+//!   [`clock`]: services on hosts whose clocks are off; [`hook`]: the processor wrapper
+//!   both look at spans and records through.
 //! - [`embedded`]: the `toctou run` the demo starts when nothing answers.
 //! - [`compare`]: the findings API read back, and the comparison printed.
 
@@ -26,6 +27,7 @@ mod compare;
 mod db;
 mod delivery;
 mod embedded;
+mod hook;
 mod inventory;
 mod load;
 mod payments;

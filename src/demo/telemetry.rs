@@ -3,10 +3,9 @@
 //! records say is `toctou-instrument`'s business; this module only sets up the SDK: where it
 //! exports, how often, and (see [`super::clock`]) on what host clock.
 
-use super::clock::{ClockOffset, OffsetLogs, OffsetSpans};
-use super::delivery::{
-    CountedLogExporter, CountedLogs, CountedSpanExporter, CountedSpans, Delivery,
-};
+use super::clock::ClockOffset;
+use super::delivery::{CountedLogExporter, CountedSpanExporter, Delivery, Handed};
+use super::hook::Hooked;
 use crate::access::Secret;
 use anyhow::{Context as _, Result};
 use opentelemetry::logs::LoggerProvider as _;
@@ -173,22 +172,22 @@ impl Service {
             .build();
         let tracer_provider = SdkTracerProvider::builder()
             .with_resource(resource.clone())
-            .with_span_processor(CountedSpans {
-                inner: OffsetSpans {
+            .with_span_processor(Hooked {
+                inner: Hooked {
                     inner: span_batches,
-                    offset: exporting.clock,
+                    hook: exporting.clock,
                 },
-                delivery: delivery.clone(),
+                hook: Handed(delivery.clone()),
             })
             .build();
         let logger_provider = SdkLoggerProvider::builder()
             .with_resource(resource)
-            .with_log_processor(CountedLogs {
-                inner: OffsetLogs {
+            .with_log_processor(Hooked {
+                inner: Hooked {
                     inner: log_batches,
-                    offset: exporting.clock,
+                    hook: exporting.clock,
                 },
-                delivery: delivery.clone(),
+                hook: Handed(delivery.clone()),
             })
             .build();
         Ok(Service {

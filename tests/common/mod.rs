@@ -5,6 +5,7 @@
 
 pub mod burner;
 pub mod clickhouse;
+pub mod demo;
 pub mod kafka;
 pub mod otel_sdk;
 pub mod otelcol;
