@@ -321,6 +321,18 @@ fn assert_exact(scenario: &str, run: &DemoRun, toctou: &Toctou) -> Truth {
         "{}",
         run.stdout
     );
+    // The compare-and-swaps that were refused: races prevented, counted but never found.
+    let prevented: f64 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("races prevented by compare-and-swap: "))
+        .and_then(|l| l.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no prevented races in:\n{}", run.stdout));
+    let counted = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(toctou.metric("toctou_prevented_races_total"));
+    assert_eq!(counted, prevented, "{scenario}: prevented races");
     truth
 }
 
