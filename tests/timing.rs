@@ -459,6 +459,12 @@ fn low_rate_services_on_the_sdk_default_schedule() {
     for (kind, (happened, _)) in &run.table {
         assert!(*happened > 0, "no {kind} happened:\n{}", run.stdout);
     }
+    // The default schedule made events late: they were joined out of order, and exactly.
+    let late = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(toctou.metric("toctou_late_events_total"));
+    assert!(late > 0.0, "no event arrived late:\n{}", run.stdout);
+    println!("default schedule: {late} events arrived later than the allowed lateness");
     assert!(burn.spins() > 0);
 }
 
