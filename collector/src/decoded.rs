@@ -210,46 +210,87 @@ impl IgnoredCounts {
     }
 }
 
+/// Counts of rejected items by reason, for rejections that are not listed one by one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejectedCounts([u64; RejectReason::ALL.len()]);
+
+impl RejectedCounts {
+    pub fn add(&mut self, reason: RejectReason) {
+        self.0[reason as usize] += 1;
+    }
+
+    pub fn get(&self, reason: RejectReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
 /// The result of decoding one request: the good events (in input order), and the rest.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decoded {
     pub events: Vec<Event>,
     pub ignored: IgnoredCounts,
     pub rejected: Vec<Rejection>,
+    /// Rejections past those in `rejected`, counted by reason without a message: a body of
+    /// JSON lines can hold millions of two-byte bad lines, and a message each would cost
+    /// tens of times the body (see [`MAX_LISTED_ERRORS`]).
+    pub rejected_unlisted: RejectedCounts,
 }
 
 /// How many rejection messages go back to a client in one `error_message`: enough to fix
 /// the instrumentation, short enough that a batch of bad spans does not echo itself back.
 const MAX_MESSAGES: usize = 5;
 
+/// How many rejection messages a receipt lists (the audit webhook's `errors`); bad lines of
+/// a JSON-lines body past this many are only counted, in [`Decoded::rejected_unlisted`].
+pub(crate) const MAX_LISTED_ERRORS: usize = 10;
+
 impl Decoded {
     /// The `error_message` of an OTLP partial success, e.g. `rejected 2 of 7 spans: span
     /// 00f0...: missing attribute toctou.resource; ...`. Empty when nothing was rejected, as
     /// the OTLP spec asks for a fully accepted request.
     pub fn error_message(&self, noun: &str) -> String {
-        rejection_summary(&self.rejected, self.item_count(), noun)
+        rejection_summary(
+            &self.rejected,
+            self.rejected_total(),
+            self.item_count(),
+            noun,
+        )
+    }
+
+    /// Items rejected, listed or not.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.len() as u64 + self.rejected_unlisted.total()
     }
 
     /// Items seen: accepted, ignored and rejected.
     pub fn item_count(&self) -> u64 {
-        self.events.len() as u64 + self.ignored.total() + self.rejected.len() as u64
+        self.events.len() as u64 + self.ignored.total() + self.rejected_total()
     }
 }
 
 /// See [`Decoded::error_message`]; shared with receivers that keep only the rejections.
-pub(crate) fn rejection_summary(rejected: &[Rejection], items: u64, noun: &str) -> String {
-    if rejected.is_empty() {
+/// `total` counts the unlisted rejections too.
+pub(crate) fn rejection_summary(
+    listed: &[Rejection],
+    total: u64,
+    items: u64,
+    noun: &str,
+) -> String {
+    if total == 0 {
         return String::new();
     }
-    let mut msg = format!("rejected {} of {} {}: ", rejected.len(), items, noun);
-    for (i, r) in rejected.iter().take(MAX_MESSAGES).enumerate() {
-        if i > 0 {
-            msg.push_str("; ");
-        }
+    let mut msg = format!("rejected {total} of {items} {noun}");
+    for (i, r) in listed.iter().take(MAX_MESSAGES).enumerate() {
+        msg.push_str(if i == 0 { ": " } else { "; " });
         msg.push_str(&r.message);
     }
-    if rejected.len() > MAX_MESSAGES {
-        msg.push_str(&format!("; and {} more", rejected.len() - MAX_MESSAGES));
+    let shown = listed.len().min(MAX_MESSAGES) as u64;
+    if shown > 0 && total > shown {
+        msg.push_str(&format!("; and {} more", total - shown));
     }
     msg
 }

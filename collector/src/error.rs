@@ -16,7 +16,8 @@ pub enum DecodeError {
     Protobuf(#[from] prost::DecodeError),
     #[error("malformed json: {0}")]
     Json(#[from] serde_json::Error),
-    /// Malformed JSON inside a file; the position is on the enclosing [`DecodeError::InFile`].
+    /// Malformed JSON in an input of several documents; the position is on the enclosing
+    /// [`DecodeError::AtLine`] or [`DecodeError::InFile`].
     #[error("malformed json: {0}")]
     JsonInFile(String),
     /// Valid JSON that is none of the documents we take.
@@ -27,6 +28,15 @@ pub enum DecodeError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// A problem in an input of several documents (JSON lines on the audit webhook), located
+    /// by line (and column for JSON syntax).
+    #[error("line {line}{}: {source}", column.map(|c| format!(", column {c}")).unwrap_or_default())]
+    AtLine {
+        line: usize,
+        column: Option<usize>,
+        #[source]
+        source: Box<DecodeError>,
     },
     /// A problem in a replay file, located by line (and column for JSON syntax).
     #[error("{}:{line}{}: {source}", path.display(), column.map(|c| format!(":{c}")).unwrap_or_default())]
@@ -47,7 +57,9 @@ impl DecodeError {
             | DecodeError::JsonInFile(_)
             | DecodeError::UnknownDocument(_)
             | DecodeError::Read { .. } => RejectReason::MalformedJson,
-            DecodeError::InFile { source, .. } => source.reason(),
+            DecodeError::AtLine { source, .. } | DecodeError::InFile { source, .. } => {
+                source.reason()
+            }
         }
     }
 }

@@ -7,8 +7,10 @@
 //!   - [`transform`]: OTLP spans and log records (the prost types) to events, one file per
 //!     signal, reading attributes through `attrs` (the only attribute extraction there is);
 //!   - [`json`]: OTLP JSON into the same prost types, so JSON and protobuf share every rule;
-//!   - [`k8s`]: Kubernetes audit `Event`/`EventList` to audit events (`timestamp` parses
-//!     their RFC 3339 times);
+//!   - [`k8s`]: Kubernetes audit `Event`/`EventList`, or JSON lines of `Event`s, to audit
+//!     events (`timestamp` parses their RFC 3339 times);
+//!   - `documents`: the one reader of inputs of several JSON documents (pretty or one per
+//!     line), placing each document and error by line: replay files and webhook bodies;
 //!   - [`replay`]: files of any of these, one document or one per line;
 //!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons;
 //!   - `wire`: OTLP protobuf bodies (HTTP and gRPC) read straight into events, borrowing
@@ -31,6 +33,7 @@ pub mod auth;
 mod body;
 pub mod config;
 pub mod decoded;
+mod documents;
 pub mod error;
 pub mod grpc;
 mod grpc_service;
@@ -50,7 +53,9 @@ pub use config::{
     ReceiverConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_SUBMIT_TIMEOUT,
 };
-pub use decoded::{Decoded, IgnoreReason, IgnoredCounts, RejectReason, Rejection, Signal};
+pub use decoded::{
+    Decoded, IgnoreReason, IgnoredCounts, RejectReason, RejectedCounts, Rejection, Signal,
+};
 pub use error::{ConfigError, DecodeError, IngestError, ServeError, SinkError};
 pub use grpc::{serve_grpc, serve_grpc_on};
 pub use http::{http_router, secured_http_router, serve_http, serve_http_on};

@@ -5,7 +5,9 @@
 //! labels come only from the enums in [`crate::decoded`]; nothing request-derived ever
 //! becomes a label.
 
-use crate::decoded::{IgnoreReason, IgnoredCounts, RejectReason, Rejection, Signal};
+use crate::decoded::{
+    IgnoreReason, IgnoredCounts, RejectReason, RejectedCounts, Rejection, Signal,
+};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use toctou_schema::{Event, Phase};
@@ -82,13 +84,24 @@ impl Metrics {
     }
 
     /// Counts what an accepted request carried besides its events: ignored items by
-    /// reason and refused items by reason.
-    pub fn record_items(&self, ignored: &IgnoredCounts, rejected: &[Rejection]) {
+    /// reason and refused items (listed or only counted) by reason.
+    pub fn record_items(
+        &self,
+        ignored: &IgnoredCounts,
+        rejected: &[Rejection],
+        unlisted: &RejectedCounts,
+    ) {
         for (reason, n) in ignored.iter() {
             self.ignored[reason as usize].fetch_add(n, Ordering::Relaxed);
         }
         for r in rejected {
             self.add_rejected(r.reason, 1);
+        }
+        for reason in RejectReason::ALL {
+            match unlisted.get(reason) {
+                0 => {}
+                n => self.add_rejected(reason, n),
+            }
         }
     }
 
@@ -209,9 +222,12 @@ mod tests {
         let m = Metrics::new();
         let mut ignored = IgnoredCounts::default();
         ignored.add(IgnoreReason::ReadVerb);
+        let mut unlisted = RejectedCounts::default();
+        unlisted.add(RejectReason::MalformedJson);
         m.record_items(
             &ignored,
             &[Rejection::new(RejectReason::MissingResource, "x")],
+            &unlisted,
         );
         m.add_events(Signal::K8sAudit, EventPhase::Audit, 1);
         // A pair that cannot occur is not a series.
@@ -231,6 +247,7 @@ mod tests {
             "toctou_ignored_total{signal=\"traces\",reason=\"no_phase\"} 0",
             "toctou_rejected_total{reason=\"missing_resource\"} 1",
             "toctou_rejected_total{reason=\"too_large\"} 2",
+            "toctou_rejected_total{reason=\"malformed_json\"} 1",
             "toctou_received_bytes_total{transport=\"grpc\"} 10",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");

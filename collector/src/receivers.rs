@@ -6,7 +6,7 @@
 //! and turn the outcome into their own responses.
 
 use crate::config::ReceiverConfig;
-use crate::decoded::{rejection_summary, Decoded, Signal};
+use crate::decoded::{rejection_summary, Decoded, Signal, MAX_LISTED_ERRORS};
 use crate::error::{IngestError, SinkError};
 use crate::metrics::{EventPhase, Metrics};
 use crate::sink::{EventSink, DEFAULT_RETRY_AFTER};
@@ -41,12 +41,9 @@ pub(crate) struct Receipt {
     pub rejected: usize,
     /// The partial-success `error_message` (empty when nothing was rejected).
     pub message: String,
-    /// The rejection messages, capped, for receivers that list them.
+    /// The rejection messages, the first [`MAX_LISTED_ERRORS`], for receivers that list them.
     pub errors: Vec<String>,
 }
-
-/// How many individual rejection messages a receipt keeps.
-const MAX_RECEIPT_ERRORS: usize = 10;
 
 impl Receivers {
     /// Building does not validate (STYLE: `validate()` apart from building): call
@@ -117,17 +114,19 @@ impl Receivers {
         signal: Signal,
         decoded: Decoded,
     ) -> Result<Receipt, IngestError> {
+        let rejected_total = decoded.rejected_total();
         let Decoded {
             events,
             ignored,
             rejected,
+            rejected_unlisted,
         } = decoded;
         let mut phases = [0u64; EventPhase::ALL.len()];
         for e in &events {
             phases[EventPhase::of(e) as usize] += 1;
         }
         let accepted = events.len();
-        let items = (accepted + rejected.len()) as u64 + ignored.total();
+        let items = accepted as u64 + rejected_total + ignored.total();
         if !events.is_empty() {
             let submit = self.inner.sink.submit(events);
             match tokio::time::timeout(self.inner.config.submit_timeout, submit).await {
@@ -145,7 +144,7 @@ impl Receivers {
         for phase in EventPhase::ALL {
             m.add_events(signal, phase, phases[phase as usize]);
         }
-        m.record_items(&ignored, &rejected);
+        m.record_items(&ignored, &rejected, &rejected_unlisted);
         let noun = match signal {
             Signal::Traces => "spans",
             Signal::Logs => "log records",
@@ -154,11 +153,11 @@ impl Receivers {
         Ok(Receipt {
             accepted,
             ignored: ignored.total(),
-            rejected: rejected.len(),
-            message: rejection_summary(&rejected, items, noun),
+            rejected: rejected_total as usize,
+            message: rejection_summary(&rejected, rejected_total, items, noun),
             errors: rejected
                 .into_iter()
-                .take(MAX_RECEIPT_ERRORS)
+                .take(MAX_LISTED_ERRORS)
                 .map(|r| r.message)
                 .collect(),
         })

@@ -2,15 +2,16 @@
 //! events, one document per file or one per line (as the OpenTelemetry Collector's file
 //! exporter and the Kubernetes log backend write them), told apart document by document.
 //!
-//! Decoding is the same as for live traffic; only the framing and the error locations
-//! (file and line) are particular to files.
+//! Decoding is the same as for live traffic, and documents are found by the reader that
+//! also reads JSON lines on the audit webhook (`crate::documents`); only that the first
+//! error fails the file, named by file and line, is particular to files.
 
 use crate::decoded::{IgnoredCounts, Rejection};
+use crate::documents::documents;
 use crate::error::DecodeError;
 use crate::json::{self, DocKind};
 use crate::k8s;
 use crate::transform::{decode_logs, decode_traces};
-use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
 use toctou_schema::Event;
 
@@ -52,53 +53,50 @@ pub fn read_replay_file(path: &Path) -> Result<ReplayBatch, DecodeError> {
 
 /// [`read_replay_file`] on bytes already read; `path` only names them in errors.
 pub fn decode_replay(path: &Path, bytes: &[u8]) -> Result<ReplayBatch, DecodeError> {
-    let at = |line: usize, column: Option<usize>, source: DecodeError| DecodeError::InFile {
-        path: PathBuf::from(path),
-        line,
-        column,
-        source: Box::new(source),
-    };
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = line_of(bytes, e.valid_up_to());
-        at(
+    // The reader places errors by line; a file names itself too.
+    let in_file = |e: DecodeError| match e {
+        DecodeError::AtLine {
             line,
-            None,
-            DecodeError::UnknownDocument("the file is not UTF-8 text".into()),
-        )
-    })?;
+            column,
+            source,
+        } => DecodeError::InFile {
+            path: PathBuf::from(path),
+            line,
+            column,
+            source,
+        },
+        other => other,
+    };
+    if let Err(e) = std::str::from_utf8(bytes) {
+        let line = 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        return Err(DecodeError::InFile {
+            path: PathBuf::from(path),
+            line,
+            column: None,
+            source: Box::new(DecodeError::UnknownDocument(
+                "the file is not UTF-8 text".into(),
+            )),
+        });
+    }
 
     let mut batch = ReplayBatch::default();
     let mut seen = k8s::Seen::new();
-    let mut docs = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
-    // Lines are counted incrementally from the previous document's start, so a file of a
-    // million JSON lines is scanned once.
-    let (mut counted_to, mut line) = (0usize, 1usize);
-    loop {
-        let doc = match docs.next() {
-            None => break,
-            Some(Ok(doc)) => doc,
-            Some(Err(e)) => {
-                return Err(at(e.line(), Some(e.column()), json_in_file(&e)));
-            }
-        };
-        let start = doc.get().as_ptr() as usize - text.as_ptr() as usize;
-        line += bytecount_newlines(&text.as_bytes()[counted_to..start]);
-        counted_to = start;
-        let raw = doc.get().as_bytes();
-        let decoded = decode_document(raw, &mut seen).map_err(|e| match e {
-            // serde_json counts from the document's start; make it the file's line.
-            DecodeError::Json(j) if j.line() > 0 => {
-                at(line + j.line() - 1, Some(j.column()), json_in_file(&j))
-            }
-            other => at(line, None, other),
-        })?;
+    for doc in documents(bytes) {
+        let doc = doc.map_err(|bad| in_file(bad.into_error()))?;
+        let decoded = decode_document(doc.raw, &mut seen).map_err(|e| in_file(doc.locate(e)))?;
         batch.events.extend(decoded.events);
         batch.ignored.merge(&decoded.ignored);
         batch.rejected.extend(
             decoded
                 .rejected
                 .into_iter()
-                .map(|rejection| LocatedRejection { line, rejection }),
+                .map(|rejection| LocatedRejection {
+                    line: doc.line,
+                    rejection,
+                }),
         );
     }
     Ok(batch)
@@ -117,23 +115,6 @@ fn decode_document(
             Ok(out)
         }
     }
-}
-
-/// serde_json's message without its " at line L column C" suffix, which counts from the
-/// document's start and would contradict the file position given beside it.
-fn json_in_file(e: &serde_json::Error) -> DecodeError {
-    let full = e.to_string();
-    let suffix = format!(" at line {} column {}", e.line(), e.column());
-    let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
-    DecodeError::JsonInFile(message)
-}
-
-fn bytecount_newlines(b: &[u8]) -> usize {
-    b.iter().filter(|&&c| c == b'\n').count()
-}
-
-fn line_of(bytes: &[u8], offset: usize) -> usize {
-    1 + bytecount_newlines(&bytes[..offset])
 }
 
 #[cfg(test)]

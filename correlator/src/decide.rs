@@ -13,7 +13,7 @@ use crate::item::{AuditItem, SpanItem};
 use crate::keys::KeyedUse;
 use crate::metrics::EvictedState;
 use crate::report::Verdict;
-use crate::resources::{staleness, OwnWrite, Pair, Staleness, MAX_EVIDENCE};
+use crate::resources::{same_version, staleness, OwnWrite, Pair, Staleness, MAX_EVIDENCE};
 use crate::waiting::{Prior, WaitingUse};
 use toctou_schema::{hex_id, AuditAction, Decision, Finding, FindingKind, UseOutcome, UseRef};
 
@@ -22,6 +22,29 @@ enum Stale {
     No,
     /// Evidence incomplete: counted as indeterminate, never a finding.
     Undecided,
+}
+
+/// The `duplicate_use` verdict of a use whose prior is `p`.
+fn duplicate(p: Prior) -> Verdict {
+    let (reason, prior) = match p {
+        Prior::Key(p) => (
+            format!(
+                "idempotency key already used by request {} for the same operation",
+                p.request_id
+            ),
+            p,
+        ),
+        Prior::Create(p) => (
+            format!("resource already created by request {}", p.request_id),
+            p,
+        ),
+    };
+    Verdict {
+        kind: FindingKind::DuplicateUse,
+        reason,
+        intervening: Vec::new(),
+        prior: Some(prior),
+    }
 }
 
 fn listed(n: usize) -> String {
@@ -178,7 +201,25 @@ impl Engine {
             return;
         }
         let slot = matched.expect("unchecked handled above");
-        let check = self.checks.table.get(slot).share(&mut self.sym);
+        let check = self.checks.table.get(slot);
+        let profile = self.sym.profile(check.profile);
+        if profile.policy.is_none() || profile.policy_version.is_none() {
+            // No policy to judge at the write's time: a duplicate is one whatever happens
+            // while the use runs, and versions that agree are fresh whatever it wrote on.
+            // Decided now, the usual case, without waiting.
+            if let Some(p) = prior {
+                let f = self.use_finding(&s, Some(check), duplicate(p));
+                self.emit(f, s.start_ns, out);
+                s.release(&mut self.sym);
+                return;
+            }
+            if !check.version.is_none() && same_version(&check.version, &s.version, &self.sym.long)
+            {
+                s.release(&mut self.sym);
+                return;
+            }
+        }
+        let check = check.share(&mut self.sym);
         let w = WaitingUse {
             span: s,
             check,
@@ -293,27 +334,8 @@ impl Engine {
         if let Some(v) = self.policy_drift(w.check.profile, w.check.time, effect) {
             return Some(v);
         }
-        match &w.prior {
-            Some(Prior::Key(p)) => {
-                return Some(Verdict {
-                    kind: FindingKind::DuplicateUse,
-                    reason: format!(
-                        "idempotency key already used by request {} for the same operation",
-                        p.request_id
-                    ),
-                    intervening: Vec::new(),
-                    prior: Some(p.clone()),
-                });
-            }
-            Some(Prior::Create(p)) => {
-                return Some(Verdict {
-                    kind: FindingKind::DuplicateUse,
-                    reason: format!("resource already created by request {}", p.request_id),
-                    intervening: Vec::new(),
-                    prior: Some(p.clone()),
-                });
-            }
-            None => {}
+        if let Some(p) = &w.prior {
+            return Some(duplicate(p.clone()));
         }
         // Writes after the check may have left the history before this decision (a use
         // that paired with an old tombstone and ran long): "fresh" cannot be trusted then.

@@ -34,15 +34,38 @@ pub fn logs_from_json(body: &[u8]) -> Result<ExportLogsServiceRequest, DecodeErr
 /// string where a number belongs must not come back as a 20 MiB error.
 const MAX_ERROR_BYTES: usize = 256;
 
-/// `e`, with its message cut to about [`MAX_ERROR_BYTES`]: the start and the end, where serde
-/// says what it expected, and the position.
+/// `e`, with its message cut to about [`MAX_ERROR_BYTES`] (see [`cut`]) and its position.
 fn bounded(e: serde_json::Error) -> DecodeError {
     let text = e.to_string();
     if text.len() <= MAX_ERROR_BYTES {
         return DecodeError::Json(e);
     }
-    let position = format!(" at line {} column {}", e.line(), e.column());
+    let position = position_suffix(&e);
     let message = text.strip_suffix(&position).unwrap_or(&text);
+    DecodeError::Json(serde::de::Error::custom(format!(
+        "{}{position}",
+        cut(message)
+    )))
+}
+
+/// serde's message without its position, cut like [`bounded`]: in an input of several
+/// documents the position counts from the document's start, and the reader of such inputs
+/// (`crate::documents`) gives the input's line and column instead.
+pub(crate) fn unplaced_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    cut(text.strip_suffix(&position_suffix(e)).unwrap_or(&text))
+}
+
+fn position_suffix(e: &serde_json::Error) -> String {
+    format!(" at line {} column {}", e.line(), e.column())
+}
+
+/// `message` cut to about [`MAX_ERROR_BYTES`]: the start and the end, where serde says what it
+/// expected.
+fn cut(message: &str) -> String {
+    if message.len() <= MAX_ERROR_BYTES {
+        return message.to_string();
+    }
     let mut head = MAX_ERROR_BYTES / 2;
     while !message.is_char_boundary(head) {
         head -= 1;
@@ -51,12 +74,12 @@ fn bounded(e: serde_json::Error) -> DecodeError {
     while !message.is_char_boundary(tail) {
         tail += 1;
     }
-    DecodeError::Json(serde::de::Error::custom(format!(
-        "{} [{} bytes cut] {}{position}",
+    format!(
+        "{} [{} bytes cut] {}",
         &message[..head],
         tail - head,
         &message[tail..],
-    )))
+    )
 }
 
 /// serde's derived structs also read JSON arrays (as tuples), which would let `[]` pass as

@@ -1,11 +1,13 @@
 //! Kubernetes audit events (`audit.k8s.io/v1` `Event` and `EventList`, as the audit webhook
-//! backend posts them and the log backend writes them) to audit events.
+//! backend posts them, and JSON lines of `Event`s, as the log backend writes them) to audit
+//! events.
 //!
 //! Only what changed the cluster becomes an event: the `ResponseComplete` stage of a write
 //! verb that did not fail. Everything else is counted as ignored, by reason.
 
 use crate::attrs::{too_long, MAX_VALUE_BYTES};
-use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
+use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection, MAX_LISTED_ERRORS};
+use crate::documents::{documents, Bad};
 use crate::error::DecodeError;
 use crate::json::{detect, DocKind};
 use crate::timestamp::parse_rfc3339;
@@ -97,11 +99,56 @@ struct ObjectMeta {
 /// The (auditID, stage) pairs already seen in one body or file.
 pub(crate) type Seen = HashSet<(String, String)>;
 
-/// One webhook body: an `EventList` or a single `Event`.
+/// One webhook body: an `EventList`, one `Event`, or JSON lines of them (as the log backend
+/// writes them and log shippers forward such files). A bad line is rejected as one item,
+/// named by its line, and the good lines are kept; a body without one good document is
+/// refused whole, as a bad `Event` or `EventList` always was.
 pub fn decode_k8s_audit(body: &[u8]) -> Result<Decoded, DecodeError> {
     let mut out = Decoded::default();
     let mut seen = Seen::new();
-    decode_document(body, &mut seen, &mut out)?;
+    // The line of each listed rejection from a good document; a bad one names its own.
+    let mut lines: Vec<Option<usize>> = Vec::new();
+    let (mut good, mut bad) = (0usize, 0usize);
+    let mut first_bad = None;
+    for doc in documents(body) {
+        let failed = match doc {
+            Ok(doc) => match decode_document(doc.raw, &mut seen, &mut out) {
+                Ok(()) => {
+                    good += 1;
+                    lines.resize(out.rejected.len(), Some(doc.line));
+                    continue;
+                }
+                Err(error) => Bad::Refused { doc, error },
+            },
+            Err(not_json) => not_json,
+        };
+        bad += 1;
+        // A message each for as many as a receipt lists; past that a bad line costs only
+        // its count, however many two-byte lines a body holds.
+        if bad > MAX_LISTED_ERRORS {
+            out.rejected_unlisted.add(failed.reason());
+            continue;
+        }
+        let e = failed.into_error();
+        out.rejected.push(Rejection::new(e.reason(), e.to_string()));
+        lines.push(None);
+        first_bad.get_or_insert(e);
+    }
+    if good == 0 {
+        return Err(first_bad.unwrap_or_else(|| {
+            DecodeError::UnknownDocument(
+                "empty body: expected an audit Event, EventList or JSON lines of Events".into(),
+            )
+        }));
+    }
+    // One document has no other line to tell it from.
+    if good + bad > 1 {
+        for (rejection, line) in out.rejected.iter_mut().zip(lines) {
+            if let Some(line) = line {
+                rejection.message = format!("line {line}: {}", rejection.message);
+            }
+        }
+    }
     Ok(out)
 }
 

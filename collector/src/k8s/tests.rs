@@ -389,3 +389,92 @@ fn values_over_the_length_limit_refuse_their_event_only() {
     assert_eq!(d.events.len(), 1);
     assert!(d.rejected.is_empty());
 }
+
+/// The captured events as JSON lines (one compact `Event` a line), in `captured()` order.
+fn captured_lines() -> Vec<String> {
+    captured()
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn json_lines_decode_as_the_event_list_does() {
+    let lines = captured_lines();
+    // Blank lines and CRLF endings, as files and shippers have them.
+    let body = format!(
+        "\n{}\r\n\r\n{}\n",
+        lines[..3].join("\r\n"),
+        lines[3..].join("\n")
+    );
+    golden("all", &render(&decode_k8s_audit(body.as_bytes()).unwrap()));
+}
+
+#[test]
+fn a_bad_line_is_rejected_by_its_line_and_the_good_ones_are_kept() {
+    let all = decode_k8s_audit(captured_lines().join("\n").as_bytes()).unwrap();
+    let mut lines = captured_lines();
+    // Line 13 cut short, as a shipper cuts a line at a buffer's end; line 6 not JSON; line
+    // 20 an audit event without a name (one bad item in a good line).
+    let cut = lines[11][..lines[11].len() / 2].to_string();
+    lines.insert(12, cut);
+    lines.insert(5, "not json".into());
+    lines.insert(
+        19,
+        event(json!({"objectRef": {"resource": "pods", "namespace": "default"}})).to_string(),
+    );
+    let d = decode_k8s_audit(lines.join("\n").as_bytes()).unwrap();
+    assert_eq!(d.events, all.events);
+    assert_eq!(d.ignored, all.ignored);
+    let messages: Vec<_> = d.rejected.iter().map(|r| r.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "line 6, column 2: malformed json: expected ident",
+            "line 14, column 1618: malformed json: control character (\\u0000-\\u001F) found while parsing a string",
+            "line 20: audit event id-1: no objectRef.name nor responseObject.metadata.name",
+        ]
+    );
+    let reasons: Vec<_> = d.rejected.iter().map(|r| r.reason).collect();
+    use RejectReason::*;
+    assert_eq!(reasons, [MalformedJson, MalformedJson, MissingResource]);
+}
+
+#[test]
+fn bad_lines_past_the_listed_ones_are_only_counted() {
+    let good = event(json!({})).to_string();
+    let body = format!("{good}\n{}", "x\n".repeat(25));
+    let d = decode_k8s_audit(body.as_bytes()).unwrap();
+    assert_eq!(d.events.len(), 1);
+    assert_eq!(d.rejected.len(), MAX_LISTED_ERRORS);
+    assert_eq!(
+        d.rejected[0].message,
+        "line 2, column 1: malformed json: expected value"
+    );
+    assert_eq!(d.rejected_unlisted.get(RejectReason::MalformedJson), 15);
+    assert_eq!(d.rejected_unlisted.total(), 15);
+    let summary = d.error_message("audit events");
+    assert!(
+        summary.starts_with("rejected 25 of 26 audit events: line 2,"),
+        "{summary}"
+    );
+    assert!(summary.ends_with("; and 20 more"), "{summary}");
+}
+
+#[test]
+fn a_body_without_a_good_document_is_refused_whole() {
+    let err = decode_k8s_audit(b"x\n{\"kind\":\"Pod\"}\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "line 1, column 1: malformed json: expected value"
+    );
+    for empty in [&b""[..], b"\n \r\n"] {
+        let err = decode_k8s_audit(empty).unwrap_err();
+        assert_eq!(err.reason(), RejectReason::MalformedJson);
+        assert!(err.to_string().contains("empty body"), "{err}");
+    }
+}

@@ -172,16 +172,14 @@ fn waiting_uses_beyond_the_cap_are_decided_early_and_counted() {
     for i in 0..5 {
         let q = format!("q{i}");
         events.push(check(&format!("inv/{i}"), &q, i).version("1").ev());
-        events.push(
-            use_(&format!("inv/{i}"), &q, 10 + i)
-                .lasting(500)
-                .version("1")
-                .ev(),
-        );
+        // No version on the use: it waits for its write.
+        events.push(use_(&format!("inv/{i}"), &q, 10 + i).lasting(500).ev());
     }
     let (f, stats) = run(&cfg, events);
     assert!(f.is_empty(), "{f:?}");
     assert_eq!(stats.pairs, 5);
+    // No audit stream: each is indeterminate, decided early or not.
+    assert_eq!(stats.indeterminate, 5);
     assert!(stats.evicted_of(crate::EvictedState::Use) >= 3, "{stats:?}");
 }
 
@@ -190,7 +188,7 @@ fn a_waiting_use_holds_back_what_a_hand_over_re_reads() {
     let mut engine = crate::Engine::new(cfg()).unwrap();
     let mut out = Vec::new();
     for e in [
-        check("inv/1", "q1", 0).version("1").ev(),
+        check("inv/1", "q1", 0).ev(),
         use_("inv/1", "q1", 10).lasting(5_000).ev(),
         audit(Update, "inv/1", 3_000)
             .version("2")
