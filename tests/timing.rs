@@ -47,6 +47,11 @@ struct DemoRun {
 
 impl Drop for DemoRun {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The evidence of a failure: what happened, row by row.
+            eprintln!("kept the demo's database for a look: {}", self.db.display());
+            return;
+        }
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.db.display()));
         }
@@ -246,6 +251,14 @@ fn found_stale(findings: &[Value], run: &str) -> BTreeMap<String, Value> {
 /// Stale checks request by request, then every kind of the demo's table: exactly equal.
 /// Returns the truth for the scenario's own assertions.
 fn assert_exact(scenario: &str, run: &DemoRun, toctou: &Toctou) -> Truth {
+    // Without its table the demo stopped early, before toctou had time to decide.
+    assert!(
+        !run.table.is_empty(),
+        "{scenario}: toctou demo stopped before comparing ({}):\n{}\n{}",
+        run.out.status,
+        run.stdout,
+        String::from_utf8_lossy(&run.out.stderr)
+    );
     let truth = truth(&run.db);
     let findings = tokio::runtime::Runtime::new()
         .unwrap()
@@ -294,10 +307,12 @@ fn assert_exact(scenario: &str, run: &DemoRun, toctou: &Toctou) -> Truth {
         }
         panic!(
             "{scenario}: toctou's stale checks differ from the database's: {} missed, {} extra \
-             (first ones below)\n{why}\n{}",
+             (first ones below)\n{why}\ntoctou demo ({}):\n{}\n{}",
             missed.len(),
             extra.len(),
-            run.stdout
+            run.out.status,
+            run.stdout,
+            String::from_utf8_lossy(&run.out.stderr)
         );
     }
     assert!(
