@@ -5,19 +5,11 @@
 
 mod common;
 
+use common::demo::{parse, KINDS};
 use common::Toctou;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
-
-const KINDS: [&str; 6] = [
-    "stale_check",
-    "duplicate_use",
-    "unchecked_use",
-    "authz_drift",
-    "partial_create",
-    "orphan_check",
-];
 
 fn demo(args: &[&str]) -> (Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_toctou"))
@@ -28,27 +20,6 @@ fn demo(args: &[&str]) -> (Output, String) {
         .expect("running toctou demo");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     (out, stdout)
-}
-
-/// The run tag (`demo run <tag>:`) and the table (`kind happened found`) the demo printed.
-fn parse(stdout: &str) -> (String, BTreeMap<String, (u64, u64)>) {
-    let run = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("demo run "))
-        .and_then(|l| l.split(':').next())
-        .unwrap_or_else(|| panic!("no run tag in:\n{stdout}"))
-        .to_string();
-    let mut table = BTreeMap::new();
-    for line in stdout.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() >= 3 && KINDS.contains(&cols[0]) {
-            table.insert(
-                cols[0].to_string(),
-                (cols[1].parse().unwrap(), cols[2].parse().unwrap()),
-            );
-        }
-    }
-    (run, table)
 }
 
 fn assert_agrees(out: &Output, stdout: &str) -> (String, BTreeMap<String, (u64, u64)>) {

@@ -105,6 +105,13 @@ pub fn print(
         "races prevented by compare-and-swap: {}; orders that oversold stock: {}",
         truth.prevented, truth.oversold
     );
+    if truth.raced_in_lock_wait > 0 {
+        println!(
+            "stale uses without a version whose intervening writes all committed while they \
+             waited for the write lock: {}",
+            truth.raced_in_lock_wait
+        );
+    }
     if !differ.is_empty() {
         let why = if notes.is_empty() {
             String::new()

@@ -2,9 +2,11 @@
 //! relay that turns committed audit rows into OTLP audit records in commit order.
 //!
 //! Writes go through one writer connection behind a mutex, in `BEGIN IMMEDIATE`
-//! transactions: SQLite has one writer anyway, and holding the lock from before the use span
-//! starts until after the commit makes span order, commit order and audit time agree (the
-//! ground truth is counted in commit order; toctou orders by event time). Triggers on each
+//! transactions: SQLite has one writer anyway. Most workloads start their use span under
+//! the lock, which makes span order, commit order and audit time agree (the ground truth is
+//! counted in commit order; toctou orders by event time); the accounts workload starts its
+//! use span before taking the lock, as an application does, so that its wait for the lock
+//! is part of the use and other requests commit inside it. Triggers on each
 //! workload's tables insert the audit rows; just before the commit, under the same lock, the
 //! transaction's rows get their commit time and are sent after it, so a record's time is
 //! after the use span that caused it and before any read that can see the change.
@@ -126,7 +128,8 @@ impl Db {
 
     /// Runs `f` in a write transaction and commits it, then sends its audit rows stamped
     /// with the commit time. `f` runs under the write lock: a use span started in it starts
-    /// in commit order. On error nothing is committed and nothing is sent.
+    /// in commit order; one started before the call also spans the wait for the lock. On
+    /// error nothing is committed and nothing is sent.
     pub fn write<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
         let mut w = self.lock();
         let sent = w.sent;

@@ -5,10 +5,10 @@
 //! loss), and the demo reports anything not delivered, since a lost span is a race that
 //! happened and cannot be found.
 
-use opentelemetry::Context;
+use super::hook::{LogHook, SpanHook};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogRecord};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,33 +51,20 @@ impl Delivery {
     }
 }
 
-/// A span processor that counts the spans it passes on.
-#[derive(Debug)]
-pub struct CountedSpans<P> {
-    pub inner: P,
-    pub delivery: Arc<Delivery>,
+/// The hook that counts every span and record the SDK is handed (a processor's, see
+/// [`super::hook::Hooked`]).
+#[derive(Debug, Clone)]
+pub struct Handed(pub Arc<Delivery>);
+
+impl SpanHook for Handed {
+    fn on_end(&self, _: &mut SpanData) {
+        self.0.handed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-impl<P: SpanProcessor> SpanProcessor for CountedSpans<P> {
-    fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        self.delivery.handed.fetch_add(1, Ordering::Relaxed);
-        self.inner.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+impl LogHook for Handed {
+    fn on_emit(&self, _: &mut SdkLogRecord) {
+        self.0.handed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -109,32 +96,6 @@ impl<E: SpanExporter> SpanExporter for CountedSpanExporter<E> {
 
     fn force_flush(&self) -> OTelSdkResult {
         self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// A log processor that counts the records it passes on.
-#[derive(Debug)]
-pub struct CountedLogs<P> {
-    pub inner: P,
-    pub delivery: Arc<Delivery>,
-}
-
-impl<P: LogProcessor> LogProcessor for CountedLogs<P> {
-    fn emit(&self, data: &mut SdkLogRecord, scope: &opentelemetry::InstrumentationScope) {
-        self.delivery.handed.fetch_add(1, Ordering::Relaxed);
-        self.inner.emit(data, scope);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -175,6 +136,7 @@ impl<E: LogExporter> LogExporter for CountedLogExporter<E> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hook::Hooked;
     use super::*;
     use opentelemetry::logs::{Logger as _, LoggerProvider as _};
     use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
@@ -189,22 +151,22 @@ mod tests {
         let resource = Resource::builder().with_service_name("svc").build();
         let tp = SdkTracerProvider::builder()
             .with_resource(resource.clone())
-            .with_span_processor(CountedSpans {
+            .with_span_processor(Hooked {
                 inner: SimpleSpanProcessor::new(CountedSpanExporter {
                     inner: spans.clone(),
                     delivery: delivery.clone(),
                 }),
-                delivery: delivery.clone(),
+                hook: Handed(delivery.clone()),
             })
             .build();
         let lp = SdkLoggerProvider::builder()
             .with_resource(resource)
-            .with_log_processor(CountedLogs {
+            .with_log_processor(Hooked {
                 inner: SimpleLogProcessor::new(CountedLogExporter {
                     inner: logs.clone(),
                     delivery: delivery.clone(),
                 }),
-                delivery: delivery.clone(),
+                hook: Handed(delivery.clone()),
             })
             .build();
         let tracer = tp.tracer("t");

@@ -103,12 +103,15 @@ impl Pacer {
 }
 
 /// What happened, by finding kind (the kinds of [`KINDS`]), plus the races prevented by
-/// a compare-and-swap and the units sold out of stock.
+/// a compare-and-swap, the units sold out of stock, and the stale uses without a version
+/// whose intervening writes all committed while they waited for the write lock (after
+/// their use span had started).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub kinds: BTreeMap<&'static str, u64>,
     pub prevented: u64,
     pub oversold: u64,
+    pub raced_in_lock_wait: u64,
 }
 
 impl Counts {
@@ -130,6 +133,7 @@ impl AddAssign for Counts {
         }
         self.prevented += other.prevented;
         self.oversold += other.oversold;
+        self.raced_in_lock_wait += other.raced_in_lock_wait;
     }
 }
 

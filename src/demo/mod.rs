@@ -4,34 +4,40 @@
 //! toctou found.
 //!
 //! # Layout
+//! - [`args`]: the command line, checked before anything starts.
 //! - [`db`]: the SQLite database, its audit table and the relay that sends audit records in
 //!   commit order.
 //! - [`load`]: pace, race window, run tag and the per-kind counts the workloads share.
 //! - one module per workload: [`inventory`], [`payments`], [`claims`], [`authz`],
-//!   [`pricing`]; each owns its tables, its racing workers and its ground-truth SQL.
+//!   [`pricing`], [`accounts`]; each owns its tables, its racing workers and its
+//!   ground-truth SQL.
 //! - [`telemetry`]: the OpenTelemetry SDK set-up of each demo service; [`delivery`]: what
-//!   the SDK was handed and what its exporters delivered (push-back, and the report).
+//!   the SDK was handed and what its exporters delivered (push-back, and the report);
+//!   [`clock`]: services on hosts whose clocks are off; [`hook`]: the processor wrapper
+//!   both look at spans and records through.
 //! - [`embedded`]: the `toctou run` the demo starts when nothing answers.
 //! - [`compare`]: the findings API read back, and the comparison printed.
 
+mod accounts;
+mod args;
 mod authz;
 mod claims;
+mod clock;
 mod compare;
 mod db;
 mod delivery;
 mod embedded;
+mod hook;
 mod inventory;
 mod load;
 mod payments;
 mod pricing;
 mod telemetry;
 
-use crate::access::Secret;
+pub use args::{DemoArgs, Workload};
+
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use load::{Counts, Load, Pacer};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,145 +48,6 @@ use telemetry::{Service, Transport};
 const EMBEDDED_PAIR_TTL: Duration = Duration::from_secs(5);
 /// The pair TTL assumed of a running `toctou run` (its default) when none is given.
 const DEFAULT_PAIR_TTL: Duration = Duration::from_secs(30);
-
-/// The demo's workloads, as named by `--workload-rate`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Workload {
-    Inventory,
-    Payments,
-    Claims,
-    Authz,
-    Pricing,
-}
-
-impl Workload {
-    const ALL: [Workload; 5] = [
-        Workload::Inventory,
-        Workload::Payments,
-        Workload::Claims,
-        Workload::Authz,
-        Workload::Pricing,
-    ];
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
-    /// OTLP endpoint of `toctou run`: gRPC by default, the HTTP base URL with --transport http.
-    /// When nothing answers there, the demo starts a `toctou run` of its own on loopback.
-    #[arg(long, default_value = "http://127.0.0.1:4317")]
-    pub endpoint: String,
-    #[arg(long, value_enum, default_value = "grpc")]
-    pub transport: Transport,
-    /// The findings API of the same `toctou run`, to compare what it found.
-    #[arg(long, default_value = "http://127.0.0.1:8686")]
-    pub api: String,
-    /// How long the workloads run.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Concurrent workers per workload.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
-    /// Requests per second of each workload (pods per second for the claims controller,
-    /// events per second for the payment webhooks); 0: as fast as the workers go.
-    #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
-    /// The rate of one workload, overriding --rate for it: NAME=RATE (repeatable), NAME
-    /// one of inventory, payments, claims, authz, pricing.
-    #[arg(long, value_parser = parse_workload_rate)]
-    pub workload_rate: Vec<(Workload, f64)>,
-    /// Longest wait between a check and its use: wider windows race more often.
-    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
-    pub race_window: Duration,
-    /// The server's --pair-ttl, to know how long to wait before the final comparison
-    /// (orphans and partial creates are decided after the pair TTL). Default: 30s, the
-    /// server's default; 5s for the `toctou run` the demo starts itself.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub pair_ttl: Option<Duration>,
-    /// The server's --allowed-lateness.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub allowed_lateness: Duration,
-    /// Do not wait for the TTL-decided kinds before printing the comparison.
-    #[arg(long)]
-    pub no_settle: bool,
-    /// Keep the SQLite database at this path (a new file) instead of a temporary one.
-    #[arg(long)]
-    pub db: Option<PathBuf>,
-    /// Bearer token sent with every export, for a `toctou run` with ingest tokens (prefer
-    /// the variable: a command line is visible to every user of the host).
-    #[arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)]
-    pub token: Option<Secret>,
-    /// Bearer token for the findings API, when it has tokens of its own; default: --token.
-    #[arg(long, env = "TOCTOU_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<Secret>,
-}
-
-fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
-    use clap::ValueEnum as _;
-    let (name, rate) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=RATE, got {s:?}"))?;
-    let workload = Workload::from_str(name, true).map_err(|_| {
-        format!("unknown workload {name:?}: one of inventory, payments, claims, authz, pricing")
-    })?;
-    let rate: f64 = rate
-        .parse()
-        .map_err(|_| format!("invalid rate {rate:?}: requests per second, 0 for unlimited"))?;
-    if !rate.is_finite() || rate < 0.0 {
-        return Err(format!("invalid rate {rate}: at least 0"));
-    }
-    Ok((workload, rate))
-}
-
-impl DemoArgs {
-    /// The demo that `toctou run --demo` starts against its own gRPC receiver.
-    pub fn against(grpc: SocketAddr, duration: Duration, token: Option<Secret>) -> DemoArgs {
-        DemoArgs {
-            endpoint: format!("http://{grpc}"),
-            transport: Transport::Grpc,
-            api: String::new(),
-            duration,
-            concurrency: 4,
-            rate: 100.0,
-            workload_rate: Vec::new(),
-            race_window: Duration::from_millis(20),
-            pair_ttl: None,
-            allowed_lateness: Duration::from_secs(2),
-            no_settle: true,
-            db: None,
-            token,
-            api_token: None,
-        }
-    }
-
-    fn rate_of(&self, w: Workload) -> f64 {
-        self.workload_rate
-            .iter()
-            .rev()
-            .find(|(x, _)| *x == w)
-            .map_or(self.rate, |(_, r)| *r)
-    }
-
-    fn validate(&self) -> Result<()> {
-        if !self.rate.is_finite() || self.rate < 0.0 {
-            bail!(
-                "invalid --rate {}: requests per second, 0 for unlimited",
-                self.rate
-            );
-        }
-        if self.concurrency == 0 {
-            bail!("--concurrency must be at least 1");
-        }
-        if let Some(db) = self.db.as_ref().filter(|p| p.exists()) {
-            // Checked again when the file is created; here, before any server is started.
-            bail!(
-                "{} already exists: the demo counts what happened from the whole database, so \
-                 it needs a new file (remove it or pass another --db)",
-                db.display()
-            );
-        }
-        Ok(())
-    }
-}
 
 pub fn main(args: DemoArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -256,6 +123,7 @@ async fn traffic_and_compare(
             args.token.as_ref(),
             &delivery,
             audit,
+            args.exporting(name),
         )?))
     };
     let svc = |name: &str| service(name, false);
@@ -266,6 +134,7 @@ async fn traffic_and_compare(
         docs: svc("docs-api")?,
         claims: [svc("claims-controller-a")?, svc("claims-controller-b")?],
         pricing: svc("pricing-api")?,
+        accounts: [svc("accounts-api")?, svc("accounts-standing-orders")?],
         db: service("demo-db", true)?,
     };
     let schemas = [
@@ -274,12 +143,14 @@ async fn traffic_and_compare(
         claims::SCHEMA,
         authz::SCHEMA,
         pricing::SCHEMA,
+        accounts::SCHEMA,
     ];
     let db = Arc::new(db::Db::create(&db_path, &schemas, services.db.clone())?);
     let until = Instant::now() + args.duration;
-    let loads: Vec<(Workload, Load)> = Workload::ALL
-        .iter()
-        .map(|&w| {
+    let loads: Vec<(Workload, Load)> = args
+        .selected()
+        .into_iter()
+        .map(|w| {
             (
                 w,
                 Load {
@@ -297,7 +168,7 @@ async fn traffic_and_compare(
     report(
         compare,
         format!(
-        "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}",
+        "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}{}",
         loads.len(),
         args.concurrency,
         humantime::format_duration(args.race_window),
@@ -309,6 +180,7 @@ async fn traffic_and_compare(
             .join(" "),
         db_path.display(),
         if keep_db { "" } else { " (temporary)" },
+        args.exporting_note(),
     ),
     );
     tracing::info!(endpoint = %args.endpoint, transport = ?args.transport, "demo traffic started");
@@ -340,6 +212,7 @@ async fn traffic_and_compare(
         c += claims::truth(&conn)?;
         c += authz::truth(&conn)?;
         c += pricing::truth(&conn)?;
+        c += accounts::truth(&conn)?;
         Ok(c)
     });
     drop(db);
@@ -428,6 +301,8 @@ struct Services {
     docs: Arc<Service>,
     claims: [Arc<Service>; 2],
     pricing: Arc<Service>,
+    /// The tellers' API and the standing-orders job.
+    accounts: [Arc<Service>; 2],
     db: Arc<Service>,
 }
 
@@ -441,6 +316,8 @@ impl Services {
             self.claims[0].clone(),
             self.claims[1].clone(),
             self.pricing.clone(),
+            self.accounts[0].clone(),
+            self.accounts[1].clone(),
             self.db.clone(),
         ]
     }
@@ -461,6 +338,7 @@ fn run_all(s: &Services, db: &db::Db, loads: &[(Workload, Load)]) -> Result<()> 
                     Workload::Claims => claims::run([&s.claims[0], &s.claims[1]], db, load),
                     Workload::Authz => authz::run(&s.docs, db, load),
                     Workload::Pricing => pricing::run(&s.pricing, db, load),
+                    Workload::Accounts => accounts::run(&s.accounts[0], &s.accounts[1], db, load),
                 });
                 (w, h)
             })

@@ -1,10 +1,11 @@
 //! The demo's OpenTelemetry plumbing: one tracer and one logger per demo service, exporting
 //! over OTLP (gRPC or HTTP) exactly as an instrumented application would. What the spans and
-//! records say is `toctou-instrument`'s business; this module only sets up the SDK.
+//! records say is `toctou-instrument`'s business; this module only sets up the SDK: where it
+//! exports, how often, and (see [`super::clock`]) on what host clock.
 
-use super::delivery::{
-    CountedLogExporter, CountedLogs, CountedSpanExporter, CountedSpans, Delivery,
-};
+use super::clock::ClockOffset;
+use super::delivery::{CountedLogExporter, CountedSpanExporter, Delivery, Handed};
+use super::hook::Hooked;
 use crate::access::Secret;
 use anyhow::{Context as _, Result};
 use opentelemetry::logs::LoggerProvider as _;
@@ -19,7 +20,8 @@ use opentelemetry_sdk::Resource;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often each demo service exports its batch of spans and of audit records.
+/// How often each demo service exports its batch of spans and of audit records, unless it
+/// keeps the SDK's default schedule ([`Exporting::sdk_default_delays`]).
 const EXPORT_DELAY: Duration = Duration::from_millis(200);
 /// The SDK drops what does not fit its queue (2,048 by default); as a load generator the
 /// demo can outrun that between two exports, and a dropped span would be a race that
@@ -39,8 +41,39 @@ pub enum Transport {
     Http,
 }
 
+/// How one service's SDK exports, beyond where to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exporting {
+    /// The SDK's default batch schedule (spans every 5 s, logs every 1 s) rather than the
+    /// demo's 200 ms: an application left at the defaults, whose events reach toctou later
+    /// than its default allowed lateness.
+    pub sdk_default_delays: bool,
+    /// The offset of the service's host clock: every time its SDK records is shifted by it.
+    pub clock: ClockOffset,
+}
+
+impl Exporting {
+    fn span_delay(self) -> Duration {
+        if self.sdk_default_delays {
+            trace::OTEL_BSP_SCHEDULE_DELAY_DEFAULT
+        } else {
+            EXPORT_DELAY
+        }
+    }
+
+    fn log_delay(self) -> Duration {
+        if self.sdk_default_delays {
+            logs::OTEL_BLRP_SCHEDULE_DELAY_DEFAULT
+        } else {
+            EXPORT_DELAY
+        }
+    }
+}
+
 /// One instrumented service: its tracer, its logger, and the providers to flush at the end.
 pub struct Service {
+    /// Its `service.name`.
+    pub name: String,
     pub tracer: SdkTracer,
     pub logger: SdkLogger,
     tracer_provider: SdkTracerProvider,
@@ -57,6 +90,7 @@ impl Service {
         token: Option<&Secret>,
         delivery: &Arc<Delivery>,
         audit: bool,
+        exporting: Exporting,
     ) -> Result<Service> {
         // The bearer token as gRPC metadata or an HTTP header, as any OTLP exporter sends it.
         let mut metadata = tonic::metadata::MetadataMap::new();
@@ -108,7 +142,8 @@ impl Service {
             }
         };
         // The SDKs' default export delay (5 s for spans, 1 s for logs) is longer than the
-        // default allowed lateness; a short one keeps the demo's events in order.
+        // default allowed lateness; a short one keeps the demo's events in order, unless the
+        // service is to show what the defaults do.
         let spans = CountedSpanExporter {
             inner: spans,
             delivery: delivery.clone(),
@@ -120,7 +155,7 @@ impl Service {
         let span_batches = BatchSpanProcessor::builder(spans)
             .with_batch_config(
                 trace::BatchConfigBuilder::default()
-                    .with_scheduled_delay(EXPORT_DELAY)
+                    .with_scheduled_delay(exporting.span_delay())
                     .with_max_queue_size(QUEUE)
                     .with_max_export_batch_size(BATCH)
                     .build(),
@@ -129,7 +164,7 @@ impl Service {
         let log_batches = BatchLogProcessor::builder(logs)
             .with_batch_config(
                 logs::BatchConfigBuilder::default()
-                    .with_scheduled_delay(EXPORT_DELAY)
+                    .with_scheduled_delay(exporting.log_delay())
                     .with_max_queue_size(if audit { QUEUE } else { BATCH })
                     .with_max_export_batch_size(BATCH)
                     .build(),
@@ -137,19 +172,26 @@ impl Service {
             .build();
         let tracer_provider = SdkTracerProvider::builder()
             .with_resource(resource.clone())
-            .with_span_processor(CountedSpans {
-                inner: span_batches,
-                delivery: delivery.clone(),
+            .with_span_processor(Hooked {
+                inner: Hooked {
+                    inner: span_batches,
+                    hook: exporting.clock,
+                },
+                hook: Handed(delivery.clone()),
             })
             .build();
         let logger_provider = SdkLoggerProvider::builder()
             .with_resource(resource)
-            .with_log_processor(CountedLogs {
-                inner: log_batches,
-                delivery: delivery.clone(),
+            .with_log_processor(Hooked {
+                inner: Hooked {
+                    inner: log_batches,
+                    hook: exporting.clock,
+                },
+                hook: Handed(delivery.clone()),
             })
             .build();
         Ok(Service {
+            name: name.to_string(),
             tracer: tracer_provider.tracer("toctou-demo"),
             logger: logger_provider.logger("toctou-demo"),
             tracer_provider,

@@ -3,9 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod burner;
 pub mod clickhouse;
+pub mod demo;
 pub mod kafka;
 pub mod otel_sdk;
+pub mod otelcol;
 pub mod process;
 
 use process::Node;

@@ -1,0 +1,34 @@
+//! Reading what `toctou demo` printed: its run tag (`demo run <tag>: ...`, in every resource
+//! name of the run) and its table of what happened against what toctou found, per kind.
+
+use std::collections::BTreeMap;
+
+/// The finding kinds, as the demo's table lists them.
+pub const KINDS: [&str; 6] = [
+    "stale_check",
+    "duplicate_use",
+    "unchecked_use",
+    "authz_drift",
+    "partial_create",
+    "orphan_check",
+];
+
+/// The run tag and the table (kind -> (happened, found)) in the demo's output.
+pub fn parse(stdout: &str) -> (String, BTreeMap<String, (u64, u64)>) {
+    let run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("demo run "))
+        .and_then(|l| l.split(':').next())
+        .unwrap_or_else(|| panic!("no run tag in:\n{stdout}"))
+        .to_string();
+    let mut table = BTreeMap::new();
+    for line in stdout.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() >= 3 && KINDS.contains(&cols[0]) {
+            if let (Ok(happened), Ok(found)) = (cols[1].parse(), cols[2].parse()) {
+                table.insert(cols[0].to_string(), (happened, found));
+            }
+        }
+    }
+    (run, table)
+}
