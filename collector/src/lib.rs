@@ -14,7 +14,9 @@
 //!   - [`replay`]: files of any of these, one document or one per line;
 //!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons;
 //!   - `wire`: OTLP protobuf bodies (HTTP and gRPC) read straight into events, borrowing
-//!     what the transforms read from the bytes (prost decodes whatever it does not take).
+//!     what the transforms read from the bytes (prost decodes whatever it does not take);
+//!   - [`budget`]: what decoding one request may allocate, checked before prost runs and
+//!     while serde runs.
 //! - Receiving:
 //!   - [`sink`]: the [`EventSink`] trait and the bounded [`ChannelSink`];
 //!   - [`receivers`]: [`Receivers`], the shared state, and the steps every transport takes
@@ -31,6 +33,7 @@
 mod attrs;
 pub mod auth;
 mod body;
+pub mod budget;
 pub mod config;
 pub mod decoded;
 mod documents;
