@@ -202,7 +202,7 @@ async fn ingest(
     r.deliver(signal, decoded).await.map_err(read)
 }
 
-fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decoded, IngestError> {
+pub(crate) fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decoded, IngestError> {
     let decoded = match (signal, format) {
         // The wire reader first (most of the cost of a request was allocating attributes
         // nobody reads); prost for anything it does not take, with prost's error.

@@ -44,6 +44,7 @@ pub mod http;
 pub mod json;
 pub mod k8s;
 pub mod metrics;
+mod peak_alloc;
 pub mod receivers;
 pub mod replay;
 pub mod sink;
@@ -73,8 +74,26 @@ pub use transform::{decode_logs, decode_traces};
 /// The crate-private decoding steps the fuzz targets (fuzz/) drive directly; not an API.
 ///
 /// Why: the wire reader `wire` is only reachable through the HTTP receiver, where a
-/// differential target cannot tell its result from prost's fallback.
+/// differential target cannot tell its result from prost's fallback; and the decode budget
+/// is checked from outside, by the peak of a counting allocator (`peak_alloc`) around the
+/// receiver's own decoding.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::peak_alloc::{allocation_bound, peak_of, PeakAlloc};
     pub use crate::wire::{logs as wire_logs, traces as wire_traces};
+
+    /// What the HTTP receiver makes of a decompressed body: the signal's decoder for the
+    /// format (`json`: OTLP JSON, else protobuf; the audit webhook takes JSON either way).
+    pub fn decode_http(
+        signal: crate::Signal,
+        json: bool,
+        raw: &[u8],
+    ) -> Result<crate::Decoded, crate::IngestError> {
+        let format = if json {
+            crate::body::Format::Json
+        } else {
+            crate::body::Format::Protobuf
+        };
+        crate::http::decode(signal, format, raw)
+    }
 }
