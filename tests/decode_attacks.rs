@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use toctou_collector::budget::BUDGET_FACTOR;
+use toctou_collector::fuzzing::then_empty_spans;
 
 /// `--max-request-bytes` of the process under attack.
 const LIMIT: usize = 5 * 1024 * 1024;
@@ -86,20 +87,8 @@ fn request(spans: Vec<Span>) -> Vec<u8> {
 
 /// An odd span, then empty spans (`0x12 0x00`) up to just under the limit.
 fn empty_spans() -> Vec<u8> {
-    let mut scope = ScopeSpans {
-        spans: vec![check_span(true)],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    while scope.len() + 16 < LIMIT {
-        scope.extend_from_slice(&[0x12, 0x00]);
-    }
-    let mut rs = vec![0x12];
-    prost::encoding::encode_varint(scope.len() as u64, &mut rs);
-    rs.extend_from_slice(&scope);
-    let mut out = vec![0x0a];
-    prost::encoding::encode_varint(rs.len() as u64, &mut out);
-    out.extend_from_slice(&rs);
+    let first = check_span(true).encoded_len();
+    let out = then_empty_spans(check_span(true), (LIMIT - first - 32) / 2);
     assert!(out.len() <= LIMIT);
     out
 }

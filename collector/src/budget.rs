@@ -316,9 +316,9 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message;
 
-    /// A traces request of one span with an array attribute (which the wire reader leaves
-    /// to prost) followed by `n` empty spans: the attack of issue 30.
-    pub(crate) fn empty_spans(n: usize) -> Vec<u8> {
+    /// One span with an array `toctou.phase` (which the wire reader leaves to prost),
+    /// then `n` empty spans: the attack of issue 30.
+    fn empty_spans(n: usize) -> Vec<u8> {
         let array = pc::AnyValue {
             value: Some(pc::any_value::Value::ArrayValue(pc::ArrayValue {
                 values: vec![],
@@ -332,21 +332,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let mut scope = pt::ScopeSpans {
-            spans: vec![span],
-            ..Default::default()
-        }
-        .encode_to_vec();
-        for _ in 0..n {
-            scope.extend_from_slice(&[0x12, 0x00]);
-        }
-        let mut rs = vec![0x12];
-        prost::encoding::encode_varint(scope.len() as u64, &mut rs);
-        rs.extend_from_slice(&scope);
-        let mut out = vec![0x0a];
-        prost::encoding::encode_varint(rs.len() as u64, &mut out);
-        out.extend_from_slice(&rs);
-        out
+        crate::fuzzing::then_empty_spans(span, n)
     }
 
     #[test]

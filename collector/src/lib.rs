@@ -96,4 +96,26 @@ pub mod fuzzing {
         };
         crate::http::decode(signal, format, raw)
     }
+
+    /// The attack of issue 30 on the prost fallback, as one traces request: `first` (a span
+    /// the wire reader leaves to prost), then `n` empty spans (`0x12 0x00`), 2 bytes each.
+    pub fn then_empty_spans(
+        first: opentelemetry_proto::tonic::trace::v1::Span,
+        n: usize,
+    ) -> Vec<u8> {
+        use prost::Message;
+        let mut scope = opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+            spans: vec![first],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        scope.extend(std::iter::repeat_n([0x12u8, 0x00], n).flatten());
+        let mut resource_spans = vec![0x12];
+        prost::encoding::encode_varint(scope.len() as u64, &mut resource_spans);
+        resource_spans.extend_from_slice(&scope);
+        let mut out = vec![0x0a];
+        prost::encoding::encode_varint(resource_spans.len() as u64, &mut out);
+        out.extend_from_slice(&resource_spans);
+        out
+    }
 }

@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, Ke
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use toctou_collector::fuzzing::{allocation_bound, decode_http, peak_of, PeakAlloc};
+use toctou_collector::fuzzing::{
+    allocation_bound, decode_http, peak_of, then_empty_spans, PeakAlloc,
+};
 use toctou_collector::{DecodeError, IngestError, RejectReason, Signal};
 
 #[global_allocator]
@@ -87,21 +89,7 @@ fn legit_protobuf(n: usize, prost: bool) -> Vec<u8> {
 
 /// `odd_span`, which hands the request to prost, then `n` empty spans `0x12 0x00`.
 fn empty_spans(n: usize) -> Vec<u8> {
-    let mut scope = ScopeSpans {
-        spans: vec![odd_span()],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    for _ in 0..n {
-        scope.extend_from_slice(&[0x12, 0x00]);
-    }
-    let mut rs = vec![0x12];
-    prost::encoding::encode_varint(scope.len() as u64, &mut rs);
-    rs.extend_from_slice(&scope);
-    let mut out = vec![0x0a];
-    prost::encoding::encode_varint(rs.len() as u64, &mut out);
-    out.extend_from_slice(&rs);
-    out
+    then_empty_spans(odd_span(), n)
 }
 
 fn repeat(head: &str, item: &str, n: usize, tail: &str) -> Vec<u8> {
