@@ -35,7 +35,7 @@ where
         type Value = Vec<T>;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an array or null")
+            f.write_str("a sequence")
         }
 
         fn visit_unit<E: de::Error>(self) -> Result<Vec<T>, E> {
