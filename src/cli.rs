@@ -21,7 +21,9 @@ pub struct ReceiverArgs {
     /// OTLP/HTTP listen address (also serves the Kubernetes audit webhook, /v1/k8s-audit).
     #[arg(long, env = "TOCTOU_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
     pub otlp_http_addr: SocketAddr,
-    /// Largest request body accepted, after decompression.
+    /// Largest request body accepted, after decompression. Decoding one may allocate at
+    /// most 16 times this (more is refused with 413 / RESOURCE_EXHAUSTED), so memory for
+    /// requests stays within about 18 times this per request slot.
     #[arg(long, env = "TOCTOU_MAX_REQUEST_BYTES", default_value_t = toctou_collector::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
     /// Request bodies decoded at once; more wait up to --submit-timeout, then get 503.

@@ -72,6 +72,29 @@ fn one_bad_one_good(corrupt: impl Fn(&mut ExportTraceServiceRequest)) -> Vec<u8>
     req.encode_to_vec()
 }
 
+/// The attack of issue 30 on prost: the scenario's span with an array `toctou.phase` (the
+/// zero-copy reader leaves such a request to prost), then a million empty spans (2 MB).
+fn empty_spans_for_prost() -> Vec<u8> {
+    let mut odd = scenario().resource_spans[0].scope_spans[0].spans[0].clone();
+    odd.attributes.retain(|kv| kv.key != "toctou.phase");
+    odd.attributes.push(KeyValue {
+        key: "toctou.phase".into(),
+        value: Some(AnyValue {
+            value: Some(Value::ArrayValue(Default::default())),
+        }),
+        ..Default::default()
+    });
+    toctou_collector::fuzzing::then_empty_spans(odd, 1_000_000)
+}
+
+/// `head`, a million `{}` items, `tail`: the attack of issue 30 on the serde decoders.
+fn empty_items(head: &str, tail: &str) -> Vec<u8> {
+    let mut out = head.as_bytes().to_vec();
+    out.extend_from_slice(&vec!["{}"; 1_000_000].join(",").into_bytes());
+    out.extend_from_slice(tail.as_bytes());
+    out
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), flate2::Compression::best());
     e.write_all(data).unwrap();
@@ -237,6 +260,43 @@ fn http_cases() -> Vec<Case> {
         )
         .encoded("zstd")
         .expect(413, "too_large", "decompressed body exceeds the limit"),
+        case(
+            "a million empty spans for prost (2 MB)",
+            PROTOBUF,
+            gzip(&empty_spans_for_prost()),
+        )
+        .encoded("gzip")
+        .expect(
+            413,
+            "too_large",
+            "decoding the body would allocate more than",
+        ),
+        case(
+            "a million {} spans in OTLP JSON (3 MB)",
+            JSON,
+            empty_items(r#"{"resourceSpans":[{"scopeSpans":[{"spans":["#, "]}]}]}"),
+        )
+        .expect(
+            413,
+            "too_large",
+            "decoding the body would allocate more than",
+        ),
+        Case {
+            path: "/v1/k8s-audit",
+            ..case(
+                "audit webhook: an EventList of a million {} items (3 MB)",
+                JSON,
+                empty_items(
+                    r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":["#,
+                    "]}",
+                ),
+            )
+            .expect(
+                413,
+                "too_large",
+                "decoding the body would allocate more than",
+            )
+        },
         case("corrupt gzip", PROTOBUF, good[..40].to_vec())
             .encoded("gzip")
             .expect(400, "bad_encoding", "cannot decompress gzip body"),
@@ -627,6 +687,14 @@ async fn each_bad_grpc_message_gets_its_code_and_one_count() {
             zeroes,
             Code::ResourceExhausted,
             "exceeded while decompressing",
+            "too_large",
+        ),
+        (
+            "a million empty spans for prost (2 MB)",
+            None,
+            empty_spans_for_prost(),
+            Code::ResourceExhausted,
+            "decoding the body would allocate more than",
             "too_large",
         ),
         (

@@ -13,7 +13,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
 /// instead of timing out.
 pub const DEFAULT_SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests decoded and held at once. Each may hold `max_request_bytes` twice over (wire
-/// and decompressed) plus its decoded form, so this bounds receiver memory.
+/// and decompressed) plus its decoded form, which `crate::budget` keeps under
+/// `BUDGET_FACTOR` (16) times the body, so this bounds receiver memory.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,9 @@ pub enum DecodeError {
     /// [`DecodeError::AtLine`] or [`DecodeError::InFile`].
     #[error("malformed json: {0}")]
     JsonInFile(String),
+    /// Decoding would allocate more than the input's budget (`crate::budget`).
+    #[error("decoding the body would allocate more than {budget} bytes ({factor} times its size)", factor = crate::budget::BUDGET_FACTOR)]
+    OverBudget { budget: usize },
     /// Valid JSON that is none of the documents we take.
     #[error("unrecognized document: {0}")]
     UnknownDocument(String),
@@ -53,6 +56,7 @@ impl DecodeError {
     pub fn reason(&self) -> RejectReason {
         match self {
             DecodeError::Protobuf(_) => RejectReason::MalformedProtobuf,
+            DecodeError::OverBudget { .. } => RejectReason::TooLarge,
             DecodeError::Json(_)
             | DecodeError::JsonInFile(_)
             | DecodeError::UnknownDocument(_)

@@ -11,7 +11,7 @@
 
 use crate::auth::{GrpcGuard, ReceiverAuth};
 use crate::decoded::{RejectReason, Signal};
-use crate::error::{IngestError, ServeError, SinkError};
+use crate::error::{DecodeError, IngestError, ServeError, SinkError};
 use crate::grpc_service::{OtlpService, Received};
 use crate::metrics::{Metrics, Transport};
 use crate::receivers::{Receipt, Receivers};
@@ -140,9 +140,9 @@ fn count_transport_rejection(metrics: &Metrics, response: &http::Response<tonic:
 /// bodies). UNAVAILABLE is retryable per the OTLP spec; the rest are not.
 pub(crate) fn grpc_code(e: &IngestError) -> Code {
     match e {
-        IngestError::TooLarge { .. } | IngestError::TooLargeDecompressed { .. } => {
-            Code::ResourceExhausted
-        }
+        IngestError::TooLarge { .. }
+        | IngestError::TooLargeDecompressed { .. }
+        | IngestError::Decode(DecodeError::OverBudget { .. }) => Code::ResourceExhausted,
         IngestError::UnsupportedContentType(_)
         | IngestError::UnsupportedEncoding(_)
         | IngestError::MethodNotAllowed(_) => Code::Unimplemented,

@@ -14,6 +14,7 @@
 //! Compressed calls go through tonic's codec, which inflates them within the limit.
 
 use crate::decoded::Decoded;
+use crate::error::DecodeError;
 use crate::transform::{decode_logs, decode_traces};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -43,6 +44,8 @@ pub(crate) trait OtlpRequest: prost::Message + Default + Send + 'static {
     const PATH: &'static str;
     /// The wire reader's events; `None` when it leaves the message to prost.
     fn read(raw: &[u8]) -> Option<Decoded>;
+    /// Refuses a message whose prost decoding would pass its budget (`crate::budget`).
+    fn within_budget(raw: &[u8]) -> Result<(), DecodeError>;
     /// The events of a message prost decoded.
     fn transform(&self) -> Decoded;
 }
@@ -52,6 +55,9 @@ impl OtlpRequest for ExportTraceServiceRequest {
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     fn read(raw: &[u8]) -> Option<Decoded> {
         crate::wire::traces(raw)
+    }
+    fn within_budget(raw: &[u8]) -> Result<(), DecodeError> {
+        crate::budget::check_traces(raw)
     }
     fn transform(&self) -> Decoded {
         decode_traces(self)
@@ -63,6 +69,9 @@ impl OtlpRequest for ExportLogsServiceRequest {
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     fn read(raw: &[u8]) -> Option<Decoded> {
         crate::wire::logs(raw)
+    }
+    fn within_budget(raw: &[u8]) -> Result<(), DecodeError> {
+        crate::budget::check_logs(raw)
     }
     fn transform(&self) -> Decoded {
         decode_logs(self)
@@ -227,12 +236,14 @@ impl<M: OtlpRequest> Decoder for PrunedDecoder<M> {
 
 /// One message's events: the wire reader's, or prost's and the transforms' when the reader
 /// leaves it. A message neither takes is refused with tonic-prost's error text and
-/// INTERNAL code, which the rejection counting in `grpc` recognises.
+/// INTERNAL code, one over its decode budget with RESOURCE_EXHAUSTED, which the rejection
+/// counting in `grpc` recognises.
 fn decode<M: OtlpRequest>(raw: &[u8]) -> Result<Decoded, Status> {
     Ok(match M::read(raw) {
         Some(decoded) => decoded,
-        None => M::decode(raw)
-            .map_err(|e| Status::internal(e.to_string()))?
+        None => M::within_budget(raw)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
+            .and_then(|()| M::decode(raw).map_err(|e| Status::internal(e.to_string())))?
             .transform(),
     })
 }

@@ -10,6 +10,7 @@
 
 use crate::auth::{require_token, HttpGuard, ReceiverAuth, Tokens};
 use crate::body::{self, Encoding, Format};
+use crate::budget;
 use crate::decoded::{Decoded, Signal};
 use crate::error::{DecodeError, IngestError, ServeError, SinkError};
 use crate::grpc::grpc_code;
@@ -201,20 +202,24 @@ async fn ingest(
     r.deliver(signal, decoded).await.map_err(read)
 }
 
-fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decoded, IngestError> {
+pub(crate) fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decoded, IngestError> {
     let decoded = match (signal, format) {
         // The wire reader first (most of the cost of a request was allocating attributes
         // nobody reads); prost for anything it does not take, with prost's error.
         (Signal::Traces, Format::Protobuf) => match crate::wire::traces(raw) {
             Some(decoded) => decoded,
             None => {
+                budget::check_traces(raw)?;
                 decode_traces(&ExportTraceServiceRequest::decode(raw).map_err(DecodeError::from)?)
             }
         },
         (Signal::Traces, Format::Json) => decode_traces(&json::traces_from_json(raw)?),
         (Signal::Logs, Format::Protobuf) => match crate::wire::logs(raw) {
             Some(decoded) => decoded,
-            None => decode_logs(&ExportLogsServiceRequest::decode(raw).map_err(DecodeError::from)?),
+            None => {
+                budget::check_logs(raw)?;
+                decode_logs(&ExportLogsServiceRequest::decode(raw).map_err(DecodeError::from)?)
+            }
         },
         (Signal::Logs, Format::Json) => decode_logs(&json::logs_from_json(raw)?),
         (Signal::K8sAudit, _) => decode_k8s_audit(raw)?,
@@ -264,9 +269,9 @@ struct RpcStatus {
 /// The one mapping from a refused request to its HTTP status.
 fn http_status(e: &IngestError) -> StatusCode {
     match e {
-        IngestError::TooLarge { .. } | IngestError::TooLargeDecompressed { .. } => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
+        IngestError::TooLarge { .. }
+        | IngestError::TooLargeDecompressed { .. }
+        | IngestError::Decode(DecodeError::OverBudget { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         IngestError::UnsupportedContentType(_) | IngestError::UnsupportedEncoding(_) => {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         }

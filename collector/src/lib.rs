@@ -14,7 +14,9 @@
 //!   - [`replay`]: files of any of these, one document or one per line;
 //!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons;
 //!   - `wire`: OTLP protobuf bodies (HTTP and gRPC) read straight into events, borrowing
-//!     what the transforms read from the bytes (prost decodes whatever it does not take).
+//!     what the transforms read from the bytes (prost decodes whatever it does not take);
+//!   - [`budget`]: what decoding one request may allocate, checked before prost runs and
+//!     while serde runs.
 //! - Receiving:
 //!   - [`sink`]: the [`EventSink`] trait and the bounded [`ChannelSink`];
 //!   - [`receivers`]: [`Receivers`], the shared state, and the steps every transport takes
@@ -31,6 +33,7 @@
 mod attrs;
 pub mod auth;
 mod body;
+pub mod budget;
 pub mod config;
 pub mod decoded;
 mod documents;
@@ -41,6 +44,7 @@ pub mod http;
 pub mod json;
 pub mod k8s;
 pub mod metrics;
+mod peak_alloc;
 pub mod receivers;
 pub mod replay;
 pub mod sink;
@@ -70,8 +74,48 @@ pub use transform::{decode_logs, decode_traces};
 /// The crate-private decoding steps the fuzz targets (fuzz/) drive directly; not an API.
 ///
 /// Why: the wire reader `wire` is only reachable through the HTTP receiver, where a
-/// differential target cannot tell its result from prost's fallback.
+/// differential target cannot tell its result from prost's fallback; and the decode budget
+/// is checked from outside, by the peak of a counting allocator (`peak_alloc`) around the
+/// receiver's own decoding.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::peak_alloc::{allocation_bound, peak_of, PeakAlloc};
     pub use crate::wire::{logs as wire_logs, traces as wire_traces};
+
+    /// What the HTTP receiver makes of a decompressed body: the signal's decoder for the
+    /// format (`json`: OTLP JSON, else protobuf; the audit webhook takes JSON either way).
+    pub fn decode_http(
+        signal: crate::Signal,
+        json: bool,
+        raw: &[u8],
+    ) -> Result<crate::Decoded, crate::IngestError> {
+        let format = if json {
+            crate::body::Format::Json
+        } else {
+            crate::body::Format::Protobuf
+        };
+        crate::http::decode(signal, format, raw)
+    }
+
+    /// The attack of issue 30 on the prost fallback, as one traces request: `first` (a span
+    /// the wire reader leaves to prost), then `n` empty spans (`0x12 0x00`), 2 bytes each.
+    pub fn then_empty_spans(
+        first: opentelemetry_proto::tonic::trace::v1::Span,
+        n: usize,
+    ) -> Vec<u8> {
+        use prost::Message;
+        let mut scope = opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+            spans: vec![first],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        scope.extend(std::iter::repeat_n([0x12u8, 0x00], n).flatten());
+        let mut resource_spans = vec![0x12];
+        prost::encoding::encode_varint(scope.len() as u64, &mut resource_spans);
+        resource_spans.extend_from_slice(&scope);
+        let mut out = vec![0x0a];
+        prost::encoding::encode_varint(resource_spans.len() as u64, &mut out);
+        out.extend_from_slice(&resource_spans);
+        out
+    }
 }

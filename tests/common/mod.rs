@@ -154,6 +154,19 @@ impl Toctou {
     pub fn is_running(&mut self) -> bool {
         self.node.is_running()
     }
+
+    /// The peak resident set of the process so far (`VmHWM` of /proc/<pid>/status), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.node.pid()))
+            .expect("reading /proc/<pid>/status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kb * 1024
+    }
 }
 
 impl Drop for Toctou {

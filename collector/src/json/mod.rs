@@ -9,6 +9,9 @@
 mod model;
 mod scalar;
 
+pub(crate) use scalar::metered;
+
+use crate::budget;
 use crate::error::DecodeError;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -18,14 +21,18 @@ use serde::Deserialize;
 /// An OTLP/JSON `ExportTraceServiceRequest`, as the prost message.
 pub fn traces_from_json(body: &[u8]) -> Result<ExportTraceServiceRequest, DecodeError> {
     expect_object(body)?;
-    let parsed: model::TracesRequest = serde_json::from_slice(body).map_err(bounded)?;
+    let meter = budget::Meter::open(body.len());
+    let parsed: model::TracesRequest =
+        serde_json::from_slice(body).map_err(|e| bounded(e, &meter))?;
     Ok(parsed.into())
 }
 
 /// An OTLP/JSON `ExportLogsServiceRequest`, as the prost message.
 pub fn logs_from_json(body: &[u8]) -> Result<ExportLogsServiceRequest, DecodeError> {
     expect_object(body)?;
-    let parsed: model::LogsRequest = serde_json::from_slice(body).map_err(bounded)?;
+    let meter = budget::Meter::open(body.len());
+    let parsed: model::LogsRequest =
+        serde_json::from_slice(body).map_err(|e| bounded(e, &meter))?;
     Ok(parsed.into())
 }
 
@@ -34,8 +41,12 @@ pub fn logs_from_json(body: &[u8]) -> Result<ExportLogsServiceRequest, DecodeErr
 /// string where a number belongs must not come back as a 20 MiB error.
 const MAX_ERROR_BYTES: usize = 256;
 
-/// `e`, with its message cut to about [`MAX_ERROR_BYTES`] (see [`cut`]) and its position.
-fn bounded(e: serde_json::Error) -> DecodeError {
+/// `e`, with its message cut to about [`MAX_ERROR_BYTES`] (see [`cut`]) and its position;
+/// the budget's error when the parse stopped there.
+fn bounded(e: serde_json::Error, meter: &budget::Meter) -> DecodeError {
+    if meter.refused() {
+        return budget::json_error(e);
+    }
     let text = e.to_string();
     if text.len() <= MAX_ERROR_BYTES {
         return DecodeError::Json(e);

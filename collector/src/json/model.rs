@@ -6,8 +6,8 @@
 //! as the OTLP spec requires of receivers, so newer senders still get through.
 
 use super::scalar::{
-    base64_bytes, f64_lenient, hex_bytes, i64_lenient, null_default, severity_number, span_kind,
-    status_code, u32_lenient, u64_lenient,
+    base64_bytes, f64_lenient, hex_bytes, i64_lenient, metered, null_default, severity_number,
+    span_kind, status_code, u32_lenient, u64_lenient,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -20,14 +20,14 @@ use serde::Deserialize;
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TracesRequest {
-    #[serde(default, alias = "resource_spans", deserialize_with = "null_default")]
+    #[serde(default, alias = "resource_spans", deserialize_with = "metered")]
     resource_spans: Vec<ResourceSpans>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LogsRequest {
-    #[serde(default, alias = "resource_logs", deserialize_with = "null_default")]
+    #[serde(default, alias = "resource_logs", deserialize_with = "metered")]
     resource_logs: Vec<ResourceLogs>,
 }
 
@@ -36,7 +36,7 @@ pub(crate) struct LogsRequest {
 struct ResourceSpans {
     #[serde(default)]
     resource: Option<Resource>,
-    #[serde(default, alias = "scope_spans", deserialize_with = "null_default")]
+    #[serde(default, alias = "scope_spans", deserialize_with = "metered")]
     scope_spans: Vec<ScopeSpans>,
     #[serde(default, alias = "schema_url", deserialize_with = "null_default")]
     schema_url: String,
@@ -47,7 +47,7 @@ struct ResourceSpans {
 struct ResourceLogs {
     #[serde(default)]
     resource: Option<Resource>,
-    #[serde(default, alias = "scope_logs", deserialize_with = "null_default")]
+    #[serde(default, alias = "scope_logs", deserialize_with = "metered")]
     scope_logs: Vec<ScopeLogs>,
     #[serde(default, alias = "schema_url", deserialize_with = "null_default")]
     schema_url: String,
@@ -56,7 +56,7 @@ struct ResourceLogs {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Resource {
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     attributes: Vec<KeyValue>,
     #[serde(
         default,
@@ -73,7 +73,7 @@ struct Scope {
     name: String,
     #[serde(default, deserialize_with = "null_default")]
     version: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     attributes: Vec<KeyValue>,
     #[serde(
         default,
@@ -88,7 +88,7 @@ struct Scope {
 struct ScopeSpans {
     #[serde(default)]
     scope: Option<Scope>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     spans: Vec<Span>,
     #[serde(default, alias = "schema_url", deserialize_with = "null_default")]
     schema_url: String,
@@ -99,7 +99,7 @@ struct ScopeSpans {
 struct ScopeLogs {
     #[serde(default)]
     scope: Option<Scope>,
-    #[serde(default, alias = "log_records", deserialize_with = "null_default")]
+    #[serde(default, alias = "log_records", deserialize_with = "metered")]
     log_records: Vec<LogRecord>,
     #[serde(default, alias = "schema_url", deserialize_with = "null_default")]
     schema_url: String,
@@ -134,7 +134,7 @@ struct Span {
         deserialize_with = "u64_lenient"
     )]
     end_time_unix_nano: u64,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     attributes: Vec<KeyValue>,
     #[serde(
         default,
@@ -142,7 +142,7 @@ struct Span {
         deserialize_with = "u32_lenient"
     )]
     dropped_attributes_count: u32,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     events: Vec<SpanEvent>,
     #[serde(
         default,
@@ -150,7 +150,7 @@ struct Span {
         deserialize_with = "u32_lenient"
     )]
     dropped_events_count: u32,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     links: Vec<Link>,
     #[serde(
         default,
@@ -169,7 +169,7 @@ struct SpanEvent {
     time_unix_nano: u64,
     #[serde(default, deserialize_with = "null_default")]
     name: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     attributes: Vec<KeyValue>,
     #[serde(
         default,
@@ -188,7 +188,7 @@ struct Link {
     span_id: Vec<u8>,
     #[serde(default, alias = "trace_state", deserialize_with = "null_default")]
     trace_state: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     attributes: Vec<KeyValue>,
     #[serde(
         default,
@@ -230,7 +230,7 @@ struct LogRecord {
     severity_text: String,
     #[serde(default)]
     body: Option<AnyValue>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     attributes: Vec<KeyValue>,
     #[serde(
         default,
@@ -291,13 +291,13 @@ fn some_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>,
 
 #[derive(Deserialize, Default)]
 struct ArrayValue {
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     values: Vec<AnyValue>,
 }
 
 #[derive(Deserialize, Default)]
 struct KeyValueList {
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "metered")]
     values: Vec<KeyValue>,
 }
 

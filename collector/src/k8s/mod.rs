@@ -6,10 +6,11 @@
 //! verb that did not fail. Everything else is counted as ignored, by reason.
 
 use crate::attrs::{too_long, MAX_VALUE_BYTES};
+use crate::budget;
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection, MAX_LISTED_ERRORS};
 use crate::documents::{documents, Bad};
 use crate::error::DecodeError;
-use crate::json::{detect, DocKind};
+use crate::json::{detect, metered, DocKind};
 use crate::timestamp::parse_rfc3339;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -23,8 +24,10 @@ const CLUSTER_SCOPE: &str = "_";
 
 #[derive(Deserialize)]
 struct EventList {
-    #[serde(default)]
-    items: Option<Vec<AuditRecord>>,
+    /// Charged to the decode budget item by item (`crate::budget`): an `EventList` of
+    /// millions of `{}` must not become millions of records.
+    #[serde(default, deserialize_with = "metered")]
+    items: Vec<AuditRecord>,
 }
 
 /// The fields of an audit `Event` that we read; the rest (request and response bodies can
@@ -104,6 +107,7 @@ pub(crate) type Seen = HashSet<(String, String)>;
 /// named by its line, and the good lines are kept; a body without one good document is
 /// refused whole, as a bad `Event` or `EventList` always was.
 pub fn decode_k8s_audit(body: &[u8]) -> Result<Decoded, DecodeError> {
+    let _meter = budget::Meter::open(body.len());
     let mut out = Decoded::default();
     let mut seen = Seen::new();
     // The line of each listed rejection from a good document; a bad one names its own.
@@ -118,6 +122,8 @@ pub fn decode_k8s_audit(body: &[u8]) -> Result<Decoded, DecodeError> {
                     lines.resize(out.rejected.len(), Some(doc.line));
                     continue;
                 }
+                // Past the budget the whole body is too large, not one line bad.
+                Err(error @ DecodeError::OverBudget { .. }) => return Err(error),
                 Err(error) => Bad::Refused { doc, error },
             },
             Err(not_json) => not_json,
@@ -161,12 +167,12 @@ pub(crate) fn decode_document(
 ) -> Result<(), DecodeError> {
     match detect(doc)? {
         DocKind::K8sEvent => {
-            let record: AuditRecord = serde_json::from_slice(doc)?;
+            let record: AuditRecord = serde_json::from_slice(doc).map_err(budget::json_error)?;
             push(record, 0, seen, out);
         }
         DocKind::K8sEventList => {
-            let list: EventList = serde_json::from_slice(doc)?;
-            for (i, record) in list.items.unwrap_or_default().into_iter().enumerate() {
+            let list: EventList = serde_json::from_slice(doc).map_err(budget::json_error)?;
+            for (i, record) in list.items.into_iter().enumerate() {
                 push(record, i, seen, out);
             }
         }
@@ -183,6 +189,11 @@ fn push(record: AuditRecord, index: usize, seen: &mut Seen, out: &mut Decoded) {
     match audit_event(record, seen) {
         Ok(Ok(event)) => out.events.push(Event::Audit(event)),
         Ok(Err(reason)) => out.ignored.add(reason),
+        // Past the listed ones a rejection is only counted: an `EventList` of a million
+        // `{}` items must not cost a message each.
+        Err((_, rejection)) if out.rejected.len() >= MAX_LISTED_ERRORS => {
+            out.rejected_unlisted.add(rejection.reason);
+        }
         Err((label, mut rejection)) => {
             let label = label.unwrap_or_else(|| format!("audit event #{index}"));
             rejection.message = format!("{label}: {}", rejection.message);
