@@ -14,6 +14,8 @@
 //! Compressed calls go through tonic's codec, which inflates them within the limit.
 
 use crate::decoded::Decoded;
+use crate::error::IngestError;
+use crate::receivers::{Held, Receivers};
 use crate::transform::{decode_logs, decode_traces};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -79,6 +81,8 @@ pub(crate) type Export<Req, Resp> =
 pub(crate) struct OtlpService<Req, Resp> {
     export: Export<Req, Resp>,
     max_decoding_message_size: usize,
+    /// Whose receive budget an uncompressed message is gathered under.
+    receivers: Receivers,
 }
 
 impl<Req, Resp> Clone for OtlpService<Req, Resp> {
@@ -86,6 +90,7 @@ impl<Req, Resp> Clone for OtlpService<Req, Resp> {
         OtlpService {
             export: self.export.clone(),
             max_decoding_message_size: self.max_decoding_message_size,
+            receivers: self.receivers.clone(),
         }
     }
 }
@@ -93,10 +98,15 @@ impl<Req, Resp> Clone for OtlpService<Req, Resp> {
 impl<Req, Resp> OtlpService<Req, Resp> {
     /// gzip and zstd accepted, gzip sent when the client accepts it, messages over
     /// `max_decoding_message_size` (compressed or not) refused by tonic.
-    pub fn new(max_decoding_message_size: usize, export: Export<Req, Resp>) -> Self {
+    pub fn new(
+        max_decoding_message_size: usize,
+        receivers: Receivers,
+        export: Export<Req, Resp>,
+    ) -> Self {
         OtlpService {
             export,
             max_decoding_message_size,
+            receivers,
         }
     }
 }
@@ -111,6 +121,7 @@ where
     Resp: prost::Message + Send + 'static,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
+    B::Data: Send,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
@@ -127,7 +138,10 @@ where
         let limit = self.max_decoding_message_size;
         if is_identity(req.headers()) {
             let export = self.export.clone();
-            return Box::pin(async move { Ok(plain_unary(export, limit, req.into_body()).await) });
+            let receivers = self.receivers.clone();
+            return Box::pin(async move {
+                Ok(plain_unary(export, limit, receivers, req.into_body()).await)
+            });
         }
         let method = Unary(self.export.clone());
         Box::pin(async move {
@@ -250,6 +264,7 @@ fn is_identity(headers: &http::HeaderMap) -> bool {
 async fn plain_unary<Req, Resp, B>(
     export: Export<Req, Resp>,
     limit: usize,
+    receivers: Receivers,
     body: B,
 ) -> http::Response<tonic::body::Body>
 where
@@ -257,9 +272,19 @@ where
     Resp: prost::Message,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
+    B::Data: Send,
 {
     let answer = async {
-        let message = read_message(body, limit).await?;
+        let mut held = receivers.budget();
+        let message = read_message(body, limit, &mut held)
+            .await
+            .map_err(|e| match e {
+                Gathering::Refused(status) => status,
+                Gathering::Busy(e) => {
+                    receivers.count_failure(&e);
+                    Status::unavailable(e.to_string())
+                }
+            })?;
         let received = Received {
             decoded: decode::<Req>(&message)?,
             wire_len: message.len(),
@@ -267,6 +292,7 @@ where
         };
         // The frame goes back before the export waits for room in the correlator's queue.
         drop(message);
+        drop(held);
         export(received).await
     }
     .await;
@@ -276,11 +302,25 @@ where
     }
 }
 
-/// The one message of a unary call's body, without its 5-byte prefix.
-async fn read_message<B>(body: B, limit: usize) -> Result<Bytes, Status>
+/// Why gathering a message failed: tonic's refusals, or no room in the receive budget.
+enum Gathering {
+    Refused(Status),
+    Busy(IngestError),
+}
+
+impl From<Status> for Gathering {
+    fn from(status: Status) -> Self {
+        Gathering::Refused(status)
+    }
+}
+
+/// The one message of a unary call's body, without its 5-byte prefix; every byte it holds
+/// is covered by `held` before it is buffered.
+async fn read_message<B>(body: B, limit: usize, held: &mut Held) -> Result<Bytes, Gathering>
 where
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
+    B::Data: Send,
 {
     let mut body = std::pin::pin!(body);
     let mut gather = Gather::new(limit);
@@ -290,15 +330,20 @@ where
             // As tonic: a client that cancels has simply ended its stream.
             Err(e) => match Status::from_error(e.into()) {
                 status if status.code() == tonic::Code::Cancelled => break,
-                status => return Err(status),
+                status => return Err(status.into()),
             },
         };
         // Trailers carry nothing a unary OTLP export reads.
-        if let Ok(mut data) = frame.into_data() {
-            gather.push(data.copy_to_bytes(data.remaining()))?;
-        }
+        let chunk = match frame.into_data() {
+            Ok(mut data) => data.copy_to_bytes(data.remaining()),
+            Err(_) => continue,
+        };
+        held.cover(gather.room_after(chunk.len()))
+            .await
+            .map_err(Gathering::Busy)?;
+        gather.push(chunk)?;
     }
-    gather.finish()
+    Ok(gather.finish()?)
 }
 
 /// The gRPC message prefix: a compressed flag and a big-endian length.
@@ -334,6 +379,18 @@ impl Gather {
             (Some(joined), _) => joined,
             (None, Some(first)) => first,
             (None, None) => &[],
+        }
+    }
+
+    /// The bytes held once a chunk of `len` is pushed, the joining copy included.
+    fn room_after(&self, len: usize) -> usize {
+        match (&self.joined, &self.first) {
+            (Some(joined), _) => joined.capacity().max(joined.len() + len),
+            (None, Some(first)) => {
+                let declared = self.declared.map_or(0, |n| PREFIX + n);
+                first.len() + declared.max(first.len() + len)
+            }
+            (None, None) => len,
         }
     }
 

@@ -151,6 +151,11 @@ impl Toctou {
     pub fn is_running(&mut self) -> bool {
         self.node.is_running()
     }
+
+    /// The process id, to read its /proc entries (peak RSS).
+    pub fn pid(&self) -> u32 {
+        self.node.pid()
+    }
 }
 
 impl Drop for Toctou {
