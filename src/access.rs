@@ -79,6 +79,87 @@ pub struct ConnArgs {
     /// How long a gRPC call may take as a whole, its message included.
     #[arg(long, env = "TOCTOU_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Host names (comma-separated) the HTTP listeners answer to besides localhost,
+    /// 127.0.0.1, ::1 and their own address; others get 403 (against DNS rebinding). A
+    /// listener on a non-loopback address checks only when this is set.
+    #[arg(long, env = "TOCTOU_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The `Host` names an HTTP listener answers to. A web page the user visits can resolve
+/// its own name to 127.0.0.1 (DNS rebinding) and then read the API or send events to a
+/// listener open on loopback; its requests still carry its own name as `Host`, so
+/// refusing names that are not ours stops it. `/healthz` is answered whatever the name.
+#[derive(Clone, Debug)]
+pub struct AllowedHosts(Arc<Vec<String>>);
+
+impl AllowedHosts {
+    /// The names for a listener on `addr`: loopback names, the address, and `extra`;
+    /// `None` (no check) for a non-loopback listener without `extra`, whose clients may
+    /// use any name that reaches it.
+    pub fn for_listener(addr: SocketAddr, extra: &[String]) -> Option<AllowedHosts> {
+        if extra.is_empty() && !addr.ip().to_canonical().is_loopback() {
+            return None;
+        }
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([addr.ip().to_string()])
+            .chain(extra.iter().map(|h| h.trim().to_ascii_lowercase()))
+            .filter(|h| !h.is_empty())
+            .collect();
+        names.dedup();
+        Some(AllowedHosts(Arc::new(names)))
+    }
+
+    /// Whether `host` (a `Host` header or an authority, with or without a port) is ours.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host
+                .rsplit_once(':')
+                .map_or(host.as_str(), |(name, _)| name),
+        };
+        let name = name.trim_end_matches('.');
+        self.0.iter().any(|allowed| allowed == name)
+    }
+
+    /// `router` behind the check.
+    pub fn guard(hosts: Option<AllowedHosts>, router: Router) -> Router {
+        match hosts {
+            None => router,
+            Some(hosts) => {
+                router.layer(middleware::from_fn_with_state(hosts, require_allowed_host))
+            }
+        }
+    }
+}
+
+async fn require_allowed_host(
+    State(hosts): State<AllowedHosts>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if request.uri().path() == "/healthz" || hosts.allows(host) {
+        return next.run(request).await;
+    }
+    tracing::debug!(host, "request refused: host not allowed");
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "error": format!("host {host:?} is not one this listener answers to (--allowed-hosts)")
+        })
+        .to_string(),
+    )
+        .into_response()
 }
 
 impl ConnArgs {
@@ -292,6 +373,8 @@ pub struct ApiAccess {
     pub tokens: Option<Tokens>,
     pub tls: Option<Arc<ServerConfig>>,
     pub limits: ConnLimits,
+    /// `--allowed-hosts`.
+    pub allowed_hosts: Vec<String>,
     refused: Arc<AtomicU64>,
 }
 
@@ -315,6 +398,7 @@ impl ApiAccess {
             )?,
             tls: tls_config(args, None)?,
             limits: args.connections.limits()?,
+            allowed_hosts: args.connections.allowed_hosts.clone(),
             refused: Arc::default(),
         };
         Ok(access)
@@ -391,6 +475,8 @@ impl ApiAccess {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (kind, limits) = (ListenerKind::Api, self.limits);
+        let hosts = AllowedHosts::for_listener(listener.local_addr()?, &self.allowed_hosts);
+        let router = AllowedHosts::guard(hosts, router);
         match &self.tls {
             None => listen::serve_router(listener, router, kind, limits, shutdown).await,
             Some(config) => {
@@ -450,6 +536,8 @@ pub struct ReceiverAccess {
     pub tls: Option<Arc<ServerConfig>>,
     pub client_certificates: bool,
     pub limits: ConnLimits,
+    /// `--allowed-hosts`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The access of a command with the receivers and one HTTP listener of its own (`run`'s
@@ -493,6 +581,7 @@ impl ReceiverAccess {
                 .context("the receivers' TLS")?,
             client_certificates: receiver.tls_client_ca.is_some(),
             limits: api.connections.limits()?,
+            allowed_hosts: api.connections.allowed_hosts.clone(),
         })
     }
 
@@ -524,16 +613,19 @@ impl ReceiverAccess {
         receivers: Receivers,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let (auth, limits) = (self.auth, self.limits);
-        match self.tls {
-            None => {
-                toctou_collector::serve_http_with(listener, receivers, auth, limits, shutdown).await
-            }
+        let (kind, limits) = (ListenerKind::OtlpHttp, self.limits);
+        let addr = listener.local_addr().map_err(ServeError::Http)?;
+        let hosts = AllowedHosts::for_listener(addr, &self.allowed_hosts);
+        let router = toctou_collector::secured_http_router(receivers, &self.auth);
+        let router = AllowedHosts::guard(hosts, router);
+        let served = match self.tls {
+            None => listen::serve_router(listener, router, kind, limits, shutdown).await,
             Some(config) => {
                 let listener = TlsListener::new(listener, config).map_err(ServeError::Http)?;
-                toctou_collector::serve_http_with(listener, receivers, auth, limits, shutdown).await
+                listen::serve_router(listener, router, kind, limits, shutdown).await
             }
-        }
+        };
+        served.map_err(ServeError::Http)
     }
 
     /// Serves the gRPC receivers on `listener` until `shutdown`.
@@ -547,12 +639,12 @@ impl ReceiverAccess {
         match self.tls {
             None => {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                toctou_collector::serve_grpc_with(incoming, receivers, auth, limits, shutdown).await
+                toctou_collector::serve_grpc_on(incoming, receivers, auth, limits, shutdown).await
             }
             Some(config) => {
                 let listener = TlsListener::new(listener, config).map_err(ServeError::Http)?;
                 let incoming = listener.into_incoming();
-                toctou_collector::serve_grpc_with(incoming, receivers, auth, limits, shutdown).await
+                toctou_collector::serve_grpc_on(incoming, receivers, auth, limits, shutdown).await
             }
         }
     }
@@ -569,6 +661,36 @@ mod tests {
             authenticated,
             fix: API_FIX,
         }
+    }
+
+    #[test]
+    fn only_our_names_reach_a_loopback_listener() {
+        let hosts = AllowedHosts::for_listener("127.0.0.1:8686".parse().unwrap(), &[]).unwrap();
+        for ok in [
+            "localhost:8686",
+            "127.0.0.1:8686",
+            "[::1]:8686",
+            "LOCALHOST",
+            "localhost.",
+        ] {
+            assert!(hosts.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8686",
+            "evil.example",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!hosts.allows(bad), "{bad}");
+        }
+        let extra = AllowedHosts::for_listener(
+            "0.0.0.0:4318".parse().unwrap(),
+            &["Toctou.internal".to_string()],
+        )
+        .unwrap();
+        assert!(extra.allows("toctou.internal:4318"));
+        assert!(!extra.allows("evil.example"));
+        assert!(AllowedHosts::for_listener("0.0.0.0:4318".parse().unwrap(), &[]).is_none());
     }
 
     #[test]

@@ -305,3 +305,49 @@ fn grpc_streams_past_the_limit_are_refused() {
     assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
     eprintln!("streams: {refused} of 300 refused, peak RSS {peak} KiB");
 }
+
+/// Status of one HTTP/1.1 request with the given `Host`, sent by hand (clients set their
+/// own `Host`, which is the point of the test).
+fn status_with_host(addr: std::net::SocketAddr, request: &str, host: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = r#"{"resourceSpans":[]}"#;
+    write!(
+        s,
+        "{request} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..]).into_owned()
+}
+
+/// A web page that rebinds its own name to 127.0.0.1 still sends that name as `Host`:
+/// the loopback listeners answer only to their own names (and /healthz to anyone).
+#[test]
+fn a_rebound_name_reaches_neither_the_api_nor_the_receivers() {
+    let toctou = Toctou::start(&["--allowed-hosts", "toctou.internal"]);
+    let evil = "evil.example";
+    assert_eq!(
+        status_with_host(toctou.api, "GET /api/v1/findings", evil),
+        "403"
+    );
+    assert_eq!(
+        status_with_host(toctou.http, "POST /v1/traces", evil),
+        "403"
+    );
+    assert_eq!(status_with_host(toctou.api, "GET /healthz", evil), "200");
+    for host in ["localhost", "127.0.0.1", "toctou.internal"] {
+        let port_host = format!("{host}:{}", toctou.api.port());
+        assert_eq!(
+            status_with_host(toctou.api, "GET /api/v1/findings", &port_host),
+            "200"
+        );
+        assert_eq!(
+            status_with_host(toctou.http, "POST /v1/traces", host),
+            "200"
+        );
+    }
+}

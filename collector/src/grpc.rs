@@ -49,33 +49,18 @@ pub async fn serve_grpc(
         TcpIncoming::from(listener),
         state,
         ReceiverAuth::default(),
+        ConnLimits::default(),
         shutdown,
     )
     .await
 }
 
 /// [`serve_grpc`] on any stream of connections (TLS ones, say), refusing calls without one
-/// of `auth.otlp`'s tokens (UNAUTHENTICATED) before their message is read; the default
-/// connection limits.
+/// of `auth.otlp`'s tokens (UNAUTHENTICATED) before their message is read, with the
+/// connections bounded by `limits`: a cap on connections, `SETTINGS_MAX_CONCURRENT_STREAMS`
+/// per connection (tonic advertises none otherwise, and every stream may buffer a
+/// message), and a deadline for each call, message included.
 pub async fn serve_grpc_on<I, IO, IE>(
-    incoming: I,
-    state: Receivers,
-    auth: ReceiverAuth,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError>
-where
-    I: Stream<Item = Result<IO, IE>>,
-    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_grpc_with(incoming, state, auth, ConnLimits::default(), shutdown).await
-}
-
-/// [`serve_grpc_on`] with the connections bounded by `limits`: a cap on connections,
-/// `SETTINGS_MAX_CONCURRENT_STREAMS` per connection (tonic advertises none otherwise, and
-/// every stream may buffer a message), and a deadline for each call, message included.
-pub async fn serve_grpc_with<I, IO, IE>(
     incoming: I,
     state: Receivers,
     auth: ReceiverAuth,

@@ -77,7 +77,7 @@ pub async fn serve_http(
 }
 
 /// [`serve_http`] on any listener (a TLS one, say) with the routes behind `auth`, and the
-/// default connection limits.
+/// default connection limits (see [`crate::listen`]).
 pub async fn serve_http_on<L>(
     listener: L,
     state: Receivers,
@@ -87,22 +87,9 @@ pub async fn serve_http_on<L>(
 where
     L: Listener,
 {
-    serve_http_with(listener, state, auth, ConnLimits::default(), shutdown).await
-}
-
-/// [`serve_http_on`] with the connections bounded by `limits` (see [`crate::listen`]).
-pub async fn serve_http_with<L>(
-    listener: L,
-    state: Receivers,
-    auth: ReceiverAuth,
-    limits: ConnLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError>
-where
-    L: Listener,
-{
     let router = secured_http_router(state, &auth);
-    listen::serve_router(listener, router, ListenerKind::OtlpHttp, limits, shutdown)
+    let (kind, limits) = (ListenerKind::OtlpHttp, ConnLimits::default());
+    listen::serve_router(listener, router, kind, limits, shutdown)
         .await
         .map_err(ServeError::Http)
 }

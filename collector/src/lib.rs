@@ -60,8 +60,8 @@ pub use decoded::{
     Decoded, IgnoreReason, IgnoredCounts, RejectReason, RejectedCounts, Rejection, Signal,
 };
 pub use error::{ConfigError, DecodeError, IngestError, ServeError, SinkError};
-pub use grpc::{serve_grpc, serve_grpc_on, serve_grpc_with};
-pub use http::{http_router, secured_http_router, serve_http, serve_http_on, serve_http_with};
+pub use grpc::{serve_grpc, serve_grpc_on};
+pub use http::{http_router, secured_http_router, serve_http, serve_http_on};
 pub use json::{logs_from_json, traces_from_json};
 pub use k8s::decode_k8s_audit;
 pub use listen::ConnLimits;
