@@ -11,7 +11,9 @@
 //! HTTP/2 frame (we advertise 256 KiB frames), so [`Gather`] reads the message straight out
 //! of that frame, or joins the frames once into a buffer sized from the message's prefix.
 //! Its refusals (size limit, compressed flag, truncation) carry tonic's codes and texts.
-//! Compressed calls go through tonic's codec, which inflates them within the limit.
+//! gzip calls are gathered the same way and inflated here, every member of the body (tonic's
+//! decoder reads only the first, and answered OK); zstd calls go through tonic's codec,
+//! which inflates them within the limit.
 
 use crate::decoded::Decoded;
 use crate::error::IngestError;
@@ -136,11 +138,11 @@ where
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
         let limit = self.max_decoding_message_size;
-        if is_identity(req.headers()) {
+        if let Some(gzip) = gathered_encoding(req.headers()) {
             let export = self.export.clone();
             let receivers = self.receivers.clone();
             return Box::pin(async move {
-                Ok(plain_unary(export, limit, receivers, req.into_body()).await)
+                Ok(plain_unary(export, limit, gzip, receivers, req.into_body()).await)
             });
         }
         let method = Unary(self.export.clone());
@@ -251,11 +253,16 @@ fn decode<M: OtlpRequest>(raw: &[u8]) -> Result<Decoded, Status> {
     })
 }
 
-/// Whether the call's message is uncompressed (no `grpc-encoding`, or `identity`).
-fn is_identity(headers: &http::HeaderMap) -> bool {
-    headers
-        .get("grpc-encoding")
-        .is_none_or(|v| v.as_bytes() == b"identity")
+/// Whether the call's message is gathered here: `Some(false)` uncompressed (no
+/// `grpc-encoding`, or `identity`), `Some(true)` gzip, which is inflated here so that
+/// every member of a multi-member body is read (tonic's gzip decoder stops after the
+/// first and answers OK); `None` leaves the call to tonic's codec (zstd).
+fn gathered_encoding(headers: &http::HeaderMap) -> Option<bool> {
+    match headers.get("grpc-encoding").map(|v| v.as_bytes()) {
+        None | Some(b"identity") => Some(false),
+        Some(b"gzip") => Some(true),
+        Some(_) => None,
+    }
 }
 
 /// A unary call over an uncompressed body: the message gathered without tonic's copy,
@@ -264,6 +271,7 @@ fn is_identity(headers: &http::HeaderMap) -> bool {
 async fn plain_unary<Req, Resp, B>(
     export: Export<Req, Resp>,
     limit: usize,
+    gzip: bool,
     receivers: Receivers,
     body: B,
 ) -> http::Response<tonic::body::Body>
@@ -276,18 +284,31 @@ where
 {
     let answer = async {
         let mut held = receivers.budget();
-        let message = read_message(body, limit, &mut held)
-            .await
-            .map_err(|e| match e {
-                Gathering::Refused(status) => status,
-                Gathering::Busy(e) => {
-                    receivers.count_failure(&e);
-                    Status::unavailable(e.to_string())
+        let (message, compressed) =
+            read_message(body, limit, gzip, &mut held)
+                .await
+                .map_err(|e| match e {
+                    Gathering::Refused(status) => status,
+                    Gathering::Busy(e) => {
+                        receivers.count_failure(&e);
+                        Status::unavailable(e.to_string())
+                    }
+                })?;
+        let wire_len = message.len();
+        let message = if compressed {
+            // Counted by the status, as tonic's own refusals are (`grpc`).
+            inflate(message, limit).await.map_err(|e| match e {
+                IngestError::TooLargeDecompressed { .. } => {
+                    Status::resource_exhausted(e.to_string())
                 }
-            })?;
+                _ => Status::internal(e.to_string()),
+            })?
+        } else {
+            message
+        };
         let received = Received {
             decoded: decode::<Req>(&message)?,
-            wire_len: message.len(),
+            wire_len,
             request: PhantomData,
         };
         // The frame goes back before the export waits for room in the correlator's queue.
@@ -299,6 +320,17 @@ where
     match answer {
         Ok(response) => reply(&response),
         Err(status) => status.into_http(),
+    }
+}
+
+/// A gzip message inflated (every member, at most `limit` bytes) off the reactor, as
+/// OTLP/HTTP does it.
+async fn inflate(message: Bytes, limit: usize) -> Result<Bytes, IngestError> {
+    let inflating = move || crate::body::decompress(crate::body::Encoding::Gzip, message, limit);
+    match tokio::task::spawn_blocking(inflating).await {
+        Ok(inflated) => inflated,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(crate::error::SinkError::Closed.into()),
     }
 }
 
@@ -316,14 +348,19 @@ impl From<Status> for Gathering {
 
 /// The one message of a unary call's body, without its 5-byte prefix; every byte it holds
 /// is covered by `held` before it is buffered.
-async fn read_message<B>(body: B, limit: usize, held: &mut Held) -> Result<Bytes, Gathering>
+async fn read_message<B>(
+    body: B,
+    limit: usize,
+    gzip: bool,
+    held: &mut Held,
+) -> Result<(Bytes, bool), Gathering>
 where
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
     B::Data: Send,
 {
     let mut body = std::pin::pin!(body);
-    let mut gather = Gather::new(limit);
+    let mut gather = Gather::new(limit, gzip);
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -343,7 +380,8 @@ where
             .map_err(Gathering::Busy)?;
         gather.push(chunk)?;
     }
-    Ok(gather.finish()?)
+    let compressed = gather.compressed;
+    Ok((gather.finish()?, compressed))
 }
 
 /// The gRPC message prefix: a compressed flag and a big-endian length.
@@ -362,15 +400,21 @@ struct Gather {
     joined: Option<BytesMut>,
     /// The message's length, once the prefix is in.
     declared: Option<usize>,
+    /// Whether the call named gzip, so that a compressed message is allowed.
+    gzip: bool,
+    /// Whether the message's prefix says it is compressed.
+    compressed: bool,
 }
 
 impl Gather {
-    fn new(limit: usize) -> Self {
+    fn new(limit: usize, gzip: bool) -> Self {
         Gather {
             limit,
             first: None,
             joined: None,
             declared: None,
+            gzip,
+            compressed: false,
         }
     }
 
@@ -414,6 +458,7 @@ impl Gather {
         }
         if self.declared.is_none() {
             self.declared = self.prefix()?;
+            self.compressed = self.declared.is_some() && self.gathered()[0] == 1;
         }
         match self.declared {
             Some(len) if self.gathered().len() > PREFIX + len => Err(Status::internal(
@@ -430,6 +475,7 @@ impl Gather {
         };
         match prefix[0] {
             0 => {}
+            1 if self.gzip => {}
             // https://grpc.github.io/grpc/core/md_doc_compression.html: a set flag without
             // a grpc-encoding MUST fail with INTERNAL.
             1 => {
@@ -508,7 +554,7 @@ mod tests {
     }
 
     fn gather(limit: usize, chunks: &[&[u8]]) -> Result<Bytes, Status> {
-        let mut g = Gather::new(limit);
+        let mut g = Gather::new(limit, false);
         for c in chunks {
             g.push(Bytes::copy_from_slice(c))?;
         }
@@ -518,7 +564,7 @@ mod tests {
     #[test]
     fn a_message_in_one_frame_is_that_frame_not_a_copy() {
         let frame = Bytes::from(framed(b"an export request"));
-        let mut g = Gather::new(1024);
+        let mut g = Gather::new(1024, false);
         g.push(frame.clone()).unwrap();
         let message = g.finish().unwrap();
         assert_eq!(&message[..], b"an export request");
@@ -532,7 +578,7 @@ mod tests {
         let pieces: Vec<&[u8]> = vec![&whole[..2], &whole[2..9], &whole[9..500], &whole[500..]];
         assert_eq!(&gather(1000, &pieces).unwrap()[..], &[7u8; 1000][..]);
 
-        let mut g = Gather::new(1000);
+        let mut g = Gather::new(1000, false);
         g.push(Bytes::copy_from_slice(&whole[..100])).unwrap();
         g.push(Bytes::copy_from_slice(&whole[100..200])).unwrap();
         let joined = g.joined.as_ref().unwrap();
@@ -574,7 +620,7 @@ mod tests {
 
         // Over the limit: refused on the prefix alone, before the message is read.
         let big = framed(&[0u8; 11]);
-        let mut g = Gather::new(10);
+        let mut g = Gather::new(10, false);
         let e = g.push(Bytes::copy_from_slice(&big[..PREFIX])).unwrap_err();
         assert_eq!(e.code(), Code::OutOfRange);
         assert!(
