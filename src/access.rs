@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use toctou_collector::auth::{self, Refusal};
+use toctou_collector::listen::{self, ConnLimits, ListenerKind};
 use toctou_collector::{ReceiverAuth, Receivers, ServeError, Tokens};
 use tokio::net::TcpListener;
 
@@ -55,6 +56,171 @@ pub struct AccessArgs {
     /// events or read findings.
     #[arg(long, env = "TOCTOU_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// Connection limits of every listener.
+    #[command(flatten)]
+    pub connections: ConnArgs,
+}
+
+/// The connection limits every listener applies (toctou_collector::listen), one set for
+/// all: each listener counts its own connections, so a flood of one port leaves the
+/// others (the API, /healthz) reachable.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Connections open at once per listener; more are answered 503 and closed
+    /// (counted in toctou_connections_refused_total).
+    #[arg(long, env = "TOCTOU_MAX_CONNECTIONS", default_value_t = listen::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    #[arg(long, env = "TOCTOU_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// HTTP/2 streams one connection may have open at once (gRPC and HTTP/2 listeners).
+    #[arg(long, env = "TOCTOU_MAX_CONCURRENT_STREAMS", default_value_t = listen::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    /// How long a gRPC call may take as a whole, its message included.
+    #[arg(long, env = "TOCTOU_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Host names (comma-separated) the HTTP listeners answer to besides localhost,
+    /// 127.0.0.1, ::1 and their own address; others get 403 (against DNS rebinding). A
+    /// listener on a non-loopback address checks only when this is set.
+    #[arg(long, env = "TOCTOU_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The `Host` names an HTTP listener answers to. A web page the user visits can resolve
+/// its own name to 127.0.0.1 (DNS rebinding) and then read the API or send events to a
+/// listener open on loopback; its requests still carry its own name as `Host`, so
+/// refusing names that are not ours stops it. `/healthz` is answered whatever the name.
+#[derive(Clone, Debug)]
+pub struct AllowedHosts(Arc<Vec<String>>);
+
+impl AllowedHosts {
+    /// The names for a listener on `addr`: loopback names, the address, and `extra`;
+    /// `None` (no check) for a non-loopback listener without `extra`, whose clients may
+    /// use any name that reaches it.
+    pub fn for_listener(addr: SocketAddr, extra: &[String]) -> Option<AllowedHosts> {
+        if extra.is_empty() && !addr.ip().to_canonical().is_loopback() {
+            return None;
+        }
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([addr.ip().to_string()])
+            .chain(extra.iter().map(|h| h.trim().to_ascii_lowercase()))
+            .filter(|h| !h.is_empty())
+            .collect();
+        names.dedup();
+        Some(AllowedHosts(Arc::new(names)))
+    }
+
+    /// Whether `host` (a `Host` header or an authority, with or without a port) is ours.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host
+                .rsplit_once(':')
+                .map_or(host.as_str(), |(name, _)| name),
+        };
+        let name = name.trim_end_matches('.');
+        self.0.iter().any(|allowed| allowed == name)
+    }
+
+    /// `router` behind the check.
+    pub fn guard(hosts: Option<AllowedHosts>, router: Router) -> Router {
+        match hosts {
+            None => router,
+            Some(hosts) => {
+                router.layer(middleware::from_fn_with_state(hosts, require_allowed_host))
+            }
+        }
+    }
+}
+
+async fn require_allowed_host(
+    State(hosts): State<AllowedHosts>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if request.uri().path() == "/healthz" || hosts.allows(host) {
+        return next.run(request).await;
+    }
+    tracing::debug!(host, "request refused: host not allowed");
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "error": format!("host {host:?} is not one this listener answers to (--allowed-hosts)")
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+impl ConnArgs {
+    /// The limits, with the connection cap lowered if three listeners' worth would not fit
+    /// in the process's file descriptors (raised to the hard limit first).
+    pub fn limits(&self) -> Result<ConnLimits> {
+        if self.max_connections == 0 || self.max_concurrent_streams == 0 {
+            bail!("--max-connections and --max-concurrent-streams must be greater than zero");
+        }
+        if self.header_read_timeout.is_zero() || self.request_timeout.is_zero() {
+            bail!("--header-read-timeout and --request-timeout must be greater than zero");
+        }
+        let mut max_connections = self.max_connections;
+        if let Some(fds) = raise_fd_limit() {
+            // Three listeners, and room for the rest (files, ClickHouse, Kafka).
+            let fit = (fds.saturating_sub(FD_RESERVE) / 3).max(1) as usize;
+            if fit < max_connections {
+                tracing::warn!(
+                    max_connections,
+                    lowered_to = fit,
+                    fd_limit = fds,
+                    "--max-connections lowered to fit three listeners in the open-file limit"
+                );
+                max_connections = fit;
+            }
+        }
+        Ok(ConnLimits {
+            max_connections,
+            header_read_timeout: self.header_read_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            request_timeout: self.request_timeout,
+        })
+    }
+}
+
+/// File descriptors kept for everything but the listeners' connections.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft limit of open files to the hard one, so the connection caps (not the
+/// fd table) refuse a flood; returns the soft limit in force, `None` if it is unknown.
+fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 /// The receivers' access flags, part of `ReceiverArgs` (src/cli.rs).
@@ -206,6 +372,9 @@ pub const API_FIX: &str = "--api-token-file or TOCTOU_API_TOKENS";
 pub struct ApiAccess {
     pub tokens: Option<Tokens>,
     pub tls: Option<Arc<ServerConfig>>,
+    pub limits: ConnLimits,
+    /// `--allowed-hosts`.
+    pub allowed_hosts: Vec<String>,
     refused: Arc<AtomicU64>,
 }
 
@@ -228,6 +397,8 @@ impl ApiAccess {
                 "--api-tokens/TOCTOU_API_TOKENS",
             )?,
             tls: tls_config(args, None)?,
+            limits: args.connections.limits()?,
+            allowed_hosts: args.connections.allowed_hosts.clone(),
             refused: Arc::default(),
         };
         Ok(access)
@@ -271,6 +442,7 @@ impl ApiAccess {
                     render(&mut out);
                     counter.render_prometheus(&mut out);
                     crate::tls::render_prometheus(&mut out);
+                    listen::render_prometheus(&mut out);
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
@@ -302,16 +474,14 @@ impl ApiAccess {
         router: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let (kind, limits) = (ListenerKind::Api, self.limits);
+        let hosts = AllowedHosts::for_listener(listener.local_addr()?, &self.allowed_hosts);
+        let router = AllowedHosts::guard(hosts, router);
         match &self.tls {
-            None => {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
+            None => listen::serve_router(listener, router, kind, limits, shutdown).await,
             Some(config) => {
-                axum::serve(TlsListener::new(listener, config.clone())?, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                let listener = TlsListener::new(listener, config.clone())?;
+                listen::serve_router(listener, router, kind, limits, shutdown).await
             }
         }
     }
@@ -365,6 +535,9 @@ pub struct ReceiverAccess {
     pub auth: ReceiverAuth,
     pub tls: Option<Arc<ServerConfig>>,
     pub client_certificates: bool,
+    pub limits: ConnLimits,
+    /// `--allowed-hosts`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The access of a command with the receivers and one HTTP listener of its own (`run`'s
@@ -407,6 +580,8 @@ impl ReceiverAccess {
             tls: tls_config(api, receiver.tls_client_ca.as_deref())
                 .context("the receivers' TLS")?,
             client_certificates: receiver.tls_client_ca.is_some(),
+            limits: api.connections.limits()?,
+            allowed_hosts: api.connections.allowed_hosts.clone(),
         })
     }
 
@@ -438,13 +613,19 @@ impl ReceiverAccess {
         receivers: Receivers,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        match self.tls {
-            None => toctou_collector::serve_http_on(listener, receivers, self.auth, shutdown).await,
+        let (kind, limits) = (ListenerKind::OtlpHttp, self.limits);
+        let addr = listener.local_addr().map_err(ServeError::Http)?;
+        let hosts = AllowedHosts::for_listener(addr, &self.allowed_hosts);
+        let router = toctou_collector::secured_http_router(receivers, &self.auth);
+        let router = AllowedHosts::guard(hosts, router);
+        let served = match self.tls {
+            None => listen::serve_router(listener, router, kind, limits, shutdown).await,
             Some(config) => {
                 let listener = TlsListener::new(listener, config).map_err(ServeError::Http)?;
-                toctou_collector::serve_http_on(listener, receivers, self.auth, shutdown).await
+                listen::serve_router(listener, router, kind, limits, shutdown).await
             }
-        }
+        };
+        served.map_err(ServeError::Http)
     }
 
     /// Serves the gRPC receivers on `listener` until `shutdown`.
@@ -454,20 +635,16 @@ impl ReceiverAccess {
         receivers: Receivers,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        let (auth, limits) = (self.auth, self.limits);
         match self.tls {
             None => {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                toctou_collector::serve_grpc_on(incoming, receivers, self.auth, shutdown).await
+                toctou_collector::serve_grpc_on(incoming, receivers, auth, limits, shutdown).await
             }
             Some(config) => {
                 let listener = TlsListener::new(listener, config).map_err(ServeError::Http)?;
-                toctou_collector::serve_grpc_on(
-                    listener.into_incoming(),
-                    receivers,
-                    self.auth,
-                    shutdown,
-                )
-                .await
+                let incoming = listener.into_incoming();
+                toctou_collector::serve_grpc_on(incoming, receivers, auth, limits, shutdown).await
             }
         }
     }
@@ -484,6 +661,36 @@ mod tests {
             authenticated,
             fix: API_FIX,
         }
+    }
+
+    #[test]
+    fn only_our_names_reach_a_loopback_listener() {
+        let hosts = AllowedHosts::for_listener("127.0.0.1:8686".parse().unwrap(), &[]).unwrap();
+        for ok in [
+            "localhost:8686",
+            "127.0.0.1:8686",
+            "[::1]:8686",
+            "LOCALHOST",
+            "localhost.",
+        ] {
+            assert!(hosts.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8686",
+            "evil.example",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!hosts.allows(bad), "{bad}");
+        }
+        let extra = AllowedHosts::for_listener(
+            "0.0.0.0:4318".parse().unwrap(),
+            &["Toctou.internal".to_string()],
+        )
+        .unwrap();
+        assert!(extra.allows("toctou.internal:4318"));
+        assert!(!extra.allows("evil.example"));
+        assert!(AllowedHosts::for_listener("0.0.0.0:4318".parse().unwrap(), &[]).is_none());
     }
 
     #[test]

@@ -286,6 +286,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
     shared.access.render_prometheus(&mut out);
     crate::tls::render_prometheus(&mut out);
+    toctou_collector::listen::render_prometheus(&mut out);
     let (queued, capacity) = shared.queue.upgrade().map_or((0, 0), |q| {
         (q.max_capacity() - q.capacity(), q.max_capacity())
     });

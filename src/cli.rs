@@ -33,6 +33,14 @@ pub struct ReceiverArgs {
     /// Kafka's acknowledgement) before it is pushed back (503 / UNAVAILABLE).
     #[arg(long, env = "TOCTOU_SUBMIT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub submit_timeout: Duration,
+    /// Bytes of request bodies held while being read, all requests together (bodies are
+    /// read before a decoding slot is taken); beyond it requests wait up to
+    /// --submit-timeout, then get 503. At least twice --max-request-bytes.
+    #[arg(long, env = "TOCTOU_MAX_RECEIVE_BYTES", default_value_t = toctou_collector::config::DEFAULT_MAX_RECEIVE_BYTES)]
+    pub max_receive_bytes: usize,
+    /// How long an HTTP request body may take to arrive once its headers are in (408).
+    #[arg(long, env = "TOCTOU_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
     /// Who may send: tokens per route group and client certificates (src/access.rs).
     #[command(flatten)]
     pub access: crate::access::ReceiverAccessArgs,
@@ -45,6 +53,8 @@ impl ReceiverArgs {
             max_request_bytes: self.max_request_bytes,
             max_concurrent_requests: self.max_concurrent_requests,
             submit_timeout: self.submit_timeout,
+            max_receive_bytes: self.max_receive_bytes,
+            body_read_timeout: self.body_read_timeout,
         };
         config.validate().context("invalid receiver flags")?;
         Ok(config)

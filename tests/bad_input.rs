@@ -678,7 +678,7 @@ async fn each_bad_grpc_message_gets_its_code_and_one_count() {
             Some(Gzip),
             zeroes.clone(),
             Code::ResourceExhausted,
-            "exceeded while decompressing",
+            "decompressed body exceeds the limit",
             "too_large",
         ),
         (
@@ -766,4 +766,45 @@ async fn each_bad_grpc_message_gets_its_code_and_one_count() {
         rejected(&before, "attribute_too_long") + 1.0
     );
     assert_eq!(metric(&after, GOOD), metric(&before, GOOD) + 1.0);
+
+    // gzip of several members (what concatenated gzip streams are): every member is read,
+    // as over HTTP; tonic's decoder stopped after the first and answered OK.
+    let message = one_bad_one_good(|_| {});
+    let (a, b) = message.split_at(message.len() / 2);
+    let body = [gzip(a), gzip(b)].concat();
+    let mut framed = vec![1u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    let before = toctou.metrics().await;
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            toctou.grpc
+        ))
+        .header("content-type", "application/grpc")
+        .header("grpc-encoding", "gzip")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(axum::body::Body::from(framed)))
+        .unwrap();
+    let mut channel = channel;
+    std::future::poll_fn(|cx| tonic::codegen::Service::poll_ready(&mut channel, cx))
+        .await
+        .unwrap();
+    let response = tonic::codegen::Service::call(&mut channel, request)
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("grpc-status").is_none(),
+        "refused: {:?}",
+        response.headers()
+    );
+    drop(response);
+    let after = toctou.metrics().await;
+    assert_eq!(
+        metric(&after, GOOD),
+        metric(&before, GOOD) + 2.0,
+        "both members read"
+    );
 }

@@ -6,6 +6,7 @@
 //! per request stays bounded by the limit whatever the client sends.
 
 use crate::error::IngestError;
+use crate::receivers::Held;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -94,8 +95,22 @@ pub(crate) fn encoding(headers: &HeaderMap) -> Result<Encoding, IngestError> {
 /// declared `Content-Length` already does).
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    held: &mut Held,
+    timeout: std::time::Duration,
+) -> Result<Bytes, IngestError> {
+    tokio::time::timeout(timeout, read_held(headers, body, limit, held))
+        .await
+        .map_err(|_| IngestError::BodyTimeout(timeout))?
+}
+
+/// [`read_limited`] without its deadline: every byte held is covered by `held` first.
+async fn read_held(
+    headers: &HeaderMap,
     mut body: Body,
     limit: usize,
+    held: &mut Held,
 ) -> Result<Bytes, IngestError> {
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -114,18 +129,22 @@ pub(crate) async fn read_limited(
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
-        if held + data.len() > limit {
+        let so_far = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if so_far + data.len() > limit {
             return Err(IngestError::TooLarge { limit });
         }
         if first.is_none() && buf.is_empty() {
+            held.cover(data.len()).await?;
             first = Some(data);
             continue;
         }
         if let Some(first) = first.take() {
-            buf.reserve((declared.unwrap_or(0) as usize).max(first.len() + data.len()));
+            let room = (declared.unwrap_or(0) as usize).max(first.len() + data.len());
+            held.cover(first.len() + room).await?;
+            buf.reserve(room);
             buf.extend_from_slice(&first);
         }
+        held.cover(buf.len() + data.len()).await?;
         buf.extend_from_slice(&data);
     }
     Ok(first.unwrap_or_else(|| buf.freeze()))
@@ -166,6 +185,37 @@ mod tests {
     use super::*;
     use crate::decoded::RejectReason;
     use std::io::Write;
+    use std::time::Duration;
+
+    /// [`read_limited`] with room to spare and time enough.
+    async fn read(h: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+        let mut held = Held::with_budget(1 << 20, Duration::from_millis(10));
+        read_limited(h, body, limit, &mut held, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn a_body_is_held_against_the_budget_and_the_clock() {
+        let h = HeaderMap::new();
+        let mut held = Held::with_budget(8, Duration::from_millis(10));
+        let err = read_limited(
+            &h,
+            Body::from(vec![1u8; 9]),
+            100,
+            &mut held,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), RejectReason::Backpressure);
+        assert!(err.to_string().contains("receive buffer is full"), "{err}");
+        // A body that never ends runs out of time, not of memory.
+        let body = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let mut held = Held::with_budget(100, Duration::from_millis(10));
+        let err = read_limited(&h, body, 100, &mut held, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IngestError::BodyTimeout(_)), "{err}");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -256,17 +306,15 @@ mod tests {
     #[tokio::test]
     async fn reading_stops_past_the_limit() {
         let body = Body::from(vec![1u8; 101]);
-        let err = read_limited(&HeaderMap::new(), body, 100)
-            .await
-            .unwrap_err();
+        let err = read(&HeaderMap::new(), body, 100).await.unwrap_err();
         assert!(matches!(err, IngestError::TooLarge { limit: 100 }), "{err}");
-        let ok = read_limited(&HeaderMap::new(), Body::from(vec![1u8; 100]), 100)
+        let ok = read(&HeaderMap::new(), Body::from(vec![1u8; 100]), 100)
             .await
             .unwrap();
         assert_eq!(ok.len(), 100);
         // A declared length over the limit is refused before reading.
         let h = headers(&[("content-length", "1000")]);
-        let err = read_limited(&h, Body::empty(), 100).await.unwrap_err();
+        let err = read(&h, Body::empty(), 100).await.unwrap_err();
         assert_eq!(err.reason(), RejectReason::TooLarge);
     }
 
@@ -278,15 +326,15 @@ mod tests {
             Body::from_stream(futures::stream::iter(parts))
         };
         let h = HeaderMap::new();
-        let joined = read_limited(&h, frames(&[b"ab", b"", b"cde", b"f"]), 100)
+        let joined = read(&h, frames(&[b"ab", b"", b"cde", b"f"]), 100)
             .await
             .unwrap();
         assert_eq!(&joined[..], b"abcdef");
         let one: &'static [u8] = b"whole";
-        let kept = read_limited(&h, frames(&[one]), 100).await.unwrap();
+        let kept = read(&h, frames(&[one]), 100).await.unwrap();
         assert_eq!(kept.as_ptr(), one.as_ptr(), "not copied");
         // The limit counts every frame, the first one held aside included.
-        let err = read_limited(&h, frames(&[b"0123456789", b"0"]), 10)
+        let err = read(&h, frames(&[b"0123456789", b"0"]), 10)
             .await
             .unwrap_err();
         assert_eq!(err.reason(), RejectReason::TooLarge);

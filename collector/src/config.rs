@@ -16,6 +16,12 @@ pub const DEFAULT_SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// and decompressed) plus its decoded form, which `crate::budget` keeps under
 /// `BUDGET_FACTOR` (16) times the body, so this bounds receiver memory.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
+/// 256 MiB: request bodies (HTTP) and gRPC messages held while they are read, all
+/// connections together. Bodies are read before a slot is taken, so this, not the slots,
+/// bounds them; a slow sender holds only the bytes it sent.
+pub const DEFAULT_MAX_RECEIVE_BYTES: usize = 256 * 1024 * 1024;
+/// How long a client may take to send a request body once its headers are in.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +36,13 @@ pub struct ReceiverConfig {
     /// Requests being decoded or submitted at once; more wait (up to `submit_timeout`) for a
     /// slot. Default 8.
     pub max_concurrent_requests: usize,
+    /// Bytes of request bodies held while being read, all requests together; a request
+    /// that finds no room within `submit_timeout` gets 503 (UNAVAILABLE). Default 256 MiB;
+    /// at least twice `max_request_bytes`.
+    pub max_receive_bytes: usize,
+    /// How long an HTTP request body may take to arrive (408 past it). Default `"30s"`.
+    #[serde(with = "human_duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -38,6 +51,8 @@ impl Default for ReceiverConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             submit_timeout: DEFAULT_SUBMIT_TIMEOUT,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_receive_bytes: DEFAULT_MAX_RECEIVE_BYTES,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 }
@@ -61,6 +76,18 @@ impl ReceiverConfig {
         if self.max_concurrent_requests == 0 {
             return Err(ConfigError::Zero {
                 field: "max_concurrent_requests",
+            });
+        }
+        if self.body_read_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                field: "body_read_timeout",
+            });
+        }
+        // A body at the limit must fit, while its first chunk is copied into a buffer.
+        if self.max_receive_bytes / 2 < self.max_request_bytes {
+            return Err(ConfigError::ReceiveBudget {
+                max_receive_bytes: self.max_receive_bytes,
+                max_request_bytes: self.max_request_bytes,
             });
         }
         Ok(())
@@ -105,7 +132,7 @@ pub fn format_duration(d: Duration) -> String {
     format!("{nanos}ns")
 }
 
-mod human_duration {
+pub(crate) mod human_duration {
     use super::*;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

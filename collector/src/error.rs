@@ -104,9 +104,24 @@ pub enum IngestError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// Push back for want of room in the receivers themselves; `what` says which room.
+    #[error("{what}, retry after {retry_after:?}")]
+    Busy { what: String, retry_after: Duration },
+    /// The body did not arrive in time (slow client).
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
 }
 
 impl IngestError {
+    /// When the client should retry, for a push-back.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Sink(SinkError::Full { retry_after })
+            | IngestError::Busy { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub fn reason(&self) -> RejectReason {
         match self {
             IngestError::TooLarge { .. } | IngestError::TooLargeDecompressed { .. } => {
@@ -116,10 +131,12 @@ impl IngestError {
             IngestError::UnsupportedEncoding(_) | IngestError::BadCompression { .. } => {
                 RejectReason::BadEncoding
             }
-            IngestError::Read(_) => RejectReason::ReadError,
+            IngestError::Read(_) | IngestError::BodyTimeout(_) => RejectReason::ReadError,
             IngestError::MethodNotAllowed(_) => RejectReason::MethodNotAllowed,
             IngestError::Decode(e) => e.reason(),
-            IngestError::Sink(SinkError::Full { .. }) => RejectReason::Backpressure,
+            IngestError::Sink(SinkError::Full { .. }) | IngestError::Busy { .. } => {
+                RejectReason::Backpressure
+            }
             IngestError::Sink(SinkError::Closed) => RejectReason::SinkClosed,
         }
     }
@@ -134,6 +151,11 @@ pub enum ConfigError {
     TooLarge(usize),
     #[error("invalid duration {0:?}: expected a number and a unit (ms, s, m, h), e.g. \"5s\"")]
     Duration(String),
+    #[error("max_receive_bytes {max_receive_bytes} must be at least twice max_request_bytes {max_request_bytes}")]
+    ReceiveBudget {
+        max_receive_bytes: usize,
+        max_request_bytes: usize,
+    },
 }
 
 /// A server that could not start or stopped with an error.

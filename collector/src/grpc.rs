@@ -11,8 +11,9 @@
 
 use crate::auth::{GrpcGuard, ReceiverAuth};
 use crate::decoded::{RejectReason, Signal};
-use crate::error::{DecodeError, IngestError, ServeError, SinkError};
+use crate::error::{DecodeError, IngestError, ServeError};
 use crate::grpc_service::{OtlpService, Received};
+use crate::listen::{self, ConnLimits, Gate, ListenerKind};
 use crate::metrics::{Metrics, Transport};
 use crate::receivers::{Receipt, Receivers};
 use futures::Stream;
@@ -34,6 +35,8 @@ use tonic::{Code, Status};
 
 /// The largest HTTP/2 frame we accept (and advertise): 256 KiB, room for an SDK's batch.
 const MAX_FRAME_SIZE: u32 = 256 << 10;
+/// HTTP/2 pings: a peer that does not answer one within this is gone.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Serves the OTLP gRPC services on `listener` until `shutdown` resolves, then finishes the
 /// calls in flight. Open to anyone (see [`serve_grpc_on`]).
@@ -46,17 +49,22 @@ pub async fn serve_grpc(
         TcpIncoming::from(listener),
         state,
         ReceiverAuth::default(),
+        ConnLimits::default(),
         shutdown,
     )
     .await
 }
 
 /// [`serve_grpc`] on any stream of connections (TLS ones, say), refusing calls without one
-/// of `auth.otlp`'s tokens (UNAUTHENTICATED) before their message is read.
+/// of `auth.otlp`'s tokens (UNAUTHENTICATED) before their message is read, with the
+/// connections bounded by `limits`: a cap on connections, `SETTINGS_MAX_CONCURRENT_STREAMS`
+/// per connection (tonic advertises none otherwise, and every stream may buffer a
+/// message), and a deadline for each call, message included.
 pub async fn serve_grpc_on<I, IO, IE>(
     incoming: I,
     state: Receivers,
     auth: ReceiverAuth,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
 where
@@ -65,27 +73,36 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let gate = Gate::new(ListenerKind::OtlpGrpc, &limits);
+    let incoming = listen::gated(incoming, gate, limits.header_read_timeout);
     let limit = state.config().max_request_bytes;
     let guard = GrpcGuard {
         tokens: auth.otlp,
         receivers: state.clone(),
     };
     let receiver = GrpcReceiver(state.clone());
-    let traces =
-        OtlpService::<ExportTraceServiceRequest, ExportTraceServiceResponse>::new(limit, {
+    let traces = OtlpService::<ExportTraceServiceRequest, ExportTraceServiceResponse>::new(
+        limit,
+        state.clone(),
+        {
             let r = receiver.clone();
             Arc::new(move |request| {
                 let r = r.clone();
                 Box::pin(async move { r.export_traces(request).await })
             })
-        });
-    let logs = OtlpService::<ExportLogsServiceRequest, ExportLogsServiceResponse>::new(limit, {
-        let r = receiver;
-        Arc::new(move |request| {
-            let r = r.clone();
-            Box::pin(async move { r.export_logs(request).await })
-        })
-    });
+        },
+    );
+    let logs = OtlpService::<ExportLogsServiceRequest, ExportLogsServiceResponse>::new(
+        limit,
+        state.clone(),
+        {
+            let r = receiver;
+            Arc::new(move |request| {
+                let r = r.clone();
+                Box::pin(async move { r.export_logs(request).await })
+            })
+        },
+    );
     let metrics = state.metrics().clone();
     tonic::transport::Server::builder()
         // HTTP/2's default 16 KiB frames cut a 512-span export (~150 KB) into ten frames,
@@ -93,6 +110,10 @@ where
         // honours SETTINGS_MAX_FRAME_SIZE (tonic's does) sends it in one frame, read in a
         // few large reads; others are unaffected. The frame's buffer lives only while read.
         .max_frame_size(MAX_FRAME_SIZE)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .layer(tower::util::MapResponseLayer::new(
             move |response: http::Response<tonic::body::Body>| {
                 count_transport_rejection(&metrics, &response);
@@ -149,7 +170,8 @@ pub(crate) fn grpc_code(e: &IngestError) -> Code {
         IngestError::BadCompression { .. } | IngestError::Read(_) | IngestError::Decode(_) => {
             Code::InvalidArgument
         }
-        IngestError::Sink(_) => Code::Unavailable,
+        IngestError::BodyTimeout(_) => Code::DeadlineExceeded,
+        IngestError::Sink(_) | IngestError::Busy { .. } => Code::Unavailable,
     }
 }
 
@@ -237,13 +259,13 @@ impl GrpcReceiver {
             tracing::debug!(reason = e.reason().as_str(), error = %e, "grpc request refused");
             let code = grpc_code(&e);
             let message = e.to_string();
-            match &e {
-                IngestError::Sink(SinkError::Full { retry_after }) => Status::with_details(
+            match e.retry_after() {
+                Some(retry_after) => Status::with_details(
                     code,
                     message.clone(),
-                    retry_details(code, message, *retry_after),
+                    retry_details(code, message, retry_after),
                 ),
-                _ => Status::new(code, message),
+                None => Status::new(code, message),
             }
         })
     }

@@ -11,10 +11,13 @@
 //! HTTP/2 frame (we advertise 256 KiB frames), so [`Gather`] reads the message straight out
 //! of that frame, or joins the frames once into a buffer sized from the message's prefix.
 //! Its refusals (size limit, compressed flag, truncation) carry tonic's codes and texts.
-//! Compressed calls go through tonic's codec, which inflates them within the limit.
+//! gzip calls are gathered the same way and inflated here, every member of the body (tonic's
+//! decoder reads only the first, and answered OK); zstd calls go through tonic's codec,
+//! which inflates them within the limit.
 
 use crate::decoded::Decoded;
-use crate::error::DecodeError;
+use crate::error::{DecodeError, IngestError};
+use crate::receivers::{Held, Receivers};
 use crate::transform::{decode_logs, decode_traces};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -88,6 +91,8 @@ pub(crate) type Export<Req, Resp> =
 pub(crate) struct OtlpService<Req, Resp> {
     export: Export<Req, Resp>,
     max_decoding_message_size: usize,
+    /// Whose receive budget an uncompressed message is gathered under.
+    receivers: Receivers,
 }
 
 impl<Req, Resp> Clone for OtlpService<Req, Resp> {
@@ -95,6 +100,7 @@ impl<Req, Resp> Clone for OtlpService<Req, Resp> {
         OtlpService {
             export: self.export.clone(),
             max_decoding_message_size: self.max_decoding_message_size,
+            receivers: self.receivers.clone(),
         }
     }
 }
@@ -102,10 +108,15 @@ impl<Req, Resp> Clone for OtlpService<Req, Resp> {
 impl<Req, Resp> OtlpService<Req, Resp> {
     /// gzip and zstd accepted, gzip sent when the client accepts it, messages over
     /// `max_decoding_message_size` (compressed or not) refused by tonic.
-    pub fn new(max_decoding_message_size: usize, export: Export<Req, Resp>) -> Self {
+    pub fn new(
+        max_decoding_message_size: usize,
+        receivers: Receivers,
+        export: Export<Req, Resp>,
+    ) -> Self {
         OtlpService {
             export,
             max_decoding_message_size,
+            receivers,
         }
     }
 }
@@ -120,6 +131,7 @@ where
     Resp: prost::Message + Send + 'static,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
+    B::Data: Send,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
@@ -134,9 +146,12 @@ where
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
         let limit = self.max_decoding_message_size;
-        if is_identity(req.headers()) {
+        if let Some(gzip) = gathered_encoding(req.headers()) {
             let export = self.export.clone();
-            return Box::pin(async move { Ok(plain_unary(export, limit, req.into_body()).await) });
+            let receivers = self.receivers.clone();
+            return Box::pin(async move {
+                Ok(plain_unary(export, limit, gzip, receivers, req.into_body()).await)
+            });
         }
         let method = Unary(self.export.clone());
         Box::pin(async move {
@@ -248,11 +263,16 @@ fn decode<M: OtlpRequest>(raw: &[u8]) -> Result<Decoded, Status> {
     })
 }
 
-/// Whether the call's message is uncompressed (no `grpc-encoding`, or `identity`).
-fn is_identity(headers: &http::HeaderMap) -> bool {
-    headers
-        .get("grpc-encoding")
-        .is_none_or(|v| v.as_bytes() == b"identity")
+/// Whether the call's message is gathered here: `Some(false)` uncompressed (no
+/// `grpc-encoding`, or `identity`), `Some(true)` gzip, which is inflated here so that
+/// every member of a multi-member body is read (tonic's gzip decoder stops after the
+/// first and answers OK); `None` leaves the call to tonic's codec (zstd).
+fn gathered_encoding(headers: &http::HeaderMap) -> Option<bool> {
+    match headers.get("grpc-encoding").map(|v| v.as_bytes()) {
+        None | Some(b"identity") => Some(false),
+        Some(b"gzip") => Some(true),
+        Some(_) => None,
+    }
 }
 
 /// A unary call over an uncompressed body: the message gathered without tonic's copy,
@@ -261,6 +281,8 @@ fn is_identity(headers: &http::HeaderMap) -> bool {
 async fn plain_unary<Req, Resp, B>(
     export: Export<Req, Resp>,
     limit: usize,
+    gzip: bool,
+    receivers: Receivers,
     body: B,
 ) -> http::Response<tonic::body::Body>
 where
@@ -268,16 +290,40 @@ where
     Resp: prost::Message,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
+    B::Data: Send,
 {
     let answer = async {
-        let message = read_message(body, limit).await?;
+        let mut held = receivers.budget();
+        let (message, compressed) =
+            read_message(body, limit, gzip, &mut held)
+                .await
+                .map_err(|e| match e {
+                    Gathering::Refused(status) => status,
+                    Gathering::Busy(e) => {
+                        receivers.count_failure(&e);
+                        Status::unavailable(e.to_string())
+                    }
+                })?;
+        let wire_len = message.len();
+        let message = if compressed {
+            // Counted by the status, as tonic's own refusals are (`grpc`).
+            inflate(message, limit).await.map_err(|e| match e {
+                IngestError::TooLargeDecompressed { .. } => {
+                    Status::resource_exhausted(e.to_string())
+                }
+                _ => Status::internal(e.to_string()),
+            })?
+        } else {
+            message
+        };
         let received = Received {
             decoded: decode::<Req>(&message)?,
-            wire_len: message.len(),
+            wire_len,
             request: PhantomData,
         };
         // The frame goes back before the export waits for room in the correlator's queue.
         drop(message);
+        drop(held);
         export(received).await
     }
     .await;
@@ -287,29 +333,65 @@ where
     }
 }
 
-/// The one message of a unary call's body, without its 5-byte prefix.
-async fn read_message<B>(body: B, limit: usize) -> Result<Bytes, Status>
+/// A gzip message inflated (every member, at most `limit` bytes) off the reactor, as
+/// OTLP/HTTP does it.
+async fn inflate(message: Bytes, limit: usize) -> Result<Bytes, IngestError> {
+    let inflating = move || crate::body::decompress(crate::body::Encoding::Gzip, message, limit);
+    match tokio::task::spawn_blocking(inflating).await {
+        Ok(inflated) => inflated,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(crate::error::SinkError::Closed.into()),
+    }
+}
+
+/// Why gathering a message failed: tonic's refusals, or no room in the receive budget.
+enum Gathering {
+    Refused(Status),
+    Busy(IngestError),
+}
+
+impl From<Status> for Gathering {
+    fn from(status: Status) -> Self {
+        Gathering::Refused(status)
+    }
+}
+
+/// The one message of a unary call's body, without its 5-byte prefix; every byte it holds
+/// is covered by `held` before it is buffered.
+async fn read_message<B>(
+    body: B,
+    limit: usize,
+    gzip: bool,
+    held: &mut Held,
+) -> Result<(Bytes, bool), Gathering>
 where
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
+    B::Data: Send,
 {
     let mut body = std::pin::pin!(body);
-    let mut gather = Gather::new(limit);
+    let mut gather = Gather::new(limit, gzip);
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
             // As tonic: a client that cancels has simply ended its stream.
             Err(e) => match Status::from_error(e.into()) {
                 status if status.code() == tonic::Code::Cancelled => break,
-                status => return Err(status),
+                status => return Err(status.into()),
             },
         };
         // Trailers carry nothing a unary OTLP export reads.
-        if let Ok(mut data) = frame.into_data() {
-            gather.push(data.copy_to_bytes(data.remaining()))?;
-        }
+        let chunk = match frame.into_data() {
+            Ok(mut data) => data.copy_to_bytes(data.remaining()),
+            Err(_) => continue,
+        };
+        held.cover(gather.room_after(chunk.len()))
+            .await
+            .map_err(Gathering::Busy)?;
+        gather.push(chunk)?;
     }
-    gather.finish()
+    let compressed = gather.compressed;
+    Ok((gather.finish()?, compressed))
 }
 
 /// The gRPC message prefix: a compressed flag and a big-endian length.
@@ -328,15 +410,21 @@ struct Gather {
     joined: Option<BytesMut>,
     /// The message's length, once the prefix is in.
     declared: Option<usize>,
+    /// Whether the call named gzip, so that a compressed message is allowed.
+    gzip: bool,
+    /// Whether the message's prefix says it is compressed.
+    compressed: bool,
 }
 
 impl Gather {
-    fn new(limit: usize) -> Self {
+    fn new(limit: usize, gzip: bool) -> Self {
         Gather {
             limit,
             first: None,
             joined: None,
             declared: None,
+            gzip,
+            compressed: false,
         }
     }
 
@@ -345,6 +433,18 @@ impl Gather {
             (Some(joined), _) => joined,
             (None, Some(first)) => first,
             (None, None) => &[],
+        }
+    }
+
+    /// The bytes held once a chunk of `len` is pushed, the joining copy included.
+    fn room_after(&self, len: usize) -> usize {
+        match (&self.joined, &self.first) {
+            (Some(joined), _) => joined.capacity().max(joined.len() + len),
+            (None, Some(first)) => {
+                let declared = self.declared.map_or(0, |n| PREFIX + n);
+                first.len() + declared.max(first.len() + len)
+            }
+            (None, None) => len,
         }
     }
 
@@ -368,6 +468,7 @@ impl Gather {
         }
         if self.declared.is_none() {
             self.declared = self.prefix()?;
+            self.compressed = self.declared.is_some() && self.gathered()[0] == 1;
         }
         match self.declared {
             Some(len) if self.gathered().len() > PREFIX + len => Err(Status::internal(
@@ -384,6 +485,7 @@ impl Gather {
         };
         match prefix[0] {
             0 => {}
+            1 if self.gzip => {}
             // https://grpc.github.io/grpc/core/md_doc_compression.html: a set flag without
             // a grpc-encoding MUST fail with INTERNAL.
             1 => {
@@ -462,7 +564,7 @@ mod tests {
     }
 
     fn gather(limit: usize, chunks: &[&[u8]]) -> Result<Bytes, Status> {
-        let mut g = Gather::new(limit);
+        let mut g = Gather::new(limit, false);
         for c in chunks {
             g.push(Bytes::copy_from_slice(c))?;
         }
@@ -472,7 +574,7 @@ mod tests {
     #[test]
     fn a_message_in_one_frame_is_that_frame_not_a_copy() {
         let frame = Bytes::from(framed(b"an export request"));
-        let mut g = Gather::new(1024);
+        let mut g = Gather::new(1024, false);
         g.push(frame.clone()).unwrap();
         let message = g.finish().unwrap();
         assert_eq!(&message[..], b"an export request");
@@ -486,7 +588,7 @@ mod tests {
         let pieces: Vec<&[u8]> = vec![&whole[..2], &whole[2..9], &whole[9..500], &whole[500..]];
         assert_eq!(&gather(1000, &pieces).unwrap()[..], &[7u8; 1000][..]);
 
-        let mut g = Gather::new(1000);
+        let mut g = Gather::new(1000, false);
         g.push(Bytes::copy_from_slice(&whole[..100])).unwrap();
         g.push(Bytes::copy_from_slice(&whole[100..200])).unwrap();
         let joined = g.joined.as_ref().unwrap();
@@ -528,7 +630,7 @@ mod tests {
 
         // Over the limit: refused on the prefix alone, before the message is read.
         let big = framed(&[0u8; 11]);
-        let mut g = Gather::new(10);
+        let mut g = Gather::new(10, false);
         let e = g.push(Bytes::copy_from_slice(&big[..PREFIX])).unwrap_err();
         assert_eq!(e.code(), Code::OutOfRange);
         assert!(

@@ -12,10 +12,11 @@ use crate::auth::{require_token, HttpGuard, ReceiverAuth, Tokens};
 use crate::body::{self, Encoding, Format};
 use crate::budget;
 use crate::decoded::{Decoded, Signal};
-use crate::error::{DecodeError, IngestError, ServeError, SinkError};
+use crate::error::{DecodeError, IngestError, ServeError};
 use crate::grpc::grpc_code;
 use crate::json;
 use crate::k8s::decode_k8s_audit;
+use crate::listen::{self, ConnLimits, ListenerKind};
 use crate::metrics::Transport;
 use crate::receivers::{Receipt, Receivers, BLOCKING_THRESHOLD};
 use crate::transform::{decode_logs, decode_traces};
@@ -76,7 +77,8 @@ pub async fn serve_http(
     serve_http_on(listener, state, ReceiverAuth::default(), shutdown).await
 }
 
-/// [`serve_http`] on any listener (a TLS one, say) with the routes behind `auth`.
+/// [`serve_http`] on any listener (a TLS one, say) with the routes behind `auth`, and the
+/// default connection limits (see [`crate::listen`]).
 pub async fn serve_http_on<L>(
     listener: L,
     state: Receivers,
@@ -85,10 +87,10 @@ pub async fn serve_http_on<L>(
 ) -> Result<(), ServeError>
 where
     L: Listener,
-    L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, secured_http_router(state, &auth))
-        .with_graceful_shutdown(shutdown)
+    let router = secured_http_router(state, &auth);
+    let (kind, limits) = (ListenerKind::OtlpHttp, ConnLimits::default());
+    listen::serve_router(listener, router, kind, limits, shutdown)
         .await
         .map_err(ServeError::Http)
 }
@@ -182,12 +184,21 @@ async fn ingest(
         body_read: true,
     };
     let encoding = body::encoding(headers).map_err(unread)?;
-    // The slot is held until the sink took the events: it bounds the bodies in memory.
-    let _slot = r.slot().await.map_err(unread)?;
+    // The body is read before a slot is taken, so a slow sender holds no slot, only the
+    // bytes it sent, counted against the receive budget (which bounds bodies in memory).
     let limit = r.config().max_request_bytes;
-    let wire = body::read_limited(headers, body, limit)
-        .await
-        .map_err(unread)?;
+    let mut held = r.budget();
+    let wire = body::read_limited(
+        headers,
+        body,
+        limit,
+        &mut held,
+        r.config().body_read_timeout,
+    )
+    .await
+    .map_err(unread)?;
+    // The slot is held until the sink took the events: it bounds the decoding at once.
+    let _slot = r.slot().await.map_err(read)?;
     r.metrics()
         .add_received_bytes(Transport::Http, wire.len() as u64);
     // Any compressed body can inflate past the threshold, so those always go off the reactor.
@@ -279,7 +290,8 @@ fn http_status(e: &IngestError) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         IngestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-        IngestError::Sink(_) => StatusCode::SERVICE_UNAVAILABLE,
+        IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        IngestError::Sink(_) | IngestError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -297,21 +309,18 @@ fn failure(r: &Receivers, format: Option<Format>, e: IngestError) -> Response {
         Format::Json => json::rpc_status(code, &message),
     };
     let mut response = respond(status, format, body);
-    match &e {
-        IngestError::Sink(SinkError::Full { retry_after }) => {
-            // Whole seconds, rounded up: Retry-After has no finer unit, and 0 would invite
-            // an immediate retry into the same full sink.
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        IngestError::MethodNotAllowed(_) => {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        }
-        _ => {}
+    if let Some(retry_after) = e.retry_after() {
+        // Whole seconds, rounded up: Retry-After has no finer unit, and 0 would invite
+        // an immediate retry into the same full sink.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    if let IngestError::MethodNotAllowed(_) = &e {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
     }
     response
 }

@@ -23,6 +23,8 @@
 //!     (slot, decode, off the reactor when large over HTTP, deliver, count);
 //!   - [`http`] (with `body` for content types, size limits and decompression) and
 //!     [`grpc`]: the transports, each holding the one mapping of errors to its status codes.
+//! - [`listen`]: connections per listener (a cap, the header read timeout, HTTP/2
+//!   streams), for the receivers and any other HTTP listener of the process.
 //! - [`auth`]: bearer tokens per route group, checked before a body is read.
 //! - [`config`], [`metrics`], [`error`]: configuration with named defaults, the counters in
 //!   Prometheus text form, and the error enums.
@@ -43,6 +45,7 @@ mod grpc_service;
 pub mod http;
 pub mod json;
 pub mod k8s;
+pub mod listen;
 pub mod metrics;
 mod peak_alloc;
 pub mod receivers;
@@ -65,6 +68,7 @@ pub use grpc::{serve_grpc, serve_grpc_on};
 pub use http::{http_router, secured_http_router, serve_http, serve_http_on};
 pub use json::{logs_from_json, traces_from_json};
 pub use k8s::decode_k8s_audit;
+pub use listen::ConnLimits;
 pub use metrics::{EventPhase, Metrics, Transport};
 pub use receivers::Receivers;
 pub use replay::{decode_replay, read_replay_file, LocatedRejection, ReplayBatch};

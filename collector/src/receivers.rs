@@ -31,6 +31,63 @@ struct Inner {
     /// Bounds the requests that hold a body or decoded events at once: the memory bound of
     /// the receivers. Taken before the body is read, so excess load waits at the door.
     slots: Arc<Semaphore>,
+    /// Bytes of bodies held while being read, one permit a byte (`max_receive_bytes`).
+    budget: Arc<Semaphore>,
+}
+
+/// The bytes of the receive budget one request holds while its body is read; given back
+/// when dropped.
+pub(crate) struct Held {
+    budget: Arc<Semaphore>,
+    wait: std::time::Duration,
+    permit: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl Held {
+    /// A share of a budget of its own, for tests of the readers.
+    #[cfg(test)]
+    pub(crate) fn with_budget(bytes: usize, wait: std::time::Duration) -> Held {
+        Held {
+            budget: Arc::new(Semaphore::new(bytes)),
+            wait,
+            permit: None,
+            bytes: 0,
+        }
+    }
+
+    /// Holds at least `bytes` in all, waiting up to `submit_timeout` for the rest.
+    pub(crate) async fn cover(&mut self, bytes: usize) -> Result<(), IngestError> {
+        if bytes <= self.bytes {
+            return Ok(());
+        }
+        let more = u32::try_from(bytes - self.bytes).unwrap_or(u32::MAX);
+        let budget = self.budget.clone();
+        let permit = match budget.clone().try_acquire_many_owned(more) {
+            Ok(permit) => permit,
+            Err(_) => {
+                let acquire = budget.acquire_many_owned(more);
+                match tokio::time::timeout(self.wait, acquire).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(SinkError::Closed.into()),
+                    Err(_) => {
+                        return Err(IngestError::Busy {
+                            what: "the receive buffer is full: other requests' bodies hold \
+                                   --max-receive-bytes while being read"
+                                .into(),
+                            retry_after: DEFAULT_RETRY_AFTER,
+                        })
+                    }
+                }
+            }
+        };
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        self.bytes += more as usize;
+        Ok(())
+    }
 }
 
 /// What an accepted request comes to, for the response.
@@ -51,12 +108,16 @@ impl Receivers {
     /// rather than misbehaving.
     pub fn new(sink: Arc<dyn EventSink>, config: ReceiverConfig) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        let budget = Arc::new(Semaphore::new(
+            config.max_receive_bytes.min(Semaphore::MAX_PERMITS),
+        ));
         Receivers {
             inner: Arc::new(Inner {
                 sink,
                 config,
                 metrics: Arc::new(Metrics::new()),
                 slots,
+                budget,
             }),
         }
     }
@@ -75,18 +136,32 @@ impl Receivers {
         self.inner.metrics.add_rejected(err.reason(), 1);
     }
 
+    /// A request's share of the receive budget, empty until its body comes in.
+    pub(crate) fn budget(&self) -> Held {
+        Held {
+            budget: self.inner.budget.clone(),
+            wait: self.inner.config.submit_timeout,
+            permit: None,
+            bytes: 0,
+        }
+    }
+
     /// Waits (up to `submit_timeout`) for one of the request slots; when none frees up the
-    /// client is pushed back like for a full sink.
+    /// client is pushed back, told that the slots are what is full.
     pub(crate) async fn slot(&self) -> Result<OwnedSemaphorePermit, IngestError> {
         let acquire = self.inner.slots.clone().acquire_owned();
         match tokio::time::timeout(self.inner.config.submit_timeout, acquire).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treat it like a sink that went away.
             Ok(Err(_)) => Err(SinkError::Closed.into()),
-            Err(_) => Err(SinkError::Full {
+            Err(_) => Err(IngestError::Busy {
+                what: format!(
+                    "all {} request slots are busy decoding or waiting for room downstream \
+                     (--max-concurrent-requests)",
+                    self.inner.config.max_concurrent_requests
+                ),
                 retry_after: DEFAULT_RETRY_AFTER,
-            }
-            .into()),
+            }),
         }
     }
 

@@ -429,6 +429,7 @@ mod tests {
             tonic::transport::server::TcpIncoming::from(grpc),
             receivers,
             auth,
+            toctou_collector::ConnLimits::default(),
             std::future::pending(),
         ));
         let mix = Mix::build(&MixConfig::default());

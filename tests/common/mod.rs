@@ -167,6 +167,11 @@ impl Toctou {
             .expect("VmHWM in /proc/<pid>/status");
         kb * 1024
     }
+
+    /// The process id, to read its /proc entries (peak RSS).
+    pub fn pid(&self) -> u32 {
+        self.node.pid()
+    }
 }
 
 impl Drop for Toctou {
