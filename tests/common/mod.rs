@@ -99,14 +99,9 @@ impl Toctou {
         self.node.log()
     }
 
+    /// Every finding the API holds, oldest first, following its cursor page by page.
     pub async fn findings(&self) -> Vec<Value> {
-        let body: Value = reqwest::get(self.api_url("/api/v1/findings?limit=1000000"))
-            .await
-            .expect("findings API")
-            .json()
-            .await
-            .expect("findings JSON");
-        body["findings"].as_array().cloned().unwrap_or_default()
+        all_findings(&self.api_url("/api/v1/findings?limit=1000")).await
     }
 
     /// Polls the API until `done` holds for the findings, or panics after `timeout`.
@@ -189,4 +184,31 @@ pub fn kinds(findings: &[Value]) -> std::collections::BTreeMap<String, usize> {
 
 pub fn testdata(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Every finding an API answers for `url` (a findings query with its own parameters),
+/// oldest first, following `next` page by page (at most 1000 pages).
+pub async fn all_findings(url: &str) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::new();
+    let mut before: Option<u64> = None;
+    for _ in 0..1000 {
+        let page_url = match before {
+            Some(b) => format!("{url}&before={b}"),
+            None => url.to_string(),
+        };
+        let body: Value = reqwest::get(page_url)
+            .await
+            .expect("findings API")
+            .json()
+            .await
+            .expect("findings JSON");
+        let mut page = body["findings"].as_array().cloned().unwrap_or_default();
+        page.append(&mut all);
+        all = page;
+        before = body["next"].as_u64();
+        if before.is_none() {
+            return all;
+        }
+    }
+    panic!("the findings API answered more than 1000 pages")
 }
