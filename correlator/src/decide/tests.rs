@@ -402,3 +402,25 @@ fn evidence_is_capped_in_bytes_and_the_reason_counts_what_was_left_out() {
     assert!(f[0].reason.contains(&tail), "{}", f[0].reason);
     assert!(f[0].approx_bytes() < 64 * 1024, "{}", f[0].approx_bytes());
 }
+
+#[test]
+fn long_strings_of_pending_checks_are_counted_once_and_released() {
+    let mut engine = crate::Engine::new(cfg()).unwrap();
+    let mut out = Vec::new();
+    let value = |c: char, i: u64| format!("{i}-{}", c.to_string().repeat(4000));
+    for i in 0..10u64 {
+        let mut e = check(&value('r', i), &value('q', i), i).version(&value('v', i));
+        e = e.key(&value('k', i));
+        engine.ingest(e.ev(), ms(i), &mut out);
+    }
+    // Ten resource names, request ids, versions and keys of ~4 KB each.
+    let counted = engine.stats().interned_bytes;
+    let held: u64 = (0..10u64).map(|i| 4 * value('x', i).len() as u64).sum();
+    assert!(
+        counted >= held && counted < held + 1_000,
+        "{counted} vs {held}"
+    );
+    assert!(engine.stats().check_state_bytes < held / 10, "records only");
+    engine.flush(ms(100_000), &mut out);
+    assert_eq!(engine.stats().interned_bytes, 0);
+}
