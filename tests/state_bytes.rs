@@ -104,14 +104,7 @@ fn writes(resource: &str, i: usize, at: u64) -> Value {
 }
 
 async fn post(client: &reqwest::Client, toctou: &Toctou, path: &str, body: &Value) {
-    let resp = client
-        .post(toctou.http_url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("posting to the receiver");
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    toctou.post_json(client, path, body.to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

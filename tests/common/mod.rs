@@ -64,6 +64,18 @@ impl Toctou {
         format!("http://{}{path}", self.http)
     }
 
+    /// Posts one OTLP/JSON body to the receiver's `path`, which must answer 2xx.
+    pub async fn post_json(&self, client: &reqwest::Client, path: &str, body: String) {
+        let resp = client
+            .post(self.http_url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("posting OTLP/JSON");
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    }
+
     /// Posts every line of a golden scenario's input (OTLP JSON) to its receiver, each
     /// answered 2xx; returns how many requests were sent.
     pub async fn send_scenario(&self, name: &str) -> usize {
