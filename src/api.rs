@@ -2,8 +2,11 @@
 //! metrics and health.
 //!
 //! - `GET /` → the page (see [`page`]), with its files under `/assets/`.
-//! - `GET /api/v1/findings?kind=&since=&limit=` → `{"findings":[...]}`, oldest first, the
-//!   latest `limit` (default 100) matching findings; `since` is Unix nanoseconds or RFC 3339.
+//! - `GET /api/v1/findings?kind=&since=&limit=&before=` → `{"findings":[...],"next":N}`,
+//!   oldest first, the latest `limit` (default 100; capped at 1000 and 4 MiB of findings)
+//!   matching findings older than `before` if given; `since` is Unix nanoseconds or RFC
+//!   3339 (before year 2554, where nanoseconds leave `u64`). `next` is null when no older
+//!   finding matches; when the page filled up it is the `before` that asks for the rest.
 //! - `GET /api/v1/summary?seconds=` → what the page draws: counts by kind, findings per
 //!   second by kind over the last `seconds` (default 300, at most 600), the race-window
 //!   histogram, and a few pipeline gauges. Same cost with 0 findings or 100k.
@@ -84,6 +87,7 @@ struct FindingsParams {
     kind: Option<String>,
     since: Option<String>,
     limit: Option<usize>,
+    before: Option<u64>,
 }
 
 /// 400 with the message (which may quote the request) as escaped JSON.
@@ -142,15 +146,23 @@ async fn findings(
             }
         },
     };
+    // A larger limit is capped, not refused: the answer's `next` says that more remain.
     let query = Query {
         kind,
         since_ns,
+        before: params.before,
         limit: params.limit.unwrap_or(DEFAULT_LIMIT),
     };
-    let store = shared.store.read().unwrap_or_else(|e| e.into_inner());
-    let findings = store.query(&query);
-    // Serialized under the read lock: borrowing avoids cloning up to max-findings records.
-    json_response(&serde_json::json!({ "findings": findings }), "findings")
+    // One bounded page copied under the read lock, serialized after it is released.
+    let page = shared
+        .store
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .query(&query);
+    json_response(
+        &serde_json::json!({ "findings": page.findings, "next": page.next }),
+        "findings",
+    )
 }
 
 /// A JSON body that is never cached (it is live) nor sniffed as anything but JSON.
@@ -252,9 +264,8 @@ fn parse_since(s: &str) -> Option<u64> {
         return Some(ns);
     }
     let t = humantime::parse_rfc3339_weak(s).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_nanos() as u64)
+    // Past u64 nanoseconds (year 2554) a cast would wrap to a time in the past.
+    u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()).ok()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -273,10 +284,16 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             "Findings held in the embedded store.",
             store.len() as u64,
         );
+        gauge(
+            &mut out,
+            "toctou_findings_stored_bytes",
+            "Bytes the findings in the embedded store take, strings and evidence counted (--max-findings-bytes).",
+            store.bytes() as u64,
+        );
         counter(
             &mut out,
             "toctou_findings_dropped_total",
-            "Findings pushed out of the embedded store by newer ones (--max-findings).",
+            "Findings pushed out of the embedded store by newer ones (--max-findings, --max-findings-bytes).",
             store.dropped(),
         );
         service_findings(&mut out, &store);
@@ -405,5 +422,7 @@ mod tests {
             Some(1_700_000_000_000_000_000)
         );
         assert_eq!(parse_since("yesterday"), None);
+        assert_eq!(parse_since("2600-01-01T00:00:00Z"), None, "would wrap");
+        assert_eq!(parse_since("1969-01-01T00:00:00Z"), None);
     }
 }

@@ -41,8 +41,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub access: AccessArgs,
     /// Findings kept in memory for the API (oldest dropped first, counted).
-    #[arg(long, env = "TOCTOU_MAX_FINDINGS", default_value_t = 100_000)]
+    #[arg(long, env = "TOCTOU_MAX_FINDINGS", default_value_t = crate::store::DEFAULT_MAX_FINDINGS)]
     pub max_findings: usize,
+    /// Bytes of findings kept in memory for the API, strings and evidence counted (oldest
+    /// dropped first, counted).
+    #[arg(long, env = "TOCTOU_MAX_FINDINGS_BYTES", default_value_t = crate::store::DEFAULT_MAX_FINDINGS_BYTES)]
+    pub max_findings_bytes: usize,
     /// Append findings as JSON lines to this file instead of stdout.
     #[arg(long, env = "TOCTOU_FINDINGS_FILE")]
     pub findings_file: Option<PathBuf>,
@@ -131,7 +135,10 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), args.receivers.to_config()?);
 
     let shared = Arc::new(Shared {
-        store: RwLock::new(FindingStore::new(args.max_findings)),
+        store: RwLock::new(FindingStore::bounded(
+            args.max_findings,
+            args.max_findings_bytes,
+        )),
         stats: Mutex::new(engine.stats().clone()),
         receivers: receivers.clone(),
         started_ns: now_ns(),

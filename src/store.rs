@@ -1,8 +1,12 @@
-//! The embedded findings store: the latest `--max-findings` findings, oldest dropped first,
-//! with the counts /metrics shows and the aggregates the built-in page draws ([`summary`]).
+//! The embedded findings store: the latest `--max-findings` findings within
+//! `--max-findings-bytes` (their strings and evidence counted), oldest dropped first, with
+//! the counts /metrics shows and the aggregates the built-in page draws ([`summary`]).
 //!
 //! One writer (the correlator loop) and many readers (API requests) share it behind a
 //! `RwLock`; writes happen once per correlated batch, so contention stays negligible.
+//! Readers copy out one page (at most [`MAX_LIMIT`] findings and [`MAX_PAGE_BYTES`]) and
+//! serialize it after letting go of the lock, so a large answer never holds the writer up
+//! for its whole body; every finding has a sequence number, the cursor for the next page.
 
 mod summary;
 
@@ -22,19 +26,48 @@ pub const OVERFLOW_LABEL: &str = "_other";
 /// pairs of 4 KiB names would still make /metrics megabytes long; real names are short.
 pub const MAX_LABEL_VALUE_BYTES: usize = 128;
 
+/// Default `--max-findings`.
+pub const DEFAULT_MAX_FINDINGS: usize = 100_000;
+/// Default `--max-findings-bytes`: 256 MiB of findings (as [`Finding::approx_bytes`] counts
+/// them). 100,000 typical findings (~1.5 KB) fit; findings with values at the receivers'
+/// 4 KiB limit (up to ~100 KB each, evidence included) are dropped oldest first to stay in it.
+pub const DEFAULT_MAX_FINDINGS_BYTES: usize = 256 << 20;
+/// Most findings one API answer holds; the answer's `next` cursor asks for the older ones.
+pub const MAX_LIMIT: usize = 1_000;
+/// Most bytes of findings one API answer copies out of the store (at least one finding):
+/// with a thousand findings of ~100 KB each the copy would be 100 MB per request.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+
 /// What a findings query asks for.
 #[derive(Debug, Default, Clone)]
 pub struct Query {
     pub kind: Option<FindingKind>,
     /// Only findings detected at or after this time (Unix ns).
     pub since_ns: Option<u64>,
-    /// At most this many: the latest ones.
+    /// Only findings older than this sequence number (the `next` of a previous page).
+    pub before: Option<u64>,
+    /// At most this many (and at most [`MAX_LIMIT`]): the latest ones.
     pub limit: usize,
+}
+
+/// One page of a query's answer.
+#[derive(Debug)]
+pub struct Page {
+    /// In detection order (oldest first).
+    pub findings: Vec<Finding>,
+    /// When older matching findings may remain: the `before` that asks for them.
+    pub next: Option<u64>,
 }
 
 pub struct FindingStore {
     capacity: usize,
+    max_bytes: usize,
     findings: VecDeque<Finding>,
+    /// What the held findings take ([`Finding::approx_bytes`] summed), at most `max_bytes`.
+    bytes: usize,
+    /// Findings ever pushed: the sequence number of the next one. The held findings are
+    /// numbered `pushed - len .. pushed`, oldest first.
+    pushed: u64,
     /// Findings pushed out by newer ones; reported on /metrics so that a full store is visible.
     dropped: u64,
     /// Findings ever stored, by (service, operation) and kind; bounded by MAX_SERVICE_SERIES.
@@ -46,10 +79,19 @@ pub struct FindingStore {
 }
 
 impl FindingStore {
+    /// A store bounded by count only; `toctou run` uses [`FindingStore::bounded`].
+    #[cfg(test)]
     pub fn new(capacity: usize) -> FindingStore {
+        FindingStore::bounded(capacity, usize::MAX)
+    }
+
+    pub fn bounded(capacity: usize, max_bytes: usize) -> FindingStore {
         FindingStore {
             capacity,
+            max_bytes,
             findings: VecDeque::with_capacity(capacity.min(1024)),
+            bytes: 0,
+            pushed: 0,
             dropped: 0,
             by_service: BTreeMap::new(),
             by_service_overflow: 0,
@@ -60,29 +102,56 @@ impl FindingStore {
     pub fn push(&mut self, finding: Finding) {
         self.count_by_service(&finding);
         self.aggregates.add(&finding);
-        if self.capacity == 0 {
+        self.pushed += 1;
+        let size = finding.approx_bytes();
+        if self.capacity == 0 || size > self.max_bytes {
             self.dropped += 1;
             return;
         }
-        if self.findings.len() == self.capacity {
-            self.findings.pop_front();
+        while self.findings.len() == self.capacity || self.bytes + size > self.max_bytes {
+            let Some(old) = self.findings.pop_front() else {
+                break;
+            };
+            self.bytes -= old.approx_bytes();
             self.dropped += 1;
         }
+        self.bytes += size;
         self.findings.push_back(finding);
     }
 
-    /// Matching findings in detection order (oldest first), the latest `limit` of them.
-    pub fn query(&self, q: &Query) -> Vec<&Finding> {
-        let mut out: Vec<&Finding> = self
-            .findings
-            .iter()
-            .rev()
-            .filter(|f| q.kind.is_none_or(|k| f.kind == k))
-            .filter(|f| q.since_ns.is_none_or(|s| f.detected_at_ns >= s))
-            .take(q.limit)
-            .collect();
+    /// The latest matching findings (at most `limit`, [`MAX_LIMIT`] and [`MAX_PAGE_BYTES`]),
+    /// copied out so that the caller serializes them without the lock.
+    pub fn query(&self, q: &Query) -> Page {
+        let first = self.pushed - self.findings.len() as u64;
+        // Findings at positions below `end` are older than the cursor.
+        let end = match q.before {
+            Some(b) => b.saturating_sub(first).min(self.findings.len() as u64) as usize,
+            None => self.findings.len(),
+        };
+        let limit = q.limit.min(MAX_LIMIT);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        for (i, f) in self.findings.range(..end).enumerate().rev() {
+            // Not a `break` on `since`: the wall clock that stamps detection may step back.
+            if q.since_ns.is_some_and(|s| f.detected_at_ns < s)
+                || q.kind.is_some_and(|k| f.kind != k)
+            {
+                continue;
+            }
+            let size = f.approx_bytes();
+            if out.len() == limit || (!out.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+                next = Some(first + i as u64 + 1);
+                break;
+            }
+            bytes += size;
+            out.push(f.clone());
+        }
         out.reverse();
-        out
+        Page {
+            findings: out,
+            next,
+        }
     }
 
     fn count_by_service(&mut self, f: &Finding) {
@@ -131,6 +200,11 @@ impl FindingStore {
 
     pub fn len(&self) -> usize {
         self.findings.len()
+    }
+
+    /// What the held findings take, as [`Finding::approx_bytes`] counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn dropped(&self) -> u64 {
@@ -184,7 +258,8 @@ mod tests {
             limit: usize::MAX,
             ..Query::default()
         });
-        let times: Vec<u64> = all.iter().map(|f| f.detected_at_ns).collect();
+        assert_eq!(all.next, None);
+        let times: Vec<u64> = all.findings.iter().map(|f| f.detected_at_ns).collect();
         assert_eq!(times, vec![2, 3, 4]);
     }
 
@@ -238,9 +313,83 @@ mod tests {
             kind: Some(FindingKind::StaleCheck),
             since_ns: Some(3),
             limit: 2,
+            before: None,
         };
-        let times: Vec<u64> = s.query(&q).iter().map(|f| f.detected_at_ns).collect();
+        let page = s.query(&q);
+        let times: Vec<u64> = page.findings.iter().map(|f| f.detected_at_ns).collect();
         assert_eq!(times, vec![6, 8]);
+        // The cursor asks for the older ones: only 4 is left after `since`.
+        let older = s.query(&Query {
+            before: page.next,
+            ..q.clone()
+        });
+        let times: Vec<u64> = older.findings.iter().map(|f| f.detected_at_ns).collect();
+        assert_eq!(times, vec![4]);
+        assert_eq!(older.next, None);
+    }
+
+    #[test]
+    fn bounded_in_bytes_with_long_strings_counted() {
+        let mut big = finding(0, FindingKind::StaleCheck);
+        big.resource = "r".repeat(4096);
+        let size = big.approx_bytes();
+        let mut s = FindingStore::bounded(1_000, 10 * size);
+        for n in 0..100 {
+            let mut f = big.clone();
+            f.detected_at_ns = n;
+            s.push(f);
+        }
+        assert_eq!(s.len(), 10);
+        assert_eq!(s.bytes(), 10 * size);
+        assert_eq!(s.dropped(), 90);
+        // One finding larger than the whole store is dropped, not stored.
+        let mut huge = big.clone();
+        huge.reason = "x".repeat(11 * size);
+        s.push(huge);
+        assert_eq!((s.len(), s.dropped()), (10, 91));
+    }
+
+    #[test]
+    fn pages_are_capped_and_the_cursor_walks_every_finding_once() {
+        let mut s = FindingStore::new(10_000);
+        for n in 0..2_500 {
+            s.push(finding(n, FindingKind::StaleCheck));
+        }
+        let mut seen = Vec::new();
+        let mut before = None;
+        for _ in 0..10 {
+            let page = s.query(&Query {
+                limit: usize::MAX,
+                before,
+                ..Query::default()
+            });
+            assert!(page.findings.len() <= MAX_LIMIT);
+            let mut times: Vec<u64> = page.findings.iter().map(|f| f.detected_at_ns).collect();
+            times.append(&mut seen);
+            seen = times;
+            before = page.next;
+            if before.is_none() {
+                break;
+            }
+        }
+        assert_eq!(seen, (0..2_500).collect::<Vec<u64>>());
+        // Pages also stop at MAX_PAGE_BYTES.
+        let mut s = FindingStore::new(10_000);
+        for n in 0..1_000 {
+            let mut f = finding(n, FindingKind::StaleCheck);
+            f.reason = "x".repeat(64 * 1024);
+            s.push(f);
+        }
+        let page = s.query(&Query {
+            limit: 1_000,
+            ..Query::default()
+        });
+        let bytes: usize = page.findings.iter().map(Finding::approx_bytes).sum();
+        assert!(
+            bytes <= MAX_PAGE_BYTES && page.findings.len() > 10,
+            "{bytes}"
+        );
+        assert!(page.next.is_some());
     }
 
     const S: u64 = 1_000_000_000;

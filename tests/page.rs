@@ -11,7 +11,7 @@ mod common;
 #[path = "page/harness.rs"]
 mod harness;
 
-use common::{kinds, testdata, Toctou};
+use common::{all_findings, kinds, testdata, Toctou};
 use harness::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,9 +49,13 @@ async fn after_a_demo_the_page_shows_the_counts_and_latest_findings_the_api_retu
     let total = wait_until_settled(&toctou, Duration::from_secs(3), Duration::from_secs(60)).await;
     assert!(total > PAGE_ROWS as u64, "the demo found only {total}");
 
-    let all = api_findings(&toctou, "limit=1000000").await;
+    let all = all_findings(&toctou.api_url("/api/v1/findings?limit=1000")).await;
     let seen = browser.visit(&toctou, json!({ "polls": 2 })).await;
-    assert_eq!(all, api_findings(&toctou, "limit=1000000").await, "settled");
+    assert_eq!(
+        all,
+        all_findings(&toctou.api_url("/api/v1/findings?limit=1000")).await,
+        "settled"
+    );
     assert_clean(&seen);
 
     // Counts by kind: every kind the API holds, with its number (nothing was dropped).
@@ -73,7 +77,7 @@ async fn after_a_demo_the_page_shows_the_counts_and_latest_findings_the_api_retu
     assert_eq!(seen["histEmptyShown"], false);
 
     // Filtered to one kind, with the evidence of its newest finding open.
-    let stale = api_findings(&toctou, "kind=stale_check&limit=1000000").await;
+    let stale = all_findings(&toctou.api_url("/api/v1/findings?kind=stale_check&limit=1000")).await;
     assert!(!stale.is_empty(), "the demo makes stale checks");
     let seen = browser
         .visit(

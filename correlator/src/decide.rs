@@ -13,7 +13,7 @@ use crate::item::{AuditItem, SpanItem};
 use crate::keys::KeyedUse;
 use crate::metrics::EvictedState;
 use crate::report::Verdict;
-use crate::resources::{same_version, staleness, OwnWrite, Pair, Staleness, MAX_EVIDENCE};
+use crate::resources::{evidence, same_version, staleness, OwnWrite, Pair, Staleness};
 use crate::waiting::{Prior, WaitingUse};
 use toctou_schema::{hex_id, AuditAction, Decision, Finding, FindingKind, UseOutcome, UseRef};
 
@@ -47,9 +47,11 @@ fn duplicate(p: Prior) -> Verdict {
     }
 }
 
-fn listed(n: usize) -> String {
-    if n > MAX_EVIDENCE {
-        format!(" (first {MAX_EVIDENCE} listed)")
+/// What the reason adds when the evidence lists only `shown` of `n` entries (see
+/// [`evidence`]: capped in count and in bytes).
+fn listed(n: usize, shown: usize) -> String {
+    if n > shown {
+        format!(" (first {shown} listed, {} left out)", n - shown)
     } else {
         String::new()
     }
@@ -373,23 +375,24 @@ impl Engine {
             Staleness::Stale { intervening } => {
                 let resource = self.sym.resource_name(s.resource);
                 let n = intervening.len();
-                let refs = intervening
-                    .iter()
-                    .take(MAX_EVIDENCE)
-                    .map(|&i| state.history[i].to_ref(resource, long))
-                    .collect();
+                let refs = evidence(
+                    intervening
+                        .iter()
+                        .map(|&i| state.history[i].to_ref(resource, long)),
+                );
+                let shown = refs.len();
                 let both = !check.version.is_none() && !s.version.is_none();
                 let reason = if both {
                     let checked = check.version.to_string_or_empty(long);
                     let used = s.version.to_string_or_empty(long);
                     format!(
                         "use acted on version {used} but its check saw version {checked}; {n} write(s) by other requests in between{}",
-                        listed(n)
+                        listed(n, shown)
                     )
                 } else {
                     format!(
                         "{n} write(s) by other requests committed between the check and the use{}",
-                        listed(n)
+                        listed(n, shown)
                     )
                 };
                 Stale::Yes(Verdict {
@@ -421,11 +424,7 @@ impl Engine {
             return None;
         }
         let changes = &self.policies.table.get(policy_slot).changes;
-        let intervening: Vec<_> = drifted
-            .iter()
-            .take(MAX_EVIDENCE)
-            .map(|&i| changes[i].to_ref(policy, long))
-            .collect();
+        let intervening = evidence(drifted.iter().map(|&i| changes[i].to_ref(policy, long)));
         let now_in_force = intervening
             .last()
             .and_then(|r| r.version.clone())
@@ -434,7 +433,7 @@ impl Engine {
             kind: FindingKind::AuthzDrift,
             reason: format!(
                 "check allowed under policy {policy} version {version}, but version {now_in_force} was in force before the use{}",
-                listed(drifted.len())
+                listed(drifted.len(), intervening.len())
             ),
             intervening,
             prior: None,

@@ -328,6 +328,7 @@ impl Engine {
         // Uses waiting for their write hold a copy of their check.
         self.stats.check_state_bytes =
             (self.checks.heap_bytes() + self.waiting.heap_bytes()) as u64;
+        self.stats.interned_bytes = self.sym.interned_bytes() as u64;
         self.stats.buffered_events = self.buffer.len() as u64;
         self.stats.watermark_lag_seconds = if self.watermark == 0 || self.watermark == u64::MAX {
             0.0

@@ -22,16 +22,30 @@ pub(crate) struct Entry<K, V> {
     pub value: V,
 }
 
-pub(crate) struct Interner<K, V> {
-    table: Table<Entry<K, V>>,
+/// The bytes a key holds outside its slot (a long name's heap copy): what an interner adds
+/// up as keys come and go, so that long strings are counted without walking the state.
+pub(crate) trait KeyBytes {
+    fn key_bytes(&self) -> usize;
 }
 
-impl<K, V: Default> Interner<K, V> {
+pub(crate) struct Interner<K, V> {
+    table: Table<Entry<K, V>>,
+    /// [`KeyBytes::key_bytes`] of every live key.
+    key_bytes: usize,
+}
+
+impl<K: KeyBytes, V: Default> Interner<K, V> {
     /// `rehash` must hash a key exactly as callers hash their borrowed form of it.
     pub fn new(rehash: fn(&DefaultHashBuilder, &Entry<K, V>) -> u64) -> Self {
         Interner {
             table: Table::new(rehash),
+            key_bytes: 0,
         }
+    }
+
+    /// The bytes the live keys hold outside their slots.
+    pub fn key_bytes(&self) -> usize {
+        self.key_bytes
     }
 
     pub fn hash<Q: Hash + ?Sized>(&self, q: &Q) -> u64 {
@@ -49,6 +63,7 @@ impl<K, V: Default> Interner<K, V> {
             refs: 1,
             value: V::default(),
         };
+        self.key_bytes += entry.key.key_bytes();
         self.table.insert(hash, entry).slot
     }
 
@@ -71,7 +86,8 @@ impl<K, V: Default> Interner<K, V> {
         let entry = self.table.get_mut(slot);
         entry.refs -= 1;
         if entry.refs == 0 {
-            self.table.remove(slot);
+            let gone = self.table.remove(slot);
+            self.key_bytes -= gone.key.key_bytes();
         }
     }
 
@@ -152,6 +168,15 @@ impl Name {
     }
 }
 
+impl KeyBytes for Name {
+    fn key_bytes(&self) -> usize {
+        match self {
+            Name::Inline { .. } => 0,
+            Name::Heap(s) => s.len(),
+        }
+    }
+}
+
 impl<V: Default> Interner<Name, V> {
     /// The slot of a string key, with a reference taken; a new long key keeps the string's
     /// allocation instead of copying it.
@@ -165,6 +190,7 @@ impl<V: Default> Interner<Name, V> {
             refs: 1,
             value: V::default(),
         };
+        self.key_bytes += entry.key.key_bytes();
         self.table.insert(hash, entry).slot
     }
 
@@ -214,5 +240,12 @@ mod tests {
         assert!(matches!(i.key(t), Name::Inline { .. }));
         assert_eq!(std::mem::size_of::<Name>(), 32);
         assert_eq!(i.find_str(&long), Some(s));
+        // Only the long name is held outside its slot, and counted once whatever its refs.
+        let again = i.acquire_string(long.clone());
+        assert_eq!(i.key_bytes(), long.len());
+        i.release(again);
+        i.release(s);
+        assert_eq!(i.key_bytes(), 0);
+        i.release(t);
     }
 }

@@ -201,6 +201,10 @@ pub struct Stats {
     /// Gauge: heap bytes of pending checks and tombstones (records, index, timers), so
     /// that the cost per check can be read off a running process.
     pub check_state_bytes: u64,
+    /// Gauge: bytes of the strings all state holds outside its fixed-size records (request
+    /// ids, versions, keys and actors over 16 bytes, long resource names, service/operation
+    /// profiles), shared by every holder and counted once.
+    pub interned_bytes: u64,
     /// Gauge: events waiting in the reorder buffer.
     pub buffered_events: u64,
     /// Gauge: wall clock minus watermark, in seconds (0 before any event or after a flush).
@@ -227,6 +231,7 @@ impl Default for Stats {
             pending_checks_limit: 0,
             tombstones: 0,
             check_state_bytes: 0,
+            interned_bytes: 0,
             buffered_events: 0,
             watermark_lag_seconds: 0.0,
             race_window: Histogram::new(RACE_WINDOW_BUCKETS_NS),
@@ -276,6 +281,7 @@ impl Stats {
         self.pending_checks_limit += other.pending_checks_limit;
         self.tombstones += other.tombstones;
         self.check_state_bytes += other.check_state_bytes;
+        self.interned_bytes += other.interned_bytes;
         self.buffered_events += other.buffered_events;
         self.watermark_lag_seconds = self.watermark_lag_seconds.max(other.watermark_lag_seconds);
         self.race_window.add(&other.race_window);
@@ -333,8 +339,14 @@ impl Stats {
         gauge(
             out,
             "toctou_check_state_bytes",
-            "Heap bytes held by pending checks and tombstones: records, index and timers.",
+            "Heap bytes held by pending checks, tombstones and waiting uses: records, index and timers (their long strings are in toctou_interned_bytes).",
             self.check_state_bytes as f64,
+        );
+        gauge(
+            out,
+            "toctou_interned_bytes",
+            "Bytes of long strings (ids, versions, keys, actors over 16 bytes), long resource names and service/operation profiles held by all engine state, each counted once.",
+            self.interned_bytes as f64,
         );
         gauge(
             out,
@@ -435,6 +447,7 @@ mod tests {
             "toctou_pending_checks",
             "toctou_tombstones",
             "toctou_check_state_bytes",
+            "toctou_interned_bytes",
             "toctou_buffered_events",
             "toctou_late_events_total",
             "toctou_duplicate_events_total",

@@ -20,6 +20,26 @@ use toctou_schema::{AuditAction, AuditRef, Version};
 
 /// Evidence lists stop here; a finding's reason says how many there were in all.
 pub(crate) const MAX_EVIDENCE: usize = 100;
+/// Evidence lists also stop before their entries pass this many bytes (strings included):
+/// a hundred writes with four values at the receivers' 4 KiB limit would otherwise make one
+/// finding 1.6 MB. The first entry is always listed; it is itself bounded by that limit.
+pub(crate) const MAX_EVIDENCE_BYTES: usize = 32 * 1024;
+
+/// The first entries of an evidence list that fit both [`MAX_EVIDENCE`] and
+/// [`MAX_EVIDENCE_BYTES`]; the caller says how many were left out (see `decide::listed`).
+pub(crate) fn evidence(refs: impl Iterator<Item = AuditRef>) -> Vec<AuditRef> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for r in refs.take(MAX_EVIDENCE) {
+        let size = r.approx_bytes();
+        if !out.is_empty() && bytes + size > MAX_EVIDENCE_BYTES {
+            break;
+        }
+        bytes += size;
+        out.push(r);
+    }
+    out
+}
 
 #[derive(Default)]
 pub(crate) struct ResourceState {

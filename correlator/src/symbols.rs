@@ -21,6 +21,13 @@ pub(crate) struct Profile {
     pub is_create: bool,
 }
 
+impl crate::intern::KeyBytes for Profile {
+    fn key_bytes(&self) -> usize {
+        let opt = |s: &Option<Box<str>>| s.as_ref().map_or(0, |s| s.len());
+        self.service.len() + self.operation.len() + opt(&self.policy) + opt(&self.policy_version)
+    }
+}
+
 type ProfileKey<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
 
 fn profile_key(p: &Profile) -> ProfileKey<'_> {
@@ -56,6 +63,12 @@ fn recent_index(service: &str, operation: &str, policy_version: Option<&str>) ->
 }
 
 impl Symbols {
+    /// Bytes of long strings, long resource names and profiles held by the state, counted
+    /// as they are interned and released (no walk).
+    pub fn interned_bytes(&self) -> usize {
+        self.long.key_bytes() + self.resources.key_bytes() + self.profiles.key_bytes()
+    }
+
     pub fn new() -> Symbols {
         Symbols {
             resources: Interner::new(rehash_name),

@@ -159,6 +159,57 @@ pub struct Finding {
     pub detected_at_ns: u64,
 }
 
+fn opt_len(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::len)
+}
+
+impl AuditRef {
+    /// The bytes it holds: the struct and its strings' contents (allocator slack aside).
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<AuditRef>()
+            + self.resource.len()
+            + opt_len(&self.version)
+            + opt_len(&self.request_id)
+            + opt_len(&self.actor)
+    }
+}
+
+impl Finding {
+    /// The bytes it holds, its evidence included: what stores bound their findings by.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = [
+            &self.id,
+            &self.service,
+            &self.operation,
+            &self.resource,
+            &self.request_id,
+            &self.trace_id,
+            &self.check_span_id,
+            &self.use_span_id,
+            &self.reason,
+        ];
+        let options = [
+            &self.checked_version,
+            &self.used_version,
+            &self.idempotency_key,
+            &self.policy,
+            &self.policy_version,
+        ];
+        let prior = self.prior_use.as_ref().map_or(0, |p| {
+            p.request_id.len() + p.trace_id.len() + p.span_id.len()
+        });
+        std::mem::size_of::<Finding>()
+            + strings.iter().map(|s| s.len()).sum::<usize>()
+            + options.iter().map(|s| opt_len(s)).sum::<usize>()
+            + prior
+            + self
+                .intervening
+                .iter()
+                .map(AuditRef::approx_bytes)
+                .sum::<usize>()
+    }
+}
+
 /// The deterministic finding id: a 128-bit hash of the kind and the identities of the
 /// events that make the finding, as 32 hex digits. Callers pass only arrival-independent
 /// parts (span ids, request ids, resource, event times), never counters or wall time.

@@ -14,19 +14,36 @@ pub async fn fetch_counts(
     since_ns: u64,
     run: &str,
 ) -> Result<BTreeMap<String, u64>> {
-    let url = format!(
-        "{}/api/v1/findings?since={since_ns}&limit=100000000",
+    let base = format!(
+        "{}/api/v1/findings?since={since_ns}&limit=1000",
         api.trim_end_matches('/')
     );
-    let body: serde_json::Value = get(&url, token)
-        .await
-        .with_context(|| format!("querying {url}"))?
-        .error_for_status()
-        .with_context(|| format!("querying {url}"))?
-        .json()
-        .await
-        .context("reading the findings response")?;
-    Ok(count_run(&body, run))
+    let mut counts = BTreeMap::new();
+    let mut before: Option<u64> = None;
+    // Page by page (the API answers at most 1000 at a time); the store holds far fewer
+    // pages than this bound.
+    for _ in 0..100_000 {
+        let url = match before {
+            Some(b) => format!("{base}&before={b}"),
+            None => base.clone(),
+        };
+        let body: serde_json::Value = get(&url, token)
+            .await
+            .with_context(|| format!("querying {url}"))?
+            .error_for_status()
+            .with_context(|| format!("querying {url}"))?
+            .json()
+            .await
+            .context("reading the findings response")?;
+        for (kind, n) in count_run(&body, run) {
+            *counts.entry(kind).or_insert(0) += n;
+        }
+        before = body["next"].as_u64();
+        if before.is_none() {
+            return Ok(counts);
+        }
+    }
+    bail!("the findings API kept answering pages past 100,000 of them")
 }
 
 fn count_run(body: &serde_json::Value, run: &str) -> BTreeMap<String, u64> {

@@ -67,6 +67,18 @@ impl Toctou {
         format!("http://{}{path}", self.http)
     }
 
+    /// Posts one OTLP/JSON body to the receiver's `path`, which must answer 2xx.
+    pub async fn post_json(&self, client: &reqwest::Client, path: &str, body: String) {
+        let resp = client
+            .post(self.http_url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("posting OTLP/JSON");
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    }
+
     /// Posts every line of a golden scenario's input (OTLP JSON) to its receiver, each
     /// answered 2xx; returns how many requests were sent.
     pub async fn send_scenario(&self, name: &str) -> usize {
@@ -102,14 +114,21 @@ impl Toctou {
         self.node.log()
     }
 
+    /// Peak resident memory of the process so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.node.pid()))
+            .expect("the process's /proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status");
+        kb * 1024
+    }
+
+    /// Every finding the API holds, oldest first, following its cursor page by page.
     pub async fn findings(&self) -> Vec<Value> {
-        let body: Value = reqwest::get(self.api_url("/api/v1/findings?limit=1000000"))
-            .await
-            .expect("findings API")
-            .json()
-            .await
-            .expect("findings JSON");
-        body["findings"].as_array().cloned().unwrap_or_default()
+        all_findings(&self.api_url("/api/v1/findings?limit=1000")).await
     }
 
     /// Polls the API until `done` holds for the findings, or panics after `timeout`.
@@ -210,4 +229,31 @@ pub fn kinds(findings: &[Value]) -> std::collections::BTreeMap<String, usize> {
 
 pub fn testdata(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Every finding an API answers for `url` (a findings query with its own parameters),
+/// oldest first, following `next` page by page (at most 1000 pages).
+pub async fn all_findings(url: &str) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::new();
+    let mut before: Option<u64> = None;
+    for _ in 0..1000 {
+        let page_url = match before {
+            Some(b) => format!("{url}&before={b}"),
+            None => url.to_string(),
+        };
+        let body: Value = reqwest::get(page_url)
+            .await
+            .expect("findings API")
+            .json()
+            .await
+            .expect("findings JSON");
+        let mut page = body["findings"].as_array().cloned().unwrap_or_default();
+        page.append(&mut all);
+        all = page;
+        before = body["next"].as_u64();
+        if before.is_none() {
+            return all;
+        }
+    }
+    panic!("the findings API answered more than 1000 pages")
 }

@@ -73,6 +73,11 @@ impl Node {
             .unwrap()
     }
 
+    /// The process id, to read its /proc entries (peak RSS).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

@@ -375,3 +375,52 @@ fn incomplete_evidence_is_indeterminate_never_a_finding() {
     assert_eq!(stats.indeterminate, 2);
     assert_eq!(stats.pairs, 2);
 }
+
+#[test]
+fn evidence_is_capped_in_bytes_and_the_reason_counts_what_was_left_out() {
+    // 50 writes whose values are at the receivers' 4 KiB limit: listing them all would make
+    // one finding about 800 KB.
+    let big = |c: char| c.to_string().repeat(4096);
+    let mut events = vec![check("inv/1", "q1", 0).version("1").ev()];
+    for i in 0..50u64 {
+        events.push(
+            audit(Update, "inv/1", 1 + i)
+                .version(&(2 + i).to_string())
+                .request(&format!("{}{i}", big('r')))
+                .actor(&big('a'))
+                .ev(),
+        );
+    }
+    events.push(use_("inv/1", "q1", 100).version("51").ev());
+    let (f, _) = run(&cfg(), events);
+    assert_eq!(kinds(&f), [StaleCheck]);
+    let listed = f[0].intervening.len();
+    let bytes: usize = f[0].intervening.iter().map(|r| r.approx_bytes()).sum();
+    assert!((1..50).contains(&listed), "{listed}");
+    assert!(bytes <= crate::resources::MAX_EVIDENCE_BYTES, "{bytes}");
+    let tail = format!("(first {listed} listed, {} left out)", 50 - listed);
+    assert!(f[0].reason.contains(&tail), "{}", f[0].reason);
+    assert!(f[0].approx_bytes() < 64 * 1024, "{}", f[0].approx_bytes());
+}
+
+#[test]
+fn long_strings_of_pending_checks_are_counted_once_and_released() {
+    let mut engine = crate::Engine::new(cfg()).unwrap();
+    let mut out = Vec::new();
+    let value = |c: char, i: u64| format!("{i}-{}", c.to_string().repeat(4000));
+    for i in 0..10u64 {
+        let mut e = check(&value('r', i), &value('q', i), i).version(&value('v', i));
+        e = e.key(&value('k', i));
+        engine.ingest(e.ev(), ms(i), &mut out);
+    }
+    // Ten resource names, request ids, versions and keys of ~4 KB each.
+    let counted = engine.stats().interned_bytes;
+    let held: u64 = (0..10u64).map(|i| 4 * value('x', i).len() as u64).sum();
+    assert!(
+        counted >= held && counted < held + 1_000,
+        "{counted} vs {held}"
+    );
+    assert!(engine.stats().check_state_bytes < held / 10, "records only");
+    engine.flush(ms(100_000), &mut out);
+    assert_eq!(engine.stats().interned_bytes, 0);
+}
