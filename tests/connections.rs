@@ -60,16 +60,6 @@ fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// The child's peak resident set, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
-
 /// What a legitimate client needs answered during an attack: /healthz and the findings
 /// API, each within 2 s, and (with `ingest`) an OTLP/HTTP export.
 async fn served(toctou: &Toctou, ingest: bool) {
@@ -171,7 +161,7 @@ fn a_flood_of_unfinished_connections_is_capped_and_cut() {
     rt.block_on(served(&toctou, true));
     drop(attack);
     assert!(toctou.is_running());
-    let peak = peak_rss_kib(toctou.pid());
+    let peak = toctou.peak_rss() / 1024;
     assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
     eprintln!("flood: {per_port} connections per port, peak RSS {peak} KiB");
 }
@@ -211,7 +201,7 @@ fn slow_bodies_hold_no_slot_and_run_out_of_time() {
         assert_eq!(&head, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&head));
     }
     assert!(toctou.is_running());
-    let peak = peak_rss_kib(toctou.pid());
+    let peak = toctou.peak_rss() / 1024;
     assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
     eprintln!("slow bodies: peak RSS {peak} KiB");
 }
@@ -301,7 +291,7 @@ fn grpc_streams_past_the_limit_are_refused() {
     assert!(refused >= 200, "{refused} streams refused of 300");
     rt.block_on(served(&toctou, true));
     assert!(toctou.is_running());
-    let peak = peak_rss_kib(toctou.pid());
+    let peak = toctou.peak_rss() / 1024;
     assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
     eprintln!("streams: {refused} of 300 refused, peak RSS {peak} KiB");
 }

@@ -245,7 +245,7 @@ async fn findings_with_evidence_at_the_value_limit_and_greedy_readers_stay_bound
         stored > 0.0 && stored < (RESOURCES * 64 * 1024) as f64,
         "{stored}"
     );
-    let peak = toctou.peak_rss_bytes();
+    let peak = toctou.peak_rss();
     eprintln!(
         "peak RSS {} MiB, slowest legitimate answer {slowest:?}",
         peak >> 20

@@ -114,18 +114,6 @@ impl Toctou {
         self.node.log()
     }
 
-    /// Peak resident memory of the process so far (`VmHWM`), in bytes.
-    pub fn peak_rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.node.pid()))
-            .expect("the process's /proc status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status");
-        kb * 1024
-    }
-
     /// Every finding the API holds, oldest first, following its cursor page by page.
     pub async fn findings(&self) -> Vec<Value> {
         all_findings(&self.api_url("/api/v1/findings?limit=1000")).await

@@ -82,11 +82,6 @@ impl Node {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// The process id, for reading its /proc entries.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
