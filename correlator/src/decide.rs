@@ -263,8 +263,11 @@ impl Engine {
         }
         let effect = own.as_ref().map_or(w.end_ns(), |o| o.time);
         if let Some(v) = self.judge(&w, own.as_ref(), effect, deadline) {
-            let f = self.use_finding(&w.span, Some(&w.check), v);
-            self.emit(f, w.end_ns(), out);
+            let mut f = self.use_finding(&w.span, Some(&w.check), v);
+            // Decided now, in event time: what a Kafka hand-over compares with the committed
+            // watermark to tell what the previous owner had already reported.
+            f.event_time_ns = deadline;
+            self.emit(f, deadline, out);
         }
         self.release_check(w.check);
         w.span.release(&mut self.sym);

@@ -152,7 +152,8 @@ pub struct Finding {
     pub prior_use: Option<UseRef>,
     /// One sentence saying why this is a finding.
     pub reason: String,
-    /// The event time at which the finding was decided (the use's time, or the expiry time).
+    /// The event time at which the finding was decided: the use's start, its end (or up to
+    /// the allowed lateness after it) for a use that waited for its write, or the expiry time.
     pub event_time_ns: u64,
     /// When the correlator emitted it: wall clock in `toctou run`, the event time in
     /// `toctou replay` so that a replay is reproducible byte for byte.
