@@ -3,46 +3,18 @@
 //! streams past the advertised limit. Each asserts that the process stays up, that
 //! `/healthz`, the API and a legitimate sender keep being served during the attack, and
 //! that the peak RSS of the child stays under [`RSS_BOUND_KIB`]. Both cores are kept busy
-//! by a [`Burner`] while they run.
+//! by the shared burner (common/burner.rs) while they run.
 
 mod common;
 
 use common::{metric, Toctou};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Peak RSS (VmHWM) a debug `toctou run` may reach under these attacks: ~25 MB idle, the
 /// rest is the attack's connections and buffers (measured: see RELIABILITY.md).
 const RSS_BOUND_KIB: u64 = 200 * 1024;
-
-/// Two busy threads beside the test (both cores), stopped on drop or after 90 s.
-struct Burner(Arc<AtomicBool>);
-
-impl Burner {
-    fn start() -> Burner {
-        let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..2 {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let until = Instant::now() + Duration::from_secs(90);
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                }
-            });
-        }
-        Burner(stop)
-    }
-}
-
-impl Drop for Burner {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// This test process opens thousands of sockets: its soft fd limit goes to the hard one.
 fn raise_fd_limit() -> u64 {
@@ -100,7 +72,7 @@ fn series(text: &str, name: &str, listener: &str) -> f64 {
 fn a_flood_of_unfinished_connections_is_capped_and_cut() {
     let fds = raise_fd_limit();
     let per_port = 1500.min((fds.saturating_sub(200) / 2) as usize);
-    let _burner = Burner::start();
+    let _burner = common::burner::every_core();
     let mut toctou = Toctou::start(&["--max-connections", "400", "--header-read-timeout", "8s"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut attack: Vec<TcpStream> = Vec::with_capacity(2 * per_port);
@@ -171,7 +143,7 @@ fn a_flood_of_unfinished_connections_is_capped_and_cut() {
 /// read timeout (408).
 #[test]
 fn slow_bodies_hold_no_slot_and_run_out_of_time() {
-    let _burner = Burner::start();
+    let _burner = common::burner::every_core();
     let mut toctou = Toctou::start(&["--body-read-timeout", "3s"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut slow: Vec<TcpStream> = (0..32)
@@ -240,7 +212,7 @@ fn export_headers() -> Vec<u8> {
 /// advertises SETTINGS_MAX_CONCURRENT_STREAMS and refuses streams past it.
 #[test]
 fn grpc_streams_past_the_limit_are_refused() {
-    let _burner = Burner::start();
+    let _burner = common::burner::every_core();
     let mut toctou = Toctou::start(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut conn = TcpStream::connect(toctou.grpc).unwrap();

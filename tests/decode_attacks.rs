@@ -16,8 +16,6 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, ArrayVa
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use toctou_collector::budget::BUDGET_FACTOR;
 use toctou_collector::fuzzing::then_empty_spans;
@@ -108,22 +106,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), flate2::Compression::best());
     e.write_all(data).unwrap();
     e.finish().unwrap()
-}
-
-/// Two threads spinning until `stop` or a minute has passed, whichever comes first.
-fn burn_cpu(stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
-    (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let end = Instant::now() + Duration::from_secs(60);
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
-                }
-            })
-        })
-        .collect()
 }
 
 struct Attack {
@@ -279,13 +261,8 @@ async fn tiny_items_are_refused_within_the_memory_bound_while_others_are_served(
             ),
         },
     ];
-    let stop = Arc::new(AtomicBool::new(false));
-    let burners = burn_cpu(stop.clone());
+    let _burner = common::burner::every_core();
     for a in &attacks {
         attack(a).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for b in burners {
-        b.join().unwrap();
     }
 }

@@ -23,32 +23,6 @@ const VALUE: usize = 4096;
 /// its text, the escaped text) under the store's read lock.
 const PEAK_RSS_BOUND: u64 = 200 << 20;
 
-/// Two busy threads beside the test, stopped when dropped or after 90 s at the latest.
-struct Burner(Arc<AtomicBool>);
-
-impl Burner {
-    fn start() -> Burner {
-        let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..2 {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let until = Instant::now() + Duration::from_secs(90);
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                }
-            });
-        }
-        Burner(stop)
-    }
-}
-
-impl Drop for Burner {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -109,7 +83,7 @@ async fn post(client: &reqwest::Client, toctou: &Toctou, path: &str, body: &Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn findings_with_evidence_at_the_value_limit_and_greedy_readers_stay_bounded() {
-    let _burner = Burner::start();
+    let _burner = common::burner::every_core();
     // A loaded debug build may take over a second per 1.2 MB request: the TTL and
     // lateness leave room for that, so each check still pairs with its use.
     let mut toctou = Toctou::start(&["--pair-ttl", "10s", "--allowed-lateness", "3s"]);
