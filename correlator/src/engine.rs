@@ -164,8 +164,14 @@ impl Engine {
     /// Wall-clock tick (called ~every 100 ms by the binary): advances an idle watermark,
     /// releases buffered events and fires timers.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        self.tick_input(now_ns, Input::CaughtUp, out);
+    }
+
+    /// [`Engine::tick`] for a caller that knows whether events wait to be read (see
+    /// [`Input`]): the idle rule applies only once its input has caught up.
+    pub fn tick_input(&mut self, now_ns: u64, input: Input, out: &mut Vec<Finding>) {
         self.now = now_ns;
-        if let Some(max) = self.max_event {
+        if let (Some(max), Input::CaughtUp) = (self.max_event, input) {
             let idle = now_ns.saturating_sub(self.last_arrival);
             if idle >= self.lateness_ns {
                 // Nothing arrived for the allowed lateness: event time is taken to move on
@@ -340,6 +346,7 @@ impl Engine {
 }
 
 mod handover;
+pub use handover::Input;
 #[cfg(test)]
 mod skew_tests;
 #[cfg(test)]

@@ -52,5 +52,5 @@ mod timer;
 mod testkit;
 
 pub use config::{Config, ConfigError};
-pub use engine::Engine;
+pub use engine::{Engine, Input};
 pub use metrics::{EvictedState, Histogram, Stats};
