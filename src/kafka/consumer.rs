@@ -6,7 +6,9 @@
 //! One thread polls the consumer and owns the partitions' engines (one owner, as in `toctou
 //! run`; the mutex around them is only ever contended by librdkafka's rebalance callbacks,
 //! which run on this same thread inside `poll`). Each engine has its own watermark, so an
-//! idle partition never holds back another: its engine advances on wall-clock ticks alone.
+//! idle partition never holds back another: its engine advances on wall-clock ticks alone,
+//! but only once the partition is read to its end (librdkafka's partition EOF): while
+//! records wait to be read, silence is lag, not idleness (`catchup`).
 //!
 //! Offsets: every `--commit-interval` the thread takes, per partition, the point the ledger
 //! allows (see `offsets`) together with how many rows it had handed to the sink, and commits
@@ -26,6 +28,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::Message;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -154,6 +157,8 @@ pub async fn run(
         .set("partition.assignment.strategy", "roundrobin")
         // For the consumer-lag gauge (GroupContext::stats).
         .set("statistics.interval.ms", "5000")
+        // Where each partition ends: idle watermarks advance only at the end (`catchup`).
+        .set("enable.partition.eof", "true")
         .create_with_context(context)
         .with_context(|| format!("creating the kafka consumer for {}", args.kafka.bootstrap))?;
     consumer
@@ -242,7 +247,7 @@ fn metrics_router(
 /// `max.poll.interval.ms` a send blocked on a ClickHouse outage would exceed) instead of
 /// blocking. Returns whether consumption is now paused.
 fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
-    let state = lock(&consumer.context().state);
+    let mut state = lock(&consumer.context().state);
     let want = if paused {
         !state.sink_relieved()
     } else {
@@ -272,6 +277,7 @@ fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
     if want != paused {
         state.metrics.paused.store(want as i64, Relaxed);
         if want {
+            state.paused();
             state.metrics.pauses.fetch_add(1, Relaxed);
             tracing::warn!("clickhouse sink nearly full: consumption paused until it drains");
         } else {
@@ -300,6 +306,9 @@ fn consume(
                 let mut state = lock(&consumer.context().state);
                 state.on_message(message.partition(), message.offset(), message.payload());
             }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                lock(&consumer.context().state).on_end(partition);
+            }
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "kafka consumer error (the client retries)");
             }
@@ -307,10 +316,15 @@ fn consume(
         }
         // While paused, engines do not tick either: an idle watermark advancing on the wall
         // clock would decide findings into the full sink, and the poll loop would block.
-        if !paused && last_tick.elapsed() >= TICK {
+        // Rows gathered before the pause are handed over all the same: the pause leaves a
+        // quarter of the sink's channel free, and nothing more is gathered while paused.
+        if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             let mut state = lock(&consumer.context().state);
-            state.tick();
+            if !paused {
+                state.tick();
+            }
+            state.hand_over();
             *lock(&stats) = state.stats();
         }
         if last_commit.elapsed() >= commit_interval {

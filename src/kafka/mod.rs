@@ -19,10 +19,13 @@
 //! - [`offsets`]: the offset-commit rule and the rebuild metadata, pure.
 //! - [`consumer`]: the `toctou correlator` subcommand: flags, start-up, the poll loop.
 //! - `partitions`: one engine per assigned partition, commits, revocation and rebuild.
+//! - `catchup`: whether a partition has records waiting to be read (idle is not lag), and
+//!   a new owner's catch-up.
 //! - [`admin`]: `toctou kafka init` and the topic check both subcommands make at start-up.
 //! - [`metrics`]: the `toctou_kafka_*` counters of both sides.
 
 pub mod admin;
+mod catchup;
 pub mod codec;
 pub mod collector;
 pub mod consumer;

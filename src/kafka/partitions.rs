@@ -1,14 +1,22 @@
-//! The partitions a correlator owns and what happens to them: one engine, ledger and replay
-//! mode per partition; messages in, findings and events out to the sink, commit points taken
-//! and committed once the sink caught up, and the handover on revocation and assignment
-//! (librdkafka calls [`GroupContext`]'s hooks on the polling thread, inside `poll`).
+//! The partitions a correlator owns and what happens to them: one engine, ledger, replay
+//! mode and reading (`catchup`) per partition; messages in, findings and events out to the
+//! sink, commit points taken and committed once the sink caught up, and the handover on
+//! revocation and assignment (librdkafka calls [`GroupContext`]'s hooks on the polling
+//! thread, inside `poll`).
+//!
+//! Rows for the sink are gathered across messages and handed over in batches of
+//! `HANDOVER_ROWS` or at the next tick, as in `toctou run`: a new owner re-reading its
+//! backlog reads thousands of small messages a second, and one sink batch per message filled
+//! the sink's channel (256 batches) within a second of catch-up, which paused and resumed
+//! every partition over and over.
 //!
 //! The rule itself (which offset, what metadata) is in `offsets`; this file applies it.
 
+use super::catchup::Reading;
 use super::codec::{self, CodecError};
 use super::metrics::{ConsumerMetrics, DecodeFailure};
 use super::offsets::{CommitPoint, Ledger, Replay};
-use crate::clickhouse::sink::{Sink, SinkMetrics, Table};
+use crate::clickhouse::sink::{Handover, Sink, SinkMetrics, Table};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -16,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use toctou_correlator::{Engine, Stats};
+use toctou_correlator::{Engine, Input, Stats};
 use toctou_schema::Finding;
 
 /// Commit points waiting for the sink; beyond it the oldest is dropped (a newer one covers it).
@@ -35,6 +43,15 @@ struct Rows {
     events: u64,
 }
 
+/// Rows for the sink: those gathered and not handed over yet, and how many were handed so
+/// far, the gathered ones included, so that no commit point taken meanwhile counts as
+/// written before they are.
+#[derive(Default)]
+struct Outbox {
+    rows: Handover,
+    handed: Rows,
+}
+
 /// Commit points taken at one instant, with the rows handed to the sink by then.
 struct Pending {
     handed: Rows,
@@ -46,6 +63,7 @@ struct Part {
     engine: Engine,
     ledger: Ledger,
     replay: Replay,
+    reading: Reading,
 }
 
 /// Everything the poll loop and the rebalance callbacks share.
@@ -56,11 +74,13 @@ pub(super) struct Partitions {
     /// `None` only after shutdown took it.
     sink: Option<Sink>,
     sink_metrics: Arc<SinkMetrics>,
-    handed: Rows,
+    outbox: Outbox,
     pending: VecDeque<Pending>,
     pub(super) metrics: Arc<ConsumerMetrics>,
     revoke_deadline: Duration,
     out: Vec<Finding>,
+    /// Late events of the engines of partitions given away (their stats go with them).
+    late_events_before: u64,
 }
 
 impl Partitions {
@@ -77,11 +97,12 @@ impl Partitions {
             topic,
             sink_metrics: sink.metrics(),
             sink: Some(sink),
-            handed: Rows::default(),
+            outbox: Outbox::default(),
             pending: VecDeque::new(),
             metrics,
             revoke_deadline,
             out: Vec::new(),
+            late_events_before: 0,
         }
     }
 
@@ -99,16 +120,15 @@ impl Partitions {
             Ok(batch) => {
                 let newest = batch.events.iter().map(|e| e.event_time_ns()).max();
                 part.ledger.record(offset, newest.unwrap_or(0));
+                part.reading.read(batch.events.len());
                 self.metrics
                     .consumed_events
                     .fetch_add(batch.events.len() as u64, Relaxed);
                 // Events the predecessor had read are in ClickHouse already (its commit
                 // waited for them); a broadcast copy is stored by its original.
                 if !replaying && !batch.broadcast_copy {
-                    if let Some(sink) = &self.sink {
-                        sink.events(&batch.events);
-                        self.handed.events += batch.events.len() as u64;
-                    }
+                    self.outbox.rows.add_events(&batch.events);
+                    self.outbox.handed.events += batch.events.len() as u64;
                 }
                 let now = crate::cli::now_ns();
                 for event in batch.events {
@@ -121,6 +141,7 @@ impl Partitions {
                     _ => DecodeFailure::Malformed,
                 };
                 part.ledger.record(offset, 0);
+                part.reading.read(0);
                 // A re-read message was counted by the owner that read it first.
                 if !replaying {
                     self.metrics.decode_failed(why);
@@ -128,43 +149,79 @@ impl Partitions {
                 }
             }
         }
-        publish(
-            part,
-            &mut self.out,
-            self.sink.as_ref(),
-            &mut self.handed,
-            &self.metrics,
-        );
+        publish(part, &mut self.out, &mut self.outbox, &self.metrics);
         if part.replay.done_after(offset) {
-            finish_replay(
-                part,
-                &mut self.out,
-                self.sink.as_ref(),
-                &mut self.handed,
-                &self.metrics,
+            finish_replay(part, &mut self.out, &mut self.outbox, &self.metrics);
+        }
+        if self.outbox.rows.due() {
+            self.hand_over();
+        }
+    }
+
+    /// librdkafka reached the partition's end (see `catchup`).
+    pub(super) fn on_end(&mut self, partition: i32) {
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return;
+        };
+        if let Some(caught) = part.reading.reached_end(Instant::now()) {
+            self.metrics.catchups.fetch_add(1, Relaxed);
+            self.metrics
+                .catchup_events
+                .fetch_add(caught.backlog.events, Relaxed);
+            self.metrics
+                .catchup_micros
+                .fetch_add(caught.elapsed.as_micros() as u64, Relaxed);
+            tracing::info!(
+                partition,
+                messages = caught.backlog.messages,
+                events = caught.backlog.events,
+                seconds = caught.elapsed.as_secs_f64(),
+                events_per_second = caught.events_per_second().round(),
+                late_events = part.engine.stats().late_events,
+                "partition caught up"
             );
         }
     }
 
+    /// Consumption is paused: no partition's end is known until its fetch reaches it again.
+    pub(super) fn paused(&mut self) {
+        for part in self.parts.values_mut() {
+            part.reading.paused();
+        }
+    }
+
+    /// Ticks every engine: one whose partition has records waiting is told so, and its
+    /// watermark does not advance by the wall clock.
     pub(super) fn tick(&mut self) {
         let now = crate::cli::now_ns();
+        let mut behind = 0;
         for part in self.parts.values_mut() {
-            part.engine.tick(now, &mut self.out);
-            publish(
-                part,
-                &mut self.out,
-                self.sink.as_ref(),
-                &mut self.handed,
-                &self.metrics,
-            );
+            let input = part.reading.input();
+            behind += (input == Input::Behind) as i64;
+            part.engine.tick_input(now, input, &mut self.out);
+            publish(part, &mut self.out, &mut self.outbox, &self.metrics);
+        }
+        self.metrics.partitions_behind.store(behind, Relaxed);
+    }
+
+    /// Hands the gathered rows to the sink (blocks while its channel is full; the poll loop
+    /// pauses consumption well before that).
+    pub(super) fn hand_over(&mut self) {
+        if let Some(sink) = &self.sink {
+            sink.hand_over(&mut self.outbox.rows);
         }
     }
 
+    /// The engines' stats summed; late events also over the partitions given away, into
+    /// `toctou_kafka_late_events_total`.
     pub(super) fn stats(&self) -> Stats {
         let mut total = Stats::default();
         for part in self.parts.values() {
             total.add(part.engine.stats());
         }
+        self.metrics
+            .late_events
+            .store(self.late_events_before + total.late_events, Relaxed);
         total
     }
 
@@ -183,7 +240,7 @@ impl Partitions {
             self.pending.pop_front();
         }
         self.pending.push_back(Pending {
-            handed: self.handed,
+            handed: self.outbox.handed,
             points,
         });
     }
@@ -270,6 +327,7 @@ impl Partitions {
 
     /// Hands `revoked` over: waits for the sink, commits, drops the engines.
     fn revoke(&mut self, consumer: &BaseConsumer<GroupContext>, revoked: &[i32]) {
+        self.hand_over();
         let mut points = Vec::new();
         for p in revoked {
             if let Some(part) = self.parts.get_mut(p) {
@@ -278,7 +336,7 @@ impl Partitions {
                 }
             }
         }
-        let target = self.handed;
+        let target = self.outbox.handed;
         let deadline = Instant::now() + self.revoke_deadline;
         let caught_up = loop {
             let w = self.written();
@@ -300,7 +358,8 @@ impl Partitions {
             self.commit_written(consumer, CommitMode::Sync);
         }
         for p in revoked {
-            if self.parts.remove(p).is_some() {
+            if let Some(part) = self.parts.remove(p) {
+                self.late_events_before += part.engine.stats().late_events;
                 self.metrics.assigned_partitions.fetch_sub(1, Relaxed);
             }
         }
@@ -347,17 +406,12 @@ impl Partitions {
                 engine,
                 ledger: Ledger::new(),
                 replay: Replay::from_commit(point),
+                reading: Reading::assigned(Instant::now()),
             };
             if let Some(point) = point {
                 if point.last_read < point.offset {
                     // Nothing to re-read: only the watermark carries over.
-                    finish_replay(
-                        &mut part,
-                        &mut self.out,
-                        self.sink.as_ref(),
-                        &mut self.handed,
-                        &self.metrics,
-                    );
+                    finish_replay(&mut part, &mut self.out, &mut self.outbox, &self.metrics);
                 }
             }
             tracing::info!(partition = p, from = ?point, "partition assigned");
@@ -377,15 +431,9 @@ fn current_point(part: &mut Part) -> Option<CommitPoint> {
     part.ledger.commit_point(oldest, part.engine.watermark_ns())
 }
 
-/// Hands the findings in `out` to the sink, holding back those a rebuilding engine decided
-/// before its predecessor's committed watermark.
-fn publish(
-    part: &Part,
-    out: &mut Vec<Finding>,
-    sink: Option<&Sink>,
-    handed: &mut Rows,
-    metrics: &ConsumerMetrics,
-) {
+/// Gathers the findings in `out` for the sink, holding back those a rebuilding engine
+/// decided before its predecessor's committed watermark.
+fn publish(part: &Part, out: &mut Vec<Finding>, outbox: &mut Outbox, metrics: &ConsumerMetrics) {
     if out.is_empty() {
         return;
     }
@@ -394,10 +442,8 @@ fn publish(
     metrics
         .held_back_findings
         .fetch_add((before - out.len()) as u64, Relaxed);
-    if let Some(sink) = sink {
-        sink.findings(out);
-        handed.findings += out.len() as u64;
-    }
+    outbox.rows.add_findings(out);
+    outbox.handed.findings += out.len() as u64;
     out.clear();
 }
 
@@ -406,8 +452,7 @@ fn publish(
 fn finish_replay(
     part: &mut Part,
     out: &mut Vec<Finding>,
-    sink: Option<&Sink>,
-    handed: &mut Rows,
+    outbox: &mut Outbox,
     metrics: &ConsumerMetrics,
 ) {
     let Replay::Until(point) = part.replay else {
@@ -415,7 +460,7 @@ fn finish_replay(
     };
     part.engine
         .advance_watermark(point.watermark_ns, crate::cli::now_ns(), out);
-    publish(part, out, sink, handed, metrics);
+    publish(part, out, outbox, metrics);
     part.replay = Replay::Live;
     tracing::info!(watermark_ns = point.watermark_ns, "partition rebuilt");
 }
