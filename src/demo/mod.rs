@@ -102,6 +102,11 @@ pub struct DemoArgs {
     /// Do not wait for the TTL-decided kinds before printing the comparison.
     #[arg(long)]
     pub no_settle: bool,
+    /// Print what happened and read no findings back, for findings kept where the findings
+    /// API does not serve them (distributed mode writes them to ClickHouse): the caller
+    /// compares. Needs something answering at --endpoint (no embedded server is started).
+    #[arg(long, conflicts_with_all = ["api", "no_settle"])]
+    pub truth_only: bool,
     /// Keep the SQLite database at this path (a new file) instead of a temporary one.
     #[arg(long)]
     pub db: Option<PathBuf>,
@@ -146,6 +151,7 @@ impl DemoArgs {
             pair_ttl: None,
             allowed_lateness: Duration::from_secs(2),
             no_settle: true,
+            truth_only: false,
             db: None,
             token,
             api_token: None,
@@ -204,7 +210,7 @@ async fn demo(mut args: DemoArgs) -> Result<()> {
     args.validate()?;
     let started_ns = crate::cli::now_ns();
     let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let compare = !args.api.is_empty();
+    let compare = !args.api.is_empty() && !args.truth_only;
     let mut server = None;
     if compare && !embedded::answers(&args.endpoint).await {
         let pair_ttl = args.pair_ttl.unwrap_or(EMBEDDED_PAIR_TTL);
@@ -227,18 +233,20 @@ async fn demo(mut args: DemoArgs) -> Result<()> {
         args.pair_ttl = Some(pair_ttl);
         server = Some(e);
     }
-    let result = traffic_and_compare(&args, &run, started_ns, compare).await;
+    let result = traffic_and_compare(&args, &run, started_ns, compare || args.truth_only).await;
     if let Some(e) = server {
         e.stop().await.context("stopping the embedded toctou run")?;
     }
     result
 }
 
+/// With `to_stdout`, the demo's lines (and, unless `--truth-only`, the comparison) go to
+/// stdout; otherwise to the log (see [`report`]).
 async fn traffic_and_compare(
     args: &DemoArgs,
     run: &str,
     started_ns: u64,
-    compare: bool,
+    to_stdout: bool,
 ) -> Result<()> {
     let (db_path, keep_db) = match &args.db {
         Some(p) => (p.clone(), true),
@@ -295,7 +303,7 @@ async fn traffic_and_compare(
         })
         .collect();
     report(
-        compare,
+        to_stdout,
         format!(
         "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}",
         loads.len(),
@@ -323,9 +331,14 @@ async fn traffic_and_compare(
         .iter()
         .map(|(_, l)| l.requests.load(Ordering::Relaxed))
         .sum();
-    // The SDK's flush blocks until the exporters answer: keep it off the reactor.
+    // The SDK's flush blocks until the exporters answer: keep it off the reactor. Its flush
+    // and shutdown give up after 5 s each, and what is still queued or being retried then is
+    // lost (a race that happened and cannot be found): first wait, as long as an export may
+    // keep being retried, for the batch processors to export everything on their schedule.
     let all = services.all();
+    let exported = delivery.clone();
     tokio::task::spawn_blocking(move || {
+        exported.wait_drained(Instant::now() + telemetry::EXPORT_TIMEOUT);
         for s in &all {
             s.shutdown();
         }
@@ -349,7 +362,7 @@ async fn traffic_and_compare(
     let truth = truth?;
     let (handed, delivered, failed) = delivery.totals();
     report(
-        compare,
+        to_stdout,
         format!(
             "sent {requests} requests in {:.1} s ({:.0} requests/s); {delivered} of {handed} spans \
              and audit records delivered",
@@ -358,7 +371,7 @@ async fn traffic_and_compare(
         ),
     );
     report(
-        compare,
+        to_stdout,
         format!(
             "requests by workload: {}",
             loads
@@ -380,7 +393,11 @@ async fn traffic_and_compare(
             args.endpoint
         );
     }
-    if !compare {
+    if args.truth_only {
+        compare::print_truth(&truth);
+        return Ok(());
+    }
+    if !to_stdout {
         tracing::info!(requests, happened = ?truth.kinds, "demo traffic done");
         return Ok(());
     }
