@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod burner;
 pub mod clickhouse;
 pub mod kafka;
 pub mod otel_sdk;
