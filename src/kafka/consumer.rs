@@ -19,8 +19,9 @@
 //! Nothing is flushed early on revocation: expiring pending checks would report false
 //! orphans.
 
+use super::group::GroupContext;
 use super::metrics::ConsumerMetrics;
-use super::partitions::{lock, GroupContext, Partitions};
+use super::partitions::{lock, Partitions};
 use super::{admin, KafkaArgs};
 use crate::clickhouse::sink::{Sink, SinkConfig, SinkMetrics};
 use crate::clickhouse::{migrations, ClickhouseArgs};

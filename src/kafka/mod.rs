@@ -19,6 +19,7 @@
 //! - [`offsets`]: the offset-commit rule and the rebuild metadata, pure.
 //! - [`consumer`]: the `toctou correlator` subcommand: flags, start-up, the poll loop.
 //! - `partitions`: one engine per assigned partition, commits, revocation and rebuild.
+//! - `group`: the consumer context: librdkafka's rebalance hooks and statistics.
 //! - `catchup`: whether a partition has records waiting to be read (idle is not lag), and
 //!   a new owner's catch-up.
 //! - [`admin`]: `toctou kafka init` and the topic check both subcommands make at start-up.
@@ -29,6 +30,7 @@ mod catchup;
 pub mod codec;
 pub mod collector;
 pub mod consumer;
+mod group;
 pub mod metrics;
 pub mod offsets;
 mod partitions;
