@@ -15,20 +15,22 @@
 use super::Engine;
 use toctou_schema::Finding;
 
-/// Whether the caller's input has events waiting to be read, for [`Engine::tick_input`].
+/// How far the caller's input has been read, for [`Engine::tick_input`].
 ///
 /// The idle rule (no arrival for the allowed lateness: event time moves on with the wall
-/// clock) is right only when nothing waits to be read. A correlator catching up with a
-/// Kafka partition's backlog can see no message of that partition for a while (its fetch
-/// is behind another's, or consumption was paused) although the backlog holds plenty:
-/// advancing by the wall clock then would make the rest of the backlog late. Only the
-/// caller knows where its input ends; the engine reads no clock and no lag of its own.
+/// clock) holds only for silence while nothing waits to be read. A correlator catching up
+/// with a Kafka partition's backlog can see no message of that partition for a while (its
+/// fetch is behind another's, consumption was paused, the broker is slow) although the
+/// backlog holds plenty: advancing by the wall clock then would make the rest of the backlog
+/// late. Only the caller knows where its input ends; the engine reads no clock and no lag of
+/// its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
-    /// Everything available has been read (a receiver's input; a partition read to its
-    /// end): silence is idleness.
-    CaughtUp,
-    /// Events wait to be read, or where the input ends is not known yet: silence is not
+    /// Everything written to the input before this wall-clock instant (ns) has been read
+    /// (a receiver's input at every tick: now; a Kafka partition: when the partition's end
+    /// was last found at or before its read position). Silence counts as idleness up to it.
+    ReadUntil(u64),
+    /// Events wait to be read, or where the input ends is not known: silence is not
     /// idleness, and the watermark moves only with arrivals.
     Behind,
 }
@@ -201,30 +203,35 @@ mod tests {
     }
 
     #[test]
-    fn silence_is_idleness_only_once_the_input_has_caught_up() {
+    fn silence_is_idleness_only_up_to_where_the_input_is_known_read() {
         let mut e = Engine::new(config()).unwrap();
         let mut out = Vec::new();
         let wall = 1_000 * S;
         e.ingest(span(Phase::Check, "r", "q", 100 * S, None), wall, &mut out);
         assert_eq!(e.watermark_ns(), 98 * S);
         // Ten seconds without an arrival while the input is behind: the watermark stays,
-        // and the check is still pending (a backlog may hold its use).
+        // and the check is still buffered (a backlog may hold its use).
         e.tick_input(wall + 10 * S, Input::Behind, &mut out);
         assert_eq!(e.watermark_ns(), 98 * S);
         assert_eq!(e.stats().buffered_events, 1);
+        // Known read only up to a second after the arrival: idle for less than the lateness.
+        e.tick_input(wall + 10 * S, Input::ReadUntil(wall + S), &mut out);
+        assert_eq!(e.watermark_ns(), 98 * S);
         // The backlog's next event (the check's use) is on time, although ten seconds of
-        // wall time passed: the idle rule would have put the watermark at 108 s.
+        // wall time passed: counting them as idle would have put the watermark at 108 s.
         e.ingest(
             span(Phase::Use, "r", "q", 101 * S, None),
             wall + 10 * S,
             &mut out,
         );
         assert_eq!(e.stats().late_events, 0);
-        // Caught up: the idle rule applies again, counted from the last arrival.
-        e.tick_input(wall + 11 * S, Input::CaughtUp, &mut out);
-        assert_eq!(e.watermark_ns(), 99 * S, "idle for less than the lateness");
-        e.tick_input(wall + 13 * S, Input::CaughtUp, &mut out);
+        assert_eq!(e.watermark_ns(), 99 * S);
+        // Read up to three seconds after that arrival: idle for one second past the lateness.
+        e.tick_input(wall + 20 * S, Input::ReadUntil(wall + 13 * S), &mut out);
         assert_eq!(e.watermark_ns(), 102 * S);
+        // A claim beyond the wall clock counts only up to it.
+        e.tick_input(wall + 14 * S, Input::ReadUntil(wall + 30 * S), &mut out);
+        assert_eq!(e.watermark_ns(), 103 * S);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(e.stats().late_events, 0);
     }
