@@ -1,34 +1,40 @@
-//! Where the reading of one partition stands against the partition's end: whether records
-//! still wait to be read (then its engine's watermark moves with arrivals only, never by the
-//! wall clock: idle is not lag), and how long a new owner took to catch up with the backlog
-//! it was handed.
+//! Where the reading of one partition stands against the partition's end: up to which
+//! instant everything written to it has been read (the engine's idle rule counts silence
+//! only up to there: idle is not lag), and how long a new owner took to catch up with the
+//! backlog it was handed.
 //!
-//! The end is librdkafka's partition EOF (`enable.partition.eof`). A fetch response carries
-//! the partition's high watermark (the offset after its last record); when that equals the
-//! fetch position, librdkafka queues an EOF for the partition behind the records it fetched
-//! before, once per end offset. So when the poll loop takes an EOF, every record the
-//! partition held at that fetch has been read: the partition is caught up. Reading a record
-//! makes it behind again until the next EOF, which comes as soon as a fetch finds nothing
-//! more. A pause (the sink's push-back) makes it behind too: nothing is fetched while paused,
-//! so records written meanwhile wait unseen, and the first ticks after the resume come
-//! before they flow again. librdkafka resets its EOF state, and emits an EOF again, whenever
-//! the partition's fetch restarts (assignment, pause and resume), so the flag never sticks
-//! at "behind" for a partition that is at its end.
+//! A partition's end is its high watermark (the offset after its last record), which `ends`
+//! asks the broker for every few hundred milliseconds, noting the instant it asked. When an
+//! answer is at or before the read position (the offset after the last record read), every
+//! record written before that instant has been read: the partition is read until then
+//! (`Input::ReadUntil`). Records written later arrive like any live record, within the
+//! allowed lateness the idle rule waits for anyway. While the answer is beyond the position,
+//! records wait to be read, and the instant stays where it was: the watermark moves with
+//! arrivals only. An unanswered question proves nothing, so while the broker is down or
+//! stalled the instant does not move either.
 //!
-//! What an EOF cannot know: records written after that fetch (at most a fetch long-poll,
-//! `fetch.wait.max.ms`, 500 ms, while the broker answers), which are in flight like any
-//! network delay, and which the idle rule's wait of the allowed lateness covers. While the
-//! broker is down the last EOF stands: no record can be written to the partition then.
+//! Why not librdkafka's partition EOF (`enable.partition.eof`): it comes once per end
+//! offset, so a partition that stays at its end gets no fresh proof. When the broker stalled
+//! (a loaded test machine starved its JVM for a minute) the last EOF stood while the
+//! collectors' records were being written, the idle rule advanced on it, and the rebuilt
+//! partitions counted hundreds of late events and wrong findings.
 
 use std::time::{Duration, Instant};
-use toctou_correlator::Input;
 
 /// The reading of one assigned partition.
 #[derive(Debug)]
 pub struct Reading {
-    at_end: bool,
+    /// The offset after the last record read; at the assignment, the committed offset;
+    /// `None` while neither is known (nothing read, nothing committed). Then the partition
+    /// counts as behind, which costs nothing: its engine holds no event the idle rule could
+    /// move past.
+    position: Option<i64>,
+    /// The newest end the broker gave.
+    end: Option<i64>,
+    /// Everything written before this instant has been read.
+    read_until: Option<Instant>,
     assigned_at: Instant,
-    /// Read since the assignment, until the first end (then `None`).
+    /// Until the catch-up is reported: what was read since the assignment.
     backlog: Option<Backlog>,
 }
 
@@ -39,7 +45,8 @@ pub struct Backlog {
     pub events: u64,
 }
 
-/// A new owner's catch-up, reported once, at the first end after the assignment.
+/// A new owner's catch-up: from the assignment until the read position first reached an
+/// end the broker gave after the assignment. Reported once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CaughtUp {
     pub backlog: Backlog,
@@ -59,47 +66,63 @@ impl CaughtUp {
 }
 
 impl Reading {
-    /// A partition just assigned: behind until its first end, since where it ends is not
-    /// known yet.
-    pub fn assigned(now: Instant) -> Reading {
+    /// A partition just assigned, to be read from `position` (its committed offset).
+    pub fn assigned(now: Instant, position: Option<i64>) -> Reading {
         Reading {
-            at_end: false,
+            position,
+            end: None,
+            read_until: None,
             assigned_at: now,
             backlog: Some(Backlog::default()),
         }
     }
 
-    /// A record was read (`events` in it): whether more follow is not known until the next
-    /// end.
-    pub fn read(&mut self, events: usize) {
-        self.at_end = false;
+    /// The record at `offset` was read (`events` in it).
+    pub fn read(&mut self, offset: i64, events: usize, now: Instant) -> Option<CaughtUp> {
+        self.position = Some(offset + 1);
         if let Some(b) = self.backlog.as_mut() {
             b.messages += 1;
             b.events += events as u64;
         }
+        self.caught_up(now)
     }
 
-    /// Consumption was paused: where the partition ends is not known until its fetch, which
-    /// restarts at the resume, reaches the end again.
-    pub fn paused(&mut self) {
-        self.at_end = false;
+    /// The broker said, when asked at `asked_at`, that the partition ends at `end`.
+    pub fn probed(&mut self, asked_at: Instant, end: i64, now: Instant) -> Option<CaughtUp> {
+        if self.position.is_some_and(|p| p >= end) && self.read_until < Some(asked_at) {
+            self.read_until = Some(asked_at);
+        }
+        // Only an end given after the assignment measures the backlog handed over.
+        if asked_at >= self.assigned_at {
+            self.end = Some(self.end.map_or(end, |e| e.max(end)));
+        }
+        self.caught_up(now)
     }
 
-    /// The partition's end was reached; the catch-up the first time since the assignment.
-    pub fn reached_end(&mut self, now: Instant) -> Option<CaughtUp> {
-        self.at_end = true;
+    fn caught_up(&mut self, now: Instant) -> Option<CaughtUp> {
+        let (Some(position), Some(end)) = (self.position, self.end) else {
+            return None;
+        };
+        if position < end {
+            return None;
+        }
         self.backlog.take().map(|backlog| CaughtUp {
             backlog,
             elapsed: now.saturating_duration_since(self.assigned_at),
         })
     }
 
-    /// What the engine's tick is told.
-    pub fn input(&self) -> Input {
-        if self.at_end {
-            Input::CaughtUp
-        } else {
-            Input::Behind
+    /// Everything written before this instant has been read; `None`: not known.
+    pub fn read_until(&self) -> Option<Instant> {
+        self.read_until
+    }
+
+    /// Whether records are known or feared to wait: no end known yet, or the last end
+    /// beyond the read position.
+    pub fn behind(&self) -> bool {
+        match (self.position, self.end) {
+            (Some(position), Some(end)) => position < end,
+            _ => true,
         }
     }
 }
@@ -108,46 +131,76 @@ impl Reading {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn behind_from_the_assignment_until_the_end_and_after_every_record() {
+    fn read_until_moves_only_when_an_end_is_at_or_before_the_position() {
         let t0 = Instant::now();
-        let mut r = Reading::assigned(t0);
-        assert_eq!(r.input(), Input::Behind);
-        r.read(3);
-        r.read(2);
-        assert_eq!(r.input(), Input::Behind);
-        let caught = r
-            .reached_end(t0 + Duration::from_secs(2))
-            .expect("first end");
+        // Committed offset 10; the broker says 14 records exist: 4 wait.
+        let mut r = Reading::assigned(t0, Some(10));
+        assert_eq!(r.read_until(), None);
+        assert_eq!(r.probed(t0 + 100 * MS, 14, t0 + 110 * MS), None);
+        assert_eq!(r.read_until(), None);
+        assert!(r.behind());
+        // Reading the backlog: caught up at the record that reaches the end.
+        assert_eq!(r.read(10, 3, t0 + 200 * MS), None);
+        assert_eq!(r.read(11, 2, t0 + 210 * MS), None);
+        assert_eq!(r.read(12, 1, t0 + 220 * MS), None);
+        let caught = r.read(13, 4, t0 + 500 * MS).expect("the backlog is read");
         assert_eq!(
             caught.backlog,
             Backlog {
-                messages: 2,
-                events: 5
+                messages: 4,
+                events: 10
             }
         );
-        assert_eq!(caught.elapsed, Duration::from_secs(2));
-        assert!((caught.events_per_second() - 2.5).abs() < 1e-9);
-        assert_eq!(r.input(), Input::CaughtUp);
-        // Live: a record makes it behind until the next end, which is no new catch-up.
-        r.read(1);
-        assert_eq!(r.input(), Input::Behind);
-        assert_eq!(r.reached_end(t0 + Duration::from_secs(3)), None);
-        assert_eq!(r.input(), Input::CaughtUp);
-        // Paused at its end: records may be written meanwhile, unseen until the resume.
-        r.paused();
-        assert_eq!(r.input(), Input::Behind);
-        assert_eq!(r.reached_end(t0 + Duration::from_secs(9)), None);
-        assert_eq!(r.input(), Input::CaughtUp);
+        assert_eq!(caught.elapsed, 500 * MS);
+        assert!((caught.events_per_second() - 20.0).abs() < 1e-9);
+        assert!(!r.behind());
+        // Still no proof: the only answer was asked before the records were read.
+        assert_eq!(r.read_until(), None);
+        // The next answer proves everything before its question read.
+        assert_eq!(r.probed(t0 + 600 * MS, 14, t0 + 610 * MS), None);
+        assert_eq!(r.read_until(), Some(t0 + 600 * MS));
+        // More written meanwhile: the proof stays where it was, however long it lasts.
+        r.probed(t0 + 800 * MS, 20, t0 + 810 * MS);
+        r.probed(t0 + 5_000 * MS, 20, t0 + 5_010 * MS);
+        assert_eq!(r.read_until(), Some(t0 + 600 * MS));
+        assert!(r.behind());
+        // An answer that arrives late, for a question asked earlier, never moves it back.
+        r.read(19, 1, t0 + 5_100 * MS);
+        r.probed(t0 + 5_050 * MS, 20, t0 + 5_200 * MS);
+        r.probed(t0 + 900 * MS, 20, t0 + 5_300 * MS);
+        assert_eq!(r.read_until(), Some(t0 + 5_050 * MS));
     }
 
     #[test]
-    fn an_empty_partition_catches_up_at_once() {
+    fn an_empty_partition_is_caught_up_at_the_first_answer() {
         let t0 = Instant::now();
-        let mut r = Reading::assigned(t0);
-        let caught = r.reached_end(t0).unwrap();
+        let mut r = Reading::assigned(t0, Some(0));
+        let caught = r.probed(t0 + 50 * MS, 0, t0 + 60 * MS).unwrap();
         assert_eq!(caught.backlog, Backlog::default());
-        assert_eq!(caught.events_per_second(), 0.0);
-        assert_eq!(r.input(), Input::CaughtUp);
+        assert_eq!(caught.elapsed, 60 * MS);
+        assert_eq!(r.read_until(), Some(t0 + 50 * MS));
+    }
+
+    #[test]
+    fn an_answer_to_a_question_asked_before_the_assignment_measures_no_backlog() {
+        let t0 = Instant::now();
+        let mut r = Reading::assigned(t0, Some(5));
+        assert_eq!(r.probed(t0 - 10 * MS, 5, t0 + MS), None);
+        // It is a proof all the same: what was written before it had been read.
+        assert_eq!(r.read_until(), Some(t0 - 10 * MS));
+        assert!(r.behind(), "no end known since the assignment");
+        assert!(r.probed(t0 + 10 * MS, 5, t0 + 20 * MS).is_some());
+    }
+
+    #[test]
+    fn without_a_position_nothing_is_proven() {
+        let t0 = Instant::now();
+        let mut r = Reading::assigned(t0, None);
+        r.probed(t0 + MS, 0, t0 + 2 * MS);
+        assert_eq!(r.read_until(), None);
+        assert!(r.behind());
     }
 }

@@ -7,8 +7,9 @@
 //! run`; the mutex around them is only ever contended by librdkafka's rebalance callbacks,
 //! which run on this same thread inside `poll`). Each engine has its own watermark, so an
 //! idle partition never holds back another: its engine advances on wall-clock ticks alone,
-//! but only once the partition is read to its end (librdkafka's partition EOF): while
-//! records wait to be read, silence is lag, not idleness (`catchup`).
+//! but only as far as the partition is known read to its end (`ends` asks the broker for
+//! every partition's end a few times a second): while records wait to be read, silence is
+//! lag, not idleness (`catchup`).
 //!
 //! Offsets: every `--commit-interval` the thread takes, per partition, the point the ledger
 //! allows (see `offsets`) together with how many rows it had handed to the sink, and commits
@@ -19,6 +20,7 @@
 //! Nothing is flushed early on revocation: expiring pending checks would report false
 //! orphans.
 
+use super::ends::EndProbe;
 use super::group::GroupContext;
 use super::metrics::ConsumerMetrics;
 use super::partitions::{lock, Partitions};
@@ -29,7 +31,6 @@ use anyhow::{Context, Result};
 use axum::Router;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::Message;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -158,8 +159,6 @@ pub async fn run(
         .set("partition.assignment.strategy", "roundrobin")
         // For the consumer-lag gauge (GroupContext::stats).
         .set("statistics.interval.ms", "5000")
-        // Where each partition ends: idle watermarks advance only at the end (`catchup`).
-        .set("enable.partition.eof", "true")
         .create_with_context(context)
         .with_context(|| format!("creating the kafka consumer for {}", args.kafka.bootstrap))?;
     consumer
@@ -171,6 +170,12 @@ pub async fn run(
         api = %api.local_addr()?, topic = %args.kafka.topic, partitions, group = %args.group,
         "toctou correlator consuming"
     );
+    let ends = EndProbe::spawn(&args.kafka, partitions).with_context(|| {
+        format!(
+            "creating the kafka client that asks {} for the partitions' ends",
+            args.kafka.bootstrap
+        )
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     // Set (to when the sink must give up) before `stop`.
     let give_up_at = Arc::new(OnceLock::new());
@@ -181,7 +186,7 @@ pub async fn run(
         let commit_interval = args.commit_interval;
         std::thread::Builder::new()
             .name("toctou-correlator".into())
-            .spawn(move || consume(consumer, stop, &give_up_at, stats, commit_interval))
+            .spawn(move || consume(consumer, &ends, stop, &give_up_at, stats, commit_interval))
             .context("starting the correlator thread")?
     };
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
@@ -248,7 +253,7 @@ fn metrics_router(
 /// `max.poll.interval.ms` a send blocked on a ClickHouse outage would exceed) instead of
 /// blocking. Returns whether consumption is now paused.
 fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
-    let mut state = lock(&consumer.context().state);
+    let state = lock(&consumer.context().state);
     let want = if paused {
         !state.sink_relieved()
     } else {
@@ -278,7 +283,6 @@ fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
     if want != paused {
         state.metrics.paused.store(want as i64, Relaxed);
         if want {
-            state.paused();
             state.metrics.pauses.fetch_add(1, Relaxed);
             tracing::warn!("clickhouse sink nearly full: consumption paused until it drains");
         } else {
@@ -292,6 +296,7 @@ fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
 /// the sink wrote; it gives up retrying at `give_up_at` (when set).
 fn consume(
     consumer: BaseConsumer<GroupContext>,
+    ends: &EndProbe,
     stop: Arc<AtomicBool>,
     give_up_at: &OnceLock<Instant>,
     stats: Arc<Mutex<Stats>>,
@@ -307,9 +312,6 @@ fn consume(
                 let mut state = lock(&consumer.context().state);
                 state.on_message(message.partition(), message.offset(), message.payload());
             }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                lock(&consumer.context().state).on_end(partition);
-            }
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "kafka consumer error (the client retries)");
             }
@@ -323,7 +325,7 @@ fn consume(
             last_tick = Instant::now();
             let mut state = lock(&consumer.context().state);
             if !paused {
-                state.tick();
+                state.tick(ends.latest().as_ref());
             }
             state.hand_over();
             *lock(&stats) = state.stats();

@@ -105,11 +105,11 @@ pub struct ConsumerMetrics {
     pub paused: AtomicI64,
     /// Times consumption was paused for the sink.
     pub pauses: AtomicU64,
-    /// Owned partitions with records waiting to be read, or not read to their end yet since
-    /// their assignment: their watermarks move with arrivals only (src/kafka/catchup.rs).
+    /// Owned partitions whose last end (asked of the broker) lies beyond the read position,
+    /// or whose end is not known yet: records wait (src/kafka/catchup.rs).
     pub partitions_behind: AtomicI64,
-    /// Partitions read to their end after an assignment, the events read until then and the
-    /// time it took (in microseconds): the catch-up of new owners.
+    /// Partitions read to an end the broker gave after their assignment, the events read
+    /// until then and the time it took (in microseconds): the catch-up of new owners.
     pub catchups: AtomicU64,
     pub catchup_events: AtomicU64,
     pub catchup_micros: AtomicU64,
@@ -151,13 +151,13 @@ impl ConsumerMetrics {
         gauge(
             out,
             "toctou_kafka_partitions_behind",
-            "Owned partitions not read to their end: their watermarks do not advance by the wall clock.",
+            "Owned partitions with records waiting to be read (or whose end is not known yet).",
             self.partitions_behind.load(Relaxed),
         );
         counter(
             out,
             "toctou_kafka_catchups_total",
-            "Partitions read to their end after being assigned to this correlator.",
+            "Partitions read to their end after being assigned to this correlator (catch-ups).",
             self.catchups.load(Relaxed),
         );
         counter(

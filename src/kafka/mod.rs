@@ -20,8 +20,8 @@
 //! - [`consumer`]: the `toctou correlator` subcommand: flags, start-up, the poll loop.
 //! - `partitions`: one engine per assigned partition, commits, revocation and rebuild.
 //! - `group`: the consumer context: librdkafka's rebalance hooks and statistics.
-//! - `catchup`: whether a partition has records waiting to be read (idle is not lag), and
-//!   a new owner's catch-up.
+//! - `catchup`: up to when a partition is known read to its end (idle is not lag), and a
+//!   new owner's catch-up; `ends`: the partitions' ends, asked of the broker.
 //! - [`admin`]: `toctou kafka init` and the topic check both subcommands make at start-up.
 //! - [`metrics`]: the `toctou_kafka_*` counters of both sides.
 
@@ -30,6 +30,7 @@ mod catchup;
 pub mod codec;
 pub mod collector;
 pub mod consumer;
+mod ends;
 mod group;
 pub mod metrics;
 pub mod offsets;

@@ -12,8 +12,9 @@
 //!
 //! The rule itself (which offset, what metadata) is in `offsets`; this file applies it.
 
-use super::catchup::Reading;
+use super::catchup::{CaughtUp, Reading};
 use super::codec::{self, CodecError};
+use super::ends::Ends;
 use super::group::GroupContext;
 use super::metrics::{ConsumerMetrics, DecodeFailure};
 use super::offsets::{CommitPoint, Ledger, Replay};
@@ -120,7 +121,10 @@ impl Partitions {
             Ok(batch) => {
                 let newest = batch.events.iter().map(|e| e.event_time_ns()).max();
                 part.ledger.record(offset, newest.unwrap_or(0));
-                part.reading.read(batch.events.len());
+                let caught = part
+                    .reading
+                    .read(offset, batch.events.len(), Instant::now());
+                report(partition, caught, &part.engine, &self.metrics);
                 self.metrics
                     .consumed_events
                     .fetch_add(batch.events.len() as u64, Relaxed);
@@ -141,7 +145,8 @@ impl Partitions {
                     _ => DecodeFailure::Malformed,
                 };
                 part.ledger.record(offset, 0);
-                part.reading.read(0);
+                let caught = part.reading.read(offset, 0, Instant::now());
+                report(partition, caught, &part.engine, &self.metrics);
                 // A re-read message was counted by the owner that read it first.
                 if !replaying {
                     self.metrics.decode_failed(why);
@@ -158,46 +163,26 @@ impl Partitions {
         }
     }
 
-    /// librdkafka reached the partition's end (see `catchup`).
-    pub(super) fn on_end(&mut self, partition: i32) {
-        let Some(part) = self.parts.get_mut(&partition) else {
-            return;
-        };
-        if let Some(caught) = part.reading.reached_end(Instant::now()) {
-            self.metrics.catchups.fetch_add(1, Relaxed);
-            self.metrics
-                .catchup_events
-                .fetch_add(caught.backlog.events, Relaxed);
-            self.metrics
-                .catchup_micros
-                .fetch_add(caught.elapsed.as_micros() as u64, Relaxed);
-            tracing::info!(
-                partition,
-                messages = caught.backlog.messages,
-                events = caught.backlog.events,
-                seconds = caught.elapsed.as_secs_f64(),
-                events_per_second = caught.events_per_second().round(),
-                late_events = part.engine.stats().late_events,
-                "partition caught up"
-            );
-        }
-    }
-
-    /// Consumption is paused: no partition's end is known until its fetch reaches it again.
-    pub(super) fn paused(&mut self) {
-        for part in self.parts.values_mut() {
-            part.reading.paused();
-        }
-    }
-
-    /// Ticks every engine: one whose partition has records waiting is told so, and its
-    /// watermark does not advance by the wall clock.
-    pub(super) fn tick(&mut self) {
+    /// Ticks every engine with how far its partition is known to be read (`catchup`, from
+    /// the broker's latest `ends`): one whose partition has records waiting does not advance
+    /// its watermark by the wall clock.
+    pub(super) fn tick(&mut self, ends: Option<&Ends>) {
         let now = crate::cli::now_ns();
+        let now_instant = Instant::now();
         let mut behind = 0;
-        for part in self.parts.values_mut() {
-            let input = part.reading.input();
-            behind += (input == Input::Behind) as i64;
+        for (&p, part) in self.parts.iter_mut() {
+            if let Some((asked_at, end)) = ends.and_then(|e| Some((e.asked_at, e.of(p)?))) {
+                let caught = part.reading.probed(asked_at, end, now_instant);
+                report(p, caught, &part.engine, &self.metrics);
+            }
+            behind += part.reading.behind() as i64;
+            let input = match part.reading.read_until() {
+                Some(t) => {
+                    let ago = now_instant.saturating_duration_since(t).as_nanos() as u64;
+                    Input::ReadUntil(now.saturating_sub(ago))
+                }
+                None => Input::Behind,
+            };
             part.engine.tick_input(now, input, &mut self.out);
             publish(part, &mut self.out, &mut self.outbox, &self.metrics);
         }
@@ -389,12 +374,13 @@ impl Partitions {
                 // holds more than a rebuild from the committed offset would.
                 continue;
             }
-            let point = committed
+            let (position, point) = match committed
                 .find_partition(&self.topic, *p)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => CommitPoint::parse(o, e.metadata()),
-                    _ => None,
-                });
+                .map(|e| (e.offset(), e))
+            {
+                Some((Offset::Offset(o), e)) => (Some(o), CommitPoint::parse(o, e.metadata())),
+                _ => (None, None),
+            };
             let engine = match Engine::new(self.config.clone()) {
                 Ok(e) => e,
                 Err(err) => {
@@ -406,7 +392,7 @@ impl Partitions {
                 engine,
                 ledger: Ledger::new(),
                 replay: Replay::from_commit(point),
-                reading: Reading::assigned(Instant::now()),
+                reading: Reading::assigned(Instant::now(), position),
             };
             if let Some(point) = point {
                 if point.last_read < point.offset {
@@ -429,6 +415,29 @@ fn current_point(part: &mut Part) -> Option<CommitPoint> {
     }
     let oldest = part.engine.oldest_state_ns();
     part.ledger.commit_point(oldest, part.engine.watermark_ns())
+}
+
+/// Counts and logs a new owner's catch-up (`catchup`).
+fn report(partition: i32, caught: Option<CaughtUp>, engine: &Engine, metrics: &ConsumerMetrics) {
+    let Some(caught) = caught else {
+        return;
+    };
+    metrics.catchups.fetch_add(1, Relaxed);
+    metrics
+        .catchup_events
+        .fetch_add(caught.backlog.events, Relaxed);
+    metrics
+        .catchup_micros
+        .fetch_add(caught.elapsed.as_micros() as u64, Relaxed);
+    tracing::info!(
+        partition,
+        messages = caught.backlog.messages,
+        events = caught.backlog.events,
+        seconds = caught.elapsed.as_secs_f64(),
+        events_per_second = caught.events_per_second().round(),
+        late_events = engine.stats().late_events,
+        "partition caught up"
+    );
 }
 
 /// Gathers the findings in `out` for the sink, holding back those a rebuilding engine
