@@ -170,9 +170,20 @@ impl Engine {
     /// Wall-clock tick (called ~every 100 ms by the binary): advances an idle watermark,
     /// releases buffered events and fires timers.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        self.tick_input(now_ns, Input::ReadUntil(now_ns), out);
+    }
+
+    /// [`Engine::tick`] for a caller that knows how far its input has been read (see
+    /// [`Input`]): the idle rule counts the silence only up to the instant everything written
+    /// had been read, and not at all while that is not known.
+    pub fn tick_input(&mut self, now_ns: u64, input: Input, out: &mut Vec<Finding>) {
         self.now = now_ns;
-        if let Some(max) = self.max_event {
-            let idle = now_ns.saturating_sub(self.last_arrival);
+        let read_until = match input {
+            Input::ReadUntil(t) => Some(t.min(now_ns)),
+            Input::Behind => None,
+        };
+        if let (Some(max), Some(read_until)) = (self.max_event, read_until) {
+            let idle = read_until.saturating_sub(self.last_arrival);
             if idle >= self.lateness_ns {
                 // Nothing arrived for the allowed lateness: event time is taken to move on
                 // with the wall clock from the newest event seen.
@@ -357,6 +368,7 @@ impl Engine {
 }
 
 mod handover;
+pub use handover::Input;
 #[cfg(test)]
 mod skew_tests;
 #[cfg(test)]

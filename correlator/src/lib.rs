@@ -54,5 +54,5 @@ mod waiting;
 mod testkit;
 
 pub use config::{Config, ConfigError};
-pub use engine::Engine;
+pub use engine::{Engine, Input};
 pub use metrics::{EvictedState, Histogram, Stats};

@@ -235,7 +235,10 @@ impl Sink {
     }
 
     /// Blocks while the sink is full: that is the push-back. Returns false once the sink
-    /// thread has ended (it logged why).
+    /// thread has ended (it logged why). One batch per call: the correlators gather rows in
+    /// a [`Handover`] instead; this and [`Sink::findings`] serve the benchmark
+    /// (examples/clickhouse_bench.rs, which compiles this file by path) and the tests.
+    #[allow(dead_code)]
     pub fn events(&self, events: &[Event]) -> bool {
         let mut handover = Handover::default();
         handover.add_events(events);
@@ -260,6 +263,8 @@ impl Sink {
         sent
     }
 
+    /// As [`Sink::events`], for findings.
+    #[allow(dead_code)]
     pub fn findings(&self, findings: &[Finding]) -> bool {
         let mut handover = Handover::default();
         handover.add_findings(findings);

@@ -104,6 +104,11 @@ pub struct DemoArgs {
     /// Do not wait for the TTL-decided kinds before printing the comparison.
     #[arg(long)]
     pub no_settle: bool,
+    /// Print what happened and read no findings back, for findings kept where the findings
+    /// API does not serve them (distributed mode writes them to ClickHouse): the caller
+    /// compares. Needs something answering at --endpoint (no embedded server is started).
+    #[arg(long, conflicts_with_all = ["api", "no_settle"])]
+    pub truth_only: bool,
     /// Keep the SQLite database at this path (a new file) instead of a temporary one.
     #[arg(long)]
     pub db: Option<PathBuf>,
@@ -161,6 +166,7 @@ impl DemoArgs {
             pair_ttl: None,
             allowed_lateness: Duration::from_secs(2),
             no_settle: true,
+            truth_only: false,
             db: None,
             token,
             api_token: None,

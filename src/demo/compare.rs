@@ -94,6 +94,18 @@ fn notes_of(summary: &serde_json::Value) -> Vec<String> {
     notes
 }
 
+/// Prints what happened, by kind, for a caller that compares it with findings of its own.
+pub fn print_truth(truth: &Counts) {
+    println!("{:<16} {:>10}", "kind", "happened");
+    for kind in KINDS {
+        println!("{kind:<16} {:>10}", truth.get(kind));
+    }
+    println!(
+        "races prevented by compare-and-swap: {}; orders that oversold stock: {}",
+        truth.prevented, truth.oversold
+    );
+}
+
 /// Prints happened against found for every kind. Once settled, a difference is an error:
 /// the demo's claim is that toctou finds exactly the races that happened.
 pub fn print(

@@ -36,6 +36,13 @@ impl Delivery {
         }
     }
 
+    /// Blocks until nothing is in flight any more, or `deadline`.
+    pub fn wait_drained(&self, deadline: std::time::Instant) {
+        while self.in_flight() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// (handed, delivered, failed).
     pub fn totals(&self) -> (u64, u64, u64) {
         (

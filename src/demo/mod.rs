@@ -71,7 +71,7 @@ async fn demo(mut args: DemoArgs) -> Result<()> {
     args.validate()?;
     let started_ns = crate::cli::now_ns();
     let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let compare = !args.api.is_empty();
+    let compare = !args.api.is_empty() && !args.truth_only;
     let mut server = None;
     if compare && !embedded::answers(&args.endpoint).await {
         let pair_ttl = args.pair_ttl.unwrap_or(EMBEDDED_PAIR_TTL);
@@ -94,18 +94,20 @@ async fn demo(mut args: DemoArgs) -> Result<()> {
         args.pair_ttl = Some(pair_ttl);
         server = Some(e);
     }
-    let result = traffic_and_compare(&args, &run, started_ns, compare).await;
+    let result = traffic_and_compare(&args, &run, started_ns, compare || args.truth_only).await;
     if let Some(e) = server {
         e.stop().await.context("stopping the embedded toctou run")?;
     }
     result
 }
 
+/// With `to_stdout`, the demo's lines (and, unless `--truth-only`, the comparison) go to
+/// stdout; otherwise to the log (see [`report`]).
 async fn traffic_and_compare(
     args: &DemoArgs,
     run: &str,
     started_ns: u64,
-    compare: bool,
+    to_stdout: bool,
 ) -> Result<()> {
     let (db_path, keep_db) = match &args.db {
         Some(p) => (p.clone(), true),
@@ -166,7 +168,7 @@ async fn traffic_and_compare(
         })
         .collect();
     report(
-        compare,
+        to_stdout,
         format!(
         "demo run {run}: {} workloads, {} workers each, race window {}, for {}; rates (requests/s, 0 = unlimited): {}; database {}{}{}",
         loads.len(),
@@ -195,9 +197,14 @@ async fn traffic_and_compare(
         .iter()
         .map(|(_, l)| l.requests.load(Ordering::Relaxed))
         .sum();
-    // The SDK's flush blocks until the exporters answer: keep it off the reactor.
+    // The SDK's flush blocks until the exporters answer: keep it off the reactor. Its flush
+    // and shutdown give up after 5 s each, and what is still queued or being retried then is
+    // lost (a race that happened and cannot be found): first wait, as long as an export may
+    // keep being retried, for the batch processors to export everything on their schedule.
     let all = services.all();
+    let exported = delivery.clone();
     tokio::task::spawn_blocking(move || {
+        exported.wait_drained(Instant::now() + telemetry::EXPORT_TIMEOUT);
         for s in &all {
             s.shutdown();
         }
@@ -222,7 +229,7 @@ async fn traffic_and_compare(
     let truth = truth?;
     let (handed, delivered, failed) = delivery.totals();
     report(
-        compare,
+        to_stdout,
         format!(
             "sent {requests} requests in {:.1} s ({:.0} requests/s); {delivered} of {handed} spans \
              and audit records delivered",
@@ -231,7 +238,7 @@ async fn traffic_and_compare(
         ),
     );
     report(
-        compare,
+        to_stdout,
         format!(
             "requests by workload: {}",
             loads
@@ -253,7 +260,11 @@ async fn traffic_and_compare(
             args.endpoint
         );
     }
-    if !compare {
+    if args.truth_only {
+        compare::print_truth(&truth);
+        return Ok(());
+    }
+    if !to_stdout {
         tracing::info!(requests, happened = ?truth.kinds, "demo traffic done");
         return Ok(());
     }

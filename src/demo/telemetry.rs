@@ -12,7 +12,8 @@ use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::Context;
 use opentelemetry_otlp::{
-    LogExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    LogExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
+    WithTonicConfig,
 };
 use opentelemetry_sdk::logs::{self, BatchLogProcessor, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::trace::{self, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
@@ -31,6 +32,20 @@ const EXPORT_DELAY: Duration = Duration::from_millis(200);
 pub const QUEUE: usize = 1 << 15;
 /// Spans or records per export request (512 by default): fewer, larger requests.
 const BATCH: usize = 4096;
+/// How long one export may keep being retried (the exporters' default is 10 s, with 3
+/// retries): a span given up on is a race that happened and cannot be found, so the demo
+/// rides out what an instrumented service should, such as a collector answering 503 while
+/// its Kafka is down for a few seconds. Also each attempt's timeout.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait between two attempts (1.6 s by default; the collector's Retry-After is 1 s).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Retries until [`EXPORT_TIMEOUT`] rather than a count.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(usize::MAX)
+        .with_max_delay(MAX_RETRY_DELAY)
+}
 
 /// The transport the demo exports with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -112,12 +127,16 @@ impl Service {
                     .with_tonic()
                     .with_metadata(metadata.clone())
                     .with_endpoint(endpoint)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_retry_policy(retry_policy())
                     .build()
                     .context("building the OTLP/gRPC span exporter")?,
                 LogExporter::builder()
                     .with_tonic()
                     .with_metadata(metadata)
                     .with_endpoint(endpoint)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_retry_policy(retry_policy())
                     .build()
                     .context("building the OTLP/gRPC log exporter")?,
             ),
@@ -129,6 +148,8 @@ impl Service {
                         .with_protocol(Protocol::HttpBinary)
                         .with_headers(headers.clone())
                         .with_endpoint(format!("{base}/v1/traces"))
+                        .with_timeout(EXPORT_TIMEOUT)
+                        .with_retry_policy(retry_policy())
                         .build()
                         .context("building the OTLP/HTTP span exporter")?,
                     LogExporter::builder()
@@ -136,6 +157,8 @@ impl Service {
                         .with_protocol(Protocol::HttpBinary)
                         .with_headers(headers)
                         .with_endpoint(format!("{base}/v1/logs"))
+                        .with_timeout(EXPORT_TIMEOUT)
+                        .with_retry_policy(retry_policy())
                         .build()
                         .context("building the OTLP/HTTP log exporter")?,
                 )

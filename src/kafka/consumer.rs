@@ -6,7 +6,10 @@
 //! One thread polls the consumer and owns the partitions' engines (one owner, as in `toctou
 //! run`; the mutex around them is only ever contended by librdkafka's rebalance callbacks,
 //! which run on this same thread inside `poll`). Each engine has its own watermark, so an
-//! idle partition never holds back another: its engine advances on wall-clock ticks alone.
+//! idle partition never holds back another: its engine advances on wall-clock ticks alone,
+//! but only as far as the partition is known read to its end (`ends` asks the broker for
+//! every partition's end a few times a second): while records wait to be read, silence is
+//! lag, not idleness (`catchup`).
 //!
 //! Offsets: every `--commit-interval` the thread takes, per partition, the point the ledger
 //! allows (see `offsets`) together with how many rows it had handed to the sink, and commits
@@ -17,8 +20,10 @@
 //! Nothing is flushed early on revocation: expiring pending checks would report false
 //! orphans.
 
+use super::ends::EndProbe;
+use super::group::GroupContext;
 use super::metrics::ConsumerMetrics;
-use super::partitions::{lock, GroupContext, Partitions};
+use super::partitions::{lock, Partitions};
 use super::{admin, KafkaArgs};
 use crate::clickhouse::sink::{Sink, SinkConfig, SinkMetrics};
 use crate::clickhouse::{migrations, ClickhouseArgs};
@@ -165,6 +170,12 @@ pub async fn run(
         api = %api.local_addr()?, topic = %args.kafka.topic, partitions, group = %args.group,
         "toctou correlator consuming"
     );
+    let ends = EndProbe::spawn(&args.kafka, partitions).with_context(|| {
+        format!(
+            "creating the kafka client that asks {} for the partitions' ends",
+            args.kafka.bootstrap
+        )
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     // Set (to when the sink must give up) before `stop`.
     let give_up_at = Arc::new(OnceLock::new());
@@ -175,7 +186,7 @@ pub async fn run(
         let commit_interval = args.commit_interval;
         std::thread::Builder::new()
             .name("toctou-correlator".into())
-            .spawn(move || consume(consumer, stop, &give_up_at, stats, commit_interval))
+            .spawn(move || consume(consumer, &ends, stop, &give_up_at, stats, commit_interval))
             .context("starting the correlator thread")?
     };
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
@@ -285,6 +296,7 @@ fn flow_control(consumer: &BaseConsumer<GroupContext>, paused: bool) -> bool {
 /// the sink wrote; it gives up retrying at `give_up_at` (when set).
 fn consume(
     consumer: BaseConsumer<GroupContext>,
+    ends: &EndProbe,
     stop: Arc<AtomicBool>,
     give_up_at: &OnceLock<Instant>,
     stats: Arc<Mutex<Stats>>,
@@ -307,10 +319,15 @@ fn consume(
         }
         // While paused, engines do not tick either: an idle watermark advancing on the wall
         // clock would decide findings into the full sink, and the poll loop would block.
-        if !paused && last_tick.elapsed() >= TICK {
+        // Rows gathered before the pause are handed over all the same: the pause leaves a
+        // quarter of the sink's channel free, and nothing more is gathered while paused.
+        if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             let mut state = lock(&consumer.context().state);
-            state.tick();
+            if !paused {
+                state.tick(ends.latest().as_ref());
+            }
+            state.hand_over();
             *lock(&stats) = state.stats();
         }
         if last_commit.elapsed() >= commit_interval {

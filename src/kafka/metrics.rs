@@ -105,6 +105,17 @@ pub struct ConsumerMetrics {
     pub paused: AtomicI64,
     /// Times consumption was paused for the sink.
     pub pauses: AtomicU64,
+    /// Owned partitions whose last end (asked of the broker) lies beyond the read position,
+    /// or whose end is not known yet: records wait (src/kafka/catchup.rs).
+    pub partitions_behind: AtomicI64,
+    /// Partitions read to an end the broker gave after their assignment, the events read
+    /// until then and the time it took (in microseconds): the catch-up of new owners.
+    pub catchups: AtomicU64,
+    pub catchup_events: AtomicU64,
+    pub catchup_micros: AtomicU64,
+    /// Late events over every partition this process owned, also those it gave away (the
+    /// engines' own `toctou_late_events_total` covers the partitions owned now).
+    pub late_events: AtomicU64,
 }
 
 impl ConsumerMetrics {
@@ -136,6 +147,35 @@ impl ConsumerMetrics {
             "toctou_kafka_consumer_pauses_total",
             "Times consumption was paused because the ClickHouse sink was nearly full.",
             self.pauses.load(Relaxed),
+        );
+        gauge(
+            out,
+            "toctou_kafka_partitions_behind",
+            "Owned partitions with records waiting to be read (or whose end is not known yet).",
+            self.partitions_behind.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_catchups_total",
+            "Partitions read to their end after being assigned to this correlator (catch-ups).",
+            self.catchups.load(Relaxed),
+        );
+        counter(
+            out,
+            "toctou_kafka_catchup_events_total",
+            "Events read between a partition's assignment and its end.",
+            self.catchup_events.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toctou_kafka_catchup_seconds_total Time from a partition's assignment to its end.\n# TYPE toctou_kafka_catchup_seconds_total counter\ntoctou_kafka_catchup_seconds_total {}",
+            self.catchup_micros.load(Relaxed) as f64 / 1e6
+        );
+        counter(
+            out,
+            "toctou_kafka_late_events_total",
+            "Events older than their partition's watermark on arrival, over every partition this correlator owned.",
+            self.late_events.load(Relaxed),
         );
         counter(
             out,

@@ -19,13 +19,19 @@
 //! - [`offsets`]: the offset-commit rule and the rebuild metadata, pure.
 //! - [`consumer`]: the `toctou correlator` subcommand: flags, start-up, the poll loop.
 //! - `partitions`: one engine per assigned partition, commits, revocation and rebuild.
+//! - `group`: the consumer context: librdkafka's rebalance hooks and statistics.
+//! - `catchup`: up to when a partition is known read to its end (idle is not lag), and a
+//!   new owner's catch-up; `ends`: the partitions' ends, asked of the broker.
 //! - [`admin`]: `toctou kafka init` and the topic check both subcommands make at start-up.
 //! - [`metrics`]: the `toctou_kafka_*` counters of both sides.
 
 pub mod admin;
+mod catchup;
 pub mod codec;
 pub mod collector;
 pub mod consumer;
+mod ends;
+mod group;
 pub mod metrics;
 pub mod offsets;
 mod partitions;

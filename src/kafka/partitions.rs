@@ -1,22 +1,31 @@
-//! The partitions a correlator owns and what happens to them: one engine, ledger and replay
-//! mode per partition; messages in, findings and events out to the sink, commit points taken
-//! and committed once the sink caught up, and the handover on revocation and assignment
-//! (librdkafka calls [`GroupContext`]'s hooks on the polling thread, inside `poll`).
+//! The partitions a correlator owns and what happens to them: one engine, ledger, replay
+//! mode and reading (`catchup`) per partition; messages in, findings and events out to the
+//! sink, commit points taken and committed once the sink caught up, and the handover on
+//! revocation and assignment (librdkafka calls the hooks of `group`'s [`GroupContext`] on
+//! the polling thread, inside `poll`).
+//!
+//! Rows for the sink are gathered across messages and handed over in batches of
+//! `HANDOVER_ROWS` or at the next tick, as in `toctou run`: a new owner re-reading its
+//! backlog reads thousands of small messages a second, and one sink batch per message filled
+//! the sink's channel (256 batches) within a second of catch-up, which paused and resumed
+//! every partition over and over.
 //!
 //! The rule itself (which offset, what metadata) is in `offsets`; this file applies it.
 
+use super::catchup::{CaughtUp, Reading};
 use super::codec::{self, CodecError};
+use super::ends::Ends;
+use super::group::GroupContext;
 use super::metrics::{ConsumerMetrics, DecodeFailure};
 use super::offsets::{CommitPoint, Ledger, Replay};
-use crate::clickhouse::sink::{Sink, SinkMetrics, Table};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use crate::clickhouse::sink::{Handover, Sink, SinkMetrics, Table};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use toctou_correlator::{Engine, Stats};
+use toctou_correlator::{Engine, Input, Stats};
 use toctou_schema::Finding;
 
 /// Commit points waiting for the sink; beyond it the oldest is dropped (a newer one covers it).
@@ -35,6 +44,15 @@ struct Rows {
     events: u64,
 }
 
+/// Rows for the sink: those gathered and not handed over yet, and how many were handed so
+/// far, the gathered ones included, so that no commit point taken meanwhile counts as
+/// written before they are.
+#[derive(Default)]
+struct Outbox {
+    rows: Handover,
+    handed: Rows,
+}
+
 /// Commit points taken at one instant, with the rows handed to the sink by then.
 struct Pending {
     handed: Rows,
@@ -46,21 +64,24 @@ struct Part {
     engine: Engine,
     ledger: Ledger,
     replay: Replay,
+    reading: Reading,
 }
 
 /// Everything the poll loop and the rebalance callbacks share.
 pub(super) struct Partitions {
     parts: HashMap<i32, Part>,
     config: toctou_correlator::Config,
-    topic: String,
+    pub(super) topic: String,
     /// `None` only after shutdown took it.
     sink: Option<Sink>,
     sink_metrics: Arc<SinkMetrics>,
-    handed: Rows,
+    outbox: Outbox,
     pending: VecDeque<Pending>,
     pub(super) metrics: Arc<ConsumerMetrics>,
     revoke_deadline: Duration,
     out: Vec<Finding>,
+    /// Late events of the engines of partitions given away (their stats go with them).
+    late_events_before: u64,
 }
 
 impl Partitions {
@@ -77,11 +98,12 @@ impl Partitions {
             topic,
             sink_metrics: sink.metrics(),
             sink: Some(sink),
-            handed: Rows::default(),
+            outbox: Outbox::default(),
             pending: VecDeque::new(),
             metrics,
             revoke_deadline,
             out: Vec::new(),
+            late_events_before: 0,
         }
     }
 
@@ -99,16 +121,18 @@ impl Partitions {
             Ok(batch) => {
                 let newest = batch.events.iter().map(|e| e.event_time_ns()).max();
                 part.ledger.record(offset, newest.unwrap_or(0));
+                let caught = part
+                    .reading
+                    .read(offset, batch.events.len(), Instant::now());
+                report(partition, caught, &part.engine, &self.metrics);
                 self.metrics
                     .consumed_events
                     .fetch_add(batch.events.len() as u64, Relaxed);
                 // Events the predecessor had read are in ClickHouse already (its commit
                 // waited for them); a broadcast copy is stored by its original.
                 if !replaying && !batch.broadcast_copy {
-                    if let Some(sink) = &self.sink {
-                        sink.events(&batch.events);
-                        self.handed.events += batch.events.len() as u64;
-                    }
+                    self.outbox.rows.add_events(&batch.events);
+                    self.outbox.handed.events += batch.events.len() as u64;
                 }
                 let now = crate::cli::now_ns();
                 for event in batch.events {
@@ -121,6 +145,8 @@ impl Partitions {
                     _ => DecodeFailure::Malformed,
                 };
                 part.ledger.record(offset, 0);
+                let caught = part.reading.read(offset, 0, Instant::now());
+                report(partition, caught, &part.engine, &self.metrics);
                 // A re-read message was counted by the owner that read it first.
                 if !replaying {
                     self.metrics.decode_failed(why);
@@ -128,43 +154,59 @@ impl Partitions {
                 }
             }
         }
-        publish(
-            part,
-            &mut self.out,
-            self.sink.as_ref(),
-            &mut self.handed,
-            &self.metrics,
-        );
+        publish(part, &mut self.out, &mut self.outbox, &self.metrics);
         if part.replay.done_after(offset) {
-            finish_replay(
-                part,
-                &mut self.out,
-                self.sink.as_ref(),
-                &mut self.handed,
-                &self.metrics,
-            );
+            finish_replay(part, &mut self.out, &mut self.outbox, &self.metrics);
+        }
+        if self.outbox.rows.due() {
+            self.hand_over();
         }
     }
 
-    pub(super) fn tick(&mut self) {
+    /// Ticks every engine with how far its partition is known to be read (`catchup`, from
+    /// the broker's latest `ends`): one whose partition has records waiting does not advance
+    /// its watermark by the wall clock.
+    pub(super) fn tick(&mut self, ends: Option<&Ends>) {
         let now = crate::cli::now_ns();
-        for part in self.parts.values_mut() {
-            part.engine.tick(now, &mut self.out);
-            publish(
-                part,
-                &mut self.out,
-                self.sink.as_ref(),
-                &mut self.handed,
-                &self.metrics,
-            );
+        let now_instant = Instant::now();
+        let mut behind = 0;
+        for (&p, part) in self.parts.iter_mut() {
+            if let Some((asked_at, end)) = ends.and_then(|e| Some((e.asked_at, e.of(p)?))) {
+                let caught = part.reading.probed(asked_at, end, now_instant);
+                report(p, caught, &part.engine, &self.metrics);
+            }
+            behind += part.reading.behind() as i64;
+            let input = match part.reading.read_until() {
+                Some(t) => {
+                    let ago = now_instant.saturating_duration_since(t).as_nanos() as u64;
+                    Input::ReadUntil(now.saturating_sub(ago))
+                }
+                None => Input::Behind,
+            };
+            part.engine.tick_input(now, input, &mut self.out);
+            publish(part, &mut self.out, &mut self.outbox, &self.metrics);
+        }
+        self.metrics.partitions_behind.store(behind, Relaxed);
+    }
+
+    /// Hands the gathered rows to the sink (blocks while its channel is full; the poll loop
+    /// pauses consumption well before that).
+    pub(super) fn hand_over(&mut self) {
+        if let Some(sink) = &self.sink {
+            sink.hand_over(&mut self.outbox.rows);
         }
     }
 
+    /// The engines' stats summed; late events also over the partitions given away, into
+    /// `toctou_kafka_late_events_total`.
     pub(super) fn stats(&self) -> Stats {
         let mut total = Stats::default();
         for part in self.parts.values() {
             total.add(part.engine.stats());
         }
+        self.metrics
+            .late_events
+            .store(self.late_events_before + total.late_events, Relaxed);
         total
     }
 
@@ -183,7 +225,7 @@ impl Partitions {
             self.pending.pop_front();
         }
         self.pending.push_back(Pending {
-            handed: self.handed,
+            handed: self.outbox.handed,
             points,
         });
     }
@@ -269,7 +311,8 @@ impl Partitions {
     }
 
     /// Hands `revoked` over: waits for the sink, commits, drops the engines.
-    fn revoke(&mut self, consumer: &BaseConsumer<GroupContext>, revoked: &[i32]) {
+    pub(super) fn revoke(&mut self, consumer: &BaseConsumer<GroupContext>, revoked: &[i32]) {
+        self.hand_over();
         let mut points = Vec::new();
         for p in revoked {
             if let Some(part) = self.parts.get_mut(p) {
@@ -278,7 +321,7 @@ impl Partitions {
                 }
             }
         }
-        let target = self.handed;
+        let target = self.outbox.handed;
         let deadline = Instant::now() + self.revoke_deadline;
         let caught_up = loop {
             let w = self.written();
@@ -300,7 +343,8 @@ impl Partitions {
             self.commit_written(consumer, CommitMode::Sync);
         }
         for p in revoked {
-            if self.parts.remove(p).is_some() {
+            if let Some(part) = self.parts.remove(p) {
+                self.late_events_before += part.engine.stats().late_events;
                 self.metrics.assigned_partitions.fetch_sub(1, Relaxed);
             }
         }
@@ -310,7 +354,7 @@ impl Partitions {
         tracing::info!(partitions = ?revoked, "partitions revoked");
     }
 
-    fn assign(&mut self, consumer: &BaseConsumer<GroupContext>, assigned: &[i32]) {
+    pub(super) fn assign(&mut self, consumer: &BaseConsumer<GroupContext>, assigned: &[i32]) {
         let mut tpl = TopicPartitionList::new();
         for p in assigned {
             tpl.add_partition(&self.topic, *p);
@@ -330,12 +374,13 @@ impl Partitions {
                 // holds more than a rebuild from the committed offset would.
                 continue;
             }
-            let point = committed
+            let (position, point) = match committed
                 .find_partition(&self.topic, *p)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => CommitPoint::parse(o, e.metadata()),
-                    _ => None,
-                });
+                .map(|e| (e.offset(), e))
+            {
+                Some((Offset::Offset(o), e)) => (Some(o), CommitPoint::parse(o, e.metadata())),
+                _ => (None, None),
+            };
             let engine = match Engine::new(self.config.clone()) {
                 Ok(e) => e,
                 Err(err) => {
@@ -347,17 +392,12 @@ impl Partitions {
                 engine,
                 ledger: Ledger::new(),
                 replay: Replay::from_commit(point),
+                reading: Reading::assigned(Instant::now(), position),
             };
             if let Some(point) = point {
                 if point.last_read < point.offset {
                     // Nothing to re-read: only the watermark carries over.
-                    finish_replay(
-                        &mut part,
-                        &mut self.out,
-                        self.sink.as_ref(),
-                        &mut self.handed,
-                        &self.metrics,
-                    );
+                    finish_replay(&mut part, &mut self.out, &mut self.outbox, &self.metrics);
                 }
             }
             tracing::info!(partition = p, from = ?point, "partition assigned");
@@ -377,15 +417,32 @@ fn current_point(part: &mut Part) -> Option<CommitPoint> {
     part.ledger.commit_point(oldest, part.engine.watermark_ns())
 }
 
-/// Hands the findings in `out` to the sink, holding back those a rebuilding engine decided
-/// before its predecessor's committed watermark.
-fn publish(
-    part: &Part,
-    out: &mut Vec<Finding>,
-    sink: Option<&Sink>,
-    handed: &mut Rows,
-    metrics: &ConsumerMetrics,
-) {
+/// Counts and logs a new owner's catch-up (`catchup`).
+fn report(partition: i32, caught: Option<CaughtUp>, engine: &Engine, metrics: &ConsumerMetrics) {
+    let Some(caught) = caught else {
+        return;
+    };
+    metrics.catchups.fetch_add(1, Relaxed);
+    metrics
+        .catchup_events
+        .fetch_add(caught.backlog.events, Relaxed);
+    metrics
+        .catchup_micros
+        .fetch_add(caught.elapsed.as_micros() as u64, Relaxed);
+    tracing::info!(
+        partition,
+        messages = caught.backlog.messages,
+        events = caught.backlog.events,
+        seconds = caught.elapsed.as_secs_f64(),
+        events_per_second = caught.events_per_second().round(),
+        late_events = engine.stats().late_events,
+        "partition caught up"
+    );
+}
+
+/// Gathers the findings in `out` for the sink, holding back those a rebuilding engine
+/// decided before its predecessor's committed watermark.
+fn publish(part: &Part, out: &mut Vec<Finding>, outbox: &mut Outbox, metrics: &ConsumerMetrics) {
     if out.is_empty() {
         return;
     }
@@ -394,10 +451,8 @@ fn publish(
     metrics
         .held_back_findings
         .fetch_add((before - out.len()) as u64, Relaxed);
-    if let Some(sink) = sink {
-        sink.findings(out);
-        handed.findings += out.len() as u64;
-    }
+    outbox.rows.add_findings(out);
+    outbox.handed.findings += out.len() as u64;
     out.clear();
 }
 
@@ -406,8 +461,7 @@ fn publish(
 fn finish_replay(
     part: &mut Part,
     out: &mut Vec<Finding>,
-    sink: Option<&Sink>,
-    handed: &mut Rows,
+    outbox: &mut Outbox,
     metrics: &ConsumerMetrics,
 ) {
     let Replay::Until(point) = part.replay else {
@@ -415,101 +469,7 @@ fn finish_replay(
     };
     part.engine
         .advance_watermark(point.watermark_ns, crate::cli::now_ns(), out);
-    publish(part, out, sink, handed, metrics);
+    publish(part, out, outbox, metrics);
     part.replay = Replay::Live;
     tracing::info!(watermark_ns = point.watermark_ns, "partition rebuilt");
-}
-
-/// The consumer context: librdkafka calls the rebalance hooks on the polling thread.
-pub struct GroupContext {
-    pub(super) state: Mutex<Partitions>,
-}
-
-impl ClientContext for GroupContext {
-    /// librdkafka's statistics (every `statistics.interval.ms`, on the polling thread): the
-    /// consumer lag of the partitions this member owns, i.e. messages in the topic it has not
-    /// read yet. librdkafka's own `consumer_lag` counts from the committed offset, which here
-    /// trails on purpose (it is where a new owner would rebuild from), so the lag is taken from
-    /// the read position instead.
-    fn stats(&self, statistics: Statistics) {
-        let state = lock(&self.state);
-        let lag = statistics
-            .topics
-            .get(&state.topic)
-            .map(|topic| {
-                topic
-                    .partitions
-                    .values()
-                    .filter(|p| p.desired && p.partition >= 0)
-                    .map(|p| read_lag(p.hi_offset, [p.app_offset, p.committed_offset, p.lo_offset]))
-                    .sum()
-            })
-            .unwrap_or(0);
-        state.metrics.lag.store(lag, Relaxed);
-        state.metrics.lag_known.store(true, Relaxed);
-    }
-}
-
-/// Messages of an owned partition not yet read: from its high watermark `hi` back to the
-/// first valid offset of `positions` (the application's read position; before the first
-/// message, the committed offset; before any commit, the start of the partition). librdkafka
-/// reports unknown offsets as negative numbers.
-fn read_lag(hi: i64, positions: [i64; 3]) -> i64 {
-    if hi < 0 {
-        return 0;
-    }
-    let position = positions.into_iter().find(|&o| o >= 0).unwrap_or(0);
-    (hi - position).max(0)
-}
-
-/// The partitions of `topic` in a rebalance's list.
-fn partitions_of(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
-    tpl.elements()
-        .iter()
-        .filter(|e| e.topic() == topic)
-        .map(|e| e.partition())
-        .collect()
-}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut state = lock(&self.state);
-            let revoked = partitions_of(tpl, &state.topic);
-            state.metrics.rebalances.fetch_add(1, Relaxed);
-            state.revoke(consumer, &revoked);
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let mut state = lock(&self.state);
-                let assigned = partitions_of(tpl, &state.topic);
-                state.metrics.rebalances.fetch_add(1, Relaxed);
-                state.assign(consumer, &assigned);
-            }
-            Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance error"),
-            Rebalance::Revoke(_) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod lag_tests {
-    use super::read_lag;
-
-    #[test]
-    fn lag_counts_from_the_read_position_then_the_commit_then_the_start() {
-        // Read up to 90 of 100.
-        assert_eq!(read_lag(100, [90, 40, 0]), 10);
-        // Nothing read yet (librdkafka's -1001, "invalid"): from the committed offset.
-        assert_eq!(read_lag(100, [-1001, 40, 0]), 60);
-        // Nor committed: from the partition's start.
-        assert_eq!(read_lag(100, [-1001, -1001, 20]), 80);
-        // High watermark unknown yet: no claim.
-        assert_eq!(read_lag(-1, [5, 5, 0]), 0);
-        // A stale high watermark behind the read position is not a negative lag.
-        assert_eq!(read_lag(100, [120, 40, 0]), 0);
-    }
 }

@@ -1,6 +1,8 @@
 //! What a partition handover needs from the engine: how far back in event time its open
-//! state reaches ([`Engine::oldest_state_ns`]), and a way to move a rebuilt engine's
-//! watermark to where the previous owner's stood ([`Engine::advance_watermark`]).
+//! state reaches ([`Engine::oldest_state_ns`]), a way to move a rebuilt engine's watermark
+//! to where the previous owner's stood ([`Engine::advance_watermark`]), and a way to say
+//! that events still wait to be read ([`Input`]), so that a new owner catching up with a
+//! backlog never takes silence for idleness.
 //!
 //! In distributed mode a correlator owns a Kafka partition, commits offsets only up to the
 //! oldest event its state still needs, and a new owner re-reads from there. Every state
@@ -12,6 +14,26 @@
 
 use super::Engine;
 use toctou_schema::Finding;
+
+/// How far the caller's input has been read, for [`Engine::tick_input`].
+///
+/// The idle rule (no arrival for the allowed lateness: event time moves on with the wall
+/// clock) holds only for silence while nothing waits to be read. A correlator catching up
+/// with a Kafka partition's backlog can see no message of that partition for a while (its
+/// fetch is behind another's, consumption was paused, the broker is slow) although the
+/// backlog holds plenty: advancing by the wall clock then would make the rest of the backlog
+/// late. Only the caller knows where its input ends; the engine reads no clock and no lag of
+/// its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Everything written to the input before this wall-clock instant (ns) has been read
+    /// (a receiver's input at every tick: now; a Kafka partition: when the partition's end
+    /// was last found at or before its read position). Silence counts as idleness up to it.
+    ReadUntil(u64),
+    /// Events wait to be read, or where the input ends is not known: silence is not
+    /// idleness, and the watermark moves only with arrivals.
+    Behind,
+}
 
 impl Engine {
     /// The event time of the oldest event that the engine's open state (buffered events,
@@ -52,7 +74,7 @@ fn head_minus(head: u64, lifetime: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Config, Engine};
+    use crate::{Config, Engine, Input};
     use std::time::Duration;
     use toctou_schema::{
         AuditAction, AuditEvent, CheckSource, Decision, Event, Phase, SpanEvent, UseOutcome,
@@ -179,5 +201,39 @@ mod tests {
         assert_eq!(e.oldest_state_ns(), None);
         e.advance_watermark(150 * S, 0, &mut out);
         assert_eq!(e.watermark_ns(), 200 * S);
+    }
+
+    #[test]
+    fn silence_is_idleness_only_up_to_where_the_input_is_known_read() {
+        let mut e = Engine::new(config()).unwrap();
+        let mut out = Vec::new();
+        let wall = 1_000 * S;
+        e.ingest(span(Phase::Check, "r", "q", 100 * S, None), wall, &mut out);
+        assert_eq!(e.watermark_ns(), 98 * S);
+        // Ten seconds without an arrival while the input is behind: the watermark stays,
+        // and the check is still buffered (a backlog may hold its use).
+        e.tick_input(wall + 10 * S, Input::Behind, &mut out);
+        assert_eq!(e.watermark_ns(), 98 * S);
+        assert_eq!(e.stats().buffered_events, 1);
+        // Known read only up to a second after the arrival: idle for less than the lateness.
+        e.tick_input(wall + 10 * S, Input::ReadUntil(wall + S), &mut out);
+        assert_eq!(e.watermark_ns(), 98 * S);
+        // The backlog's next event (the check's use) is on time, although ten seconds of
+        // wall time passed: counting them as idle would have put the watermark at 108 s.
+        e.ingest(
+            span(Phase::Use, "r", "q", 101 * S, None),
+            wall + 10 * S,
+            &mut out,
+        );
+        assert_eq!(e.stats().late_events, 0);
+        assert_eq!(e.watermark_ns(), 99 * S);
+        // Read up to three seconds after that arrival: idle for one second past the lateness.
+        e.tick_input(wall + 20 * S, Input::ReadUntil(wall + 13 * S), &mut out);
+        assert_eq!(e.watermark_ns(), 102 * S);
+        // A claim beyond the wall clock counts only up to it.
+        e.tick_input(wall + 14 * S, Input::ReadUntil(wall + 30 * S), &mut out);
+        assert_eq!(e.watermark_ns(), 103 * S);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(e.stats().late_events, 0);
     }
 }

@@ -68,6 +68,27 @@ impl Broker {
         Self::script(&self.home, "stop");
     }
 
+    /// Freezes it (SIGSTOP) until [`Broker::thaw`]: an outage that starts and ends at known
+    /// instants, as a hung broker or a network partition makes one. Every client's requests
+    /// go unanswered meanwhile (a stop and restart takes tens of seconds of JVM start on a
+    /// loaded machine on top of the outage itself).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.home.join("pid")).expect("the broker's pid file");
+        let status = Command::new("kill")
+            .args([signal, pid.trim()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again on the same ports (the clients keep their bootstrap address).
     pub fn restart(&self) {
         let addr = Self::script(&self.home, "start");
@@ -92,6 +113,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A test that failed while the broker was frozen: a stopped process takes no SIGTERM.
+        if let Ok(pid) = std::fs::read_to_string(self.home.join("pid")) {
+            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+        }
         let _ = Command::new(root().join("scripts/kafka"))
             .arg("stop")
             .env("TOCTOU_KAFKA_HOME", &self.home)
