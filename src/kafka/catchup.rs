@@ -13,11 +13,10 @@
 //! arrivals only. An unanswered question proves nothing, so while the broker is down or
 //! stalled the instant does not move either.
 //!
-//! Why not librdkafka's partition EOF (`enable.partition.eof`): it comes once per end
-//! offset, so a partition that stays at its end gets no fresh proof. When the broker stalled
-//! (a loaded test machine starved its JVM for a minute) the last EOF stood while the
-//! collectors' records were being written, the idle rule advanced on it, and the rebuilt
-//! partitions counted hundreds of late events and wrong findings.
+//! Why not librdkafka's partition EOF (`enable.partition.eof`, the first version of this
+//! rule): it comes once per end offset, so a partition that stays at its end gets no fresh
+//! proof, and while the broker stalls (a loaded test machine starved its JVM for a minute)
+//! the last EOF would stand while the collectors' records may still be written.
 
 use std::time::{Duration, Instant};
 
