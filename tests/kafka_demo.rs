@@ -28,14 +28,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "toctou.events";
-const KINDS: [&str; 6] = [
-    "stale_check",
-    "duplicate_use",
-    "unchecked_use",
-    "authz_drift",
-    "partial_create",
-    "orphan_check",
-];
 /// The correlators' allowed lateness in the kill scenario.
 const KILL_LATENESS: &str = "1s";
 /// The correlators' allowed lateness in the outage scenario: longer than the spread of event
@@ -69,20 +61,15 @@ fn demo(grpc: SocketAddr, duration: &str) -> Result<Truth, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let run = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("demo run "))
-        .and_then(|l| l.split(':').next())
-        .unwrap_or_else(|| panic!("no run tag in:\n{stdout}"))
-        .to_string();
+    let run = common::demo::run_tag(&stdout);
     let mut kinds = BTreeMap::new();
     for line in stdout.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() == 2 && KINDS.contains(&cols[0]) {
+        if cols.len() == 2 && common::demo::KINDS.contains(&cols[0]) {
             kinds.insert(cols[0].to_string(), cols[1].parse().unwrap());
         }
     }
-    assert_eq!(kinds.len(), KINDS.len(), "{stdout}");
+    assert_eq!(kinds.len(), common::demo::KINDS.len(), "{stdout}");
     for (kind, n) in &kinds {
         assert!(
             *n > 0,

@@ -13,14 +13,19 @@ pub const KINDS: [&str; 6] = [
     "orphan_check",
 ];
 
-/// The run tag and the table (kind -> (happened, found)) in the demo's output.
-pub fn parse(stdout: &str) -> (String, BTreeMap<String, (u64, u64)>) {
-    let run = stdout
+/// The run tag (`demo run <tag>: ...`) in the demo's output.
+pub fn run_tag(stdout: &str) -> String {
+    stdout
         .lines()
         .find_map(|l| l.strip_prefix("demo run "))
         .and_then(|l| l.split(':').next())
         .unwrap_or_else(|| panic!("no run tag in:\n{stdout}"))
-        .to_string();
+        .to_string()
+}
+
+/// The run tag and the table (kind -> (happened, found)) in the demo's output.
+pub fn parse(stdout: &str) -> (String, BTreeMap<String, (u64, u64)>) {
+    let run = run_tag(stdout);
     let mut table = BTreeMap::new();
     for line in stdout.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
