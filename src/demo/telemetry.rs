@@ -35,8 +35,11 @@ const BATCH: usize = 4096;
 /// How long one export may keep being retried (the exporters' default is 10 s, with 3
 /// retries): a span given up on is a race that happened and cannot be found, so the demo
 /// rides out what an instrumented service should, such as a collector answering 503 while
-/// its Kafka is down for a few seconds. Also each attempt's timeout.
-pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
+/// its Kafka is down for a few seconds. Also each attempt's timeout. Three minutes: a
+/// broker frozen for 10 s on a machine whose cores are all busy has taken up to a minute
+/// more to take writes again (tests/kafka_demo.rs), and a demo that gives up then reports
+/// races as missed that toctou was never handed.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Longest wait between two attempts (1.6 s by default; the collector's Retry-After is 1 s).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 

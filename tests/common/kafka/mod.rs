@@ -68,6 +68,13 @@ impl Broker {
         Self::script(&self.home, "stop");
     }
 
+    /// The last `lines` lines of the broker's own log, for a failure's message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.home.join("log/stdout.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Freezes it (SIGSTOP) until [`Broker::thaw`]: an outage that starts and ends at known
     /// instants, as a hung broker or a network partition makes one. Every client's requests
     /// go unanswered meanwhile (a stop and restart takes tens of seconds of JVM start on a
