@@ -115,6 +115,10 @@ pub struct CorrelatorArgs {
     /// Most policies whose history is kept.
     #[arg(long, env = "TOCTOU_MAX_POLICIES", default_value_t = defaults::DEFAULT_MAX_POLICIES)]
     pub max_policies: usize,
+    /// Bytes of long strings (ids, versions, keys, resource names) all state holds together;
+    /// beyond it the oldest state is evicted (counted).
+    #[arg(long, env = "TOCTOU_MAX_INTERNED_BYTES", default_value_t = defaults::DEFAULT_MAX_INTERNED_BYTES)]
+    pub max_interned_bytes: usize,
     /// Events further ahead of this host's clock are ordered by their arrival instead
     /// (a producer with a fast clock cannot drag the watermark); counted. 0 turns it off.
     #[arg(long, env = "TOCTOU_MAX_CLOCK_SKEW", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -136,6 +140,7 @@ impl CorrelatorArgs {
             max_audit_history: self.max_audit_history,
             max_creates: self.max_creates,
             max_policies: self.max_policies,
+            max_interned_bytes: self.max_interned_bytes,
             max_clock_skew: self.max_clock_skew,
         }
     }

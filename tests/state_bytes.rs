@@ -226,3 +226,117 @@ async fn findings_with_evidence_at_the_value_limit_and_greedy_readers_stay_bound
     );
     assert!(peak < PEAK_RSS_BOUND, "peak RSS {} MiB", peak >> 20);
 }
+
+/// Pending checks whose strings are all at the value limit: 10,000 checks with eight
+/// distinct 4 KiB values each (resource, request id, version, idempotency key, service,
+/// operation, policy, policy version) are 328 MB of strings. Before the state had a byte
+/// cap this took RSS up by 354 MB (while `toctou_check_state_bytes` said 172 B a check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fat_pending_checks_stay_under_the_interned_bytes_cap() {
+    /// Checks sent, 50 to a request (1.6 MB of JSON each).
+    const CHECKS: usize = 10_000;
+    const PER_REQUEST: usize = 50;
+    /// The cap under test; the default is 256 MiB (docs/CORRELATOR.md, "Bytes").
+    const CAP: u64 = 64 << 20;
+    let _burner = common::burner::every_core();
+    // The orphans these checks become are findings with the same strings: the store has a
+    // cap of its own (`--max-findings-bytes`, tested above), kept small here.
+    const FINDINGS_CAP: u64 = 16 << 20;
+    let mut toctou = Toctou::start(&[
+        "--max-interned-bytes",
+        &CAP.to_string(),
+        "--max-findings-bytes",
+        &FINDINGS_CAP.to_string(),
+    ]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let legit = {
+        let (client, stop) = (client.clone(), stop.clone());
+        let health = toctou.api_url("/healthz");
+        tokio::spawn(async move {
+            let (mut served, mut slowest) = (0u32, Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let resp = client.get(&health).send().await.expect("/healthz");
+                assert!(resp.status().is_success(), "/healthz: {}", resp.status());
+                slowest = slowest.max(t.elapsed());
+                served += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (served, slowest)
+        })
+    };
+
+    let mut most_held = 0.0f64;
+    let t0 = now_ns();
+    for batch in 0..CHECKS / PER_REQUEST {
+        let spans: Vec<Value> = (0..PER_REQUEST)
+            .map(|k| {
+                let i = batch * PER_REQUEST + k;
+                let s = |what: &str| json!({ "stringValue": long(&format!("{what}-{i}-")) });
+                let at = t0 + i as u64 * 1_000;
+                json!({
+                    "traceId": format!("{:032x}", i + 1),
+                    "spanId": format!("{:016x}", i + 1),
+                    "name": "check", "kind": 1,
+                    "startTimeUnixNano": at.to_string(), "endTimeUnixNano": (at + 500).to_string(),
+                    "attributes": [
+                        attr("toctou.phase", json!({"stringValue": "check"})),
+                        attr("toctou.resource", s("res")),
+                        attr("toctou.request_id", s("req")),
+                        attr("toctou.resource.version", s("ver")),
+                        attr("toctou.idempotency_key", s("key")),
+                        attr("toctou.operation", s("op")),
+                        attr("toctou.policy", s("pol")),
+                        attr("toctou.policy.version", s("polv")),
+                    ]
+                })
+            })
+            .collect();
+        let service = long(&format!("svc-{batch}-"));
+        let body = json!({"resourceSpans":[{"resource":{"attributes":[attr("service.name", json!({"stringValue": service}))]},
+            "scopeSpans":[{"scope":{"name":"attack"},"spans": spans}]}]});
+        post(&client, &toctou, "/v1/traces", &body).await;
+        if batch % 20 == 0 {
+            most_held = most_held.max(toctou.metric("toctou_interned_bytes").await);
+        }
+    }
+    // Let the correlator take the last batches, then look again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    most_held = most_held.max(toctou.metric("toctou_interned_bytes").await);
+    stop.store(true, Ordering::Relaxed);
+    let (served, slowest) = legit.await.unwrap();
+
+    assert!(toctou.is_running(), "{}", toctou.log());
+    let evicted = toctou.metric("toctou_evicted_for_bytes_total").await;
+    let limit = toctou.metric("toctou_interned_bytes_limit").await;
+    let peak = toctou.peak_rss();
+    eprintln!(
+        "strings held at most {:.1} MiB (cap {} MiB), {evicted} evictions for bytes, \
+         peak RSS {} MiB, /healthz served {served} times (slowest {slowest:?})",
+        most_held / (1 << 20) as f64,
+        CAP >> 20,
+        peak >> 20
+    );
+    assert_eq!(limit, CAP as f64);
+    assert!(most_held <= CAP as f64, "{most_held} bytes of strings held");
+    assert!(
+        evicted > 0.0,
+        "nothing evicted: the attack did not reach the cap"
+    );
+    assert!(served > 10, "/healthz served {served} times");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "slowest /healthz {slowest:?}"
+    );
+    assert!(
+        peak < CAP + FINDINGS_CAP + (136 << 20),
+        "peak RSS {} MiB over caps of {} MiB (strings) and {} MiB (findings)",
+        peak >> 20,
+        CAP >> 20,
+        FINDINGS_CAP >> 20
+    );
+}

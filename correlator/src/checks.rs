@@ -213,9 +213,16 @@ impl Engine {
 
     fn enforce_max_pending(&mut self, out: &mut Vec<Finding>) {
         while self.checks.pending > self.config.max_pending {
-            let Some((deadline, h)) = self.checks.expiry.pop() else {
+            if !self.evict_oldest_pending(out) {
                 break;
-            };
+            }
+        }
+    }
+
+    /// The pending check due to expire first becomes a tombstone now; false if none is
+    /// pending.
+    pub(crate) fn evict_oldest_pending(&mut self, out: &mut Vec<Finding>) -> bool {
+        while let Some((deadline, h)) = self.checks.expiry.pop() {
             let Some(rec) = self.checks.table.live(h) else {
                 continue;
             };
@@ -228,7 +235,9 @@ impl Engine {
             }
             self.stats.count_evicted(EvictedState::Pending);
             self.entomb(h.slot, self.clock, out);
+            return true;
         }
+        false
     }
 
     /// Removal timer: the tombstone leaves; an allowing check never used is an orphan.
@@ -247,7 +256,7 @@ impl Engine {
         self.bury(h.slot, deadline, false, out);
     }
 
-    fn evict_oldest_tombstone(&mut self, out: &mut Vec<Finding>) -> bool {
+    pub(crate) fn evict_oldest_tombstone(&mut self, out: &mut Vec<Finding>) -> bool {
         while let Some((deadline, h)) = self.checks.removal.pop() {
             let Some(rec) = self.checks.table.live(h) else {
                 continue;

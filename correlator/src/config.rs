@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_AUDIT_HISTORY: usize = 1_000_000;
 pub const DEFAULT_MAX_CREATES: usize = 1_000_000;
 /// Policies whose change history is kept.
 pub const DEFAULT_MAX_POLICIES: usize = 100_000;
+/// Bytes of long strings (ids, versions, keys, actors, resource names, profiles) the state
+/// holds, all state together: 8,192 checks whose eight values are all at the receivers'
+/// 4 KiB limit, or every count cap filled with names of a few tens of bytes.
+pub const DEFAULT_MAX_INTERNED_BYTES: usize = 256 << 20;
 /// How far ahead of the wall clock an event's time may be and still order it.
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(10);
 
@@ -78,6 +82,11 @@ pub struct Config {
     pub max_creates: usize,
     /// [`DEFAULT_MAX_POLICIES`]. When exceeded the policy changed longest ago is forgotten.
     pub max_policies: usize,
+    /// [`DEFAULT_MAX_INTERNED_BYTES`]. When the strings the state holds outside its records
+    /// pass this many bytes, the oldest state leaves early (tombstones, then pending checks,
+    /// audit writes, keys, creates, waiting uses, buffered events), counted in
+    /// `toctou_evicted_total` by state and in `toctou_evicted_for_bytes_total`.
+    pub max_interned_bytes: usize,
     /// [`DEFAULT_MAX_CLOCK_SKEW`]. An event whose time is further than this ahead of the
     /// wall clock the caller passes (its producer's clock runs fast) is ordered where it
     /// arrived (after the newest event seen), so it cannot drag the watermark ahead of everyone else's
@@ -104,6 +113,7 @@ impl Default for Config {
             max_audit_history: DEFAULT_MAX_AUDIT_HISTORY,
             max_creates: DEFAULT_MAX_CREATES,
             max_policies: DEFAULT_MAX_POLICIES,
+            max_interned_bytes: DEFAULT_MAX_INTERNED_BYTES,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
         }
     }
@@ -165,6 +175,11 @@ impl Config {
                     max: MAX_ENTRIES.to_string(),
                 });
             }
+        }
+        if self.max_interned_bytes == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_interned_bytes",
+            });
         }
         // Pending checks and tombstones share one table of u32 slots.
         if self.max_pending + self.max_tombstones > MAX_ENTRIES {

@@ -312,14 +312,23 @@ impl Engine {
 
     fn enforce_max_creates(&mut self, out: &mut Vec<Finding>) {
         while self.creates.len > self.config.max_creates {
-            let Some((_, (slot, gen, seq))) = self.creates.deadlines.pop() else {
+            if !self.evict_oldest_create(out) {
                 break;
-            };
+            }
+        }
+    }
+
+    /// Decides the create due first now (reporting `partial_create` as its deadline
+    /// would); false if none is pending.
+    pub(crate) fn evict_oldest_create(&mut self, out: &mut Vec<Finding>) -> bool {
+        while let Some((_, (slot, gen, seq))) = self.creates.deadlines.pop() {
             let at = self.clock;
             if self.decide_create(slot, gen, seq, at, true, out) {
                 self.stats.count_evicted(EvictedState::Create);
+                return true;
             }
         }
+        false
     }
 }
 

@@ -234,12 +234,20 @@ impl Engine {
         let deadline = placed_at.saturating_add(w.end_ns() - w.span.start_ns);
         self.waiting.park(w, deadline);
         while self.waiting.len > self.config.max_pending {
-            let Some((at, slot)) = self.waiting.timers.pop() else {
+            if !self.evict_oldest_waiting(out) {
                 break;
-            };
-            self.stats.count_evicted(EvictedState::Use);
-            self.decide_waiting(at, slot, true, out);
+            }
         }
+    }
+
+    /// Decides the waiting use due first now; false if none is waiting.
+    pub(crate) fn evict_oldest_waiting(&mut self, out: &mut Vec<Finding>) -> bool {
+        let Some((at, slot)) = self.waiting.timers.pop() else {
+            return false;
+        };
+        self.stats.count_evicted(EvictedState::Use);
+        self.decide_waiting(at, slot, true, out);
+        true
     }
 
     /// Decision timer of a waiting use (or its early eviction): applies the rules that

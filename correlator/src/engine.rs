@@ -101,6 +101,7 @@ impl Engine {
             dedupe: Dedupe::new(nanos(config.dedupe_window), config.max_dedupe),
             stats: Stats {
                 pending_checks_limit: config.max_pending as u64,
+                interned_bytes_limit: config.max_interned_bytes as u64,
                 ..Stats::default()
             },
             now: 0,
@@ -164,6 +165,7 @@ impl Engine {
             let target = key.time.max(self.max_event.unwrap_or(0));
             self.advance(target.saturating_sub(self.lateness_ns), out);
         }
+        self.enforce_max_interned_bytes(out);
         self.update_gauges();
     }
 
@@ -191,6 +193,7 @@ impl Engine {
                 self.advance(target, out);
             }
         }
+        self.enforce_max_interned_bytes(out);
         self.update_gauges();
     }
 
@@ -224,11 +227,36 @@ impl Engine {
         self.fire_timers(self.watermark, out);
     }
 
+    /// Over `max_interned_bytes`: state leaves early, one entry at a time, until its strings
+    /// fit again. Tombstones first (they only wait for late uses), then the pending checks
+    /// due first (each becomes a tombstone, which leaves next), then the oldest audit
+    /// writes, idempotency keys, pending creates and waiting uses, each decided as its
+    /// count cap would decide it and counted under the same label; the reorder buffer last
+    /// (its oldest event is processed at once, as `max_buffered` does, and what it leaves
+    /// in the state is then evicted in turn). Policy histories are not evicted for bytes:
+    /// `max_policies` bounds them.
+    fn enforce_max_interned_bytes(&mut self, out: &mut Vec<Finding>) {
+        while self.sym.interned_bytes() > self.config.max_interned_bytes {
+            let evicted = self.evict_oldest_tombstone(out)
+                || self.evict_oldest_pending(out)
+                || self.evict_oldest_write()
+                || self.evict_oldest_key()
+                || self.evict_oldest_create(out)
+                || self.evict_oldest_waiting(out)
+                || self.release_oldest(out);
+            if !evicted {
+                break;
+            }
+            self.stats.byte_evictions += 1;
+        }
+    }
+
     /// The buffer is full: its oldest event is processed as if the watermark had reached it
-    /// (so that anything older arriving later is late, never silently reordered).
-    fn release_oldest(&mut self, out: &mut Vec<Finding>) {
+    /// (so that anything older arriving later is late, never silently reordered). False if
+    /// the buffer is empty.
+    fn release_oldest(&mut self, out: &mut Vec<Finding>) -> bool {
         let Some(time) = self.buffer.peek_time() else {
-            return;
+            return false;
         };
         self.stats.count_evicted(EvictedState::Buffered);
         self.watermark = self.watermark.max(time);
@@ -237,6 +265,7 @@ impl Engine {
         self.clock = self.clock.max(key.time);
         self.process(key, item, out);
         self.buffer.set_floor(self.watermark);
+        true
     }
 
     fn process(&mut self, key: OrderKey, item: Item, out: &mut Vec<Finding>) {
@@ -369,6 +398,8 @@ impl Engine {
 
 mod handover;
 pub use handover::Input;
+#[cfg(test)]
+mod bytes_tests;
 #[cfg(test)]
 mod skew_tests;
 #[cfg(test)]

@@ -77,15 +77,23 @@ impl Engine {
             .expiry
             .push(u.time.saturating_add(self.key_ttl_ns), handle);
         while self.keys.table.len() > self.config.max_keys {
-            let Some((_, oldest)) = self.keys.expiry.pop() else {
+            if !self.evict_oldest_key() {
                 break;
-            };
-            if self.keys.table.live(oldest).is_some() {
-                self.stats.count_evicted(EvictedState::Key);
-                self.forget_key(oldest.slot);
             }
         }
         None
+    }
+
+    /// Forgets the key due to expire first; false if none is remembered.
+    pub(crate) fn evict_oldest_key(&mut self) -> bool {
+        while let Some((_, oldest)) = self.keys.expiry.pop() {
+            if self.keys.table.live(oldest).is_some() {
+                self.stats.count_evicted(EvictedState::Key);
+                self.forget_key(oldest.slot);
+                return true;
+            }
+        }
+        false
     }
 
     pub(crate) fn fire_key_expiry(&mut self, h: Handle) {

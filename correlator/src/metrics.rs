@@ -205,6 +205,11 @@ pub struct Stats {
     /// ids, versions, keys and actors over 16 bytes, long resource names, service/operation
     /// profiles), shared by every holder and counted once.
     pub interned_bytes: u64,
+    /// Gauge: the most bytes of such strings held (`max_interned_bytes`).
+    pub interned_bytes_limit: u64,
+    /// Entries evicted because the strings passed `max_interned_bytes` (each also counted
+    /// in `evicted` under its state).
+    pub byte_evictions: u64,
     /// Gauge: events waiting in the reorder buffer.
     pub buffered_events: u64,
     /// Gauge: wall clock minus watermark, in seconds (0 before any event or after a flush).
@@ -232,6 +237,8 @@ impl Default for Stats {
             tombstones: 0,
             check_state_bytes: 0,
             interned_bytes: 0,
+            interned_bytes_limit: 0,
+            byte_evictions: 0,
             buffered_events: 0,
             watermark_lag_seconds: 0.0,
             race_window: Histogram::new(RACE_WINDOW_BUCKETS_NS),
@@ -282,6 +289,8 @@ impl Stats {
         self.tombstones += other.tombstones;
         self.check_state_bytes += other.check_state_bytes;
         self.interned_bytes += other.interned_bytes;
+        self.interned_bytes_limit += other.interned_bytes_limit;
+        self.byte_evictions += other.byte_evictions;
         self.buffered_events += other.buffered_events;
         self.watermark_lag_seconds = self.watermark_lag_seconds.max(other.watermark_lag_seconds);
         self.race_window.add(&other.race_window);
@@ -347,6 +356,18 @@ impl Stats {
             "toctou_interned_bytes",
             "Bytes of long strings (ids, versions, keys, actors over 16 bytes), long resource names and service/operation profiles held by all engine state, each counted once.",
             self.interned_bytes as f64,
+        );
+        gauge(
+            out,
+            "toctou_interned_bytes_limit",
+            "Most bytes of such strings held before the oldest state is evicted (--max-interned-bytes).",
+            self.interned_bytes_limit as f64,
+        );
+        counter(
+            out,
+            "toctou_evicted_for_bytes_total",
+            "Entries evicted because the state's strings passed --max-interned-bytes (each also counted in toctou_evicted_total by state).",
+            self.byte_evictions,
         );
         gauge(
             out,
@@ -448,6 +469,8 @@ mod tests {
             "toctou_tombstones",
             "toctou_check_state_bytes",
             "toctou_interned_bytes",
+            "toctou_interned_bytes_limit",
+            "toctou_evicted_for_bytes_total",
             "toctou_buffered_events",
             "toctou_late_events_total",
             "toctou_duplicate_events_total",

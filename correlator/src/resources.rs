@@ -330,13 +330,21 @@ impl Engine {
             .push(a.time.saturating_add(self.history_window_ns), (slot, gen));
         self.audits.len += 1;
         while self.audits.len > self.config.max_audit_history {
-            let Some((_, (slot, gen))) = self.audits.prune.pop() else {
+            if !self.evict_oldest_write() {
                 break;
-            };
-            if self.drop_oldest_write(slot, gen, u64::MAX) {
-                self.stats.count_evicted(EvictedState::Audit);
             }
         }
+    }
+
+    /// Forgets the write committed longest ago (of any resource); false if none is kept.
+    pub(crate) fn evict_oldest_write(&mut self) -> bool {
+        while let Some((_, (slot, gen))) = self.audits.prune.pop() {
+            if self.drop_oldest_write(slot, gen, u64::MAX) {
+                self.stats.count_evicted(EvictedState::Audit);
+                return true;
+            }
+        }
+        false
     }
 
     /// Pruning timer: the resource's oldest write has left the history window.
