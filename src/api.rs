@@ -56,6 +56,8 @@ pub struct Shared {
     /// The receivers' queue to the correlator, to report its depth; weak, so that it never
     /// keeps the queue open at shutdown.
     pub queue: tokio::sync::mpsc::WeakSender<Vec<toctou_schema::Event>>,
+    /// The same queue's bound in bytes; the correlator gives back what it takes.
+    pub queue_bytes: toctou_collector::QueueBytes,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -318,6 +320,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         "toctou_queue_capacity",
         "Most batches the queue holds (--queue-capacity).",
         capacity as u64,
+    );
+    gauge(
+        &mut out,
+        "toctou_queue_bytes",
+        "Bytes of decoded events waiting for the correlator (strings counted); at the limit, receivers push back.",
+        shared.queue_bytes.held() as u64,
+    );
+    gauge(
+        &mut out,
+        "toctou_queue_bytes_limit",
+        "Most bytes of decoded events the queue holds (--max-queued-bytes).",
+        shared.queue_bytes.max() as u64,
     );
     gauge(
         &mut out,

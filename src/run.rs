@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use toctou_collector::{ChannelSink, Receivers};
+use toctou_collector::{ChannelSink, QueueBytes, Receivers};
 use toctou_correlator::Engine;
 use toctou_schema::Event;
 use tokio::sync::{mpsc, watch};
@@ -29,6 +29,10 @@ use shutdown::{Progress, ShutdownArgs, Stage, Unflushed};
 
 /// How often the correlator advances an idle watermark and publishes its stats.
 const TICK: Duration = Duration::from_millis(100);
+/// Decoded events waiting for the correlator, in bytes: at the decoding budget a 20 MiB
+/// request may decode to hundreds of megabytes, and 1,024 of them queued would not fit
+/// any machine; at this bound the receivers push back instead (503 / UNAVAILABLE).
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 << 20;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -53,6 +57,10 @@ pub struct RunArgs {
     /// Decoded request batches waiting for the correlator; beyond it receivers push back.
     #[arg(long, env = "TOCTOU_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
+    /// Bytes of decoded events waiting for the correlator (strings counted); beyond it
+    /// receivers push back, as at --queue-capacity.
+    #[arg(long, env = "TOCTOU_MAX_QUEUED_BYTES", default_value_t = DEFAULT_MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
     #[command(flatten)]
     pub correlator: CorrelatorArgs,
     /// Where findings and events are also written, when `--clickhouse-url` is set.
@@ -132,7 +140,14 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     let (tx, rx) = mpsc::channel::<Vec<Event>>(args.queue_capacity.max(1));
     // Only to count what is still queued should the shutdown deadline pass.
     let queue_probe = tx.clone();
-    let receivers = Receivers::new(Arc::new(ChannelSink::new(tx)), args.receivers.to_config()?);
+    if args.max_queued_bytes == 0 {
+        anyhow::bail!("--max-queued-bytes must be greater than zero");
+    }
+    let queue_bytes = QueueBytes::new(args.max_queued_bytes);
+    let receivers = Receivers::new(
+        Arc::new(ChannelSink::new(tx).with_queue_bytes(queue_bytes.clone())),
+        args.receivers.to_config()?,
+    );
 
     let shared = Arc::new(Shared {
         store: RwLock::new(FindingStore::bounded(
@@ -145,6 +160,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
         sink: sink.as_ref().map(Sink::metrics),
         access: api_access,
         queue: queue_probe.downgrade(),
+        queue_bytes,
     });
 
     // Sent the shutdown deadline once the servers are done, so every request they accepted
@@ -319,7 +335,9 @@ fn correlate(
                 }
                 batch = rx.recv() => match batch {
                     Some(batch) => {
+                        let charge = shared.queue_bytes.charge(&batch);
                         ingest(&mut engine, batch, &mut out, feed.as_mut());
+                        shared.queue_bytes.give_back(charge);
                         false
                     }
                     None => break,
@@ -328,7 +346,9 @@ fn correlate(
                     deadline = done.ok();
                     progress.set(Stage::Draining);
                     while let Ok(batch) = rx.try_recv() {
+                        let charge = shared.queue_bytes.charge(&batch);
                         ingest(&mut engine, batch, &mut out, feed.as_mut());
+                        shared.queue_bytes.give_back(charge);
                     }
                     break;
                 }

@@ -72,7 +72,7 @@ pub use listen::ConnLimits;
 pub use metrics::{EventPhase, Metrics, Transport};
 pub use receivers::Receivers;
 pub use replay::{decode_replay, read_replay_file, LocatedRejection, ReplayBatch};
-pub use sink::{ChannelSink, EventSink, DEFAULT_CHANNEL_WAIT, DEFAULT_RETRY_AFTER};
+pub use sink::{ChannelSink, EventSink, QueueBytes, DEFAULT_CHANNEL_WAIT, DEFAULT_RETRY_AFTER};
 pub use transform::{decode_logs, decode_traces};
 
 /// The crate-private decoding steps the fuzz targets (fuzz/) drive directly; not an API.

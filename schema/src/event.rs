@@ -261,6 +261,34 @@ impl Event {
             Event::Audit(a) => &a.resource,
         }
     }
+
+    /// The bytes it holds: the value and its strings' contents (allocator slack aside).
+    /// What the queue to the correlator is bounded by.
+    pub fn approx_bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Event>()
+            + match self {
+                Event::Span(s) => {
+                    s.resource.len()
+                        + opt(&s.version)
+                        + s.request_id.len()
+                        + s.service.len()
+                        + s.operation.len()
+                        + s.actor.len()
+                        + opt(&s.policy)
+                        + opt(&s.policy_version)
+                        + opt(&s.idempotency_key)
+                }
+                Event::Audit(a) => {
+                    a.resource.len()
+                        + opt(&a.version)
+                        + opt(&a.request_id)
+                        + opt(&a.actor)
+                        + a.service.len()
+                        + opt(&a.source_id)
+                }
+            }
+    }
 }
 
 /// A resource or policy version: compared for equality, and ordered where both sides parse
