@@ -91,13 +91,21 @@ pub struct ConnArgs {
 /// listener open on loopback; its requests still carry its own name as `Host`, so
 /// refusing names that are not ours stops it. `/healthz` is answered whatever the name.
 #[derive(Clone, Debug)]
-pub struct AllowedHosts(Arc<Vec<String>>);
+pub struct AllowedHosts {
+    names: Arc<Vec<String>>,
+    /// Whose refusals `toctou_host_refused_total` counts.
+    listener: ListenerKind,
+}
 
 impl AllowedHosts {
     /// The names for a listener on `addr`: loopback names, the address, and `extra`;
     /// `None` (no check) for a non-loopback listener without `extra`, whose clients may
     /// use any name that reaches it.
-    pub fn for_listener(addr: SocketAddr, extra: &[String]) -> Option<AllowedHosts> {
+    pub fn for_listener(
+        addr: SocketAddr,
+        extra: &[String],
+        listener: ListenerKind,
+    ) -> Option<AllowedHosts> {
         if extra.is_empty() && !addr.ip().to_canonical().is_loopback() {
             return None;
         }
@@ -109,7 +117,10 @@ impl AllowedHosts {
             .filter(|h| !h.is_empty())
             .collect();
         names.dedup();
-        Some(AllowedHosts(Arc::new(names)))
+        Some(AllowedHosts {
+            names: Arc::new(names),
+            listener,
+        })
     }
 
     /// Whether `host` (a `Host` header or an authority, with or without a port) is ours.
@@ -122,7 +133,7 @@ impl AllowedHosts {
                 .map_or(host.as_str(), |(name, _)| name),
         };
         let name = name.trim_end_matches('.');
-        self.0.iter().any(|allowed| allowed == name)
+        self.names.iter().any(|allowed| allowed == name)
     }
 
     /// `router` behind the check.
@@ -150,6 +161,7 @@ async fn require_allowed_host(
     if request.uri().path() == "/healthz" || hosts.allows(host) {
         return next.run(request).await;
     }
+    listen::count_host_refused(hosts.listener);
     tracing::debug!(host, "request refused: host not allowed");
     (
         StatusCode::FORBIDDEN,
@@ -475,7 +487,7 @@ impl ApiAccess {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (kind, limits) = (ListenerKind::Api, self.limits);
-        let hosts = AllowedHosts::for_listener(listener.local_addr()?, &self.allowed_hosts);
+        let hosts = AllowedHosts::for_listener(listener.local_addr()?, &self.allowed_hosts, kind);
         let router = AllowedHosts::guard(hosts, router);
         match &self.tls {
             None => listen::serve_router(listener, router, kind, limits, shutdown).await,
@@ -615,7 +627,7 @@ impl ReceiverAccess {
     ) -> Result<(), ServeError> {
         let (kind, limits) = (ListenerKind::OtlpHttp, self.limits);
         let addr = listener.local_addr().map_err(ServeError::Http)?;
-        let hosts = AllowedHosts::for_listener(addr, &self.allowed_hosts);
+        let hosts = AllowedHosts::for_listener(addr, &self.allowed_hosts, kind);
         let router = toctou_collector::secured_http_router(receivers, &self.auth);
         let router = AllowedHosts::guard(hosts, router);
         let served = match self.tls {
@@ -665,7 +677,9 @@ mod tests {
 
     #[test]
     fn only_our_names_reach_a_loopback_listener() {
-        let hosts = AllowedHosts::for_listener("127.0.0.1:8686".parse().unwrap(), &[]).unwrap();
+        let hosts =
+            AllowedHosts::for_listener("127.0.0.1:8686".parse().unwrap(), &[], ListenerKind::Api)
+                .unwrap();
         for ok in [
             "localhost:8686",
             "127.0.0.1:8686",
@@ -686,11 +700,17 @@ mod tests {
         let extra = AllowedHosts::for_listener(
             "0.0.0.0:4318".parse().unwrap(),
             &["Toctou.internal".to_string()],
+            ListenerKind::OtlpHttp,
         )
         .unwrap();
         assert!(extra.allows("toctou.internal:4318"));
         assert!(!extra.allows("evil.example"));
-        assert!(AllowedHosts::for_listener("0.0.0.0:4318".parse().unwrap(), &[]).is_none());
+        assert!(AllowedHosts::for_listener(
+            "0.0.0.0:4318".parse().unwrap(),
+            &[],
+            ListenerKind::OtlpHttp
+        )
+        .is_none());
     }
 
     #[test]

@@ -312,4 +312,18 @@ fn a_rebound_name_reaches_neither_the_api_nor_the_receivers() {
             "200"
         );
     }
+    // Each refusal is counted on its listener.
+    let mut s = TcpStream::connect(toctou.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    for listener in ["api", "otlp_http"] {
+        let series = format!("toctou_host_refused_total{{listener=\"{listener}\"}} 1\n");
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
 }

@@ -90,12 +90,15 @@ impl ListenerKind {
 struct Counts {
     open: AtomicU64,
     refused: AtomicU64,
+    /// Requests refused for their `Host` (the binary's allow-list against DNS rebinding).
+    host_refused: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: Counts = Counts {
     open: AtomicU64::new(0),
     refused: AtomicU64::new(0),
+    host_refused: AtomicU64::new(0),
 };
 static COUNTS: [Counts; 3] = [ZERO; 3];
 
@@ -108,7 +111,7 @@ pub fn render_prometheus(out: &mut String) {
         &'static str,
         fn(&Counts) -> &AtomicU64,
     );
-    let families: [Family; 2] = [
+    let families: [Family; 3] = [
         (
             "toctou_connections_open",
             "Connections open now, per listener.",
@@ -121,6 +124,12 @@ pub fn render_prometheus(out: &mut String) {
             "counter",
             |c| &c.refused,
         ),
+        (
+            "toctou_host_refused_total",
+            "Requests answered 403 because their Host is not a name the listener answers to (--allowed-hosts; DNS rebinding).",
+            "counter",
+            |c| &c.host_refused,
+        ),
     ];
     for (name, help, kind, pick) in families {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
@@ -129,6 +138,13 @@ pub fn render_prometheus(out: &mut String) {
             let _ = writeln!(out, "{name}{{listener=\"{}\"}} {n}", listener.as_str());
         }
     }
+}
+
+/// Counts a request refused on `listener` for its `Host`.
+pub fn count_host_refused(listener: ListenerKind) {
+    COUNTS[listener as usize]
+        .host_refused
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// Connections refused so far on `listener`.
