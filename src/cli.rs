@@ -38,6 +38,11 @@ pub struct ReceiverArgs {
     /// --submit-timeout, then get 503. At least twice --max-request-bytes.
     #[arg(long, env = "TOCTOU_MAX_RECEIVE_BYTES", default_value_t = toctou_collector::config::DEFAULT_MAX_RECEIVE_BYTES)]
     pub max_receive_bytes: usize,
+    /// Bytes of --max-receive-bytes the requests of one connection may hold together, so
+    /// that one client's never-ending streams cannot hold it all (503 past it). At least
+    /// --max-request-bytes.
+    #[arg(long, env = "TOCTOU_MAX_CONNECTION_RECEIVE_BYTES", default_value_t = toctou_collector::config::DEFAULT_MAX_CONNECTION_RECEIVE_BYTES)]
+    pub max_connection_receive_bytes: usize,
     /// How long an HTTP request body may take to arrive once its headers are in (408).
     #[arg(long, env = "TOCTOU_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
@@ -54,6 +59,7 @@ impl ReceiverArgs {
             max_concurrent_requests: self.max_concurrent_requests,
             submit_timeout: self.submit_timeout,
             max_receive_bytes: self.max_receive_bytes,
+            max_connection_receive_bytes: self.max_connection_receive_bytes,
             body_read_timeout: self.body_read_timeout,
         };
         config.validate().context("invalid receiver flags")?;

@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
 /// connections together. Bodies are read before a slot is taken, so this, not the slots,
 /// bounds them; a slow sender holds only the bytes it sent.
 pub const DEFAULT_MAX_RECEIVE_BYTES: usize = 256 * 1024 * 1024;
+/// 64 MiB: what the bodies of one connection's requests may hold together, a quarter of
+/// the default receive budget: a client whose streams never finish their messages holds
+/// at most this, and the rest of the budget stays for everyone else.
+pub const DEFAULT_MAX_CONNECTION_RECEIVE_BYTES: usize = 64 * 1024 * 1024;
 /// How long a client may take to send a request body once its headers are in.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,6 +44,11 @@ pub struct ReceiverConfig {
     /// that finds no room within `submit_timeout` gets 503 (UNAVAILABLE). Default 256 MiB;
     /// at least twice `max_request_bytes`.
     pub max_receive_bytes: usize,
+    /// Bytes of `max_receive_bytes` the requests of one connection may hold together (an
+    /// HTTP/2 connection carries many); past it that connection's next request waits up to
+    /// `submit_timeout`, then gets 503 (UNAVAILABLE). Default 64 MiB; at least
+    /// `max_request_bytes`; a value above `max_receive_bytes` is that.
+    pub max_connection_receive_bytes: usize,
     /// How long an HTTP request body may take to arrive (408 past it). Default `"30s"`.
     #[serde(with = "human_duration")]
     pub body_read_timeout: Duration,
@@ -52,6 +61,7 @@ impl Default for ReceiverConfig {
             submit_timeout: DEFAULT_SUBMIT_TIMEOUT,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_receive_bytes: DEFAULT_MAX_RECEIVE_BYTES,
+            max_connection_receive_bytes: DEFAULT_MAX_CONNECTION_RECEIVE_BYTES,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
@@ -87,6 +97,13 @@ impl ReceiverConfig {
         if self.max_receive_bytes / 2 < self.max_request_bytes {
             return Err(ConfigError::ReceiveBudget {
                 max_receive_bytes: self.max_receive_bytes,
+                max_request_bytes: self.max_request_bytes,
+            });
+        }
+        // One connection must be able to send a body at the limit.
+        if self.max_connection_receive_bytes < self.max_request_bytes {
+            return Err(ConfigError::ConnectionShare {
+                max_connection_receive_bytes: self.max_connection_receive_bytes,
                 max_request_bytes: self.max_request_bytes,
             });
         }
@@ -173,6 +190,18 @@ mod tests {
         let back: ReceiverConfig =
             serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn a_connection_share_smaller_than_one_request_is_refused() {
+        let c = ReceiverConfig {
+            max_connection_receive_bytes: DEFAULT_MAX_REQUEST_BYTES - 1,
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ConnectionShare { .. })
+        ));
     }
 
     #[test]

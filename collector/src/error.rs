@@ -156,6 +156,11 @@ pub enum ConfigError {
         max_receive_bytes: usize,
         max_request_bytes: usize,
     },
+    #[error("max_connection_receive_bytes {max_connection_receive_bytes} must be at least max_request_bytes {max_request_bytes}")]
+    ConnectionShare {
+        max_connection_receive_bytes: usize,
+        max_request_bytes: usize,
+    },
 }
 
 /// A server that could not start or stopped with an error.

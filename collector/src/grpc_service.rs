@@ -17,6 +17,7 @@
 
 use crate::decoded::Decoded;
 use crate::error::{DecodeError, IngestError};
+use crate::receivers::ConnShare;
 use crate::receivers::{Held, Receivers};
 use crate::transform::{decode_logs, decode_traces};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -149,8 +150,12 @@ where
         if let Some(gzip) = gathered_encoding(req.headers()) {
             let export = self.export.clone();
             let receivers = self.receivers.clone();
+            // The connection's share of the receive budget (its `ConnectInfo`, see
+            // `listen::Gated`); none when served some other way.
+            let share = req.extensions().get::<ConnShare>().cloned();
             return Box::pin(async move {
-                Ok(plain_unary(export, limit, gzip, receivers, req.into_body()).await)
+                let body = req.into_body();
+                Ok(plain_unary(export, limit, gzip, receivers, share, body).await)
             });
         }
         let method = Unary(self.export.clone());
@@ -283,6 +288,7 @@ async fn plain_unary<Req, Resp, B>(
     limit: usize,
     gzip: bool,
     receivers: Receivers,
+    share: Option<ConnShare>,
     body: B,
 ) -> http::Response<tonic::body::Body>
 where
@@ -293,7 +299,7 @@ where
     B::Data: Send,
 {
     let answer = async {
-        let mut held = receivers.budget();
+        let mut held = receivers.budget(share.as_ref());
         let (message, compressed) =
             read_message(body, limit, gzip, &mut held)
                 .await

@@ -18,11 +18,11 @@ use crate::json;
 use crate::k8s::decode_k8s_audit;
 use crate::listen::{self, ConnLimits, ListenerKind};
 use crate::metrics::Transport;
-use crate::receivers::{Receipt, Receivers, BLOCKING_THRESHOLD};
+use crate::receivers::{ConnShare, Receipt, Receivers, BLOCKING_THRESHOLD};
 use crate::transform::{decode_logs, decode_traces};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -109,7 +109,7 @@ async fn otlp(r: Receivers, signal: Signal, req: Request) -> Response {
         Ok(f) => f,
         Err(e) => return closing(failure(&r, None, e)),
     };
-    match ingest(&r, signal, format, &parts.headers, body).await {
+    match ingest(&r, signal, format, &parts, body).await {
         Ok(receipt) => export_response(signal, format, &receipt),
         Err(failed) => failed.respond(&r, Some(format)),
     }
@@ -149,7 +149,7 @@ async fn k8s_audit(State(r): State<Receivers>, req: Request) -> Response {
     if let Err(e) = body::json_only(&parts.headers) {
         return closing(failure(&r, None, e));
     }
-    match ingest(&r, Signal::K8sAudit, Format::Json, &parts.headers, body).await {
+    match ingest(&r, Signal::K8sAudit, Format::Json, &parts, body).await {
         Ok(receipt) => {
             let body = serde_json::json!({
                 "accepted": receipt.accepted,
@@ -172,9 +172,10 @@ async fn ingest(
     r: &Receivers,
     signal: Signal,
     format: Format,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     body: Body,
 ) -> Result<Receipt, Failed> {
+    let headers = &parts.headers;
     let unread = |error| Failed {
         error,
         body_read: false,
@@ -187,7 +188,7 @@ async fn ingest(
     // The body is read before a slot is taken, so a slow sender holds no slot, only the
     // bytes it sent, counted against the receive budget (which bounds bodies in memory).
     let limit = r.config().max_request_bytes;
-    let mut held = r.budget();
+    let mut held = r.budget(parts.extensions.get::<ConnShare>());
     let wire = body::read_limited(
         headers,
         body,

@@ -70,7 +70,7 @@ pub use json::{logs_from_json, traces_from_json};
 pub use k8s::decode_k8s_audit;
 pub use listen::ConnLimits;
 pub use metrics::{EventPhase, Metrics, Transport};
-pub use receivers::Receivers;
+pub use receivers::{ConnShare, Receivers};
 pub use replay::{decode_replay, read_replay_file, LocatedRejection, ReplayBatch};
 pub use sink::{ChannelSink, EventSink, QueueBytes, DEFAULT_CHANNEL_WAIT, DEFAULT_RETRY_AFTER};
 pub use transform::{decode_logs, decode_traces};

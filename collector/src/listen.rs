@@ -10,6 +10,7 @@
 //! A connection over the cap is answered `503` (readable by HTTP/1 clients), closed at
 //! once, and counted.
 
+use crate::receivers::ConnShare;
 use axum::serve::Listener;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -256,7 +257,9 @@ where
         let Some(io) = gate.admit_io(io, limits.header_read_timeout) else {
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Its requests carry the connection's share of the receive budget.
+        let share = io.share.clone();
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(share)));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
@@ -283,6 +286,7 @@ impl Gate {
             Some(admitted) => Some(Gated {
                 io,
                 _admitted: admitted,
+                share: ConnShare::default(),
                 opening: Some(Box::pin(tokio::time::sleep(first_byte))),
                 to_open: OPENING,
             }),
@@ -324,14 +328,18 @@ const OPENING: usize = 24 + 9;
 pub(crate) struct Gated<IO> {
     io: IO,
     _admitted: Admitted,
+    /// Its requests' share of the receive budget.
+    share: ConnShare,
     opening: Option<Pin<Box<tokio::time::Sleep>>>,
     to_open: usize,
 }
 
-impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Gated<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+/// What tonic puts in each request of a gated connection: the connection's share of the
+/// receive budget (nothing here reads the transport's own connection info).
+impl<IO> tonic::transport::server::Connected for Gated<IO> {
+    type ConnectInfo = ConnShare;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.share.clone()
     }
 }
 

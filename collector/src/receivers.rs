@@ -35,12 +35,33 @@ struct Inner {
     budget: Arc<Semaphore>,
 }
 
-/// The bytes of the receive budget one request holds while its body is read; given back
-/// when dropped.
+/// One connection's share of the receive budget: what the bodies of all its requests may
+/// hold together (`max_connection_receive_bytes`). An HTTP/2 connection carries up to
+/// `--max-concurrent-streams` calls at once; without a share one client whose messages
+/// never end (each announcing 19 MB, so each holding 19 MB of the budget) took all of it,
+/// and every other client waited behind it. The listeners put one in each connection's
+/// requests (an HTTP extension; for tonic, the connection's `ConnectInfo`); it is sized
+/// by the first request that uses it, from the receivers' configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ConnShare(Arc<std::sync::OnceLock<Arc<Semaphore>>>);
+
+impl ConnShare {
+    fn semaphore(&self, bytes: usize) -> Arc<Semaphore> {
+        self.0
+            .get_or_init(|| Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+            .clone()
+    }
+}
+
+/// The bytes of the receive budget one request holds while its body is read (and of its
+/// connection's share); given back when dropped.
 pub(crate) struct Held {
     budget: Arc<Semaphore>,
+    /// The connection's share, when the request came with one.
+    share: Option<Arc<Semaphore>>,
     wait: std::time::Duration,
     permit: Option<OwnedSemaphorePermit>,
+    share_permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
 }
 
@@ -50,8 +71,10 @@ impl Held {
     pub(crate) fn with_budget(bytes: usize, wait: std::time::Duration) -> Held {
         Held {
             budget: Arc::new(Semaphore::new(bytes)),
+            share: None,
             wait,
             permit: None,
+            share_permit: None,
             bytes: 0,
         }
     }
@@ -62,31 +85,65 @@ impl Held {
             return Ok(());
         }
         let more = u32::try_from(bytes - self.bytes).unwrap_or(u32::MAX);
-        let budget = self.budget.clone();
-        let permit = match budget.clone().try_acquire_many_owned(more) {
-            Ok(permit) => permit,
-            Err(_) => {
-                let acquire = budget.acquire_many_owned(more);
-                match tokio::time::timeout(self.wait, acquire).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) => return Err(SinkError::Closed.into()),
-                    Err(_) => {
-                        return Err(IngestError::Busy {
-                            what: "the receive buffer is full: other requests' bodies hold \
-                                   --max-receive-bytes while being read"
-                                .into(),
-                            retry_after: DEFAULT_RETRY_AFTER,
-                        })
-                    }
-                }
-            }
+        let started = tokio::time::Instant::now();
+        // The connection's share first: a client past its share waits on its own
+        // requests, not in the line everyone else waits in for the budget.
+        let share_permit = match &self.share {
+            Some(share) => Some(
+                take(
+                    share,
+                    more,
+                    self.wait,
+                    "this connection's requests hold its share of the receive buffer \
+                     (--max-connection-receive-bytes) while their bodies are read",
+                )
+                .await?,
+            ),
+            None => None,
         };
-        match &mut self.permit {
-            Some(held) => held.merge(permit),
-            None => self.permit = Some(permit),
+        let wait = self.wait.saturating_sub(started.elapsed());
+        let permit = take(
+            &self.budget,
+            more,
+            wait,
+            "the receive buffer is full: other requests' bodies hold \
+             --max-receive-bytes while being read",
+        )
+        .await?;
+        merge(&mut self.permit, permit);
+        if let Some(p) = share_permit {
+            merge(&mut self.share_permit, p);
         }
         self.bytes += more as usize;
         Ok(())
+    }
+}
+
+/// `n` permits of `semaphore`, waiting up to `wait`; past it the client is pushed back,
+/// told `what` is full.
+async fn take(
+    semaphore: &Arc<Semaphore>,
+    n: u32,
+    wait: std::time::Duration,
+    what: &str,
+) -> Result<OwnedSemaphorePermit, IngestError> {
+    if let Ok(permit) = semaphore.clone().try_acquire_many_owned(n) {
+        return Ok(permit);
+    }
+    match tokio::time::timeout(wait, semaphore.clone().acquire_many_owned(n)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) => Err(SinkError::Closed.into()),
+        Err(_) => Err(IngestError::Busy {
+            what: what.into(),
+            retry_after: DEFAULT_RETRY_AFTER,
+        }),
+    }
+}
+
+fn merge(held: &mut Option<OwnedSemaphorePermit>, more: OwnedSemaphorePermit) {
+    match held {
+        Some(held) => held.merge(more),
+        None => *held = Some(more),
     }
 }
 
@@ -137,11 +194,19 @@ impl Receivers {
     }
 
     /// A request's share of the receive budget, empty until its body comes in.
-    pub(crate) fn budget(&self) -> Held {
+    /// A request's hold on the receive budget, and on its connection's share when it came
+    /// with one (see [`ConnShare`]).
+    pub(crate) fn budget(&self, connection: Option<&ConnShare>) -> Held {
+        let config = &self.inner.config;
+        let share_bytes = config
+            .max_connection_receive_bytes
+            .min(config.max_receive_bytes);
         Held {
             budget: self.inner.budget.clone(),
-            wait: self.inner.config.submit_timeout,
+            share: connection.map(|c| c.semaphore(share_bytes)),
+            wait: config.submit_timeout,
             permit: None,
+            share_permit: None,
             bytes: 0,
         }
     }
