@@ -136,7 +136,8 @@ impl Compact {
         Compact { tag: LONG, bytes }
     }
 
-    fn long_slot(&self) -> Option<u32> {
+    /// The long string's slot, when it is one.
+    pub fn long_slot(&self) -> Option<u32> {
         (self.tag == LONG).then(|| u32::from_le_bytes(self.bytes[..4].try_into().unwrap()))
     }
 

@@ -377,12 +377,14 @@ impl Engine {
         };
     }
 
-    /// Whether all state has been let go of (after a flush). Policy histories are kept on
-    /// purpose (a policy's current version outlives the window), so `policies` may hold
-    /// long version strings.
-    #[cfg(test)]
-    pub(crate) fn is_drained(&self) -> bool {
-        self.buffer.len() == 0
+    /// Whether, after a [`Engine::flush`], all state has been let go of, and every interned
+    /// string with it: the engine counts references by hand (see `intern`), and a holder
+    /// that forgets one release leaks its string silently. Policy histories are kept on
+    /// purpose (a policy's current version outlives the window): the long strings left must
+    /// be exactly the ones they hold, each with exactly as many references. Every test that
+    /// runs the engine to its end asserts this.
+    pub fn is_drained(&self) -> bool {
+        let state_gone = self.buffer.len() == 0
             && self.waiting.len == 0
             && self.checks.table.len() == 0
             && self.checks.pending == 0
@@ -391,8 +393,24 @@ impl Engine {
             && self.creates.len == 0
             && self.audits.len == 0
             && self.sym.resources.len() == 0
-            && self.sym.profiles.len() == 0
-            && (self.sym.long.len() == 0 || self.policies.table.len() > 0)
+            && self.sym.profiles.len() == 0;
+        let mut held: hashbrown::HashMap<u32, u32> = hashbrown::HashMap::new();
+        for (_, policy) in self.policies.table.iter() {
+            for c in &policy.changes {
+                for s in [&c.version, &c.request, &c.actor] {
+                    if let Some(slot) = s.long_slot() {
+                        *held.entry(slot).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let strings_gone = self.sym.long.len() == held.len()
+            && self
+                .sym
+                .long
+                .refs()
+                .all(|(slot, refs)| held.get(&slot) == Some(&refs));
+        state_gone && strings_gone
     }
 }
 

@@ -121,9 +121,13 @@ impl<K: KeyBytes, V: Default> Interner<K, V> {
             .map(|e| &mut e.value)
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Every live key's slot and reference count.
+    pub fn refs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.table.iter().map(|(slot, e)| (slot, e.refs))
     }
 }
 

@@ -221,7 +221,7 @@ pub(crate) fn same_version(a: &Compact, b: &Compact, long: &LongStrings) -> bool
 /// versions only grow (`!unordered`) by version too, so each of those is a run of it found
 /// by binary search; otherwise the whole history is read. On a hot resource that is
 /// thousands of writes per pair: 7% of `toctou run`'s samples at saturation went to the
-/// scan (BENCHMARKS.md, issue 7).
+/// scan (bench/HISTORY.md, issue 7).
 pub(crate) fn staleness(state: &ResourceState, p: &Pair<'_>, long: &LongStrings) -> Staleness {
     rule(&state.history, p, long, !state.unordered)
 }

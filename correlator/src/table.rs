@@ -235,6 +235,11 @@ impl<T> Table<T> {
         }
     }
 
+    /// Every live record with its slot, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.index.iter().map(|&slot| (slot, self.get(slot)))
+    }
+
     /// The record a handle names, if it is still the one in its slot.
     pub fn live(&self, h: Handle) -> Option<&T> {
         let s = self.slots.get(h.slot as usize)?;

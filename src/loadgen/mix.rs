@@ -764,6 +764,7 @@ mod tests {
             }
         }
         engine.flush(now, &mut findings);
+        assert!(engine.is_drained(), "state or references left after flush");
         let mut kinds = BTreeMap::new();
         for f in &findings {
             *kinds.entry(f.kind.as_str()).or_insert(0u64) += 1;

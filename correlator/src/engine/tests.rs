@@ -27,6 +27,47 @@ fn a_scenario_of_every_kind_gives_the_same_findings_in_every_order_within_the_la
     assert_eq!(k, [UncheckedUse, DuplicateUse, StaleCheck, PartialCreate]);
 }
 
+/// The drained check is what catches a missed release: one reference too many on a long
+/// string, or one long string nobody holds, and it fails.
+#[test]
+fn a_leaked_reference_is_caught_after_flush() {
+    let long_version = "v".repeat(40);
+    let events = || {
+        vec![
+            audit(toctou_schema::AuditAction::PolicyChange, "pol", 0)
+                .version(&long_version)
+                .ev(),
+            check("inv/1", &"q".repeat(40), 10)
+                .version(&long_version)
+                .ev(),
+            use_("inv/1", &"q".repeat(40), 20)
+                .version(&long_version)
+                .ev(),
+        ]
+    };
+    let mut engine = Engine::new(config(1_000, 100)).unwrap();
+    let mut out = Vec::new();
+    for e in events() {
+        let t = e.event_time_ns();
+        engine.ingest(e, t, &mut out);
+    }
+    engine.flush(ms(20), &mut out);
+    // The policy keeps its version, a long string: that alone is drained.
+    assert_eq!(engine.sym.long.len(), 1);
+    assert!(engine.is_drained());
+    // One reference more on the policy's string.
+    let slot = engine.sym.long.find_str(&long_version).unwrap();
+    engine.sym.long.retain(slot);
+    assert!(!engine.is_drained());
+    engine.sym.long.release(slot);
+    assert!(engine.is_drained());
+    // A long string nobody holds.
+    let leaked = crate::compact::Compact::encode(&"x".repeat(40), &mut engine.sym.long);
+    assert!(!engine.is_drained());
+    leaked.release(&mut engine.sym.long);
+    assert!(engine.is_drained());
+}
+
 #[test]
 fn late_events_are_counted_and_still_processed() {
     let cfg = config(1_000, 100);

@@ -144,7 +144,9 @@ pub fn parse_scenario(text: &str) -> Scenario {
 }
 
 /// Feeds events in arrival order, each arriving at the newest event time seen so far (as
-/// `toctou replay` does), then flushes.
+/// `toctou replay` does), then flushes; and checks that the engine let go of every piece
+/// of state and every interned string (a missed release anywhere fails every scenario
+/// that reaches it).
 pub fn run(cfg: &Config, events: Vec<Event>) -> (Vec<Finding>, Stats) {
     let mut engine = Engine::new(cfg.clone()).expect("valid config");
     let mut out = Vec::new();
@@ -154,6 +156,7 @@ pub fn run(cfg: &Config, events: Vec<Event>) -> (Vec<Finding>, Stats) {
         engine.ingest(e, clock, &mut out);
     }
     engine.flush(clock, &mut out);
+    assert!(engine.is_drained(), "state or references left after flush");
     (out, engine.stats().clone())
 }
 
