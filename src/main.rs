@@ -53,7 +53,7 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// expiring state are wanted again by new state within it. With 10 s, 370-1,460 faults in
 /// 20 s at 10k spans/s (each of transparent huge pages, zeroed 2 MiB at a time) fell to
 /// 19-28, and CPU per million spans from 4.75 to 4.22 s on average over four A/B rounds
-/// (BENCHMARKS.md, issue 7). Memory freed after a burst still goes back a minute later.
+/// (bench/HISTORY.md, issue 7). Memory freed after a burst still goes back a minute later.
 const PURGE_DELAY_MS: std::ffi::c_long = 60_000;
 
 unsafe extern "C" {

@@ -363,7 +363,7 @@ def main():
             "cpus": os.cpu_count(),
             "cpu_model": cpuinfo("model name"),
             # A VM's model name hides the host; these tell one host from another (the peers'
-            # figures moved by up to 45% between hosts, see BENCHMARKS.md).
+            # figures moved by up to 45% between hosts, see bench/HISTORY.md).
             "cpu_family_model": f'{cpuinfo("cpu family")}/{cpuinfo("model")}',
             "cpu_mhz": cpuinfo("cpu MHz"),
             "cache": cpuinfo("cache size"),

@@ -137,7 +137,7 @@ impl Rows for EncodedEvents {
 /// events and every publish's findings as they came, at 10k spans/s over 64 gRPC connections
 /// (a request every ~25 ms) the sink thread woke 109 times a second and preempted the
 /// correlator 105 times; gathered until [`HANDOVER_ROWS`] rows or the correlator's next tick
-/// (100 ms), 68 and 74, and the process's CPU per million spans fell ~3% (BENCHMARKS.md,
+/// (100 ms), 68 and 74, and the process's CPU per million spans fell ~3% (bench/HISTORY.md,
 /// issue 7). Inserts are made once a second anyway, so rows reach ClickHouse at most a tick
 /// later.
 #[derive(Default)]
