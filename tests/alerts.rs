@@ -193,6 +193,10 @@ fn a_bad_slo_file_is_refused_with_the_field_named() {
     );
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs the schema validators (scripts/validate-deploy): run ./scripts/test"
+)]
 #[test]
 fn the_alerting_files_follow_grafanas_model_and_refer_to_each_other() {
     // Rules and contact points through Grafana's schema-generated models.
@@ -345,6 +349,10 @@ fn labels(instance: &[(String, String)], key: &str) -> String {
         .unwrap_or_default()
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse and chdb: run ./scripts/test"
+)]
 #[test]
 fn every_rule_stays_quiet_on_clean_data() {
     let ds = clean();
@@ -364,6 +372,10 @@ fn every_rule_stays_quiet_on_clean_data() {
     }
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse and chdb: run ./scripts/test"
+)]
 #[test]
 fn an_injected_incident_fires_exactly_the_expected_rules() {
     let ds = incident();
@@ -402,6 +414,10 @@ fn an_injected_incident_fires_exactly_the_expected_rules() {
     assert_eq!(labels(&partial[0], "service"), "ctl-a");
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs promtool: run ./scripts/test"
+)]
 #[test]
 fn the_prometheus_rules_pass_promtool_and_name_real_metrics() {
     let promtool = |args: &[&str]| {

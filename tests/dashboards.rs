@@ -55,6 +55,10 @@ fn provisioned() -> Value {
     serde_yaml::from_str(&text).expect("datasource provisioning is YAML")
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs the schema validators (scripts/validate-deploy): run ./scripts/test"
+)]
 #[test]
 fn dashboards_follow_grafanas_schema() {
     let files = queries::dashboard_files();
@@ -203,6 +207,10 @@ fn dashboards_have_the_variables_and_the_trace_link() {
     assert_eq!(url, "${trace_ui}${__value.raw}");
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse and chdb: run ./scripts/test"
+)]
 #[test]
 fn every_panel_query_runs_on_18_16_and_chdb_over_the_demos_data() {
     let ds = demo();
@@ -241,6 +249,10 @@ fn every_panel_query_runs_on_18_16_and_chdb_over_the_demos_data() {
     assert!(empty.is_empty(), "no rows on the demo's data: {empty:#?}");
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse and chdb: run ./scripts/test"
+)]
 #[test]
 fn every_alert_query_runs_on_the_demos_data_and_the_mismatch_slo_fires() {
     let ds = demo();
@@ -290,6 +302,10 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     out
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs promtool: run ./scripts/test"
+)]
 #[test]
 fn prometheus_panels_name_only_metrics_that_metrics_serves_and_parse_as_promql() {
     let ds = demo();

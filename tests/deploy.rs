@@ -76,6 +76,10 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs the schema validators (scripts/validate-deploy): run ./scripts/test"
+)]
 #[test]
 fn the_compose_file_follows_the_compose_spec() {
     let file = root().join("deploy/docker-compose.yml");
@@ -94,6 +98,10 @@ fn the_compose_file_follows_the_compose_spec() {
     assert!(!ok && text.contains("exposes"), "{text}");
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs the schema validators (scripts/validate-deploy): run ./scripts/test"
+)]
 #[test]
 fn the_kubernetes_manifests_follow_the_kubernetes_schemas() {
     let files = manifests();
@@ -479,6 +487,10 @@ fn families(url: &str) -> BTreeSet<String> {
         .collect()
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse and Kafka: run ./scripts/test"
+)]
 #[test]
 fn the_compose_services_run_with_their_own_configuration_and_serve_the_rules_metrics() {
     let broker = Broker::start();

@@ -36,6 +36,10 @@ fn run_demo(toctou: &Toctou, duration: &str) {
     );
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs Chromium and Node (tests/page/setup.sh): run ./scripts/test"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_demo_the_page_shows_the_counts_and_latest_findings_the_api_returns() {
     let browser = Browser::find();
@@ -133,6 +137,10 @@ async fn after_a_demo_the_page_shows_the_counts_and_latest_findings_the_api_retu
     }
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs Chromium and Node (tests/page/setup.sh): run ./scripts/test"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strings_from_findings_are_shown_as_text_never_as_markup() {
     let browser = Browser::find();
@@ -243,6 +251,10 @@ async fn strings_from_findings_are_shown_as_text_never_as_markup() {
     }
 }
 
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs Chromium and Node (tests/page/setup.sh): run ./scripts/test"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_100k_findings_the_page_shows_them_all_counted_and_the_latest_listed() {
     const N: usize = 100_000;

@@ -64,6 +64,10 @@ const LATENESS: &str = "5s";
 /// acknowledged requests (the shutdown flushes the engine as a replay's end of input does),
 /// and the process exits 0 within its deadline. Nothing is waited for after the exit: what
 /// is not stored by then was lost.
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse: run ./scripts/test"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_nothing_acknowledged() {
     let url = server_url();
@@ -158,6 +162,10 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
 /// ClickHouse is down when SIGTERM comes and stays down: the sink cannot write what it
 /// holds, so past --shutdown-timeout the process gives up, exits non-zero, and its last
 /// words say how many rows were not written.
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse: run ./scripts/test"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_deadline_it_exits_non_zero_saying_what_was_not_flushed() {
     let server = PrivateServer::start("deadline");

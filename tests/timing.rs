@@ -401,6 +401,10 @@ fn hot_rows_straight_into_toctou() {
 
 /// Scenario 2: the same load through an OpenTelemetry Collector in front of `toctou run`; the
 /// demo reads the findings from toctou's API.
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs the OpenTelemetry Collector (scripts/peers install otelcol): run ./scripts/test"
+)]
 #[test]
 fn hot_rows_through_an_opentelemetry_collector() {
     let _turn = one_at_a_time();

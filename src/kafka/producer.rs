@@ -708,6 +708,7 @@ mod tests {
     /// cluster answering. The probe's new producer takes the failing one's place; it then
     /// delivers.
     #[test]
+    #[cfg_attr(not(feature = "services"), ignore = "needs Kafka: run ./scripts/test")]
     fn a_producer_failing_while_kafka_answers_is_replaced() {
         let broker = Broker::start();
         let kafka = KafkaArgs {
