@@ -1,9 +1,8 @@
 //! The ClickHouse sink benchmark of issue 3, driven by `scripts/bench-clickhouse`.
 //!
 //! Owns the measuring half of that script (the script owns the server and `toctou run`):
-//! - `sink`: rows per second through the real sink (`src/clickhouse/{rows,sink}.rs`,
-//!   compiled in here by path because the sink lives in the binary crate), for one table
-//!   and one batch size;
+//! - `sink`: rows per second through the real sink (`toctou-clickhouse`'s `rows` and
+//!   `sink`), for one table and one batch size;
 //! - `flood`: OTLP/HTTP spans as fast as `toctou run` takes them, until it pushes back
 //!   (HTTP 503) steadily, so the script can read the process's peak RSS at that point;
 //! - `latency`: a steady OTLP/HTTP span rate in which some uses have no check, and a poller
@@ -12,12 +11,7 @@
 //! Not a test: it prints measurements, and fails only when the sink loses rows or the
 //! server cannot be reached.
 
-#[path = "../src/clickhouse/rows.rs"]
-#[allow(dead_code)]
-mod rows;
-#[path = "../src/clickhouse/sink.rs"]
-#[allow(dead_code)]
-mod sink;
+use toctou_clickhouse::sink;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};

@@ -22,7 +22,6 @@
 mod page;
 
 use crate::access::ApiAccess;
-use crate::clickhouse::sink::SinkMetrics;
 use crate::store::{FindingStore, Query, Summary, RATE_SECONDS};
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, StatusCode};
@@ -32,6 +31,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
+use toctou_clickhouse::sink::SinkMetrics;
 use toctou_collector::{EventPhase, Receivers, Signal};
 use toctou_correlator::Stats;
 use toctou_schema::FindingKind;

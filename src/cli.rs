@@ -159,3 +159,59 @@ pub fn now_ns() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// Where ClickHouse is and who to be there: the flags and environment of
+/// [`toctou_clickhouse::ClickhouseConfig`].
+#[derive(Args, Clone)]
+pub struct ClickhouseArgs {
+    /// ClickHouse HTTP interface, e.g. http://127.0.0.1:8123. `toctou run` writes findings
+    /// and events there when it is set. Credentials in it (http://user:password@host:8123)
+    /// take the place of --clickhouse-user and --clickhouse-password.
+    #[arg(
+        long = "clickhouse-url",
+        env = "TOCTOU_CLICKHOUSE_URL",
+        hide_env_values = true
+    )]
+    pub url: Option<String>,
+    /// ClickHouse user.
+    #[arg(
+        long = "clickhouse-user",
+        env = "TOCTOU_CLICKHOUSE_USER",
+        default_value = "default"
+    )]
+    pub user: String,
+    /// ClickHouse password (prefer the environment variable: a flag shows in `ps`).
+    #[arg(
+        long = "clickhouse-password",
+        env = "TOCTOU_CLICKHOUSE_PASSWORD",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub password: String,
+    /// Database holding toctou's tables; `toctou migrate` creates it when missing.
+    #[arg(
+        long = "clickhouse-database",
+        env = "TOCTOU_CLICKHOUSE_DATABASE",
+        default_value = "toctou"
+    )]
+    pub database: String,
+}
+
+impl ClickhouseArgs {
+    pub fn config(&self) -> toctou_clickhouse::ClickhouseConfig {
+        toctou_clickhouse::ClickhouseConfig {
+            url: self.url.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+        }
+    }
+}
+
+/// By hand, as the config's: the password never reaches a log line.
+impl std::fmt::Debug for ClickhouseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.config().fmt(f)
+    }
+}

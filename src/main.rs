@@ -22,7 +22,6 @@ mod access;
 mod alerts;
 mod api;
 mod cli;
-mod clickhouse;
 mod demo;
 mod kafka;
 mod loadgen;

@@ -1,10 +1,11 @@
 //! `toctou migrate`: brings a ClickHouse database to this binary's schema version, and
 //! optionally drops the daily partitions past each table's retention.
 
-use crate::clickhouse::{migrations, retention, ClickhouseArgs};
+use crate::cli::ClickhouseArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::time::Duration;
+use toctou_clickhouse::{migrations, retention};
 
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
@@ -31,10 +32,10 @@ pub struct MigrateArgs {
 
 pub fn main(args: MigrateArgs) -> Result<()> {
     if args.print_sql {
-        let client = args.clickhouse.client();
+        let client = args.clickhouse.config().client();
         let mut all = migrations::all_statements(&client);
         all.extend(retention::all_statements(&client));
-        all.extend(crate::clickhouse::inserts::example_statements());
+        all.extend(toctou_clickhouse::inserts::example_statements());
         for stmt in all {
             println!("{stmt};\n");
         }
@@ -48,7 +49,7 @@ pub fn main(args: MigrateArgs) -> Result<()> {
 }
 
 async fn run(args: MigrateArgs) -> Result<()> {
-    let ch = &args.clickhouse;
+    let ch = &args.clickhouse.config();
     ch.require_url()?;
     let report = migrations::migrate(&ch.server_client(), &ch.client(), &ch.database)
         .await

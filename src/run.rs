@@ -8,9 +8,8 @@
 
 use crate::access::{receivers_and_api, AccessArgs};
 use crate::api::{self, Shared};
+use crate::cli::ClickhouseArgs;
 use crate::cli::{bind, now_ns, CorrelatorArgs, ReceiverArgs};
-use crate::clickhouse::sink::{self, Sink, SinkConfig};
-use crate::clickhouse::{migrations, ClickhouseArgs};
 use crate::output::FindingsWriter;
 use crate::store::FindingStore;
 use anyhow::{Context, Result};
@@ -19,6 +18,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use toctou_clickhouse::migrations;
+use toctou_clickhouse::sink::{self, Sink, SinkConfig};
 use toctou_collector::{ChannelSink, QueueBytes, Receivers};
 use toctou_correlator::Engine;
 use toctou_schema::Event;
@@ -271,7 +272,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
 
 /// With `--clickhouse-url`: migrates (unless `--no-migrate`) and starts the sink thread.
 async fn start_sink(args: &RunArgs) -> Result<Option<Sink>> {
-    let ch = &args.clickhouse;
+    let ch = &args.clickhouse.config();
     if ch.url.is_none() {
         return Ok(None);
     }

@@ -25,8 +25,7 @@ use super::group::GroupContext;
 use super::metrics::ConsumerMetrics;
 use super::partitions::{lock, Partitions};
 use super::{admin, KafkaArgs};
-use crate::clickhouse::sink::{Sink, SinkConfig, SinkMetrics};
-use crate::clickhouse::{migrations, ClickhouseArgs};
+use crate::cli::ClickhouseArgs;
 use anyhow::{Context, Result};
 use axum::Router;
 use clap::Args;
@@ -36,6 +35,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use toctou_clickhouse::migrations;
+use toctou_clickhouse::sink::{Sink, SinkConfig, SinkMetrics};
 use toctou_correlator::{Engine, Stats};
 
 /// How often engines advance idle watermarks and publish stats (as in `toctou run`).
@@ -78,7 +79,7 @@ pub struct CorrelatorNodeArgs {
     #[arg(long, env = "TOCTOU_NO_MIGRATE")]
     pub no_migrate: bool,
     /// Rows per insert at most.
-    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_ROWS", default_value_t = crate::clickhouse::sink::DEFAULT_MAX_ROWS)]
+    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_ROWS", default_value_t = toctou_clickhouse::sink::DEFAULT_MAX_ROWS)]
     pub clickhouse_batch_rows: usize,
     /// The age of the oldest buffered row that triggers an insert.
     #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -112,7 +113,7 @@ pub async fn run(
     )?;
     let config = args.correlator.to_config();
     Engine::new(config.clone()).context("invalid correlator flags")?;
-    let ch = &args.clickhouse;
+    let ch = &args.clickhouse.config();
     ch.require_url()
         .context("toctou correlator writes findings to ClickHouse")?;
     let kafka = args.kafka.clone();
@@ -301,7 +302,7 @@ fn consume(
     give_up_at: &OnceLock<Instant>,
     stats: Arc<Mutex<Stats>>,
     commit_interval: Duration,
-) -> Option<crate::clickhouse::sink::SinkStats> {
+) -> Option<toctou_clickhouse::sink::SinkStats> {
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
     let mut paused = false;

@@ -18,13 +18,13 @@ use super::ends::Ends;
 use super::group::GroupContext;
 use super::metrics::{ConsumerMetrics, DecodeFailure};
 use super::offsets::{CommitPoint, Ledger, Replay};
-use crate::clickhouse::sink::{Handover, Sink, SinkMetrics, Table};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use toctou_clickhouse::sink::{Handover, Sink, SinkMetrics, Table};
 use toctou_correlator::{Engine, Input, Stats};
 use toctou_schema::Finding;
 

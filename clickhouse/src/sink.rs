@@ -11,9 +11,6 @@
 //! and nothing is dropped. Storage is idempotent (ReplacingMergeTree on deterministic keys),
 //! so a batch retried after an ambiguous failure collapses to one row per finding.
 
-// Beside this file rather than under sink/, so that the benchmark that compiles this file by
-// path (examples/clickhouse_bench.rs) finds it too.
-#[path = "sink_metrics.rs"]
 pub mod metrics;
 
 use super::rows::{event_columns, write_event, FindingRow};
@@ -237,8 +234,7 @@ impl Sink {
     /// Blocks while the sink is full: that is the push-back. Returns false once the sink
     /// thread has ended (it logged why). One batch per call: the correlators gather rows in
     /// a [`Handover`] instead; this and [`Sink::findings`] serve the benchmark
-    /// (examples/clickhouse_bench.rs, which compiles this file by path) and the tests.
-    #[allow(dead_code)]
+    /// (examples/clickhouse_bench.rs) and the tests.
     pub fn events(&self, events: &[Event]) -> bool {
         let mut handover = Handover::default();
         handover.add_events(events);
@@ -264,7 +260,6 @@ impl Sink {
     }
 
     /// As [`Sink::events`], for findings.
-    #[allow(dead_code)]
     pub fn findings(&self, findings: &[Finding]) -> bool {
         let mut handover = Handover::default();
         handover.add_findings(findings);
@@ -500,7 +495,7 @@ mod tests {
             shutdown_deadline: Duration::from_millis(200),
         };
         let sink = Sink::spawn(client, config).unwrap();
-        let finding = [crate::clickhouse::rows::tests::finding()];
+        let finding = [crate::rows::tests::finding()];
         assert!(sink.findings(&finding));
         // The thread takes the first batch out of the channel and starts retrying it.
         let until = Instant::now() + Duration::from_secs(10);
@@ -530,7 +525,7 @@ mod tests {
             ..SinkConfig::default()
         };
         let sink = Sink::spawn(client, config).unwrap();
-        let finding = crate::clickhouse::rows::tests::finding();
+        let finding = crate::rows::tests::finding();
         assert!(sink.findings(&[finding.clone(), finding.clone(), finding]));
         let started = Instant::now();
         let stats = sink.close_by(Instant::now() + Duration::from_millis(500));
@@ -576,9 +571,9 @@ mod tests {
         handover.add_events(&events[..10]);
         handover.add_events(&events[10..]);
         assert!(!handover.due());
-        handover.add_findings(&[crate::clickhouse::rows::tests::finding()]);
+        handover.add_findings(&[crate::rows::tests::finding()]);
         assert!(!handover.due());
-        handover.add_findings(&[crate::clickhouse::rows::tests::finding()]);
+        handover.add_findings(&[crate::rows::tests::finding()]);
         assert!(handover.due());
         let mut expected = Vec::new();
         for e in &events {

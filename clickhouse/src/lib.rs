@@ -1,15 +1,16 @@
-//! ClickHouse storage: the connection flags and client, and the versioned schema.
+//! toctou's ClickHouse storage: where the server is, the versioned schema, the rows, and
+//! the batched sink.
 //!
 //! # Layout
-//! - this module: [`ClickhouseArgs`] (URL, user, password, database by flag or environment)
-//!   and the client built from them.
-//! - [`migrations`]: the numbered SQL files of `schema/sql/`, embedded in the binary, and
-//!   applying them idempotently with a record of versions.
+//! - this file: [`ClickhouseConfig`] (URL, user, password, database; the binary fills it
+//!   from its flags and environment) and the clients built from it.
+//! - [`migrations`]: the numbered SQL files of `schema/sql/`, embedded, and applying them
+//!   idempotently with a record of versions.
 //! - [`retention`]: dropping daily partitions past each table's retention.
 //! - [`rows`]: the RowBinary rows of `findings` and `events`, mapped from the schema types.
 //! - [`inserts`]: the sink's inserts as SQL text with example rows, for `--print-sql`.
-//! - [`sink`]: the batched, retrying, bounded writer `toctou run --clickhouse-url` uses.
-//!   Its counters, rendered on `/metrics`, are [`sink::metrics`].
+//! - [`sink`]: the batched, retrying, bounded writer of `toctou run --clickhouse-url` and
+//!   of the Kafka correlators. Its counters, rendered on `/metrics`, are [`sink::metrics`].
 //!
 //! Every statement sent here must be accepted by Debian's ClickHouse 18.16 and by current
 //! releases; `toctou migrate --print-sql` prints them all so the tests run each on both.
@@ -22,50 +23,29 @@ pub mod retention;
 pub mod rows;
 pub mod sink;
 
-use clap::Args;
 use std::fmt;
 
 /// Where ClickHouse is and who to be there.
-#[derive(Args, Clone)]
-pub struct ClickhouseArgs {
-    /// ClickHouse HTTP interface, e.g. http://127.0.0.1:8123. `toctou run` writes findings
-    /// and events there when it is set. Credentials in it (http://user:password@host:8123)
-    /// take the place of --clickhouse-user and --clickhouse-password.
-    #[arg(
-        long = "clickhouse-url",
-        env = "TOCTOU_CLICKHOUSE_URL",
-        hide_env_values = true
-    )]
+#[derive(Clone)]
+pub struct ClickhouseConfig {
+    /// The HTTP interface, e.g. `http://127.0.0.1:8123`. Credentials in it
+    /// (`http://user:password@host:8123`) take the place of `user` and `password`.
     pub url: Option<String>,
-    /// ClickHouse user.
-    #[arg(
-        long = "clickhouse-user",
-        env = "TOCTOU_CLICKHOUSE_USER",
-        default_value = "default"
-    )]
     pub user: String,
-    /// ClickHouse password (prefer the environment variable: a flag shows in `ps`).
-    #[arg(
-        long = "clickhouse-password",
-        env = "TOCTOU_CLICKHOUSE_PASSWORD",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
     pub password: String,
-    /// Database holding toctou's tables; `toctou migrate` creates it when missing.
-    #[arg(
-        long = "clickhouse-database",
-        env = "TOCTOU_CLICKHOUSE_DATABASE",
-        default_value = "toctou"
-    )]
+    /// The database holding toctou's tables.
     pub database: String,
 }
 
+/// The one thing a configuration can lack.
+#[derive(Debug, thiserror::Error)]
+#[error("--clickhouse-url (or TOCTOU_CLICKHOUSE_URL) is required")]
+pub struct MissingUrl;
+
 /// By hand so that the password never reaches a log line or an error message.
-impl fmt::Debug for ClickhouseArgs {
+impl fmt::Debug for ClickhouseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClickhouseArgs")
+        f.debug_struct("ClickhouseConfig")
             .field("url", &self.url.as_deref().map(redact_url))
             .field("user", &self.user)
             .field(
@@ -81,14 +61,11 @@ impl fmt::Debug for ClickhouseArgs {
     }
 }
 
-impl ClickhouseArgs {
+impl ClickhouseConfig {
     /// The URL, which `toctou migrate` cannot do without.
-    pub fn require_url(&self) -> anyhow::Result<&str> {
-        self.url.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("--clickhouse-url (or TOCTOU_CLICKHOUSE_URL) is required")
-        })
+    pub fn require_url(&self) -> Result<&str, MissingUrl> {
+        self.url.as_deref().ok_or(MissingUrl)
     }
-
     /// The URL as it may be shown: in a log line or an error message.
     pub fn shown_url(&self) -> String {
         redact_url(self.url.as_deref().unwrap_or_default())
@@ -267,7 +244,7 @@ mod tests {
 
     #[test]
     fn debug_and_shown_url_hide_a_password_in_the_url() {
-        let args = ClickhouseArgs {
+        let args = ClickhouseConfig {
             url: Some("http://toctou:hunter2@127.0.0.1:8123".into()),
             user: "default".into(),
             password: String::new(),
@@ -284,7 +261,7 @@ mod tests {
 
     #[test]
     fn debug_hides_the_password() {
-        let args = ClickhouseArgs {
+        let args = ClickhouseConfig {
             url: Some("http://127.0.0.1:8123".into()),
             user: "toctou".into(),
             password: "hunter2".into(),
