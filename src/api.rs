@@ -18,10 +18,8 @@
 //! 401 without one. Everything a response echoes is JSON with `<`, `>` and `&` escaped, so
 //! no request can make the API answer markup, whatever the browser guesses.
 
-#[path = "page/mod.rs"]
-mod page;
-
 use crate::access::ApiAccess;
+use crate::page;
 use crate::store::{FindingStore, Query, Summary, RATE_SECONDS};
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, StatusCode};

@@ -27,6 +27,7 @@ mod kafka;
 mod loadgen;
 mod migrate;
 mod output;
+mod page;
 mod replay;
 mod run;
 mod store;

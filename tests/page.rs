@@ -4,15 +4,14 @@
 //! compared with what the findings API answers.
 //!
 //! Chromium and playwright-core are installed by tests/page/setup.sh, which ./scripts/test
-//! runs; when they are missing these tests fail and say so, they never skip.
+//! runs (with the `services` feature: without it the browser tests are ignored, saying so);
+//! when they are missing these tests fail and say so, they never skip.
 //! `UPDATE_SCREENSHOT=1 cargo test --test page` also rewrites docs/page.png after a longer demo.
 
 mod common;
-#[path = "page/harness.rs"]
-mod harness;
 
+use common::page::*;
 use common::{all_findings, kinds, testdata, Toctou};
-use harness::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

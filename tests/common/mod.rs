@@ -9,6 +9,7 @@ pub mod demo;
 pub mod kafka;
 pub mod otel_sdk;
 pub mod otelcol;
+pub mod page;
 pub mod process;
 
 use process::Node;

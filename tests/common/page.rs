@@ -1,7 +1,7 @@
 //! The page tests' harness: Debian's Chromium driven through tests/page/drive.mjs, what
 //! it read of the page, the findings API it is compared with, and OTLP/JSON to make findings.
 
-use crate::common::{testdata, Toctou};
+use super::{testdata, Toctou};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
