@@ -1,12 +1,9 @@
-//! The Kafka message decoder of `toctou.events` (src/kafka/codec.rs, included by path: it is
-//! in the binary crate and depends only on the schema, prost and thiserror). Any message
+//! The Kafka message decoder of `toctou.events` (`toctou_kafka::codec`). Any message
 //! decodes or is a typed error, and whatever decodes survives encode + decode unchanged (a
 //! re-published batch must mean the same thing).
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/kafka/codec.rs"]
-mod codec;
+use toctou_kafka::codec;
 
 use libfuzzer_sys::fuzz_target;
 

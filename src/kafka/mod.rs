@@ -12,7 +12,7 @@
 //! The design, its guarantees and its limits are in docs/KAFKA.md.
 //!
 //! # Layout
-//! - [`codec`]: the versioned message format.
+//! - `toctou_kafka::codec` (the `kafka/` crate): the versioned message format.
 //! - [`producer`]: [`producer::KafkaSink`], the receivers' sink that answers only once Kafka
 //!   acknowledged, with bounded bytes in flight.
 //! - [`collector`]: the `toctou collector` subcommand.
@@ -27,7 +27,6 @@
 
 pub mod admin;
 mod catchup;
-pub mod codec;
 pub mod collector;
 pub mod consumer;
 mod ends;

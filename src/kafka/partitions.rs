@@ -13,7 +13,6 @@
 //! The rule itself (which offset, what metadata) is in `offsets`; this file applies it.
 
 use super::catchup::{CaughtUp, Reading};
-use super::codec::{self, CodecError};
 use super::ends::Ends;
 use super::group::GroupContext;
 use super::metrics::{ConsumerMetrics, DecodeFailure};
@@ -26,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use toctou_clickhouse::sink::{Handover, Sink, SinkMetrics, Table};
 use toctou_correlator::{Engine, Input, Stats};
+use toctou_kafka::codec::{self, CodecError};
 use toctou_schema::Finding;
 
 /// Commit points waiting for the sink; beyond it the oldest is dropped (a newer one covers it).

@@ -18,7 +18,6 @@
 //! step with a broker that restarted, which librdkafka does not always recover from on its
 //! own. Either way the collector would answer 503 forever, so the sink builds a new producer
 //! (a new producer id, fresh sequences) and retires the old one.
-use super::codec;
 use super::metrics::ProducerMetrics;
 use super::KafkaArgs;
 use futures::future::BoxFuture;
@@ -30,6 +29,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use toctou_collector::{EventSink, SinkError};
+use toctou_kafka::codec;
 use toctou_schema::{AuditAction, Event};
 use tokio::sync::{oneshot, Semaphore};
 
