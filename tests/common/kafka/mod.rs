@@ -68,11 +68,19 @@ impl Broker {
         Self::script(&self.home, "stop");
     }
 
-    /// The last `lines` lines of the broker's own log, for a failure's message.
+    /// The last `lines` lines of the broker's own log and of its GC log, for a failure's
+    /// message.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.home.join("log/stdout.log")).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let tail = |file: &str| {
+            let log = std::fs::read_to_string(self.home.join(file)).unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        };
+        format!(
+            "{}\n-- gc.log:\n{}",
+            tail("log/stdout.log"),
+            tail("log/gc.log")
+        )
     }
 
     /// Freezes it (SIGSTOP) until [`Broker::thaw`]: an outage that starts and ends at known
