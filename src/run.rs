@@ -336,9 +336,7 @@ fn correlate(
                 }
                 batch = rx.recv() => match batch {
                     Some(batch) => {
-                        let charge = shared.queue_bytes.charge(&batch);
-                        ingest(&mut engine, batch, &mut out, feed.as_mut());
-                        shared.queue_bytes.give_back(charge);
+                        ingest(&mut engine, batch, &shared.queue_bytes, &mut out, feed.as_mut());
                         false
                     }
                     None => break,
@@ -347,9 +345,7 @@ fn correlate(
                     deadline = done.ok();
                     progress.set(Stage::Draining);
                     while let Ok(batch) = rx.try_recv() {
-                        let charge = shared.queue_bytes.charge(&batch);
-                        ingest(&mut engine, batch, &mut out, feed.as_mut());
-                        shared.queue_bytes.give_back(charge);
+                        ingest(&mut engine, batch, &shared.queue_bytes, &mut out, feed.as_mut());
                     }
                     break;
                 }
@@ -417,12 +413,16 @@ impl SinkFeed<'_> {
 
 /// The sink gets the events before the engine consumes them; handing them over blocks while
 /// ClickHouse is behind, which is what makes ingest push back.
+/// One batch taken off the queue: to the ClickHouse feed and the engine, then its bytes
+/// given back to the queue's bound.
 fn ingest(
     engine: &mut Engine,
     batch: Vec<Event>,
+    queue_bytes: &QueueBytes,
     out: &mut Vec<toctou_schema::Finding>,
     feed: Option<&mut SinkFeed>,
 ) {
+    let charge = queue_bytes.charge(&batch);
     if let Some(feed) = feed {
         feed.pending.add_events(&batch);
         feed.hand_over_if_due();
@@ -431,6 +431,7 @@ fn ingest(
     for event in batch {
         engine.ingest(event, now, out);
     }
+    queue_bytes.give_back(charge);
 }
 
 fn publish(

@@ -259,7 +259,9 @@ where
         };
         // Its requests carry the connection's share of the receive budget.
         let share = io.share.clone();
-        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(share)));
+        // A wrapper around the router, not `Router::layer`, which would rebuild every route.
+        let service =
+            TowerToHyperService::new(tower::Layer::layer(&axum::Extension(share), router.clone()));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
