@@ -19,7 +19,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use toctou_schema::{Event, Finding};
 
 #[derive(Parser)]
@@ -134,12 +134,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
-}
+use toctou_schema::now_ns;
 
 /// The client `toctou run` builds (`ClickhouseArgs::client`): no compression, no validation.
 fn client(url: &str, database: &str) -> clickhouse::Client {

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Cli {
@@ -59,12 +59,7 @@ enum Mode {
     },
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+use toctou_schema::now_ns;
 
 fn span(phase: &str, trace: &str, span_id: &str, resource: &str, version: u64, t: u64) -> Value {
     json!({

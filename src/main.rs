@@ -1,39 +1,17 @@
 //! The `toctou` binary: one executable, one subcommand per way of running the pipeline.
 //!
-//! # Layout
-//! - [`cli`]: flags shared by the subcommands (addresses, limits, correlator tuning).
-//! - [`access`]: tokens, TLS and the loopback rule of every listener; [`tls`]: rustls.
-//! - [`run`]: `toctou run`, the embedded default: receivers, correlator and findings API in
-//!   one process with no external services.
-//! - [`api`]: the HTTP API on :8686 (findings, `/metrics`, `/healthz`).
-//! - [`store`]: the bounded in-memory findings store behind the API.
-//! - [`output`]: findings as JSON lines to stdout or a file.
-//! - [`replay`]: `toctou replay`, the same correlator offline over files.
-//! - [`demo`]: `toctou demo`, racing workloads instrumented with the OpenTelemetry SDK.
-//! - [`migrate`]: `toctou migrate`, the versioned ClickHouse schema and its retention.
-//! - [`clickhouse`]: ClickHouse connection flags, migrations and retention.
-//! - [`kafka`]: distributed mode: `toctou collector`, `toctou correlator`, `toctou kafka init`.
-//! - [`alerts`]: `toctou alerts generate`, Grafana alert rules from the SLO file.
-//! - [`loadgen`]: `toctou loadgen`, pre-encoded OTLP load at a fixed or maximal rate.
+//! The binary parses flags and dispatches; the work is in the crates (see the README's
+//! "Where things are"): `toctou-server` (the nodes `run`, `collector`, `correlator`, and
+//! `replay`, `migrate`, `kafka init`), `toctou-demo` (`demo`, `loadgen`) and
+//! `toctou-alerts` (`alerts generate`). [`wiring`] joins the demo and the server, which do
+//! not import each other.
 //!
-//! Errors become `anyhow` with context here, at the edge; the library crates keep typed ones.
+//! Errors become `anyhow` with context here, at the edge.
 
-mod access;
-mod alerts;
-mod api;
-mod cli;
-mod demo;
-mod kafka;
-mod loadgen;
-mod migrate;
-mod output;
-mod page;
-mod replay;
-mod run;
-mod store;
-mod tls;
+mod wiring;
 
 use clap::{Parser, Subcommand};
+use toctou_server::{kafka, migrate, replay, run};
 
 /// mimalloc: the correlator frees the strings of every event it consumes, and glibc's
 /// allocator made that a quarter of its time (see BENCHMARKS.md).
@@ -87,7 +65,7 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Send racing demo workloads, instrumented with the OpenTelemetry SDK, to a running
     /// `toctou run`.
-    Demo(demo::DemoArgs),
+    Demo(toctou_demo::DemoArgs),
     /// Create or upgrade toctou's ClickHouse schema (idempotent; refuses a newer schema),
     /// and optionally drop partitions past their retention.
     Migrate(Box<migrate::MigrateArgs>),
@@ -102,10 +80,28 @@ enum Command {
     Kafka(kafka::admin::KafkaCommand),
     /// Generate Grafana alert rules, notification policy, contact points and mute timings
     /// from the SLO file (alerts/slo.yaml).
-    Alerts(alerts::AlertsArgs),
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
     /// Load generator: a realistic mix of checks, uses and audit records over OTLP HTTP or
     /// gRPC at a fixed or maximal rate; prints what the server accepted as JSON.
-    Loadgen(Box<loadgen::LoadgenArgs>),
+    Loadgen(Box<toctou_demo::loadgen::LoadgenArgs>),
+}
+
+/// `toctou alerts`: the `toctou-alerts` crate.
+#[derive(Subcommand, Debug)]
+enum AlertsCommand {
+    /// Write the Grafana alerting provisioning files generated from an SLO file.
+    Generate {
+        /// The SLO file (see alerts/slo.yaml).
+        #[arg(long, default_value = "alerts/slo.yaml")]
+        slo: String,
+        /// Directory the files are written to (created if missing).
+        #[arg(long, default_value = "alerts/grafana")]
+        out: std::path::PathBuf,
+        /// Write nothing; fail if a file in --out differs from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,15 +109,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => run::main(*args),
+        Command::Run(args) => run::main(*args, wiring::demo_traffic()),
         Command::Replay(args) => replay::main(args),
-        Command::Demo(args) => demo::main(args),
+        Command::Demo(args) => toctou_demo::main(args, wiring::embedded_run()),
         Command::Migrate(args) => migrate::main(*args),
         Command::Collector(args) => kafka::collector::main(*args),
         Command::Correlator(args) => kafka::consumer::main(*args),
         Command::Kafka(cmd) => kafka::admin::main(cmd),
-        Command::Alerts(args) => alerts::main(args),
-        Command::Loadgen(args) => loadgen::main(*args),
+        Command::Alerts(AlertsCommand::Generate { slo, out, check }) => {
+            toctou_alerts::generate(&slo, &out, check)
+        }
+        Command::Loadgen(args) => toctou_demo::loadgen::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,9 +11,9 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValu
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// `MAX_SERVICE_SERIES` in src/store.rs: (service, operation) pairs with a series of their own.
+/// `MAX_SERVICE_SERIES` in server/src/store.rs: (service, operation) pairs with a series of their own.
 const CAP: usize = 1000;
 const SERVICES: usize = 5000;
 
@@ -59,12 +59,7 @@ fn unchecked_use(i: usize, operation: &str, now_ns: u64) -> ResourceSpans {
     }
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+use toctou_schema::now_ns;
 
 /// Every sample line of `name` (with labels).
 fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {

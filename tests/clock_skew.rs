@@ -15,12 +15,7 @@ use std::time::Duration;
 
 const MIN: u64 = 60_000_000_000;
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+use toctou_schema::now_ns;
 
 fn attr(k: &str, v: &str) -> Value {
     json!({"key": k, "value": {"stringValue": v}})

@@ -376,7 +376,8 @@ async fn the_page_is_served_embedded_with_its_types_cache_headers_and_policy() {
         "unversioned: revalidated"
     );
     let served = served.bytes().await.unwrap();
-    let vendored = std::fs::read(testdata("src/page/vendor/uplot/uPlot.iife.min.js")).unwrap();
+    let vendored =
+        std::fs::read(testdata("server/src/page/vendor/uplot/uPlot.iife.min.js")).unwrap();
     assert_eq!(served.as_ref(), vendored.as_slice());
     let license = client
         .get(toctou.api_url("/assets/uPlot.LICENSE.txt"))

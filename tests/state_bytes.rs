@@ -9,7 +9,7 @@ use common::Toctou;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Resources attacked; each ends in one `stale_check` finding with [`WRITES`] writes.
 const RESOURCES: usize = 16;
@@ -23,12 +23,7 @@ const VALUE: usize = 4096;
 /// its text, the escaped text) under the store's read lock.
 const PEAK_RSS_BOUND: u64 = 200 << 20;
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+use toctou_schema::now_ns;
 
 fn long(prefix: &str) -> String {
     let mut s = prefix.to_string();

@@ -1,6 +1,7 @@
 //! The shared vocabulary of toctou: what the collector produces and the correlator consumes.
 //!
 //! # Layout
+//! - [`clock`]: wall-clock time in the events' unit (nanoseconds since the epoch).
 //! - [`conventions`]: the attribute names applications put on their spans and log records
 //!   (written up for humans in `schema/CONVENTIONS.md`).
 //! - [`event`]: the normalized events, one per check span, use span or audit record, whatever
@@ -9,10 +10,12 @@
 //!
 //! Nothing here does I/O; every other crate depends on this one and on nothing else of ours.
 
+pub mod clock;
 pub mod conventions;
 pub mod event;
 pub mod finding;
 
+pub use clock::now_ns;
 pub use event::{
     hex_id, resource_type, write_hex, AuditAction, AuditEvent, CheckSource, Decision, Event, Phase,
     SpanEvent, SpanId, TraceId, UseOutcome, Version,

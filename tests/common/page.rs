@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Rows the page lists (its `LIMIT`).
 pub const PAGE_ROWS: usize = 50;
@@ -159,12 +159,8 @@ pub fn page_counts(seen: &Value) -> BTreeMap<String, usize> {
         .collect()
 }
 
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+#[allow(unused_imports)]
+pub use toctou_schema::now_ns;
 
 pub fn attr(key: &str, value: &str) -> Value {
     json!({ "key": key, "value": { "stringValue": value } })

@@ -427,12 +427,7 @@ pub fn count_events(requests: &[String]) -> u64 {
         .sum()
 }
 
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+pub use toctou_schema::now_ns;
 
 /// The findings (id, kind) `toctou replay` reports for the requests sent: what the
 /// distributed pipeline must store, no more and no less.

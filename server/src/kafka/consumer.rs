@@ -56,7 +56,7 @@ pub struct CorrelatorNodeArgs {
     /// /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8687")]
     pub api_addr: SocketAddr,
-    /// Metrics tokens, TLS and the loopback rule (src/access.rs).
+    /// Metrics tokens, TLS and the loopback rule (server/src/access.rs).
     #[command(flatten)]
     pub access: crate::access::AccessArgs,
     /// How often offsets are committed (as far as ClickHouse has caught up).

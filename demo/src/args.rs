@@ -4,7 +4,7 @@
 
 use super::clock::ClockOffset;
 use super::telemetry::{Exporting, Transport};
-use crate::access::Secret;
+use crate::Secret;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::net::SocketAddr;

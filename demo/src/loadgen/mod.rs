@@ -57,7 +57,7 @@ pub struct LoadgenArgs {
     /// Bearer token sent with every request, for receivers with ingest tokens (prefer the
     /// variable: a command line is visible to every user of the host).
     #[arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)]
-    pub token: Option<crate::access::Secret>,
+    pub token: Option<crate::Secret>,
 }
 
 pub fn main(args: LoadgenArgs) -> Result<()> {
@@ -143,14 +143,14 @@ pub async fn run(args: &LoadgenArgs) -> Result<serde_json::Value> {
                 let round = &mix.rounds[i];
                 // Both requests of a round carry the same clock: the audit records happen
                 // between the checks and uses they go with.
-                let now_ns = crate::cli::now_ns();
+                let now_ns = toctou_schema::now_ns();
                 let mut scratch = Tally::default();
                 let target = if counting { &mut tally } else { &mut scratch };
                 for template in [&round.traces, &round.logs] {
                     if template.items == 0 {
                         continue;
                     }
-                    let mut body = Vec::with_capacity(template.len());
+                    let mut body = Vec::with_capacity(template.encoded_len());
                     template.render(base + n, now_ns, &mut body);
                     let before = target.spans_accepted;
                     client.send(template, body, target).await;

@@ -5,7 +5,7 @@
 //! protobuf encoding per request on the generator's core.
 
 use super::mix::{Signal, Template};
-use crate::access::Secret;
+use crate::Secret;
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -364,7 +364,7 @@ mod tests {
             let mut tally = Tally::default();
             for template in [&round.traces, &round.logs] {
                 let mut body = Vec::new();
-                template.render(n, crate::cli::now_ns(), &mut body);
+                template.render(n, toctou_schema::now_ns(), &mut body);
                 client.send(template, body, &mut tally).await;
             }
             assert!(tally.errors.is_empty(), "{protocol:?}: {:?}", tally.errors);
@@ -398,7 +398,7 @@ mod tests {
         let mut body = Vec::new();
         mix.rounds[0]
             .traces
-            .render(1, crate::cli::now_ns(), &mut body);
+            .render(1, toctou_schema::now_ns(), &mut body);
         client.send(&mix.rounds[0].traces, body, &mut tally).await;
         assert_eq!(tally.spans_accepted, 0);
         assert_eq!(tally.errors.get("http 503"), Some(&1));
@@ -445,7 +445,7 @@ mod tests {
                 .unwrap();
             let mut refused = Tally::default();
             let mut body = Vec::new();
-            template.render(1, crate::cli::now_ns(), &mut body);
+            template.render(1, toctou_schema::now_ns(), &mut body);
             without.send(template, body.clone(), &mut refused).await;
             assert_eq!(
                 refused.errors.get(refusal),

@@ -9,8 +9,8 @@
 use crate::access::{receivers_and_api, AccessArgs};
 use crate::api::{self, Shared};
 use crate::cli::ClickhouseArgs;
-use crate::cli::{bind, now_ns, CorrelatorArgs, ReceiverArgs};
-use crate::output::FindingsWriter;
+use crate::cli::{bind, CorrelatorArgs, ReceiverArgs};
+use crate::findings::{self, FindingsSink, JsonLines, StoreSink};
 use crate::store::FindingStore;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -22,6 +22,7 @@ use toctou_clickhouse::migrations;
 use toctou_clickhouse::sink::{self, Sink, SinkConfig};
 use toctou_collector::{ChannelSink, QueueBytes, Receivers};
 use toctou_correlator::Engine;
+use toctou_schema::now_ns;
 use toctou_schema::Event;
 use tokio::sync::{mpsc, watch};
 
@@ -42,7 +43,7 @@ pub struct RunArgs {
     /// Findings API, page, /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
     pub api_addr: SocketAddr,
-    /// API tokens, TLS and the loopback rule (src/access.rs).
+    /// API tokens, TLS and the loopback rule (server/src/access.rs).
     #[command(flatten)]
     pub access: AccessArgs,
     /// Findings kept in memory for the API (oldest dropped first, counted).
@@ -86,13 +87,19 @@ pub struct RunArgs {
     pub shutdown: ShutdownArgs,
 }
 
-pub fn main(args: RunArgs) -> Result<()> {
+/// The demo traffic of `--demo`: given this process's OTLP/gRPC address once it listens,
+/// the `--demo-duration` and the ingest token, sends it. The binary provides it (the demo's
+/// crate and the server's do not import each other).
+pub type DemoTraffic =
+    Box<dyn FnOnce(SocketAddr, Duration) -> futures::future::BoxFuture<'static, Result<()>> + Send>;
+
+pub fn main(args: RunArgs, demo: DemoTraffic) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("toctou-io")
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(run(args, shutdown_signal()));
+    let result = runtime.block_on(run(args, Some(demo), shutdown_signal()));
     // Past the shutdown deadline a thread may still be stuck (a sink retrying, a request
     // blocked): the process exits anyway, with the error saying what was not flushed.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -124,15 +131,24 @@ pub(crate) async fn shutdown_signal() {
 }
 
 /// Runs until `shutdown` resolves. Binding happens first so that a port in use fails fast
-/// with the address in the message.
-pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// with the address in the message. `demo` is what `--demo` sends (refused without one).
+pub async fn run(
+    args: RunArgs,
+    demo: Option<DemoTraffic>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let (receiver_access, api_access) =
         receivers_and_api(&args.receivers, &args.access, "API", args.api_addr)?;
     if args.demo && receiver_access.tls.is_some() {
         anyhow::bail!("--demo sends in plain text: it cannot be used with --tls-cert");
     }
+    let demo = match (args.demo, demo) {
+        (true, Some(demo)) => Some(demo),
+        (true, None) => anyhow::bail!("--demo: this build has no demo traffic"),
+        (false, _) => None,
+    };
     let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
-    let writer = FindingsWriter::open(args.findings_file.as_deref())?;
+    let writer = JsonLines::open(args.findings_file.as_deref())?;
     let sink = start_sink(&args).await?;
 
     let (grpc, http) = args.receivers.bind().await?;
@@ -207,14 +223,10 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>)
     ));
     drop(receivers);
 
-    let demo_task = args.demo.then(|| {
-        // With ingest tokens the demo sends TOCTOU_TOKEN (this process keeps only digests).
-        let token = std::env::var("TOCTOU_TOKEN")
-            .ok()
-            .and_then(|t| t.parse().ok());
-        let demo = crate::demo::DemoArgs::against(grpc_addr, args.demo_duration, token);
+    let demo_task = demo.map(|demo| {
+        let traffic = demo(grpc_addr, args.demo_duration);
         tokio::spawn(async move {
-            if let Err(err) = crate::demo::run_workloads(demo).await {
+            if let Err(err) = traffic.await {
                 tracing::error!(error = %format!("{err:#}"), "demo traffic failed");
             }
         })
@@ -300,7 +312,7 @@ fn correlate(
     mut rx: mpsc::Receiver<Vec<Event>>,
     mut servers_done: tokio::sync::oneshot::Receiver<std::time::Instant>,
     shared: Arc<Shared>,
-    mut writer: FindingsWriter,
+    mut writer: JsonLines,
     sink: Option<Sink>,
     progress: &Progress,
     timeout: Duration,
@@ -398,6 +410,19 @@ struct SinkFeed<'a> {
     pending: sink::Handover,
 }
 
+/// Findings are gathered with the events and handed over with them when due.
+impl FindingsSink for SinkFeed<'_> {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    fn publish(&mut self, findings: &[toctou_schema::Finding]) -> std::io::Result<()> {
+        self.pending.add_findings(findings);
+        self.hand_over_if_due();
+        Ok(())
+    }
+}
+
 impl SinkFeed<'_> {
     /// Blocks while ClickHouse is behind and the sink's channel is full: the push-back.
     fn hand_over(&mut self) {
@@ -434,27 +459,17 @@ fn ingest(
     queue_bytes.give_back(charge);
 }
 
+/// The findings decided since the last call, to the store, the JSON lines and (with
+/// `--clickhouse-url`) ClickHouse.
 fn publish(
     out: &mut Vec<toctou_schema::Finding>,
     shared: &Shared,
-    writer: &mut FindingsWriter,
+    writer: &mut JsonLines,
     feed: Option<&mut SinkFeed>,
 ) {
-    if out.is_empty() {
-        return;
-    }
-    if let Some(feed) = feed {
-        feed.pending.add_findings(out);
-        feed.hand_over_if_due();
-    }
-    for f in out.iter() {
-        if let Err(err) = writer.write(f) {
-            tracing::warn!(error = %err, "writing a finding to the findings output failed");
-        }
-    }
-    let _ = writer.flush();
-    let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
-    for f in out.drain(..) {
-        store.push(f);
+    let mut store = StoreSink(&shared.store);
+    match feed {
+        Some(feed) => findings::publish(out, &mut [feed, writer, &mut store]),
+        None => findings::publish(out, &mut [writer, &mut store]),
     }
 }

@@ -235,7 +235,7 @@ fn raise_fd_limit() -> Option<u64> {
     Some(lim.rlim_cur)
 }
 
-/// The receivers' access flags, part of `ReceiverArgs` (src/cli.rs).
+/// The receivers' access flags, part of `ReceiverArgs` (server/src/cli.rs).
 #[derive(Args, Debug, Clone)]
 pub struct ReceiverAccessArgs {
     /// File of tokens (one per line, `#` comments) the OTLP receivers accept as
@@ -258,34 +258,6 @@ pub struct ReceiverAccessArgs {
     /// (mutual TLS). Needs --tls-cert.
     #[arg(long, env = "TOCTOU_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
-}
-
-/// A token a client sends (`toctou demo`, `toctou loadgen`): kept out of `Debug` so that no
-/// log of the parsed arguments shows it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(redacted)")
-    }
-}
-
-/// Never fails: clap quotes a value it refuses, so a malformed token is caught where it
-/// becomes a header, by an error that does not contain it.
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Secret, Self::Err> {
-        Ok(Secret(s.trim().to_string()))
-    }
-}
-
-impl Secret {
-    /// The `Authorization` header value.
-    pub fn bearer(&self) -> String {
-        format!("Bearer {}", self.0)
-    }
 }
 
 /// Tokens as given to a `--*-tokens` flag or its variable: parsed after clap, so that a

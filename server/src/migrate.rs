@@ -74,7 +74,7 @@ async fn run(args: MigrateArgs) -> Result<()> {
             findings: args.retention_findings,
             rollups: args.retention_rollups,
         };
-        let now_secs = crate::cli::now_ns() / 1_000_000_000;
+        let now_secs = toctou_schema::now_ns() / 1_000_000_000;
         let dropped = retention::apply(&ch.client(), &keep, now_secs)
             .await
             .with_context(|| format!("applying retention to {}", ch.database))?;

@@ -5,7 +5,7 @@
 //! moment, so the same files give the same findings, byte for byte.
 
 use crate::cli::CorrelatorArgs;
-use crate::output::FindingsWriter;
+use crate::findings::{FindingsSink, JsonLines};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ pub fn main(args: ReplayArgs) -> Result<()> {
         std::fs::File::create(path)
             .with_context(|| format!("creating output file {}", path.display()))?;
     }
-    let mut writer = FindingsWriter::open(args.output.as_deref())?;
+    let mut writer = JsonLines::open(args.output.as_deref())?;
     let mut findings = Vec::new();
     let mut clock = 0u64;
     let mut events = 0usize;
@@ -50,11 +50,11 @@ pub fn main(args: ReplayArgs) -> Result<()> {
     engine.flush(clock, &mut findings);
 
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    // The one output of a replay: an error fails it (run and the correlator log one and go on).
+    writer.publish(&findings).context("writing findings")?;
     for f in &findings {
-        writer.write(f).context("writing findings")?;
         *by_kind.entry(f.kind.as_str()).or_default() += 1;
     }
-    writer.flush().context("writing findings")?;
     let summary: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
     let stats = engine.stats();
     tracing::info!(

@@ -14,7 +14,7 @@
 //!   with `--clickhouse-url`, the sink's.
 //! - `GET /healthz` → `ok`.
 //!
-//! With API tokens (`--api-token-file`, src/access.rs) everything but `/healthz` answers
+//! With API tokens (`--api-token-file`, server/src/access.rs) everything but `/healthz` answers
 //! 401 without one. Everything a response echoes is JSON with `<`, `>` and `&` escaped, so
 //! no request can make the API answer markup, whatever the browser guesses.
 
@@ -227,7 +227,7 @@ async fn summary(
             "invalid seconds {seconds}: expected 1 to {RATE_SECONDS}"
         ));
     }
-    let now_ns = crate::cli::now_ns();
+    let now_ns = toctou_schema::now_ns();
     let summary = shared
         .store
         .read()

@@ -1,12 +1,15 @@
 //! The `toctou run` the demo starts in its own process when nothing answers at its endpoint,
 //! so that `toctou demo` alone shows races found: on loopback ports the OS picks, with the
 //! same code and flags as `toctou run`, findings written to a file rather than stdout.
+//!
+//! This crate does not know the server: the binary, which has both, hands the demo a
+//! [`StartRun`] (so neither crate imports the other).
 
-use crate::run::{self, RunArgs};
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use futures::future::BoxFuture;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -14,13 +17,21 @@ use tokio::task::JoinHandle;
 /// How long the embedded server may take to answer `/healthz`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// `toctou run`'s own flags, parsed the way its command line is: new flags and their
-/// defaults (and `TOCTOU_*` variables) apply here too.
-#[derive(Parser)]
-struct EmbeddedRun {
-    #[command(flatten)]
-    run: RunArgs,
+/// Where and how the embedded `toctou run` listens and correlates.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+    pub findings_file: PathBuf,
+    pub pair_ttl: Duration,
+    pub allowed_lateness: Duration,
 }
+
+/// Starts a `toctou run` in this process as a task that serves until its second argument
+/// resolves, then drains and ends (as on SIGTERM).
+pub type StartRun =
+    Arc<dyn Fn(RunSpec, BoxFuture<'static, ()>) -> Result<JoinHandle<Result<()>>> + Send + Sync>;
 
 pub struct Embedded {
     pub grpc: SocketAddr,
@@ -51,30 +62,33 @@ pub async fn answers(endpoint: &str) -> bool {
 }
 
 /// Starts `toctou run` with the given correlator timing and waits until it answers.
-pub async fn start(pair_ttl: Duration, allowed_lateness: Duration) -> Result<Embedded> {
+pub async fn start(
+    start_run: &StartRun,
+    pair_ttl: Duration,
+    allowed_lateness: Duration,
+) -> Result<Embedded> {
     let [grpc, http, api] = free_ports()?;
     let findings_file = std::env::temp_dir().join(format!(
         "toctou-demo-findings-{}-{}.jsonl",
         std::process::id(),
         api.port()
     ));
-    let pair_ttl = humantime::format_duration(pair_ttl).to_string();
-    let lateness = humantime::format_duration(allowed_lateness).to_string();
-    let args = EmbeddedRun::try_parse_from([
-        "toctou-run".to_string(),
-        format!("--otlp-grpc-addr={grpc}"),
-        format!("--otlp-http-addr={http}"),
-        format!("--api-addr={api}"),
-        format!("--findings-file={}", findings_file.display()),
-        format!("--pair-ttl={pair_ttl}"),
-        format!("--allowed-lateness={lateness}"),
-    ])
-    .context("building the embedded toctou run's flags")?
-    .run;
+    let spec = RunSpec {
+        grpc,
+        http,
+        api,
+        findings_file: findings_file.clone(),
+        pair_ttl,
+        allowed_lateness,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run::run(args, async {
-        let _ = stopped.await;
-    }));
+    let task = start_run(
+        spec,
+        Box::pin(async {
+            let _ = stopped.await;
+        }),
+    )
+    .context("starting the embedded toctou run")?;
     let deadline = Instant::now() + START_TIMEOUT;
     let health = format!("http://{api}/healthz");
     loop {

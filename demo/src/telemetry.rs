@@ -6,7 +6,7 @@
 use super::clock::ClockOffset;
 use super::delivery::{CountedLogExporter, CountedSpanExporter, Delivery, Handed};
 use super::hook::Hooked;
-use crate::access::Secret;
+use crate::Secret;
 use anyhow::{Context as _, Result};
 use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};

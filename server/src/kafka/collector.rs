@@ -28,7 +28,7 @@ pub struct CollectorArgs {
     /// /metrics and /healthz listen address.
     #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
     pub api_addr: SocketAddr,
-    /// Metrics tokens, TLS and the loopback rule (src/access.rs).
+    /// Metrics tokens, TLS and the loopback rule (server/src/access.rs).
     #[command(flatten)]
     pub access: AccessArgs,
     /// Bytes in flight to Kafka at most; beyond it requests are pushed back.

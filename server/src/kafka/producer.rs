@@ -670,7 +670,7 @@ mod tests {
             let root = std::env::var_os("CARGO_MANIFEST_DIR")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-            let out = std::process::Command::new(root.join("scripts/kafka"))
+            let out = std::process::Command::new(root.join("../scripts/kafka"))
                 .arg(verb)
                 .env("TOCTOU_KAFKA_HOME", home)
                 .output()

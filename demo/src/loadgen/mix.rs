@@ -166,7 +166,7 @@ impl Template {
     }
 
     /// Encoded size in bytes.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         self.bytes.len()
     }
 }

@@ -15,8 +15,11 @@
 //!   the SDK was handed and what its exporters delivered (push-back, and the report);
 //!   [`clock`]: services on hosts whose clocks are off; [`hook`]: the processor wrapper
 //!   both look at spans and records through.
-//! - [`embedded`]: the `toctou run` the demo starts when nothing answers.
+//! - [`embedded`]: the `toctou run` the demo starts when nothing answers (started through
+//!   a [`StartRun`] the binary provides: this crate does not depend on the server's).
 //! - [`compare`]: the findings API read back, and the comparison printed.
+//! - [`loadgen`]: `toctou loadgen`, pre-encoded OTLP load at a fixed or maximal rate.
+//! - [`Secret`]: the token a client sends, kept out of logs.
 
 mod accounts;
 mod args;
@@ -30,11 +33,15 @@ mod embedded;
 mod hook;
 mod inventory;
 mod load;
+pub mod loadgen;
 mod payments;
 mod pricing;
+mod secret;
 mod telemetry;
 
 pub use args::{DemoArgs, Workload};
+pub use embedded::{RunSpec, StartRun};
+pub use secret::Secret;
 
 use anyhow::{bail, Context, Result};
 use load::{Counts, Load, Pacer};
@@ -49,33 +56,41 @@ const EMBEDDED_PAIR_TTL: Duration = Duration::from_secs(5);
 /// The pair TTL assumed of a running `toctou run` (its default) when none is given.
 const DEFAULT_PAIR_TTL: Duration = Duration::from_secs(30);
 
-pub fn main(args: DemoArgs) -> Result<()> {
+/// `toctou demo`; `start_run` starts the embedded `toctou run` when one is needed.
+pub fn main(args: DemoArgs, start_run: StartRun) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run_workloads(args))
+    runtime.block_on(run_workloads(args, Some(start_run)))
 }
 
 /// Runs every workload concurrently for `args.duration`, flushes the telemetry, and (when
 /// an API address is given) compares the ground truth with toctou's findings. With an API
-/// address and nothing answering at the endpoint, runs against an embedded `toctou run`.
+/// address and nothing answering at the endpoint, runs against an embedded `toctou run`
+/// started by `start_run` (an error without one).
 ///
 /// Boxed: `toctou run --demo` spawns this future, and this one may spawn `toctou run`; a
 /// named `Send` future type breaks that cycle for the compiler.
-pub fn run_workloads(args: DemoArgs) -> futures::future::BoxFuture<'static, Result<()>> {
-    Box::pin(demo(args))
+pub fn run_workloads(
+    args: DemoArgs,
+    start_run: Option<StartRun>,
+) -> futures::future::BoxFuture<'static, Result<()>> {
+    Box::pin(demo(args, start_run))
 }
 
-async fn demo(mut args: DemoArgs) -> Result<()> {
+async fn demo(mut args: DemoArgs, start_run: Option<StartRun>) -> Result<()> {
     args.validate()?;
-    let started_ns = crate::cli::now_ns();
+    let started_ns = toctou_schema::now_ns();
     let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let compare = !args.api.is_empty() && !args.truth_only;
     let mut server = None;
     if compare && !embedded::answers(&args.endpoint).await {
         let pair_ttl = args.pair_ttl.unwrap_or(EMBEDDED_PAIR_TTL);
-        let e = embedded::start(pair_ttl, args.allowed_lateness).await?;
+        let Some(start_run) = start_run else {
+            bail!("nothing answers at {}", args.endpoint);
+        };
+        let e = embedded::start(&start_run, pair_ttl, args.allowed_lateness).await?;
         println!(
             "nothing answered at {}: started an embedded `toctou run` on loopback \
              (OTLP/gRPC {}, OTLP/HTTP {}, API http://{}, pair TTL {}), findings in {}",

@@ -134,7 +134,7 @@ impl Partitions {
                     self.outbox.rows.add_events(&batch.events);
                     self.outbox.handed.events += batch.events.len() as u64;
                 }
-                let now = crate::cli::now_ns();
+                let now = toctou_schema::now_ns();
                 for event in batch.events {
                     part.engine.ingest(event, now, &mut self.out);
                 }
@@ -167,7 +167,7 @@ impl Partitions {
     /// the broker's latest `ends`): one whose partition has records waiting does not advance
     /// its watermark by the wall clock.
     pub(super) fn tick(&mut self, ends: Option<&Ends>) {
-        let now = crate::cli::now_ns();
+        let now = toctou_schema::now_ns();
         let now_instant = Instant::now();
         let mut behind = 0;
         for (&p, part) in self.parts.iter_mut() {
@@ -451,9 +451,21 @@ fn publish(part: &Part, out: &mut Vec<Finding>, outbox: &mut Outbox, metrics: &C
     metrics
         .held_back_findings
         .fetch_add((before - out.len()) as u64, Relaxed);
-    outbox.rows.add_findings(out);
-    outbox.handed.findings += out.len() as u64;
-    out.clear();
+    crate::findings::publish(out, &mut [outbox]);
+}
+
+/// ClickHouse, the correlator's one destination: the rows wait in the outbox for the next
+/// hand-over, counted as handed at once so that no commit point taken meanwhile passes them.
+impl crate::findings::FindingsSink for Outbox {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    fn publish(&mut self, findings: &[Finding]) -> std::io::Result<()> {
+        self.rows.add_findings(findings);
+        self.handed.findings += findings.len() as u64;
+        Ok(())
+    }
 }
 
 /// The re-read has reached the predecessor's last offset: the watermark moves to the
@@ -468,7 +480,7 @@ fn finish_replay(
         return;
     };
     part.engine
-        .advance_watermark(point.watermark_ns, crate::cli::now_ns(), out);
+        .advance_watermark(point.watermark_ns, toctou_schema::now_ns(), out);
     publish(part, out, outbox, metrics);
     part.replay = Replay::Live;
     tracing::info!(watermark_ns = point.watermark_ns, "partition rebuilt");

@@ -46,7 +46,7 @@ pub struct ReceiverArgs {
     /// How long an HTTP request body may take to arrive once its headers are in (408).
     #[arg(long, env = "TOCTOU_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
-    /// Who may send: tokens per route group and client certificates (src/access.rs).
+    /// Who may send: tokens per route group and client certificates (server/src/access.rs).
     #[command(flatten)]
     pub access: crate::access::ReceiverAccessArgs,
 }
@@ -150,14 +150,6 @@ impl CorrelatorArgs {
             max_clock_skew: self.max_clock_skew,
         }
     }
-}
-
-/// Nanoseconds since the Unix epoch, the unit of every event time.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Where ClickHouse is and who to be there: the flags and environment of

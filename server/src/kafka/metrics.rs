@@ -106,7 +106,7 @@ pub struct ConsumerMetrics {
     /// Times consumption was paused for the sink.
     pub pauses: AtomicU64,
     /// Owned partitions whose last end (asked of the broker) lies beyond the read position,
-    /// or whose end is not known yet: records wait (src/kafka/catchup.rs).
+    /// or whose end is not known yet: records wait (server/src/kafka/catchup.rs).
     pub partitions_behind: AtomicI64,
     /// Partitions read to an end the broker gave after their assignment, the events read
     /// until then and the time it took (in microseconds): the catch-up of new owners.

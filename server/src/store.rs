@@ -202,6 +202,10 @@ impl FindingStore {
         self.findings.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.findings.is_empty()
+    }
+
     /// What the held findings take, as [`Finding::approx_bytes`] counts them.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -213,11 +217,12 @@ impl FindingStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use toctou_schema::Severity;
 
-    pub(super) fn finding(n: u64, kind: FindingKind) -> Finding {
+    /// A finding numbered `n` (its id, event and detection time).
+    pub(crate) fn finding(n: u64, kind: FindingKind) -> Finding {
         Finding {
             id: format!("{n:032x}"),
             kind,

@@ -2,7 +2,7 @@
 //! happened, printed per kind.
 
 use super::load::{Counts, KINDS};
-use crate::access::Secret;
+use crate::Secret;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 

@@ -1,0 +1,33 @@
+//! toctou's nodes, composed from the stage crates: `toctou run` (receivers, correlator and
+//! findings API in one process), and the distributed mode's `toctou collector` and
+//! `toctou correlator` around a Kafka topic; with the API, page and findings store they
+//! serve, the access rules of every listener, and shutdown.
+//!
+//! # Layout
+//! - [`cli`]: flags shared by the nodes (addresses, limits, correlator tuning, ClickHouse).
+//! - [`access`]: tokens, TLS and the loopback rule of every listener; [`tls`]: rustls.
+//! - [`run`]: `toctou run`, the embedded default: receivers, correlator and findings API in
+//!   one process with no external services; its shutdown stages in `run::shutdown`.
+//! - [`api`]: the HTTP API on :8686 (findings, `/metrics`, `/healthz`); [`page`]: the
+//!   built-in page it serves.
+//! - [`store`]: the bounded in-memory findings store behind the API.
+//! - [`findings`]: where decided findings go, one path for every node: the
+//!   [`findings::FindingsSink`] trait, with the store, JSON lines and ClickHouse behind it.
+//! - [`replay`]: `toctou replay`, the same correlator offline over files.
+//! - [`migrate`]: `toctou migrate`, the versioned ClickHouse schema and its retention.
+//! - [`kafka`]: distributed mode: `toctou collector`, `toctou correlator`, `toctou kafka init`.
+//!
+//! Errors are `anyhow` with context: each node is an application whose errors end at the
+//! binary's edge; the stage crates below keep typed ones.
+
+pub mod access;
+pub mod api;
+pub mod cli;
+pub mod findings;
+pub mod kafka;
+pub mod migrate;
+pub mod page;
+pub mod replay;
+pub mod run;
+pub mod store;
+pub mod tls;
