@@ -5,15 +5,15 @@
 
 mod common;
 
+use common::gzip;
+
 use bytes::{BufMut, Bytes};
 use common::{metric, testdata, Toctou};
-use flate2::write::GzEncoder;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use prost::Message;
-use std::io::Write;
 use std::marker::PhantomData;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -93,12 +93,6 @@ fn empty_items(head: &str, tail: &str) -> Vec<u8> {
     out.extend_from_slice(&vec!["{}"; 1_000_000].join(",").into_bytes());
     out.extend_from_slice(tail.as_bytes());
     out
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 /// A traces request whose first span carries the attribute `key` with an AnyValue nesting

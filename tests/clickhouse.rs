@@ -436,15 +436,9 @@ fn a_password_in_the_url_reaches_no_log_line_help_or_error_message() {
     const SECRET: &str = "hunter2secret";
     // Nothing listening: migrate and run both fail naming the URL, which must be redacted.
     let refused = format!("http://toctou:{SECRET}@127.0.0.1:{}", closed_port());
-    let run = [
-        "run",
-        "--otlp-grpc-addr",
-        "127.0.0.1:0",
-        "--otlp-http-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-    ];
+    let run: Vec<&str> = std::iter::once("run")
+        .chain(common::EPHEMERAL_PORTS)
+        .collect();
     for args in [&["migrate"][..], &run[..]] {
         let out = Command::new(BIN)
             .args(args)

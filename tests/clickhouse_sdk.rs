@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::clickhouse::{server_url, sql};
+use common::clickhouse::{server_url, sink_flags, sql};
 use common::otel_sdk::{sdk, send_scenario, Transport};
 use common::{kinds, Toctou};
 use std::time::{Duration, SystemTime};
@@ -25,18 +25,8 @@ unchecked_use\tshop\trestock\tinventory/sku-2\tnocheck
 async fn sdk_scenario_lands_as_exactly_its_findings_events_and_rollups() {
     let url = server_url();
     let db = format!("toctou_test_{}_sdk", std::process::id());
-    let mut toctou = Toctou::start(&[
-        "--pair-ttl",
-        "1s",
-        "--allowed-lateness",
-        "300ms",
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        &db,
-        "--clickhouse-batch-age",
-        "200ms",
-    ]);
+    let timing = ["--pair-ttl", "1s", "--allowed-lateness", "300ms"];
+    let mut toctou = Toctou::start(&[&timing[..], &sink_flags(&url, &db)].concat());
     let sdk = sdk(&toctou, Transport::HttpProtobuf);
     let t0 = SystemTime::now() - Duration::from_secs(1);
     let sdk = tokio::task::spawn_blocking(move || {

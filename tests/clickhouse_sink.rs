@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::clickhouse::{server_url, sql};
+use common::clickhouse::{server_url, sink_flags, sql, PrivateServer};
 use common::Toctou;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 fn root() -> &'static Path {
@@ -18,14 +17,7 @@ fn root() -> &'static Path {
 
 /// `toctou run` writing to `db`, inserting every 200 ms.
 fn with_sink(url: &str, db: &str) -> Toctou {
-    Toctou::start(&[
-        "--clickhouse-url",
-        url,
-        "--clickhouse-database",
-        db,
-        "--clickhouse-batch-age",
-        "200ms",
-    ])
+    Toctou::start(&sink_flags(url, db))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,51 +205,15 @@ async fn assert_sink_metrics(toctou: &Toctou, findings: usize) {
     );
 }
 
-/// A ClickHouse server of the test's own (so stopping it disturbs no other test), stopped
-/// and removed on drop.
-struct PrivateServer {
-    home: std::path::PathBuf,
-}
-
-impl PrivateServer {
-    fn script(&self, command: &str) -> String {
-        let out = Command::new(root().join("scripts/clickhouse"))
-            .arg(command)
-            .env("TOCTOU_CLICKHOUSE_HOME", &self.home)
-            .output()
-            .expect("running scripts/clickhouse");
-        assert!(
-            out.status.success(),
-            "scripts/clickhouse {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/clickhouse"))
-            .arg("stop")
-            .env("TOCTOU_CLICKHOUSE_HOME", &self.home)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_sent_while_clickhouse_is_down_arrive_once_it_is_back() {
-    let server = PrivateServer {
-        home: std::env::temp_dir().join(format!("toctou-ch-outage-{}", std::process::id())),
-    };
-    let url = server.script("start");
+    // A server of the test's own, so that stopping it disturbs no other test.
+    let server = PrivateServer::start("outage");
+    let url = server.url.clone();
     let db = "toctou_outage";
     let mut toctou = with_sink(&url, db);
     // Migrated at start-up; now the server goes away for 20 s while the scenario arrives.
-    server.script("stop");
+    server.stop();
     let down = std::time::Instant::now();
     toctou.send_scenario("stale_check_versions").await;
     let found = toctou
@@ -278,7 +234,7 @@ async fn findings_sent_while_clickhouse_is_down_arrive_once_it_is_back() {
             .await,
         0.0
     );
-    assert_eq!(server.script("start"), url, "restarted on the same port");
+    server.restart();
 
     // The sink retries with at most 5 s between attempts: the rows come within seconds.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

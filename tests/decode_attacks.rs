@@ -9,13 +9,13 @@
 
 mod common;
 
+use common::gzip;
+
 use common::Toctou;
-use flate2::write::GzEncoder;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, ArrayValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use std::io::Write;
 use std::time::{Duration, Instant};
 use toctou_collector::budget::BUDGET_FACTOR;
 use toctou_collector::fuzzing::then_empty_spans;
@@ -103,12 +103,6 @@ fn empty_items(head: &str, tail: &str) -> Vec<u8> {
     }
     out.extend_from_slice(tail.as_bytes());
     out
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 struct Attack {

@@ -155,20 +155,9 @@ fn run_with_demo_keeps_stdout_for_findings_only() {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
     let mut child = Command::new(env!("CARGO_BIN_EXE_toctou"))
-        .args([
-            "run",
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--pair-ttl",
-            "1s",
-            "--demo",
-            "--demo-duration",
-            "3s",
-        ])
+        .arg("run")
+        .args(common::EPHEMERAL_PORTS)
+        .args(["--pair-ttl", "1s", "--demo", "--demo-duration", "3s"])
         .env("TOCTOU_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -7,7 +7,9 @@ mod common;
 use common::metric;
 
 use common::clickhouse::{server_url, sql};
-use common::kafka::stories::{diff, expected_findings, send_stories, wait_for_findings};
+use common::kafka::stories::{
+    assert_stored_exactly, count_events, expected_findings, send_stories,
+};
 use common::kafka::{collector, correlator, Broker};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -85,20 +87,10 @@ async fn two_correlators_store_exactly_the_expected_findings() {
         expected.len()
     );
 
-    let (stored, rows) = wait_for_findings(&url, &db, &expected, Duration::from_secs(60)).await;
-    assert_eq!(
-        stored,
-        expected,
-        "{}\ncorrelator a:\n{}\ncorrelator b:\n{}",
-        diff(&expected, &stored),
-        a.log(),
-        b.log()
-    );
-    assert_eq!(
-        rows,
-        expected.len() as u64,
-        "a finding stored twice under FINAL"
-    );
+    assert_stored_exactly(&url, &db, &expected, Duration::from_secs(60), || {
+        format!("correlator a:\n{}\ncorrelator b:\n{}", a.log(), b.log())
+    })
+    .await;
 
     // Both members got partitions; every message but the future one decoded.
     let mut unknown_version = 0.0;
@@ -155,13 +147,7 @@ async fn two_correlators_store_exactly_the_expected_findings() {
         .map(|n| n.parse().unwrap())
         .collect();
     assert_eq!(counts[0], counts[1], "{events}");
-    let spans_and_audits: u64 = sent
-        .iter()
-        .map(|r| {
-            (r.matches("\"toctou.phase\"").count() + r.matches("\"toctou.audit.action\"").count())
-                as u64
-        })
-        .sum();
+    let spans_and_audits: u64 = count_events(&sent);
     assert_eq!(counts[1], spans_and_audits, "{events}");
 
     for node in [&mut a, &mut b] {

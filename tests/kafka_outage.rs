@@ -15,7 +15,8 @@ use common::metric;
 
 use common::clickhouse::{server_url, sql};
 use common::kafka::stories::{
-    diff, expected_findings_with_lateness, send_stories, wait_for_findings, wait_for_progress,
+    assert_stored_exactly, count_events, expected_findings_with_lateness, send_stories,
+    wait_for_progress,
 };
 use common::kafka::{collector, correlator_with_lateness, Broker};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,28 +61,12 @@ async fn broker_outage_pushes_back_and_loses_nothing() {
     );
 
     let expected = expected_findings_with_lateness(&sent, LATENESS);
-    let (stored, rows) = wait_for_findings(&url, &db, &expected, Duration::from_secs(150)).await;
-    assert_eq!(
-        stored,
-        expected,
-        "{}\ncorrelator:\n{}\ncollector 1:\n{}",
-        diff(&expected, &stored),
-        corr.log(),
-        c1.log()
-    );
-    assert_eq!(
-        rows,
-        expected.len() as u64,
-        "a finding stored twice under FINAL"
-    );
+    assert_stored_exactly(&url, &db, &expected, Duration::from_secs(150), || {
+        format!("correlator:\n{}\ncollector 1:\n{}", corr.log(), c1.log())
+    })
+    .await;
 
-    let spans_and_audits: u64 = sent
-        .iter()
-        .map(|r| {
-            (r.matches("\"toctou.phase\"").count() + r.matches("\"toctou.audit.action\"").count())
-                as u64
-        })
-        .sum();
+    let spans_and_audits: u64 = count_events(&sent);
     let events = sql(&url, &db, "SELECT uniqExact(event_key) FROM events").await;
     assert_eq!(
         events.trim().parse::<u64>().unwrap(),

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::clickhouse::{server_url, sql, PrivateServer};
+use common::clickhouse::{server_url, sink_flags, sql, PrivateServer};
 use common::kafka::stories::{
     count_events, diff, expected_findings_with_lateness, send_until_refused, wait_for_progress,
 };
 use common::{kinds, Toctou};
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,17 +40,7 @@ async fn sigterm_drains_and_exits_zero() {
 
 /// The findings (id, kind) of a JSON lines file.
 fn findings_in(path: &std::path::Path) -> BTreeSet<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["id"].as_str().unwrap().to_owned(),
-                v["kind"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    common::ids_and_kinds(&std::fs::read_to_string(path).unwrap())
 }
 
 /// Longer than any arrival jitter on a loaded 2-core machine: `run` and the oracle then
@@ -72,20 +61,15 @@ const LATENESS: &str = "5s";
 async fn sigterm_under_load_loses_nothing_acknowledged() {
     let url = server_url();
     let db = format!("toctou_test_{}_sigterm", std::process::id());
-    let mut toctou = Toctou::start(&[
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        &db,
-        "--clickhouse-batch-age",
-        "200ms",
+    let timing = [
         "--pair-ttl",
         "2s",
         "--allowed-lateness",
         LATENESS,
         "--shutdown-timeout",
         "20s",
-    ]);
+    ];
+    let mut toctou = Toctou::start(&[&sink_flags(&url, &db)[..], &timing].concat());
     let progress = Arc::new(AtomicU64::new(0));
     let senders = tokio::spawn(send_until_refused(toctou.http, 4, progress.clone()));
     wait_for_progress(&progress, 1_000).await;

@@ -7,7 +7,7 @@ mod common;
 
 use common::clickhouse::{server_url, sql};
 use common::kafka::stories::{
-    count_events, diff, expected_findings, send_until_refused, wait_for_findings, wait_for_progress,
+    assert_stored_exactly, count_events, expected_findings, send_until_refused, wait_for_progress,
 };
 use common::kafka::{collector, correlator, Broker};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,15 +45,10 @@ async fn collector_sigterm_under_load_keeps_everything_acknowledged() {
     );
 
     let expected = expected_findings(&acked);
-    let (stored, rows) = wait_for_findings(&url, &db, &expected, Duration::from_secs(90)).await;
-    assert_eq!(
-        stored,
-        expected,
-        "{}\ncorrelator:\n{}",
-        diff(&expected, &stored),
-        corr.log()
-    );
-    assert_eq!(rows, expected.len() as u64, "a finding stored twice");
+    assert_stored_exactly(&url, &db, &expected, Duration::from_secs(90), || {
+        format!("correlator:\n{}", corr.log())
+    })
+    .await;
     let events = count_events(&acked);
     assert_eq!(
         sql(

@@ -539,18 +539,11 @@ mod tests {
     }
 
     fn audit(i: u64) -> Event {
-        Event::Audit(toctou_schema::AuditEvent {
-            action: toctou_schema::AuditAction::Update,
-            resource: format!("inventory/{i}"),
-            version: Some(i.to_string()),
-            request_id: None,
-            actor: None,
-            time_ns: 1_000 + i,
-            service: "db".into(),
-            source_id: Some(format!("audit-{i}")),
-            trace_id: [0; 16],
-            span_id: [0; 8],
-        })
+        let resource = format!("inventory/{i}");
+        toctou_schema::testing::audit_at(toctou_schema::AuditAction::Update, &resource, 1_000 + i)
+            .version(&i.to_string())
+            .source(&format!("audit-{i}"))
+            .ev()
     }
 
     /// A hand-over gathers rows until it is due, then sends them as one batch per table,

@@ -310,22 +310,11 @@ mod tests {
     use crate::decoded::{IgnoreReason, RejectReason, Rejection};
     use crate::sink::ChannelSink;
     use std::time::Duration;
-    use toctou_schema::{AuditAction, AuditEvent, Event};
+    use toctou_schema::{AuditAction, Event};
     use tokio::sync::mpsc;
 
     fn audit() -> Event {
-        Event::Audit(AuditEvent {
-            action: AuditAction::Update,
-            resource: "r".into(),
-            version: None,
-            request_id: None,
-            actor: None,
-            time_ns: 1,
-            service: "s".into(),
-            source_id: None,
-            trace_id: [0; 16],
-            span_id: [0; 8],
-        })
+        toctou_schema::testing::audit_at(AuditAction::Update, "r", 1).ev()
     }
 
     fn receivers(capacity: usize) -> (Receivers, mpsc::Receiver<Vec<Event>>) {

@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use toctou_correlator::{Config, Engine};
-use toctou_schema::{Decision, Event, Phase, SpanEvent, UseOutcome};
+use toctou_schema::testing::span_at;
+use toctou_schema::{Event, Phase};
 
 struct Counting;
 
@@ -45,26 +46,16 @@ fn check(i: u64, rng: &mut StdRng) -> Event {
     let service = SERVICES[(i % 4) as usize];
     // 1M checks over 10 s of event time: all still pending (default pair TTL 30 s).
     let end = common::BASE_NS + i * 10_000;
-    Event::Span(SpanEvent {
-        phase: Phase::Check,
-        resource: format!("inventory/sku-{}", rng.gen_range(0..common::RESOURCES)),
-        version: Some(rng.gen_range(1..1_000_000u64).to_string()),
-        request_id: trace.iter().map(|b| format!("{b:02x}")).collect(),
-        trace_id: trace,
-        span_id: rng.gen(),
-        start_ns: end - 500_000,
-        end_ns: end,
-        service: service.into(),
-        operation: "reserve".into(),
-        actor: service.into(),
-        decision: Decision::Allow,
-        source: None,
-        policy: None,
-        policy_version: None,
-        idempotency_key: None,
-        outcome: UseOutcome::Ok,
-        permission_denied: false,
-    })
+    // The random draws in the order the recorded figures were measured with.
+    let resource = format!("inventory/sku-{}", rng.gen_range(0..common::RESOURCES));
+    let version = rng.gen_range(1..1_000_000u64).to_string();
+    let request: String = trace.iter().map(|b| format!("{b:02x}")).collect();
+    span_at(Phase::Check, &resource, &request, end)
+        .version(&version)
+        .ids(trace, rng.gen())
+        .service(service, "reserve")
+        .lasting_ns(500_000)
+        .ev()
 }
 
 /// Live bytes the engine holds after ingesting `CHECKS` checks under `config` and then

@@ -41,6 +41,7 @@ mod telemetry;
 
 pub use args::{DemoArgs, Workload};
 pub use embedded::{RunSpec, StartRun};
+pub use load::KINDS;
 pub use secret::Secret;
 
 use anyhow::{bail, Context, Result};

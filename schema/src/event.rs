@@ -407,29 +407,11 @@ mod tests {
 
     #[test]
     fn event_time_is_check_end_and_use_start() {
-        let mut s = SpanEvent {
-            phase: Phase::Check,
-            resource: "r".into(),
-            version: None,
-            request_id: "q".into(),
-            trace_id: [0; 16],
-            span_id: [0; 8],
-            start_ns: 10,
-            end_ns: 20,
-            service: "svc".into(),
-            operation: String::new(),
-            actor: "svc".into(),
-            decision: Decision::Allow,
-            source: None,
-            policy: None,
-            policy_version: None,
-            idempotency_key: None,
-            outcome: UseOutcome::Ok,
-            permission_denied: false,
-        };
-        assert_eq!(s.event_time_ns(), 20);
+        let mut s = crate::testing::span_at(Phase::Check, "r", "q", 20_000_000).0;
+        s.start_ns = 10_000_000;
+        assert_eq!(s.event_time_ns(), 20_000_000);
         s.phase = Phase::Use;
-        assert_eq!(s.event_time_ns(), 10);
+        assert_eq!(s.event_time_ns(), 10_000_000);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`event`]: the normalized events, one per check span, use span or audit record, whatever
 //!   wire format they arrived in.
 //! - [`finding`]: what the correlator reports, with the evidence and a deterministic id.
+//! - `testing` (feature `test-util`): event builders for tests and benchmarks.
 //!
 //! Nothing here does I/O; every other crate depends on this one and on nothing else of ours.
 
@@ -14,6 +15,8 @@ pub mod clock;
 pub mod conventions;
 pub mod event;
 pub mod finding;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use clock::now_ns;
 pub use event::{

@@ -94,14 +94,27 @@ pub type DemoTraffic =
     Box<dyn FnOnce(SocketAddr, Duration) -> futures::future::BoxFuture<'static, Result<()>> + Send>;
 
 pub fn main(args: RunArgs, demo: DemoTraffic) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    run_node(None, run(args, Some(demo), shutdown_signal()))
+}
+
+/// Runs a node's future to its end on a multi-threaded runtime (`worker_threads` where the
+/// node wants fewer than one per core). Past the shutdown deadline a task may still be
+/// stuck (a sink retrying, a request waiting on Kafka or blocked on a client): the process
+/// exits anyway, with the node's error saying what was not flushed.
+pub(crate) fn run_node(
+    worker_threads: Option<usize>,
+    node: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("toctou-io")
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(run(args, Some(demo), shutdown_signal()));
-    // Past the shutdown deadline a thread may still be stuck (a sink retrying, a request
-    // blocked): the process exits anyway, with the error saying what was not flushed.
+    let result = runtime.block_on(node);
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }

@@ -219,37 +219,8 @@ impl FindingStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use toctou_schema::Severity;
 
-    /// A finding numbered `n` (its id, event and detection time).
-    pub(crate) fn finding(n: u64, kind: FindingKind) -> Finding {
-        Finding {
-            id: format!("{n:032x}"),
-            kind,
-            severity: Severity::High,
-            service: "svc".into(),
-            operation: "op".into(),
-            resource: "r".into(),
-            request_id: "q".into(),
-            trace_id: String::new(),
-            check_span_id: String::new(),
-            check_time_ns: None,
-            use_span_id: String::new(),
-            use_time_ns: None,
-            race_window_ns: None,
-            checked_version: None,
-            used_version: None,
-            check_source: None,
-            idempotency_key: None,
-            policy: None,
-            policy_version: None,
-            intervening: vec![],
-            prior_use: None,
-            reason: String::new(),
-            event_time_ns: n,
-            detected_at_ns: n,
-        }
-    }
+    pub(crate) use toctou_schema::testing::finding;
 
     #[test]
     fn keeps_the_latest_and_counts_what_it_drops() {

@@ -6,6 +6,18 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The flags of a ClickHouse sink writing to `db` at `url`, batches at most 200 ms old.
+pub fn sink_flags<'a>(url: &'a str, db: &'a str) -> [&'a str; 6] {
+    [
+        "--clickhouse-url",
+        url,
+        "--clickhouse-database",
+        db,
+        "--clickhouse-batch-age",
+        "200ms",
+    ]
+}
+
 /// The test server's URL (`http://127.0.0.1:PORT`).
 pub fn server_url() -> String {
     if let Ok(url) = std::env::var("TOCTOU_TEST_CLICKHOUSE_URL") {

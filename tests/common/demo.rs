@@ -4,14 +4,7 @@
 use std::collections::BTreeMap;
 
 /// The finding kinds, as the demo's table lists them.
-pub const KINDS: [&str; 6] = [
-    "stale_check",
-    "duplicate_use",
-    "unchecked_use",
-    "authz_drift",
-    "partial_create",
-    "orphan_check",
-];
+pub use toctou_demo::KINDS;
 
 /// The run tag (`demo run <tag>: ...`) in the demo's output.
 pub fn run_tag(stdout: &str) -> String {

@@ -18,6 +18,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Every listener of a node on a loopback port the OS picks (its start-up line says which).
+pub const EPHEMERAL_PORTS: [&str; 6] = [
+    "--otlp-grpc-addr",
+    "127.0.0.1:0",
+    "--otlp-http-addr",
+    "127.0.0.1:0",
+    "--api-addr",
+    "127.0.0.1:0",
+];
+
 pub struct Toctou {
     node: Node,
     pub grpc: SocketAddr,
@@ -39,19 +49,11 @@ impl Toctou {
             std::process::id(),
             rand_suffix()
         ));
-        let mut args: Vec<String> = [
-            "run",
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--findings-file",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+        let mut args: Vec<String> = std::iter::once("run")
+            .chain(EPHEMERAL_PORTS)
+            .map(String::from)
+            .collect();
+        args.push("--findings-file".into());
         args.push(findings_file.display().to_string());
         args.extend(extra.iter().map(|a| a.to_string()));
         let node = Node::start_env(&args, env, "toctou run listening");
@@ -245,4 +247,26 @@ pub async fn all_findings(url: &str) -> Vec<Value> {
         }
     }
     panic!("the findings API answered more than 1000 pages")
+}
+
+/// The findings (id, kind) of JSON lines, one finding per line.
+pub fn ids_and_kinds(jsonl: &str) -> std::collections::BTreeSet<(String, String)> {
+    jsonl
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `data` gzip-compressed, as a client sends `content-encoding: gzip`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }

@@ -60,18 +60,13 @@ fn pipeline(name: &str, feed: impl FnOnce(&Toctou)) -> Dataset {
         "default",
         &format!("DROP DATABASE IF EXISTS {db}"),
     ));
-    let mut toctou = Toctou::start(&[
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        &db,
-        "--clickhouse-batch-age",
-        "200ms",
-        "--pair-ttl",
-        PAIR_TTL,
-        "--allowed-lateness",
-        LATENESS,
-    ]);
+    let mut toctou = Toctou::start(
+        &[
+            &common::clickhouse::sink_flags(&url, &db)[..],
+            &["--pair-ttl", PAIR_TTL, "--allowed-lateness", LATENESS],
+        ]
+        .concat(),
+    );
     feed(&toctou);
     // Past the pair TTL plus lateness of the last event: the watermark advances while idle.
     std::thread::sleep(Duration::from_secs(5));

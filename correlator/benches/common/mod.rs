@@ -13,9 +13,9 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use toctou_schema::{AuditAction, AuditEvent, Decision, Event, Phase, SpanEvent, UseOutcome};
-
-pub const BASE_NS: u64 = 1_700_000_000_000_000_000;
+pub use toctou_schema::testing::BASE_NS;
+use toctou_schema::testing::{audit_at, span_at};
+use toctou_schema::{AuditAction, Event, Phase, SpanEvent, UseOutcome};
 pub const RESOURCES: u64 = 100_000;
 
 const SERVICES: [&str; 4] = ["checkout", "payments", "inventory", "provisioner"];
@@ -28,18 +28,11 @@ fn audit(
     version: u64,
     request: Option<String>,
 ) -> Event {
-    Event::Audit(AuditEvent {
-        action,
-        resource: resource.to_string(),
-        version: Some(version.to_string()),
-        request_id: request,
-        actor: Some("db".into()),
-        time_ns: time,
-        service: "db".into(),
-        source_id: None,
-        trace_id: [0; 16],
-        span_id: [0; 8],
-    })
+    let mut a = audit_at(action, resource, time)
+        .version(&version.to_string())
+        .actor("db");
+    a.0.request_id = request;
+    a.ev()
 }
 
 fn policy_change(time: u64, version: u64) -> Event {
@@ -89,34 +82,18 @@ fn span(
     version: u64,
     service: usize,
 ) -> SpanEvent {
-    SpanEvent {
-        phase,
-        resource: resource.to_string(),
-        version: Some(version.to_string()),
-        request_id: hex(&trace),
-        trace_id: trace,
-        span_id: rng.gen(),
-        start_ns: if phase == Phase::Check {
-            time - 300_000
-        } else {
-            time
-        },
-        end_ns: if phase == Phase::Check {
-            time
-        } else {
-            time + 2_000_000
-        },
-        service: SERVICES[service].to_string(),
-        operation: OPERATIONS[service].to_string(),
-        actor: SERVICES[service].to_string(),
-        decision: Decision::Allow,
-        source: None,
-        policy: None,
-        policy_version: None,
-        idempotency_key: None,
-        outcome: UseOutcome::Ok,
-        permission_denied: false,
-    }
+    // Checks last 0.3 ms, uses 2 ms.
+    let lasting = if phase == Phase::Check {
+        300_000
+    } else {
+        2_000_000
+    };
+    span_at(phase, resource, &hex(&trace), time)
+        .version(&version.to_string())
+        .ids(trace, rng.gen())
+        .service(SERVICES[service], OPERATIONS[service])
+        .lasting_ns(lasting)
+        .0
 }
 
 /// `n` events (approximately) at `requests_per_s` requests per second of event time, in
@@ -176,18 +153,10 @@ pub fn mix(n: usize, requests_per_s: u64, seed: u64) -> Vec<(u64, Event)> {
             versions[r as usize] += 1;
             events.push((
                 use_t - 500_000,
-                Event::Audit(AuditEvent {
-                    action: AuditAction::Update,
-                    resource: resource.clone(),
-                    version: Some(versions[r as usize].to_string()),
-                    request_id: None,
-                    actor: Some("nightly-job".into()),
-                    time_ns: use_t - 500_000,
-                    service: "db".into(),
-                    source_id: None,
-                    trace_id: [0; 16],
-                    span_id: [0; 8],
-                }),
+                audit_at(AuditAction::Update, &resource, use_t - 500_000)
+                    .version(&versions[r as usize].to_string())
+                    .actor("nightly-job")
+                    .ev(),
             ));
         }
         let mut u = span(
@@ -219,21 +188,16 @@ pub fn mix(n: usize, requests_per_s: u64, seed: u64) -> Vec<(u64, Event)> {
         if rng.gen_bool(0.06) {
             versions[r as usize] += 1;
             let commit = use_t + 1_000_000;
-            events.push((
-                commit,
-                Event::Audit(AuditEvent {
-                    action: AuditAction::Update,
-                    resource,
-                    version: Some(versions[r as usize].to_string()),
-                    request_id: Some(hex(&trace)),
-                    actor: Some(SERVICES[service].into()),
-                    time_ns: commit,
-                    service: "db".into(),
-                    source_id: Some(hex(&rng.gen::<[u8; 16]>())),
-                    trace_id: trace,
-                    span_id: rng.gen(),
-                }),
-            ));
+            // The random draws in the order the recorded figures were measured with.
+            let source = hex(&rng.gen::<[u8; 16]>());
+            let mut a = audit_at(AuditAction::Update, &resource, commit)
+                .version(&versions[r as usize].to_string())
+                .request(&hex(&trace))
+                .actor(SERVICES[service])
+                .source(&source);
+            a.0.trace_id = trace;
+            a.0.span_id = rng.gen();
+            events.push((commit, a.ev()));
         }
     }
     for (arrival, _) in events.iter_mut() {

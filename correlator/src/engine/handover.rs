@@ -76,9 +76,8 @@ fn head_minus(head: u64, lifetime: u64) -> Option<u64> {
 mod tests {
     use crate::{Config, Engine, Input};
     use std::time::Duration;
-    use toctou_schema::{
-        AuditAction, AuditEvent, CheckSource, Decision, Event, Phase, SpanEvent, UseOutcome,
-    };
+    use toctou_schema::testing::span_at;
+    use toctou_schema::{AuditAction, AuditEvent, CheckSource, Event, Phase};
 
     const S: u64 = 1_000_000_000;
 
@@ -95,26 +94,14 @@ mod tests {
     }
 
     fn span(phase: Phase, resource: &str, request: &str, t: u64, key: Option<&str>) -> Event {
-        Event::Span(SpanEvent {
-            phase,
-            resource: resource.into(),
-            version: Some("1".into()),
-            request_id: request.into(),
-            trace_id: [request.len() as u8; 16],
-            span_id: [(t / S) as u8 + phase as u8; 8],
-            start_ns: t,
-            end_ns: t,
-            service: "svc".into(),
-            operation: "op".into(),
-            actor: "svc".into(),
-            decision: Decision::Allow,
-            source: Some(CheckSource::Primary),
-            policy: None,
-            policy_version: None,
-            idempotency_key: key.map(Into::into),
-            outcome: UseOutcome::Ok,
-            permission_denied: false,
-        })
+        let mut s = span_at(phase, resource, request, t)
+            .version("1")
+            .ids([request.len() as u8; 16], [(t / S) as u8 + phase as u8; 8])
+            .service("svc", "op")
+            .source(CheckSource::Primary)
+            .lasting_ns(0);
+        s.0.idempotency_key = key.map(Into::into);
+        s.ev()
     }
 
     #[test]

@@ -15,20 +15,9 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 use toctou_correlator::{Config, Engine, Stats};
-use toctou_schema::{
-    AuditAction, AuditEvent, CheckSource, Decision, Event, Finding, Phase, SpanEvent, UseOutcome,
-};
+use toctou_schema::testing::{audit_at, ms, span_at};
+use toctou_schema::{AuditAction, CheckSource, Decision, Event, Finding, Phase, UseOutcome};
 use xxhash_rust::xxh3::xxh3_128;
-
-pub const BASE_NS: u64 = 1_700_000_000_000_000_000;
-
-pub fn ms(t: u64) -> u64 {
-    BASE_NS + t * 1_000_000
-}
-
-pub fn trace_of(request: &str) -> [u8; 16] {
-    xxh3_128(request.as_bytes()).to_be_bytes()
-}
 
 fn parse_t(s: &str, line: &str) -> u64 {
     s.parse()
@@ -69,52 +58,32 @@ pub fn parse_line(line: &str) -> Event {
                 UseOutcome::parse(&o).unwrap_or_else(|| panic!("bad outcome in {line:?}"))
             });
             let denied = flag("denied");
-            Event::Span(SpanEvent {
-                phase,
-                resource: resource.into(),
-                version: opt("version"),
-                request_id: request.into(),
-                trace_id: trace_of(request),
-                span_id: (xxh3_128(line.trim().as_bytes()) as u64).to_be_bytes(),
-                start_ns: if phase == Phase::Check {
-                    t - 1_000_000
-                } else {
-                    t
-                },
-                end_ns: if phase == Phase::Check {
-                    t
-                } else {
-                    t + 1_000_000
-                },
-                service: "shop".into(),
-                operation: opt("op").unwrap_or_else(|| "reserve".into()),
-                actor: "shop".into(),
-                decision: if flag("deny") {
-                    Decision::Deny
-                } else {
-                    Decision::Allow
-                },
-                source: opt("source").map(|s| CheckSource::parse(&s).expect("check source")),
-                policy,
-                policy_version,
-                idempotency_key: opt("key"),
-                outcome: if denied { UseOutcome::Error } else { outcome },
-                permission_denied: denied,
-            })
+            let mut span = span_at(phase, resource, request, t).0;
+            // The golden findings' span ids are the hash of the scenario line.
+            span.span_id = (xxh3_128(line.trim().as_bytes()) as u64).to_be_bytes();
+            span.version = opt("version");
+            span.operation = opt("op").unwrap_or_else(|| "reserve".into());
+            if flag("deny") {
+                span.decision = Decision::Deny;
+            }
+            span.source = opt("source").map(|s| CheckSource::parse(&s).expect("check source"));
+            span.policy = policy;
+            span.policy_version = policy_version;
+            span.idempotency_key = opt("key");
+            span.outcome = if denied { UseOutcome::Error } else { outcome };
+            span.permission_denied = denied;
+            Event::Span(span)
         }
-        "audit" => Event::Audit(AuditEvent {
-            action: AuditAction::parse(words[1])
-                .unwrap_or_else(|| panic!("bad action in {line:?}")),
-            resource: words[2].into(),
-            version: opt("version"),
-            request_id: opt("request"),
-            actor: opt("actor"),
-            time_ns: ms(parse_t(words[3], line)),
-            service: "db".into(),
-            source_id: opt("source"),
-            trace_id: [0; 16],
-            span_id: [0; 8],
-        }),
+        "audit" => {
+            let action =
+                AuditAction::parse(words[1]).unwrap_or_else(|| panic!("bad action in {line:?}"));
+            let mut audit = audit_at(action, words[2], ms(parse_t(words[3], line))).0;
+            audit.version = opt("version");
+            audit.request_id = opt("request");
+            audit.actor = opt("actor");
+            audit.source_id = opt("source");
+            Event::Audit(audit)
+        }
         other => panic!("unknown event {other:?} in {line:?}"),
     }
 }

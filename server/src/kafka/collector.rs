@@ -46,15 +46,7 @@ pub struct CollectorArgs {
 }
 
 pub fn main(args: CollectorArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("toctou-io")
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(run(args, crate::run::shutdown_signal()));
-    // Past the shutdown deadline a request may still wait on Kafka: exit anyway.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    result
+    crate::run::run_node(None, run(args, crate::run::shutdown_signal()))
 }
 
 pub async fn run(

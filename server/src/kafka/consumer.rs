@@ -89,16 +89,8 @@ pub struct CorrelatorNodeArgs {
 }
 
 pub fn main(args: CorrelatorNodeArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .thread_name("toctou-io")
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(run(args, crate::run::shutdown_signal()));
-    // Past the shutdown deadline the poll thread may still wait on ClickHouse: exit anyway.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    result
+    // One I/O thread: the work is on the poll thread.
+    crate::run::run_node(Some(1), run(args, crate::run::shutdown_signal()))
 }
 
 pub async fn run(

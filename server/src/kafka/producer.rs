@@ -551,7 +551,6 @@ pub fn plan(events: Vec<Event>, partitions: usize) -> Vec<Outgoing> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use toctou_schema::AuditEvent;
 
     /// A sink whose broker does not exist: nothing is ever delivered, which the fatal path
     /// does not need, and the stuck path must not mistake for being stuck.
@@ -897,18 +896,9 @@ mod tests {
     }
 
     fn audit(action: AuditAction, resource: &str, t: u64) -> Event {
-        Event::Audit(AuditEvent {
-            action,
-            resource: resource.into(),
-            version: None,
-            request_id: None,
-            actor: None,
-            time_ns: t,
-            service: "db".into(),
-            source_id: Some(format!("{resource}-{t}")),
-            trace_id: [0; 16],
-            span_id: [0; 8],
-        })
+        toctou_schema::testing::audit_at(action, resource, t)
+            .source(&format!("{resource}-{t}"))
+            .ev()
     }
 
     #[test]

@@ -151,19 +151,12 @@ pub fn collector(bootstrap: &str, topic: &str) -> Node {
         bootstrap,
         "--kafka-topic",
         topic,
-        "--otlp-grpc-addr",
-        "127.0.0.1:0",
-        "--otlp-http-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--submit-timeout",
-        "3s",
-        "--kafka-delivery-timeout",
-        "60s",
     ]
+    .into_iter()
+    .chain(super::EPHEMERAL_PORTS)
+    .chain(["--submit-timeout", "3s", "--kafka-delivery-timeout", "60s"])
     .map(String::from)
-    .to_vec();
+    .collect();
     Node::start(&args, "toctou collector listening")
 }
 
@@ -198,14 +191,10 @@ pub fn correlator_with_lateness(
         PAIR_TTL,
         "--allowed-lateness",
         lateness,
-        "--clickhouse-url",
-        ch_url,
-        "--clickhouse-database",
-        db,
-        "--clickhouse-batch-age",
-        "200ms",
     ]
+    .into_iter()
+    .chain(super::clickhouse::sink_flags(ch_url, db))
     .map(String::from)
-    .to_vec();
+    .collect();
     Node::start(&args, "toctou correlator consuming")
 }

@@ -463,17 +463,32 @@ pub fn expected_findings_with_lateness(
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["id"].as_str().unwrap().to_owned(),
-                v["kind"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    super::super::ids_and_kinds(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// Waits (up to `timeout`) for the expected findings in ClickHouse, then asserts that it
+/// holds exactly them, each once under FINAL; `context` (the nodes' logs) explains a
+/// difference.
+pub async fn assert_stored_exactly(
+    url: &str,
+    db: &str,
+    expected: &BTreeSet<(String, String)>,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) {
+    let (stored, rows) = wait_for_findings(url, db, expected, timeout).await;
+    assert_eq!(
+        &stored,
+        expected,
+        "{}\n{}",
+        diff(expected, &stored),
+        context()
+    );
+    assert_eq!(
+        rows,
+        expected.len() as u64,
+        "a finding stored twice under FINAL"
+    );
 }
 
 /// Polls ClickHouse until it holds every expected finding (or `timeout`), then returns the
