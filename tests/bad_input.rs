@@ -156,13 +156,7 @@ fn deeply_nested_json(depth: usize) -> Vec<u8> {
 }
 
 /// `google.rpc.Status`, the body of an OTLP/HTTP protobuf error answer.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
+use tonic_types::pb::Status as RpcStatus;
 
 /// What a case expects: the status, words of the message, and the reason counted.
 struct Case {

@@ -23,7 +23,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use prost::Message;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -32,6 +31,7 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// The largest HTTP/2 frame we accept (and advertise): 256 KiB, room for an SDK's batch.
 const MAX_FRAME_SIZE: u32 = 256 << 10;
@@ -175,65 +175,6 @@ pub(crate) fn grpc_code(e: &IngestError) -> Code {
     }
 }
 
-/// `google.rpc.Status` with details, the payload of the `grpc-status-details-bin` trailer.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatusDetails {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<ProtoAny>,
-}
-
-/// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProtoAny {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-/// `google.rpc.RetryInfo`: how long the client should wait before retrying.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    retry_delay: Option<ProtoDuration>,
-}
-
-/// `google.protobuf.Duration`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProtoDuration {
-    #[prost(int64, tag = "1")]
-    seconds: i64,
-    #[prost(int32, tag = "2")]
-    nanos: i32,
-}
-
-const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
-
-/// The status details of a push-back: OTLP gRPC exporters read the delay from a
-/// `RetryInfo`, the gRPC counterpart of HTTP's `Retry-After`.
-fn retry_details(code: Code, message: String, retry_after: std::time::Duration) -> bytes::Bytes {
-    let info = RetryInfo {
-        retry_delay: Some(ProtoDuration {
-            seconds: retry_after.as_secs() as i64,
-            nanos: retry_after.subsec_nanos() as i32,
-        }),
-    };
-    RpcStatusDetails {
-        code: code as i32,
-        message,
-        details: vec![ProtoAny {
-            type_url: RETRY_INFO_TYPE.to_string(),
-            value: info.encode_to_vec(),
-        }],
-    }
-    .encode_to_vec()
-    .into()
-}
-
 #[derive(Clone)]
 struct GrpcReceiver(Receivers);
 
@@ -260,10 +201,12 @@ impl GrpcReceiver {
             let code = grpc_code(&e);
             let message = e.to_string();
             match e.retry_after() {
-                Some(retry_after) => Status::with_details(
+                // A `RetryInfo` in the status details: OTLP gRPC exporters read the delay
+                // there, the gRPC counterpart of HTTP's `Retry-After`.
+                Some(retry_after) => Status::with_error_details(
                     code,
-                    message.clone(),
-                    retry_details(code, message, retry_after),
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
                 ),
                 None => Status::new(code, message),
             }

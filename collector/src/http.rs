@@ -269,15 +269,6 @@ fn export_response(signal: Signal, format: Format, receipt: &Receipt) -> Respons
     respond(StatusCode::OK, format, body)
 }
 
-/// `google.rpc.Status` as protobuf, for error bodies of protobuf requests.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
 /// The one mapping from a refused request to its HTTP status.
 fn http_status(e: &IngestError) -> StatusCode {
     match e {
@@ -306,7 +297,12 @@ fn failure(r: &Receivers, format: Option<Format>, e: IngestError) -> Response {
     let code = grpc_code(&e) as i32;
     let format = format.unwrap_or(Format::Json);
     let body = match format {
-        Format::Protobuf => RpcStatus { code, message }.encode_to_vec(),
+        Format::Protobuf => tonic_types::pb::Status {
+            code,
+            message,
+            details: Vec::new(),
+        }
+        .encode_to_vec(),
         Format::Json => json::rpc_status(code, &message),
     };
     let mut response = respond(status, format, body);

@@ -134,21 +134,15 @@ async fn full_sink_is_unavailable() {
     let err = t.export(check_and_use()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     // The delay rides in a google.rpc.RetryInfo, where OTLP exporters look for it.
-    let details = StatusDetails::decode(err.details()).unwrap();
+    let details = tonic_types::pb::Status::decode(err.details()).unwrap();
     assert_eq!(details.code, Code::Unavailable as i32);
     assert_eq!(details.details.len(), 1);
     assert_eq!(
         details.details[0].type_url,
         "type.googleapis.com/google.rpc.RetryInfo"
     );
-    let info = RetryInfo::decode(&details.details[0].value[..]).unwrap();
-    assert_eq!(
-        info.retry_delay,
-        Some(ProtoDuration {
-            seconds: 1,
-            nanos: 0
-        })
-    );
+    let info = tonic_types::pb::RetryInfo::decode(&details.details[0].value[..]).unwrap();
+    assert_eq!(info.retry_delay.map(|d| (d.seconds, d.nanos)), Some((1, 0)));
     assert_eq!(
         h.receivers.metrics().rejected(RejectReason::Backpressure),
         1
@@ -157,38 +151,6 @@ async fn full_sink_is_unavailable() {
     t.export(check_and_use()).await.unwrap();
     assert_eq!(h.next_batch().await.len(), 2);
     h.shutdown().await;
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct StatusDetails {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<ProtoAny>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProtoAny {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    retry_delay: Option<ProtoDuration>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProtoDuration {
-    #[prost(int64, tag = "1")]
-    seconds: i64,
-    #[prost(int32, tag = "2")]
-    nanos: i32,
 }
 
 /// Sends and receives message bytes as they are, to put on the wire what no generated

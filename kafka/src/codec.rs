@@ -10,7 +10,9 @@
 //! shorter one: a truncated message must be an error, not fewer events.
 //!
 //! The prost structs are written by hand (no build script, no protoc): the schema is small
-//! and lives here, next to the conversions, field numbers fixed forever.
+//! and lives here, next to the conversions, field numbers fixed forever. `proto/events.proto`
+//! states the same schema for other languages; tests/proto.rs reads messages written here
+//! through it, and decodes here messages written from it alone.
 
 use toctou_schema::{
     AuditAction, AuditEvent, CheckSource, Decision, Event, Phase, SpanEvent, UseOutcome,
@@ -307,23 +309,7 @@ mod tests {
     fn span(phase: Phase) -> Event {
         Event::Span(SpanEvent {
             phase,
-            resource: "orders/42".into(),
-            version: Some("7".into()),
-            request_id: "req-1".into(),
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            start_ns: 1_700_000_000_000_000_001,
-            end_ns: 1_700_000_000_000_000_002,
-            service: "shop".into(),
-            operation: "reserve".into(),
-            actor: "alice".into(),
-            decision: Decision::Deny,
-            source: Some(CheckSource::Replica),
-            policy: Some("p".into()),
-            policy_version: Some("3".into()),
-            idempotency_key: Some("k".into()),
-            outcome: UseOutcome::Conflict,
-            permission_denied: true,
+            ..toctou_schema::testing::every_field_span()
         })
     }
 

@@ -7,6 +7,8 @@
 //! it, so that the fuzz targets and the benchmarks can use it without compiling librdkafka.
 //!
 //! # Layout
-//! - [`codec`]: the versioned message format of `toctou.events`.
+//! - [`codec`]: the versioned message format of `toctou.events`; `proto/events.proto` is
+//!   the same format for consumers in other languages (tests/proto.rs checks that the two
+//!   agree field by field).
 
 pub mod codec;

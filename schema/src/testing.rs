@@ -219,3 +219,44 @@ pub fn finding(n: u64, kind: FindingKind) -> Finding {
         detected_at_ns: n,
     }
 }
+
+/// A use with every optional field set, each to a value no other field has: what a wire
+/// format's round trip must keep.
+pub fn every_field_span() -> SpanEvent {
+    SpanEvent {
+        phase: Phase::Use,
+        resource: "orders/42".into(),
+        version: Some("7".into()),
+        request_id: "req-1".into(),
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        start_ns: 1_700_000_000_000_000_001,
+        end_ns: 1_700_000_000_000_000_002,
+        service: "shop".into(),
+        operation: "reserve".into(),
+        actor: "alice".into(),
+        decision: Decision::Deny,
+        source: Some(CheckSource::Cache),
+        policy: Some("acl".into()),
+        policy_version: Some("v3".into()),
+        idempotency_key: Some("key-9".into()),
+        outcome: UseOutcome::Conflict,
+        permission_denied: true,
+    }
+}
+
+/// A policy change with every optional field set (see [`every_field_span`]).
+pub fn every_field_audit() -> AuditEvent {
+    AuditEvent {
+        action: AuditAction::PolicyChange,
+        resource: "acl".into(),
+        version: Some("v4".into()),
+        request_id: Some("req-2".into()),
+        actor: Some("admin".into()),
+        time_ns: 1_700_000_000_000_000_003,
+        service: "iam".into(),
+        source_id: Some("audit-5".into()),
+        trace_id: [3; 16],
+        span_id: [4; 8],
+    }
+}

@@ -43,13 +43,8 @@ pub async fn post(
 }
 
 /// `google.rpc.Status`, to read protobuf error bodies.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    #[prost(string, tag = "2")]
-    pub message: String,
-}
+#[allow(unused_imports)]
+pub use tonic_types::pb::Status as RpcStatus;
 
 /// How long the sink waits for room in the channel before answering Full.
 pub const SINK_WAIT: Duration = Duration::from_millis(50);

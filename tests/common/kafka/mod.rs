@@ -61,6 +61,13 @@ impl Broker {
             "scripts/kafka {verb} failed (run 'scripts/kafka install' first?): {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // What the script says on the way (ports still held at a restart, a slow stop).
+        if !out.stderr.is_empty() {
+            eprintln!(
+                "scripts/kafka {verb}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -106,7 +113,7 @@ impl Broker {
 
     /// Starts it again on the same ports (the clients keep their bootstrap address).
     pub fn restart(&self) {
-        let addr = Self::script(&self.home, "start");
+        let addr = Self::script(&self.home, "restart");
         assert_eq!(addr, self.bootstrap, "the broker came back on another port");
     }
 
