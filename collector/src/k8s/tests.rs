@@ -321,7 +321,7 @@ fn unusable_events_are_rejected_with_a_message() {
         (
             json!({"stageTimestamp": "yesterday"}),
             RejectReason::BadAttribute,
-            "audit event id-1: stageTimestamp: invalid RFC 3339 timestamp \"yesterday\": too short",
+            "audit event id-1: stageTimestamp: invalid RFC 3339 timestamp \"yesterday\": the 'year' component could not be parsed",
         ),
     ];
     for (overrides, reason, message) in cases {
