@@ -6,13 +6,15 @@ use super::clock::ClockOffset;
 use super::telemetry::{Exporting, Transport};
 use crate::Secret;
 use anyhow::{bail, Result};
+#[cfg(feature = "cli")]
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The demo's workloads, as named by `--workloads` and `--workload-rate`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Workload {
     Inventory,
     Payments,
@@ -48,33 +50,34 @@ const SERVICES: [&str; 10] = [
     "demo-db",
 ];
 
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct DemoArgs {
     /// OTLP endpoint of `toctou run`: gRPC by default, the HTTP base URL with --transport http.
     /// When nothing answers there, the demo starts a `toctou run` of its own on loopback.
-    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "http://127.0.0.1:4317"))]
     pub endpoint: String,
-    #[arg(long, value_enum, default_value = "grpc")]
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value = "grpc"))]
     pub transport: Transport,
     /// The findings API of the same `toctou run`, to compare what it found.
-    #[arg(long, default_value = "http://127.0.0.1:8686")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "http://127.0.0.1:8686"))]
     pub api: String,
     /// How long the workloads run.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "20s", value_parser = humantime::parse_duration))]
     pub duration: Duration,
     /// Concurrent workers per workload.
-    #[arg(long, default_value_t = 4)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4))]
     pub concurrency: usize,
     /// Requests per second of each workload (pods per second for the claims controller,
     /// events per second for the payment webhooks); 0: as fast as the workers go.
-    #[arg(long, default_value_t = 100.0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 100.0))]
     pub rate: f64,
     /// The rate of one workload, overriding --rate for it: NAME=RATE (repeatable), NAME
     /// one of inventory, payments, claims, authz, pricing, accounts.
-    #[arg(long, value_parser = parse_workload_rate)]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_workload_rate))]
     pub workload_rate: Vec<(Workload, f64)>,
     /// Run only these workloads (comma-separated or repeated); default: all of them.
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[cfg_attr(feature = "cli", arg(long, value_enum, value_delimiter = ','))]
     pub workloads: Vec<Workload>,
     /// Services that export on the OpenTelemetry SDK's default batch schedule (spans every
     /// 5 s, logs every 1 s) instead of the demo's 200 ms, as an application left at the
@@ -82,45 +85,52 @@ pub struct DemoArgs {
     /// Comma-separated or repeated; names: inventory-api, inventory-sync, payments-webhook,
     /// docs-api, claims-controller-a, claims-controller-b, pricing-api, accounts-api,
     /// accounts-standing-orders, demo-db (the database's audit records).
-    #[arg(long, value_delimiter = ',')]
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
     pub sdk_default_delays: Vec<String>,
     /// A service on a host whose clock is off: SERVICE=OFFSET (repeatable), e.g.
     /// accounts-api=-200ms or demo-db=+150ms; every time its SDK records (span start and
     /// end, audit record times) is shifted by OFFSET. Service names as for
     /// --sdk-default-delays.
-    #[arg(long, value_parser = parse_clock_offset)]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_clock_offset))]
     pub clock_offset: Vec<(String, ClockOffset)>,
     /// Longest wait between a check and its use: wider windows race more often.
-    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "20ms", value_parser = humantime::parse_duration))]
     pub race_window: Duration,
     /// The server's --pair-ttl, to know how long to wait before the final comparison
     /// (orphans and partial creates are decided after the pair TTL). Default: 30s, the
     /// server's default; 5s for the `toctou run` the demo starts itself.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = humantime::parse_duration))]
     pub pair_ttl: Option<Duration>,
     /// The server's --allowed-lateness.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "2s", value_parser = humantime::parse_duration))]
     pub allowed_lateness: Duration,
     /// Do not wait for the TTL-decided kinds before printing the comparison.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub no_settle: bool,
     /// Print what happened and read no findings back, for findings kept where the findings
     /// API does not serve them (distributed mode writes them to ClickHouse): the caller
     /// compares. Needs something answering at --endpoint (no embedded server is started).
-    #[arg(long, conflicts_with_all = ["api", "no_settle"])]
+    #[cfg_attr(feature = "cli", arg(long, conflicts_with_all = ["api", "no_settle"]))]
     pub truth_only: bool,
     /// Keep the SQLite database at this path (a new file) instead of a temporary one.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub db: Option<PathBuf>,
     /// Bearer token sent with every export, for a `toctou run` with ingest tokens (prefer
     /// the variable: a command line is visible to every user of the host).
-    #[arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)
+    )]
     pub token: Option<Secret>,
     /// Bearer token for the findings API, when it has tokens of its own; default: --token.
-    #[arg(long, env = "TOCTOU_API_TOKEN", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_API_TOKEN", hide_env_values = true)
+    )]
     pub api_token: Option<Secret>,
 }
 
+#[cfg(feature = "cli")]
 fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
     use clap::ValueEnum as _;
     let (name, rate) = s
@@ -141,6 +151,7 @@ fn parse_workload_rate(s: &str) -> Result<(Workload, f64), String> {
     Ok((workload, rate))
 }
 
+#[cfg(feature = "cli")]
 fn parse_clock_offset(s: &str) -> Result<(String, ClockOffset), String> {
     let (service, offset) = s
         .split_once('=')
@@ -256,7 +267,7 @@ impl DemoArgs {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli"))]
 mod tests {
     use super::*;
     use clap::Parser;

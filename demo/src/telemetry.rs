@@ -51,7 +51,8 @@ fn retry_policy() -> RetryPolicy {
 }
 
 /// The transport the demo exports with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Transport {
     /// OTLP/gRPC (port 4317).
     Grpc,

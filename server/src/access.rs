@@ -18,6 +18,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+#[cfg(feature = "cli")]
 use clap::Args;
 use rustls::ServerConfig;
 use std::future::Future;
@@ -35,54 +36,62 @@ use tokio::net::TcpListener;
 const API_CHALLENGES: [&str; 2] = ["Bearer realm=\"toctou\"", "Basic realm=\"toctou\""];
 
 /// The flags of every command with an HTTP listener of its own (API, page, metrics).
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct AccessArgs {
     /// File of tokens (one per line, `#` comments) the API, page and /metrics accept as
     /// `Authorization: Bearer` (or as a basic-auth password); /healthz stays open. Tokens may
     /// also be given in TOCTOU_API_TOKENS (comma-separated); both sets are accepted.
-    #[arg(long, env = "TOCTOU_API_TOKEN_FILE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_API_TOKEN_FILE"))]
     pub api_token_file: Option<PathBuf>,
     /// API tokens themselves, comma-separated. Prefer the variable: a command line is
     /// visible to every user of the host.
-    #[arg(long, env = "TOCTOU_API_TOKENS", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_API_TOKENS", hide_env_values = true)
+    )]
     pub api_tokens: Option<TokenList>,
     /// PEM certificate chain: every listener (receivers, API) speaks TLS. Needs --tls-key.
-    #[arg(long, env = "TOCTOU_TLS_CERT")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_TLS_CERT"))]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "TOCTOU_TLS_KEY")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_TLS_KEY"))]
     pub tls_key: Option<PathBuf>,
     /// Listen on non-loopback addresses without tokens: anyone who can reach a port may send
     /// events or read findings.
-    #[arg(long, env = "TOCTOU_ALLOW_UNAUTHENTICATED")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_ALLOW_UNAUTHENTICATED"))]
     pub allow_unauthenticated: bool,
     /// Connection limits of every listener.
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub connections: ConnArgs,
 }
 
 /// The connection limits every listener applies (toctou_collector::listen), one set for
 /// all: each listener counts its own connections, so a flood of one port leaves the
 /// others (the API, /healthz) reachable.
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct ConnArgs {
     /// Connections open at once per listener; more are answered 503 and closed
     /// (counted in toctou_connections_refused_total).
-    #[arg(long, env = "TOCTOU_MAX_CONNECTIONS", default_value_t = listen::DEFAULT_MAX_CONNECTIONS)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_MAX_CONNECTIONS", default_value_t = listen::DEFAULT_MAX_CONNECTIONS))]
     pub max_connections: usize,
     /// How long a client may take to send a request's headers.
-    #[arg(long, env = "TOCTOU_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration))]
     pub header_read_timeout: std::time::Duration,
     /// HTTP/2 streams one connection may have open at once (gRPC and HTTP/2 listeners).
-    #[arg(long, env = "TOCTOU_MAX_CONCURRENT_STREAMS", default_value_t = listen::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_MAX_CONCURRENT_STREAMS", default_value_t = listen::DEFAULT_MAX_CONCURRENT_STREAMS))]
     pub max_concurrent_streams: u32,
     /// How long a gRPC call may take as a whole, its message included.
-    #[arg(long, env = "TOCTOU_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration))]
     pub request_timeout: std::time::Duration,
     /// Host names (comma-separated) the HTTP listeners answer to besides localhost,
     /// 127.0.0.1, ::1 and their own address; others get 403 (against DNS rebinding). A
     /// listener on a non-loopback address checks only when this is set.
-    #[arg(long, env = "TOCTOU_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_ALLOWED_HOSTS", value_delimiter = ',')
+    )]
     pub allowed_hosts: Vec<String>,
 }
 
@@ -236,27 +245,34 @@ fn raise_fd_limit() -> Option<u64> {
 }
 
 /// The receivers' access flags, part of `ReceiverArgs` (server/src/cli.rs).
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct ReceiverAccessArgs {
     /// File of tokens (one per line, `#` comments) the OTLP receivers accept as
     /// `Authorization: Bearer`, and the audit webhook unless --audit-token-file is given.
     /// Tokens may also be given in TOCTOU_INGEST_TOKENS (comma-separated).
-    #[arg(long, env = "TOCTOU_INGEST_TOKEN_FILE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_INGEST_TOKEN_FILE"))]
     pub ingest_token_file: Option<PathBuf>,
     /// Ingest tokens themselves, comma-separated. Prefer the variable: a command line is
     /// visible to every user of the host.
-    #[arg(long, env = "TOCTOU_INGEST_TOKENS", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_INGEST_TOKENS", hide_env_values = true)
+    )]
     pub ingest_tokens: Option<TokenList>,
     /// File of tokens for the Kubernetes audit webhook (/v1/k8s-audit) alone, put in the API
     /// server's webhook kubeconfig; also TOCTOU_AUDIT_TOKENS.
-    #[arg(long, env = "TOCTOU_AUDIT_TOKEN_FILE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_AUDIT_TOKEN_FILE"))]
     pub audit_token_file: Option<PathBuf>,
     /// Audit webhook tokens themselves, comma-separated (prefer the variable).
-    #[arg(long, env = "TOCTOU_AUDIT_TOKENS", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_AUDIT_TOKENS", hide_env_values = true)
+    )]
     pub audit_tokens: Option<TokenList>,
     /// PEM CA certificates: the receivers require a client certificate issued by one of them
     /// (mutual TLS). Needs --tls-cert.
-    #[arg(long, env = "TOCTOU_TLS_CLIENT_CA")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_TLS_CLIENT_CA"))]
     pub tls_client_ca: Option<PathBuf>,
 }
 

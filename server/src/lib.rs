@@ -7,7 +7,9 @@
 //! - [`cli`]: flags shared by the nodes (addresses, limits, correlator tuning, ClickHouse).
 //! - [`access`]: tokens, TLS and the loopback rule of every listener; [`tls`]: rustls.
 //! - [`run`]: `toctou run`, the embedded default: receivers, correlator and findings API in
-//!   one process with no external services; its shutdown stages in `run::shutdown`.
+//!   one process with no external services.
+//! - [`shutdown`]: the runtime every node runs on, its signals and its shutdown stages
+//!   within a deadline.
 //! - [`api`]: the HTTP API on :8686 (findings, `/metrics`, `/healthz`); [`page`]: the
 //!   built-in page it serves.
 //! - [`store`]: the bounded in-memory findings store behind the API.
@@ -16,6 +18,11 @@
 //! - [`replay`]: `toctou replay`, the same correlator offline over files.
 //! - [`migrate`]: `toctou migrate`, the versioned ClickHouse schema and its retention.
 //! - [`kafka`]: distributed mode: `toctou collector`, `toctou correlator`, `toctou kafka init`.
+//!
+//! Every node's settings are plain structs (`RunArgs`, `ReceiverArgs`, ...) that a program can
+//! fill itself; with the `cli` feature, which the `toctou` binary turns on, they also derive
+//! clap's flags, so each flag, its environment variable and its default are declared once,
+//! on the field they fill.
 //!
 //! Errors are `anyhow` with context: each node is an application whose errors end at the
 //! binary's edge; the stage crates below keep typed ones.
@@ -29,5 +36,6 @@ pub mod migrate;
 pub mod page;
 pub mod replay;
 pub mod run;
+pub mod shutdown;
 pub mod store;
 pub mod tls;

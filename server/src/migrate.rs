@@ -3,30 +3,32 @@
 
 use crate::cli::ClickhouseArgs;
 use anyhow::{Context, Result};
+#[cfg(feature = "cli")]
 use clap::Args;
 use std::time::Duration;
 use toctou_clickhouse::{migrations, retention};
 
-#[derive(Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct MigrateArgs {
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub clickhouse: ClickhouseArgs,
     /// After migrating, drop the daily partitions older than each table's retention.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub apply_retention: bool,
     /// How long `events` keeps its rows (whole days are dropped).
-    #[arg(long, env = "TOCTOU_RETENTION_EVENTS", default_value = "7days", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_RETENTION_EVENTS", default_value = "7days", value_parser = humantime::parse_duration))]
     pub retention_events: Duration,
     /// How long `findings` and `findings_lookup` keep their rows.
-    #[arg(long, env = "TOCTOU_RETENTION_FINDINGS", default_value = "90days", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_RETENTION_FINDINGS", default_value = "90days", value_parser = humantime::parse_duration))]
     pub retention_findings: Duration,
     /// How long the per-minute rollups keep their rows.
-    #[arg(long, env = "TOCTOU_RETENTION_ROLLUPS", default_value = "400days", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_RETENTION_ROLLUPS", default_value = "400days", value_parser = humantime::parse_duration))]
     pub retention_rollups: Duration,
     /// Print every statement this command can send (binds filled with examples) and the
     /// sink's inserts (as JSONEachRow, with example rows), one per `;`, and exit without
     /// connecting: for checking them against other ClickHouse engines.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub print_sql: bool,
 }
 

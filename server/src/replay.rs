@@ -7,21 +7,23 @@
 use crate::cli::CorrelatorArgs;
 use crate::findings::{FindingsSink, JsonLines};
 use anyhow::{Context, Result};
+#[cfg(feature = "cli")]
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use toctou_correlator::Engine;
 
-#[derive(Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct ReplayArgs {
     /// OTLP JSON requests (traces or logs), JSON lines of them, or Kubernetes audit
     /// Event/EventList files; read in the order given.
-    #[arg(required = true)]
+    #[cfg_attr(feature = "cli", arg(required = true))]
     pub files: Vec<PathBuf>,
     /// Write the findings (JSON lines) to this file instead of stdout.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub output: Option<PathBuf>,
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub correlator: CorrelatorArgs,
 }
 

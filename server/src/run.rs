@@ -13,6 +13,7 @@ use crate::cli::{bind, CorrelatorArgs, ReceiverArgs};
 use crate::findings::{self, FindingsSink, JsonLines, StoreSink};
 use crate::store::FindingStore;
 use anyhow::{Context, Result};
+#[cfg(feature = "cli")]
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +27,7 @@ use toctou_schema::now_ns;
 use toctou_schema::Event;
 use tokio::sync::{mpsc, watch};
 
-pub mod shutdown;
-use shutdown::{Progress, ShutdownArgs, Stage, Unflushed};
+use crate::shutdown::{run_node, shutdown_signal, Progress, ShutdownArgs, Stage, Unflushed};
 
 /// How often the correlator advances an idle watermark and publishes its stats.
 const TICK: Duration = Duration::from_millis(100);
@@ -36,54 +36,61 @@ const TICK: Duration = Duration::from_millis(100);
 /// any machine; at this bound the receivers push back instead (503 / UNAVAILABLE).
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 << 20;
 
-#[derive(Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct RunArgs {
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub receivers: ReceiverArgs,
     /// Findings API, page, /metrics and /healthz listen address.
-    #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")
+    )]
     pub api_addr: SocketAddr,
     /// API tokens, TLS and the loopback rule (server/src/access.rs).
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub access: AccessArgs,
     /// Findings kept in memory for the API (oldest dropped first, counted).
-    #[arg(long, env = "TOCTOU_MAX_FINDINGS", default_value_t = crate::store::DEFAULT_MAX_FINDINGS)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_MAX_FINDINGS", default_value_t = crate::store::DEFAULT_MAX_FINDINGS))]
     pub max_findings: usize,
     /// Bytes of findings kept in memory for the API, strings and evidence counted (oldest
     /// dropped first, counted).
-    #[arg(long, env = "TOCTOU_MAX_FINDINGS_BYTES", default_value_t = crate::store::DEFAULT_MAX_FINDINGS_BYTES)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_MAX_FINDINGS_BYTES", default_value_t = crate::store::DEFAULT_MAX_FINDINGS_BYTES))]
     pub max_findings_bytes: usize,
     /// Append findings as JSON lines to this file instead of stdout.
-    #[arg(long, env = "TOCTOU_FINDINGS_FILE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_FINDINGS_FILE"))]
     pub findings_file: Option<PathBuf>,
     /// Decoded request batches waiting for the correlator; beyond it receivers push back.
-    #[arg(long, env = "TOCTOU_QUEUE_CAPACITY", default_value_t = 1024)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_QUEUE_CAPACITY", default_value_t = 1024)
+    )]
     pub queue_capacity: usize,
     /// Bytes of decoded events waiting for the correlator (strings counted); beyond it
     /// receivers push back, as at --queue-capacity.
-    #[arg(long, env = "TOCTOU_MAX_QUEUED_BYTES", default_value_t = DEFAULT_MAX_QUEUED_BYTES)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_MAX_QUEUED_BYTES", default_value_t = DEFAULT_MAX_QUEUED_BYTES))]
     pub max_queued_bytes: usize,
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub correlator: CorrelatorArgs,
     /// Where findings and events are also written, when `--clickhouse-url` is set.
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub clickhouse: ClickhouseArgs,
     /// With --clickhouse-url: do not apply the schema migrations at start-up.
-    #[arg(long, env = "TOCTOU_NO_MIGRATE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_NO_MIGRATE"))]
     pub no_migrate: bool,
     /// With --clickhouse-url: rows per insert at most.
-    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_ROWS", default_value_t = sink::DEFAULT_MAX_ROWS)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_ROWS", default_value_t = sink::DEFAULT_MAX_ROWS))]
     pub clickhouse_batch_rows: usize,
     /// With --clickhouse-url: the age of the oldest buffered row that triggers an insert.
-    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration))]
     pub clickhouse_batch_age: Duration,
     /// Also run the demo workloads against this process, so findings appear at once.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub demo: bool,
     /// With --demo: how long the demo traffic runs.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "30s", value_parser = humantime::parse_duration))]
     pub demo_duration: Duration,
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub shutdown: ShutdownArgs,
 }
 
@@ -95,52 +102,6 @@ pub type DemoTraffic =
 
 pub fn main(args: RunArgs, demo: DemoTraffic) -> Result<()> {
     run_node(None, run(args, Some(demo), shutdown_signal()))
-}
-
-/// Runs a node's future to its end on a multi-threaded runtime (`worker_threads` where the
-/// node wants fewer than one per core). Past the shutdown deadline a task may still be
-/// stuck (a sink retrying, a request waiting on Kafka or blocked on a client): the process
-/// exits anyway, with the node's error saying what was not flushed.
-pub(crate) fn run_node(
-    worker_threads: Option<usize>,
-    node: impl std::future::Future<Output = Result<()>>,
-) -> Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
-    let runtime = builder
-        .enable_all()
-        .thread_name("toctou-io")
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(node);
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    result
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 /// Runs until `shutdown` resolves. Binding happens first so that a port in use fails fast
@@ -400,7 +361,7 @@ fn correlate(
     progress.set(Stage::Sinks);
     let stats = sink.map(|sink| {
         let stats = match deadline {
-            Some(deadline) => sink.close_by(shutdown::sink_deadline(deadline, timeout)),
+            Some(deadline) => sink.close_by(crate::shutdown::sink_deadline(deadline, timeout)),
             None => sink.close(),
         };
         tracing::info!(

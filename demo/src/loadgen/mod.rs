@@ -14,6 +14,7 @@ pub mod mix;
 pub mod send;
 
 use anyhow::{Context, Result};
+#[cfg(feature = "cli")]
 use clap::Args;
 use mix::{Expected, Mix, MixConfig};
 use send::{Client, Protocol, Tally};
@@ -21,42 +22,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct LoadgenArgs {
     /// Base URL of the server's OTLP port (its HTTP port for --protocol http, gRPC port for
     /// grpc).
-    #[arg(long, default_value = "http://127.0.0.1:4318")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "http://127.0.0.1:4318"))]
     pub endpoint: String,
-    #[arg(long, value_enum, default_value = "http")]
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value = "http"))]
     pub protocol: Protocol,
     /// Concurrent connections, each sending one request at a time.
-    #[arg(long, default_value_t = 16)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
     pub connections: usize,
     /// Spans per second to offer, all connections together (the audit records of their
     /// rounds go with them, about 12% more items); 0 sends as fast as the server answers.
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub rate: u64,
     /// How long to measure, after the warm-up.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "20s", value_parser = humantime::parse_duration))]
     pub duration: Duration,
     /// Load sent before measuring (not counted).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "2s", value_parser = humantime::parse_duration))]
     pub warmup: Duration,
     /// Spans per traces request (as an SDK's batch processor exports).
-    #[arg(long, default_value_t = 512)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 512))]
     pub spans_per_request: usize,
     /// Distinct request templates cycled through.
-    #[arg(long, default_value_t = 16)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
     pub templates: usize,
     /// Distinct resources checked and used.
-    #[arg(long, default_value_t = 100_000)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 100_000))]
     pub resources: u32,
     /// Threads of the generator (default: the CPUs it may run on).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub threads: Option<usize>,
     /// Bearer token sent with every request, for receivers with ingest tokens (prefer the
     /// variable: a command line is visible to every user of the host).
-    #[arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_TOKEN", hide_env_values = true)
+    )]
     pub token: Option<crate::Secret>,
 }
 

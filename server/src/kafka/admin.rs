@@ -4,6 +4,7 @@
 
 use super::{KafkaArgs, KafkaError};
 use anyhow::{Context, Result};
+#[cfg(feature = "cli")]
 use clap::{Args, Subcommand};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -14,26 +15,34 @@ use std::time::Duration;
 /// How long the metadata requests of the start-up check may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Subcommand, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(Subcommand))]
 pub enum KafkaCommand {
     /// Create the events topic (idempotent: an existing topic with the same partition count
     /// is fine, and said so).
     Init(InitArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct InitArgs {
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub kafka: KafkaArgs,
     /// Partitions: the most correlators that can share the work.
-    #[arg(long, env = "TOCTOU_KAFKA_PARTITIONS", default_value_t = 12)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_KAFKA_PARTITIONS", default_value_t = 12)
+    )]
     pub partitions: usize,
     /// Copies of each partition (at most the number of brokers).
-    #[arg(long, env = "TOCTOU_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_KAFKA_REPLICATION_FACTOR", default_value_t = 1)
+    )]
     pub replication_factor: i32,
     /// How long events are kept: at least as long as a correlator may be down, plus the
     /// key TTL a rebuild re-reads.
-    #[arg(long, env = "TOCTOU_KAFKA_RETENTION", default_value = "1d", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_KAFKA_RETENTION", default_value = "1d", value_parser = humantime::parse_duration))]
     pub retention: Duration,
 }
 

@@ -4,14 +4,13 @@
 //! `/healthz`.
 
 use super::metrics::ProducerMetrics;
-use super::producer::{
-    KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT, DEFAULT_MAX_INFLIGHT_BYTES,
-};
+use super::producer::{KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT};
 use super::{admin, KafkaArgs};
 use crate::access::{receivers_and_api, AccessArgs, ApiAccess};
 use crate::cli::{bind, ReceiverArgs};
 use anyhow::{Context, Result};
 use axum::Router;
+#[cfg(feature = "cli")]
 use clap::Args;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,34 +18,38 @@ use std::time::Duration;
 use toctou_collector::Receivers;
 use tokio::sync::watch;
 
-#[derive(Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct CollectorArgs {
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub kafka: KafkaArgs,
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub receivers: ReceiverArgs,
     /// /metrics and /healthz listen address.
-    #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8686")
+    )]
     pub api_addr: SocketAddr,
     /// Metrics tokens, TLS and the loopback rule (server/src/access.rs).
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub access: AccessArgs,
     /// Bytes in flight to Kafka at most; beyond it requests are pushed back.
-    #[arg(long, env = "TOCTOU_KAFKA_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_KAFKA_MAX_INFLIGHT_BYTES", default_value_t = super::producer::DEFAULT_MAX_INFLIGHT_BYTES))]
     pub kafka_max_inflight_bytes: usize,
     /// How long a message may take to be acknowledged before its request fails (librdkafka
     /// retries within it).
-    #[arg(long, env = "TOCTOU_KAFKA_DELIVERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_KAFKA_DELIVERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration))]
     pub kafka_delivery_timeout: Duration,
     /// How long the producer waits to fill a batch.
-    #[arg(long, env = "TOCTOU_KAFKA_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_KAFKA_LINGER", default_value = "5ms", value_parser = humantime::parse_duration))]
     pub kafka_linger: Duration,
-    #[command(flatten)]
-    pub shutdown: crate::run::shutdown::ShutdownArgs,
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub shutdown: crate::shutdown::ShutdownArgs,
 }
 
 pub fn main(args: CollectorArgs) -> Result<()> {
-    crate::run::run_node(None, run(args, crate::run::shutdown_signal()))
+    crate::shutdown::run_node(None, run(args, crate::shutdown::shutdown_signal()))
 }
 
 pub async fn run(

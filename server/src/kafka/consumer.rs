@@ -28,6 +28,7 @@ use super::{admin, KafkaArgs};
 use crate::cli::ClickhouseArgs;
 use anyhow::{Context, Result};
 use axum::Router;
+#[cfg(feature = "cli")]
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::Message;
@@ -42,55 +43,62 @@ use toctou_correlator::{Engine, Stats};
 /// How often engines advance idle watermarks and publish stats (as in `toctou run`).
 const TICK: Duration = Duration::from_millis(100);
 
-#[derive(Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct CorrelatorNodeArgs {
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub kafka: KafkaArgs,
     /// The consumer group all correlators of one deployment share.
-    #[arg(
-        long = "kafka-group",
-        env = "TOCTOU_KAFKA_GROUP",
-        default_value = "toctou-correlator"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "kafka-group",
+            env = "TOCTOU_KAFKA_GROUP",
+            default_value = "toctou-correlator"
+        )
     )]
     pub group: String,
     /// /metrics and /healthz listen address.
-    #[arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8687")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "TOCTOU_API_ADDR", default_value = "127.0.0.1:8687")
+    )]
     pub api_addr: SocketAddr,
     /// Metrics tokens, TLS and the loopback rule (server/src/access.rs).
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub access: crate::access::AccessArgs,
     /// How often offsets are committed (as far as ClickHouse has caught up).
-    #[arg(long, env = "TOCTOU_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration))]
     pub commit_interval: Duration,
     /// How long the group waits for a silent member before giving its partitions away
     /// (the broker accepts 6s to 30m by default).
-    #[arg(long, env = "TOCTOU_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration))]
     pub session_timeout: Duration,
     /// On revocation, how long to wait for ClickHouse to take the partition's findings
     /// before committing the last point it did take.
-    #[arg(long, env = "TOCTOU_REVOKE_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_REVOKE_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration))]
     pub revoke_deadline: Duration,
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub correlator: crate::cli::CorrelatorArgs,
     /// Where findings and events are written (required).
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub clickhouse: ClickhouseArgs,
     /// Do not apply the schema migrations at start-up.
-    #[arg(long, env = "TOCTOU_NO_MIGRATE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_NO_MIGRATE"))]
     pub no_migrate: bool,
     /// Rows per insert at most.
-    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_ROWS", default_value_t = toctou_clickhouse::sink::DEFAULT_MAX_ROWS)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_ROWS", default_value_t = toctou_clickhouse::sink::DEFAULT_MAX_ROWS))]
     pub clickhouse_batch_rows: usize,
     /// The age of the oldest buffered row that triggers an insert.
-    #[arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_CLICKHOUSE_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration))]
     pub clickhouse_batch_age: Duration,
-    #[command(flatten)]
-    pub shutdown: crate::run::shutdown::ShutdownArgs,
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub shutdown: crate::shutdown::ShutdownArgs,
 }
 
 pub fn main(args: CorrelatorNodeArgs) -> Result<()> {
     // One I/O thread: the work is on the poll thread.
-    crate::run::run_node(Some(1), run(args, crate::run::shutdown_signal()))
+    crate::shutdown::run_node(Some(1), run(args, crate::shutdown::shutdown_signal()))
 }
 
 pub async fn run(
@@ -195,7 +203,7 @@ pub async fn run(
     let timeout = args.shutdown.shutdown_timeout;
     let deadline = args.shutdown.deadline();
     tracing::info!(timeout = %humantime::format_duration(timeout), "shutting down: committing what clickhouse holds and leaving the group");
-    let _ = give_up_at.set(crate::run::shutdown::sink_deadline(deadline, timeout));
+    let _ = give_up_at.set(crate::shutdown::sink_deadline(deadline, timeout));
     stop.store(true, Relaxed);
     // Nothing is flushed early (see the module doc): what ClickHouse does not hold by the
     // deadline stays uncommitted, and the partitions' next owner re-reads it.

@@ -36,6 +36,7 @@ pub mod offsets;
 mod partitions;
 pub mod producer;
 
+#[cfg(feature = "cli")]
 use clap::Args;
 use rdkafka::ClientConfig;
 
@@ -43,17 +44,21 @@ use rdkafka::ClientConfig;
 pub const DEFAULT_TOPIC: &str = "toctou.events";
 
 /// Where Kafka is: shared by the three subcommands.
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(
-        long = "kafka-bootstrap",
-        env = "TOCTOU_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "kafka-bootstrap",
+            env = "TOCTOU_KAFKA_BOOTSTRAP",
+            default_value = "127.0.0.1:9092"
+        )
     )]
     pub bootstrap: String,
     /// The events topic.
-    #[arg(long = "kafka-topic", env = "TOCTOU_KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
+    #[cfg_attr(feature = "cli", arg(long = "kafka-topic", env = "TOCTOU_KAFKA_TOPIC", default_value = DEFAULT_TOPIC))]
     pub topic: String,
 }
 
@@ -87,7 +92,7 @@ pub enum KafkaError {
     },
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli"))]
 mod tests {
     use clap::{Args, Command};
 

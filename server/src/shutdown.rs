@@ -1,6 +1,7 @@
-//! Stopping within a deadline on SIGTERM or SIGINT, for `toctou run` and the
-//! distributed-mode nodes: the `--shutdown-timeout` flag, where a stopping process is, and
-//! the error that says what was left unflushed when the deadline passed.
+//! Running a node and stopping it within a deadline on SIGTERM or SIGINT, for `toctou run`
+//! and the distributed-mode nodes: the runtime a node runs on ([`run_node`]), the signals,
+//! the `--shutdown-timeout` flag, where a stopping process is, and the error that says what
+//! was left unflushed when the deadline passed.
 //!
 //! The order (STYLE.md, habit 7): stop accepting (the listeners close, so new connections
 //! are refused), let the requests in flight finish (each is answered only once its events
@@ -9,17 +10,66 @@
 //! process that cannot finish by the deadline exits non-zero naming what it did not flush,
 //! rather than hang, or exit 0 with acknowledged data lost.
 
+use anyhow::{Context, Result};
+#[cfg(feature = "cli")]
 use clap::Args;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-#[derive(Args, Debug, Clone, Copy)]
+/// Runs a node's future to its end on a multi-threaded runtime (`worker_threads` where the
+/// node wants fewer than one per core). Past the shutdown deadline a task may still be
+/// stuck (a sink retrying, a request waiting on Kafka or blocked on a client): the process
+/// exits anyway, with the node's error saying what was not flushed.
+pub fn run_node(
+    worker_threads: Option<usize>,
+    node: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
+        .enable_all()
+        .thread_name("toctou-io")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(node);
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct ShutdownArgs {
     /// On SIGTERM or SIGINT: how long stopping may take (requests in flight, draining the
     /// queue, flushing findings and sinks); past it the process exits non-zero, saying what
     /// was not flushed.
-    #[arg(long, env = "TOCTOU_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration))]
     pub shutdown_timeout: Duration,
 }
 
