@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - `scalar`: the lenient spellings of numbers, ids, bytes and enums.
-//! - `model`: serde mirrors of the request messages and their conversion to prost.
+//! - `model`: the request messages read straight into the prost types (serde remote
+//!   definitions).
 
 mod model;
 mod scalar;
@@ -22,18 +23,22 @@ use serde::Deserialize;
 pub fn traces_from_json(body: &[u8]) -> Result<ExportTraceServiceRequest, DecodeError> {
     expect_object(body)?;
     let meter = budget::Meter::open(body.len());
-    let parsed: model::TracesRequest =
-        serde_json::from_slice(body).map_err(|e| bounded(e, &meter))?;
-    Ok(parsed.into())
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = model::traces(&mut de)
+        .and_then(|r| de.end().map(|()| r))
+        .map_err(|e| bounded(e, &meter))?;
+    Ok(parsed)
 }
 
 /// An OTLP/JSON `ExportLogsServiceRequest`, as the prost message.
 pub fn logs_from_json(body: &[u8]) -> Result<ExportLogsServiceRequest, DecodeError> {
     expect_object(body)?;
     let meter = budget::Meter::open(body.len());
-    let parsed: model::LogsRequest =
-        serde_json::from_slice(body).map_err(|e| bounded(e, &meter))?;
-    Ok(parsed.into())
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = model::logs(&mut de)
+        .and_then(|r| de.end().map(|()| r))
+        .map_err(|e| bounded(e, &meter))?;
+    Ok(parsed)
 }
 
 /// The longest parser message passed on, in bytes. serde quotes a value of the wrong type
