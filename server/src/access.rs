@@ -5,7 +5,9 @@
 //! The rule: a listener on a non-loopback address must authenticate its clients (tokens, or
 //! client certificates for the receivers) unless `--allow-unauthenticated` says otherwise;
 //! the check runs before anything is bound, and its error names each listener at fault and
-//! the flags that fix it. `/healthz` stays open everywhere, for probes.
+//! the flags that fix it. `/healthz` stays open everywhere, for probes. Requests the API
+//! tokens refuse are counted (`toctou_api_unauthenticated_total`, read by the collector
+//! [`ApiAccess::collector`] hands to the node's registry).
 //!
 //! Tokens come from files (one per line) or from `TOCTOU_*_TOKENS` variables; the
 //! matching flags exist (clap reads a variable through its flag) but a command line is
