@@ -7,9 +7,9 @@
 //! receivers' and the listeners' in toctou-collector (`metrics`, `listen`), the engine's in
 //! toctou-correlator, the ClickHouse sink's in toctou-clickhouse, the API guard's in
 //! [`crate::access`], the TLS handshakes' in [`crate::tls`], Kafka's in
-//! [`crate::kafka::metrics`], and the ones below. The registry refuses a family declared
-//! twice when a node builds it (the tests build each node's). The counters stay where they
-//! were (atomics, the engine's stats snapshot); collectors read them at scrape time.
+//! [`crate::kafka::metrics`], and the ones below. A family declared twice is refused when
+//! a node builds its registry, at start-up ([`register`] panics). The counters stay where
+//! they were (atomics, the engine's stats snapshot); collectors read them at scrape time.
 
 use crate::access::ApiAccess;
 use crate::api::Shared;
