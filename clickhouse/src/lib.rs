@@ -10,7 +10,8 @@
 //! - [`rows`]: the RowBinary rows of `findings` and `events`, mapped from the schema types.
 //! - [`inserts`]: the sink's inserts as SQL text with example rows, for `--print-sql`.
 //! - [`sink`]: the batched, retrying, bounded writer of `toctou run --clickhouse-url` and
-//!   of the Kafka correlators. Its counters, rendered on `/metrics`, are [`sink::metrics`].
+//!   of the Kafka correlators. Its counters, and the collector that serves them on
+//!   `/metrics`, are [`sink::metrics`].
 //!
 //! Every statement sent here must be accepted by Debian's ClickHouse 18.16 and by current
 //! releases; `toctou migrate --print-sql` prints them all so the tests run each on both.

@@ -16,7 +16,7 @@ pub mod metrics;
 use super::rows::{event_columns, write_event, FindingRow};
 use bytes::Bytes;
 use clickhouse::Client;
-pub use metrics::{BatchResult, SinkMetrics, Table};
+pub use metrics::{BatchResult, SinkCollector, SinkMetrics, Table};
 use rand::Rng;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};

@@ -24,10 +24,12 @@
 //!   - [`http`] (with `body` for content types, size limits and decompression) and
 //!     [`grpc`]: the transports, each holding the one mapping of errors to its status codes.
 //! - [`listen`]: connections per listener (a cap, the header read timeout, HTTP/2
-//!   streams), for the receivers and any other HTTP listener of the process.
+//!   streams), for the receivers and any other HTTP listener of the process, and their
+//!   counters' collector.
 //! - [`auth`]: bearer tokens per route group, checked before a body is read.
-//! - [`config`], [`metrics`], [`error`]: configuration with named defaults, the counters in
-//!   Prometheus text form, and the error enums.
+//! - [`config`], [`metrics`], [`error`]: configuration with named defaults, the counters
+//!   and the collector that reads them into a node's `prometheus` registry, and the error
+//!   enums.
 //!
 //! A request is answered only after the sink accepted its events; a full sink makes the
 //! client retry (503 + Retry-After, gRPC UNAVAILABLE) instead of queueing without bound.
@@ -69,7 +71,7 @@ pub use http::{http_router, secured_http_router, serve_http, serve_http_on};
 pub use json::{logs_from_json, traces_from_json};
 pub use k8s::decode_k8s_audit;
 pub use listen::ConnLimits;
-pub use metrics::{EventPhase, Metrics, Transport};
+pub use metrics::{EventPhase, Metrics, ReceiversCollector, Transport};
 pub use receivers::{ConnShare, Receivers};
 pub use replay::{decode_replay, read_replay_file, LocatedRejection, ReplayBatch};
 pub use sink::{ChannelSink, EventSink, QueueBytes, DEFAULT_CHANNEL_WAIT, DEFAULT_RETRY_AFTER};

@@ -1,6 +1,7 @@
 //! Connections on every listener (the receivers', the API's): how many may be open at once,
 //! how long a client may take to send its headers, how many HTTP/2 streams one connection
-//! may open, and the counters that say when a limit refused someone.
+//! may open, and the counters that say when a limit refused someone, with the collector
+//! that serves them on /metrics.
 //!
 //! Without these a client needs no token to hurt the process: connections that never
 //! finish their headers hold a file descriptor each until the fd table is full (then
@@ -16,12 +17,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use toctou_schema::metrics::Family;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -103,41 +107,56 @@ const ZERO: Counts = Counts {
 };
 static COUNTS: [Counts; 3] = [ZERO; 3];
 
-/// `toctou_connections_open{listener}` and `toctou_connections_refused_total{listener}`.
-pub fn render_prometheus(out: &mut String) {
-    use std::fmt::Write;
-    type Family = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&Counts) -> &AtomicU64,
-    );
-    let families: [Family; 3] = [
-        (
-            "toctou_connections_open",
-            "Connections open now, per listener.",
-            "gauge",
-            |c| &c.open,
-        ),
-        (
-            "toctou_connections_refused_total",
-            "Connections closed at once because the listener had --max-connections open.",
-            "counter",
-            |c| &c.refused,
-        ),
-        (
-            "toctou_host_refused_total",
-            "Requests answered 403 because their Host is not a name the listener answers to (--allowed-hosts; DNS rebinding).",
-            "counter",
-            |c| &c.host_refused,
-        ),
-    ];
-    for (name, help, kind, pick) in families {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        for listener in ListenerKind::ALL {
-            let n = pick(&COUNTS[listener as usize]).load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{listener=\"{}\"}} {n}", listener.as_str());
-        }
+/// `toctou_connections_open`, `toctou_connections_refused_total` and
+/// `toctou_host_refused_total`, by listener.
+struct Families {
+    open: Family,
+    refused: Family,
+    host_refused: Family,
+}
+
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
+    Families {
+    open: Family::gauge(
+        "toctou_connections_open",
+        "Connections open now, per listener.",
+        &["listener"],
+    ),
+    refused: Family::counter(
+        "toctou_connections_refused_total",
+        "Connections closed at once because the listener had --max-connections open.",
+        &["listener"],
+    ),
+    host_refused: Family::counter(
+        "toctou_host_refused_total",
+        "Requests answered 403 because their Host is not a name the listener answers to (--allowed-hosts; DNS rebinding).",
+        &["listener"],
+    ),
+}
+});
+
+/// Reads the process-wide connection counts into a node's registry.
+pub struct ConnectionsCollector;
+
+impl Collector for ConnectionsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let f = &*FAMILIES;
+        vec![f.open.desc(), f.refused.desc(), f.host_refused.desc()]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = &*FAMILIES;
+        let per_listener = |pick: fn(&Counts) -> &AtomicU64| {
+            ListenerKind::ALL.map(|l| {
+                let n = pick(&COUNTS[l as usize]).load(Ordering::Relaxed);
+                ([l.as_str()], n as f64)
+            })
+        };
+        vec![
+            f.open.values(per_listener(|c| &c.open)),
+            f.refused.values(per_listener(|c| &c.refused)),
+            f.host_refused.values(per_listener(|c| &c.host_refused)),
+        ]
     }
 }
 
@@ -421,8 +440,7 @@ mod tests {
         assert_eq!(refused(ListenerKind::Api), before + 1);
         drop(a);
         assert!(gate.admit().is_some());
-        let mut out = String::new();
-        render_prometheus(&mut out);
+        let out = toctou_schema::metrics::encode_one(ConnectionsCollector);
         assert!(
             out.contains("toctou_connections_refused_total{listener=\"api\"}"),
             "{out}"

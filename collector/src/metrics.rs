@@ -1,5 +1,6 @@
 //! The collector's metrics, all declared here: counters in fixed arrays of atomics indexed
-//! by closed label sets, rendered in the Prometheus text format.
+//! by closed label sets, and [`ReceiversCollector`], which reads them into the node's
+//! `prometheus` registry when /metrics is asked for.
 //!
 //! Metric names and label values are an interface (dashboards and alerts use them), so the
 //! labels come only from the enums in [`crate::decoded`]; nothing request-derived ever
@@ -8,8 +9,11 @@
 use crate::decoded::{
     IgnoreReason, IgnoredCounts, RejectReason, RejectedCounts, Rejection, Signal,
 };
-use std::fmt::Write as _;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use toctou_schema::metrics::Family;
 use toctou_schema::{Event, Phase};
 
 /// How a request reached us; a label value of `toctou_received_bytes_total`.
@@ -134,70 +138,73 @@ impl Metrics {
     pub fn received_bytes(&self, transport: Transport) -> u64 {
         self.received_bytes[transport as usize].load(Ordering::Relaxed)
     }
-
-    /// Appends every series in the Prometheus text exposition format, zeroes included, so
-    /// that rates work from the first scrape.
-    pub fn render_prometheus(&self, out: &mut String) {
-        header(
-            out,
-            "toctou_events_total",
-            "Check, use and audit events accepted, by signal and phase.",
-        );
-        for (i, (signal, phase)) in EVENT_SERIES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "toctou_events_total{{signal=\"{}\",phase=\"{}\"}} {}",
-                signal.as_str(),
-                phase.as_str(),
-                self.events[i].load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
-            "toctou_ignored_total",
-            "Items received that are not toctou data (no phase, no audit action, read verb, non-final stage...), by signal and reason.",
-        );
-        for reason in IgnoreReason::ALL {
-            let _ = writeln!(
-                out,
-                "toctou_ignored_total{{signal=\"{}\",reason=\"{}\"}} {}",
-                reason.signal().as_str(),
-                reason.as_str(),
-                self.ignored(reason)
-            );
-        }
-        header(
-            out,
-            "toctou_rejected_total",
-            "Requests, or spans and records within accepted requests, refused, by reason.",
-        );
-        for reason in RejectReason::ALL {
-            let _ = writeln!(
-                out,
-                "toctou_rejected_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                self.rejected(reason)
-            );
-        }
-        header(
-            out,
-            "toctou_received_bytes_total",
-            "Request body bytes received (gRPC: decoded message size), by transport.",
-        );
-        for transport in Transport::ALL {
-            let _ = writeln!(
-                out,
-                "toctou_received_bytes_total{{transport=\"{}\"}} {}",
-                transport.as_str(),
-                self.received_bytes(transport)
-            );
-        }
-    }
 }
 
-fn header(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
+/// The receivers' families, each declared once.
+struct Families {
+    events: Family,
+    ignored: Family,
+    rejected: Family,
+    received_bytes: Family,
+}
+
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
+    Families {
+    events: Family::counter(
+        "toctou_events_total",
+        "Check, use and audit events accepted, by signal and phase.",
+        &["signal", "phase"],
+    ),
+    ignored: Family::counter(
+        "toctou_ignored_total",
+        "Items received that are not toctou data (no phase, no audit action, read verb, non-final stage...), by signal and reason.",
+        &["signal", "reason"],
+    ),
+    rejected: Family::counter(
+        "toctou_rejected_total",
+        "Requests, or spans and records within accepted requests, refused, by reason.",
+        &["reason"],
+    ),
+    received_bytes: Family::counter(
+        "toctou_received_bytes_total",
+        "Request body bytes received (gRPC: decoded message size), by transport.",
+        &["transport"],
+    ),
+}
+});
+
+/// Reads [`Metrics`] when /metrics is asked for: every series, zeroes included, so that
+/// rates work from the first scrape.
+pub struct ReceiversCollector(pub Arc<Metrics>);
+
+impl Collector for ReceiversCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let f = &*FAMILIES;
+        vec![
+            f.events.desc(),
+            f.ignored.desc(),
+            f.rejected.desc(),
+            f.received_bytes.desc(),
+        ]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (f, m) = (&*FAMILIES, &self.0);
+        let events = EVENT_SERIES.iter().enumerate().map(|(i, (signal, phase))| {
+            let n = m.events[i].load(Ordering::Relaxed);
+            ([signal.as_str(), phase.as_str()], n as f64)
+        });
+        let ignored =
+            IgnoreReason::ALL.map(|r| ([r.signal().as_str(), r.as_str()], m.ignored(r) as f64));
+        let rejected = RejectReason::ALL.map(|r| ([r.as_str()], m.rejected(r) as f64));
+        let received = Transport::ALL.map(|t| ([t.as_str()], m.received_bytes(t) as f64));
+        vec![
+            f.events.values(events),
+            f.ignored.values(ignored),
+            f.rejected.values(rejected),
+            f.received_bytes.values(received),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -237,8 +244,7 @@ mod tests {
 
         assert_eq!(m.events(Signal::K8sAudit, EventPhase::Audit), 1);
         assert_eq!(m.events(Signal::Traces, EventPhase::Audit), 0);
-        let mut out = String::new();
-        m.render_prometheus(&mut out);
+        let out = toctou_schema::metrics::encode_one(ReceiversCollector(Arc::new(m)));
         for line in [
             "# TYPE toctou_events_total counter",
             "toctou_events_total{signal=\"k8s_audit\",phase=\"audit\"} 1",

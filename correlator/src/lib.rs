@@ -8,7 +8,9 @@
 //!
 //! # Layout
 //! - [`config`]: [`Config`], its named defaults and [`Config::validate`].
-//! - [`metrics`]: [`Stats`], every metric in one place, and its Prometheus text.
+//! - [`metrics`]: [`Stats`], every metric in one place, and [`StatsCollector`], which reads
+//!   them into a node's `prometheus` registry; `metrics::histogram`: the fixed-bucket
+//!   histograms (race window, detection latency).
 //! - `engine`: the event-time loop: watermark, reorder buffer, timers.
 //! - `decide`: what a use is (precedence of the finding kinds), what an audit record changes.
 //! - `waiting`: successful uses waiting for their write to be seen before they are judged.
@@ -55,4 +57,4 @@ mod testkit;
 
 pub use config::{Config, ConfigError};
 pub use engine::{Engine, Input};
-pub use metrics::{EvictedState, Histogram, Stats};
+pub use metrics::{EvictedState, Histogram, Stats, StatsCollector};

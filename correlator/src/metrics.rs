@@ -1,11 +1,19 @@
-//! Every metric the correlator exposes, declared in this one place, and their Prometheus text.
+//! Every metric the correlator exposes, declared in this one place, and [`StatsCollector`],
+//! which reads them into a node's `prometheus` registry.
 //!
 //! The engine has a single owner, so [`Stats`] is plain counters: no atomics on the hot path.
-//! The binary clones it periodically (a few hundred bytes) and renders the clone for
-//! `/metrics`. Metric names and label values are a public interface: dashboards and alerts
-//! use them. Labels are bounded enums only, never a resource or request id.
+//! The binary clones it periodically (a few hundred bytes) and the collector reads the clone
+//! when `/metrics` is asked for; the two histograms and their buckets are in `histogram`.
+//! Metric names and label values are a public interface: dashboards and alerts use them.
+//! Labels are bounded enums only, never a resource or request id.
 
-use std::fmt::Write;
+mod histogram;
+
+pub use histogram::{Histogram, DETECTION_LATENCY_BUCKETS_NS, RACE_WINDOW_BUCKETS_NS};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use std::sync::LazyLock;
+use toctou_schema::metrics::Family;
 use toctou_schema::FindingKind;
 
 /// Which piece of bounded state an eviction came from (`toctou_evicted_total{state}`).
@@ -60,111 +68,6 @@ impl EvictedState {
 
     fn index(self) -> usize {
         self as usize
-    }
-}
-
-const MS: u64 = 1_000_000;
-const S: u64 = 1_000_000_000;
-
-/// Race windows (check end to use start): sub-millisecond in-process races up to uses that
-/// trail their check by the default pair TTL.
-pub const RACE_WINDOW_BUCKETS_NS: &[u64] = &[
-    MS / 10,
-    MS,
-    5 * MS,
-    10 * MS,
-    50 * MS,
-    100 * MS,
-    500 * MS,
-    S,
-    5 * S,
-    10 * S,
-    30 * S,
-    60 * S,
-];
-
-/// Detection latency (deciding event time to emission): bounded below by the allowed
-/// lateness (2 s by default) and, for orphans, by twice the pair TTL.
-pub const DETECTION_LATENCY_BUCKETS_NS: &[u64] = &[
-    100 * MS,
-    250 * MS,
-    500 * MS,
-    S,
-    2 * S,
-    3 * S,
-    5 * S,
-    10 * S,
-    30 * S,
-    60 * S,
-    120 * S,
-    300 * S,
-];
-
-const MAX_BUCKETS: usize = 12;
-
-/// A fixed-bucket histogram of durations, observed in nanoseconds, rendered in seconds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Histogram {
-    bounds_ns: &'static [u64],
-    /// Per bucket, not cumulative; the last slot counts observations above every bound.
-    counts: [u64; MAX_BUCKETS + 1],
-    sum_seconds: f64,
-    count: u64,
-}
-
-impl Histogram {
-    pub fn new(bounds_ns: &'static [u64]) -> Histogram {
-        assert!(bounds_ns.len() <= MAX_BUCKETS, "too many histogram buckets");
-        Histogram {
-            bounds_ns,
-            counts: [0; MAX_BUCKETS + 1],
-            sum_seconds: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe_ns(&mut self, ns: u64) {
-        let slot = self.bounds_ns.partition_point(|b| *b < ns);
-        self.counts[slot] += 1;
-        self.sum_seconds += ns as f64 / 1e9;
-        self.count += 1;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    pub fn sum_seconds(&self) -> f64 {
-        self.sum_seconds
-    }
-
-    /// Observations at or below `bound_ns` (which must be one of the bucket bounds).
-    pub fn cumulative(&self, bound_ns: u64) -> u64 {
-        let slot = self.bounds_ns.partition_point(|b| *b < bound_ns);
-        self.counts[..=slot.min(self.bounds_ns.len())].iter().sum()
-    }
-
-    fn add(&mut self, other: &Histogram) {
-        debug_assert_eq!(self.bounds_ns, other.bounds_ns);
-        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a += b;
-        }
-        self.sum_seconds += other.sum_seconds;
-        self.count += other.count;
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, bound) in self.bounds_ns.iter().enumerate() {
-            cumulative += self.counts[i];
-            let le = *bound as f64 / 1e9;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum_seconds);
-        let _ = writeln!(out, "{name}_count {}", self.count);
     }
 }
 
@@ -296,160 +199,220 @@ impl Stats {
         self.race_window.add(&other.race_window);
         self.detection_latency.add(&other.detection_latency);
     }
+}
 
-    /// Appends the Prometheus text exposition of every correlator metric to `out`.
-    pub fn render_prometheus(&self, out: &mut String) {
-        counter(
-            out,
-            "toctou_pairs_total",
-            "Uses joined with a check, any outcome.",
-            self.pairs,
-        );
-        let _ = writeln!(out, "# HELP toctou_findings_total Races reported, by kind.");
-        let _ = writeln!(out, "# TYPE toctou_findings_total counter");
-        for kind in FindingKind::ALL {
-            let _ = writeln!(
-                out,
-                "toctou_findings_total{{kind=\"{}\"}} {}",
-                kind.as_str(),
-                self.findings_of(kind)
-            );
-        }
-        counter(
-            out,
-            "toctou_prevented_races_total",
-            "Uses whose own precondition caught the race (outcome conflict).",
-            self.prevented_races,
-        );
-        counter(
-            out,
-            "toctou_indeterminate_total",
-            "Pairs left undecided: a version missing and no audit stream for the resource.",
-            self.indeterminate,
-        );
-        gauge(
-            out,
-            "toctou_pending_checks",
-            "Checks waiting for their use.",
-            self.pending_checks as f64,
-        );
-        gauge(
-            out,
-            "toctou_pending_checks_limit",
-            "Most checks held before the oldest expire early (--max-pending).",
-            self.pending_checks_limit as f64,
-        );
-        gauge(
-            out,
-            "toctou_tombstones",
-            "Expired checks still matchable by a late use.",
-            self.tombstones as f64,
-        );
-        gauge(
-            out,
-            "toctou_check_state_bytes",
-            "Heap bytes held by pending checks, tombstones and waiting uses: records, index and timers (their long strings are in toctou_interned_bytes).",
-            self.check_state_bytes as f64,
-        );
-        gauge(
-            out,
-            "toctou_interned_bytes",
-            "Bytes of long strings (ids, versions, keys, actors over 16 bytes), long resource names and service/operation profiles held by all engine state, each counted once.",
-            self.interned_bytes as f64,
-        );
-        gauge(
-            out,
-            "toctou_interned_bytes_limit",
-            "Most bytes of such strings held before the oldest state is evicted (--max-interned-bytes).",
-            self.interned_bytes_limit as f64,
-        );
-        counter(
-            out,
-            "toctou_evicted_for_bytes_total",
-            "Entries evicted because the state's strings passed --max-interned-bytes (each also counted in toctou_evicted_total by state).",
-            self.byte_evictions,
-        );
-        gauge(
-            out,
-            "toctou_buffered_events",
-            "Events waiting in the reorder buffer for the watermark.",
-            self.buffered_events as f64,
-        );
-        counter(
-            out,
-            "toctou_late_events_total",
-            "Events older than the watermark on arrival, processed out of order.",
-            self.late_events,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_clock_skew_events_total Events whose time lies outside what the \
-             wall clock and the watermark allow: direction future (ahead of the wall clock by \
-             more than --max-clock-skew, ordered by arrival instead) or past (older than the \
-             watermark by more than the history kept, processed late)."
-        );
-        let _ = writeln!(out, "# TYPE toctou_clock_skew_events_total counter");
-        for (direction, value) in [
-            ("future", self.clock_skew_future),
-            ("past", self.clock_skew_past),
-        ] {
-            let _ = writeln!(
-                out,
-                "toctou_clock_skew_events_total{{direction=\"{direction}\"}} {value}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP toctou_evicted_total Entries expired early because their state was full."
-        );
-        let _ = writeln!(out, "# TYPE toctou_evicted_total counter");
-        for state in EvictedState::ALL {
-            let _ = writeln!(
-                out,
-                "toctou_evicted_total{{state=\"{}\"}} {}",
-                state.as_str(),
-                self.evicted_of(state)
-            );
-        }
-        counter(
-            out,
-            "toctou_duplicate_events_total",
-            "Redelivered spans and audit records dropped.",
-            self.duplicate_events,
-        );
-        gauge(
-            out,
-            "toctou_watermark_lag_seconds",
-            "Wall clock minus the event-time watermark.",
-            self.watermark_lag_seconds,
-        );
-        self.race_window.render(
-            "toctou_race_window_seconds",
-            "Time from a check's end to its use's start, for every pair.",
-            out,
-        );
-        self.detection_latency.render(
-            "toctou_detection_latency_seconds",
-            "Time from the deciding event to the finding's emission.",
-            out,
-        );
+/// Every correlator family, declared once.
+struct Families {
+    pairs: Family,
+    findings: Family,
+    prevented_races: Family,
+    indeterminate: Family,
+    pending_checks: Family,
+    pending_checks_limit: Family,
+    tombstones: Family,
+    check_state_bytes: Family,
+    interned_bytes: Family,
+    interned_bytes_limit: Family,
+    evicted_for_bytes: Family,
+    buffered_events: Family,
+    late_events: Family,
+    clock_skew_events: Family,
+    evicted: Family,
+    duplicate_events: Family,
+    watermark_lag: Family,
+    race_window: Family,
+    detection_latency: Family,
+}
+
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
+    Families {
+    pairs: Family::counter(
+        "toctou_pairs_total",
+        "Uses joined with a check, any outcome.",
+        &[],
+    ),
+    findings: Family::counter("toctou_findings_total", "Races reported, by kind.", &["kind"]),
+    prevented_races: Family::counter(
+        "toctou_prevented_races_total",
+        "Uses whose own precondition caught the race (outcome conflict).",
+        &[],
+    ),
+    indeterminate: Family::counter(
+        "toctou_indeterminate_total",
+        "Pairs left undecided: a version missing and no audit stream for the resource.",
+        &[],
+    ),
+    pending_checks: Family::gauge(
+        "toctou_pending_checks",
+        "Checks waiting for their use.",
+        &[],
+    ),
+    pending_checks_limit: Family::gauge(
+        "toctou_pending_checks_limit",
+        "Most checks held before the oldest expire early (--max-pending).",
+        &[],
+    ),
+    tombstones: Family::gauge(
+        "toctou_tombstones",
+        "Expired checks still matchable by a late use.",
+        &[],
+    ),
+    check_state_bytes: Family::gauge(
+        "toctou_check_state_bytes",
+        "Heap bytes held by pending checks, tombstones and waiting uses: records, index and timers (their long strings are in toctou_interned_bytes).",
+        &[],
+    ),
+    interned_bytes: Family::gauge(
+        "toctou_interned_bytes",
+        "Bytes of long strings (ids, versions, keys, actors over 16 bytes), long resource names and service/operation profiles held by all engine state, each counted once.",
+        &[],
+    ),
+    interned_bytes_limit: Family::gauge(
+        "toctou_interned_bytes_limit",
+        "Most bytes of such strings held before the oldest state is evicted (--max-interned-bytes).",
+        &[],
+    ),
+    evicted_for_bytes: Family::counter(
+        "toctou_evicted_for_bytes_total",
+        "Entries evicted because the state's strings passed --max-interned-bytes (each also counted in toctou_evicted_total by state).",
+        &[],
+    ),
+    buffered_events: Family::gauge(
+        "toctou_buffered_events",
+        "Events waiting in the reorder buffer for the watermark.",
+        &[],
+    ),
+    late_events: Family::counter(
+        "toctou_late_events_total",
+        "Events older than the watermark on arrival, processed out of order.",
+        &[],
+    ),
+    clock_skew_events: Family::counter(
+        "toctou_clock_skew_events_total",
+        "Events whose time lies outside what the wall clock and the watermark allow: \
+         direction future (ahead of the wall clock by more than --max-clock-skew, ordered by \
+         arrival instead) or past (older than the watermark by more than the history kept, \
+         processed late).",
+        &["direction"],
+    ),
+    evicted: Family::counter(
+        "toctou_evicted_total",
+        "Entries expired early because their state was full.",
+        &["state"],
+    ),
+    duplicate_events: Family::counter(
+        "toctou_duplicate_events_total",
+        "Redelivered spans and audit records dropped.",
+        &[],
+    ),
+    watermark_lag: Family::gauge(
+        "toctou_watermark_lag_seconds",
+        "Wall clock minus the event-time watermark.",
+        &[],
+    ),
+    race_window: Family::histogram(
+        "toctou_race_window_seconds",
+        "Time from a check's end to its use's start, for every pair.",
+    ),
+    detection_latency: Family::histogram(
+        "toctou_detection_latency_seconds",
+        "Time from the deciding event to the finding's emission.",
+    ),
+}
+});
+
+impl Stats {
+    /// Every correlator family with its values now.
+    fn families(&self) -> Vec<MetricFamily> {
+        let f = &*FAMILIES;
+        let findings = FindingKind::ALL.map(|k| ([k.as_str()], self.findings_of(k) as f64));
+        let evicted = EvictedState::ALL.map(|s| ([s.as_str()], self.evicted_of(s) as f64));
+        let skew = [
+            (["future"], self.clock_skew_future as f64),
+            (["past"], self.clock_skew_past as f64),
+        ];
+        vec![
+            f.pairs.value(self.pairs as f64),
+            f.findings.values(findings),
+            f.prevented_races.value(self.prevented_races as f64),
+            f.indeterminate.value(self.indeterminate as f64),
+            f.pending_checks.value(self.pending_checks as f64),
+            f.pending_checks_limit
+                .value(self.pending_checks_limit as f64),
+            f.tombstones.value(self.tombstones as f64),
+            f.check_state_bytes.value(self.check_state_bytes as f64),
+            f.interned_bytes.value(self.interned_bytes as f64),
+            f.interned_bytes_limit
+                .value(self.interned_bytes_limit as f64),
+            f.evicted_for_bytes.value(self.byte_evictions as f64),
+            f.buffered_events.value(self.buffered_events as f64),
+            f.late_events.value(self.late_events as f64),
+            f.clock_skew_events.values(skew),
+            f.evicted.values(evicted),
+            f.duplicate_events.value(self.duplicate_events as f64),
+            f.watermark_lag.value(self.watermark_lag_seconds),
+            self.race_window.family(&f.race_window),
+            self.detection_latency.family(&f.detection_latency),
+        ]
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
-    let _ = writeln!(out, "{name} {value}");
+/// Reads a snapshot of [`Stats`] when /metrics is asked for. The engine's owner keeps the
+/// snapshot (refreshed every tick) wherever it likes; `snapshot` copies it out, so the
+/// lock it may sit behind is held for a copy, not for the encoding.
+pub struct StatsCollector {
+    snapshot: Box<dyn Fn() -> Stats + Send + Sync>,
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    let _ = writeln!(out, "{name} {value}");
+impl StatsCollector {
+    pub fn new(snapshot: impl Fn() -> Stats + Send + Sync + 'static) -> StatsCollector {
+        StatsCollector {
+            snapshot: Box::new(snapshot),
+        }
+    }
+}
+
+impl Collector for StatsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let f = &*FAMILIES;
+        vec![
+            f.pairs.desc(),
+            f.findings.desc(),
+            f.prevented_races.desc(),
+            f.indeterminate.desc(),
+            f.pending_checks.desc(),
+            f.pending_checks_limit.desc(),
+            f.tombstones.desc(),
+            f.check_state_bytes.desc(),
+            f.interned_bytes.desc(),
+            f.interned_bytes_limit.desc(),
+            f.evicted_for_bytes.desc(),
+            f.buffered_events.desc(),
+            f.late_events.desc(),
+            f.clock_skew_events.desc(),
+            f.evicted.desc(),
+            f.duplicate_events.desc(),
+            f.watermark_lag.desc(),
+            f.race_window.desc(),
+            f.detection_latency.desc(),
+        ]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        (self.snapshot)().families()
+    }
+}
+
+/// The text of `stats` alone, as a node's /metrics shows it.
+#[cfg(test)]
+pub(crate) fn encode(stats: &Stats) -> String {
+    let stats = stats.clone();
+    toctou_schema::metrics::encode_one(StatsCollector::new(move || stats.clone()))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::histogram::{MS, S};
     use super::*;
 
     fn sample(text: &str, series: &str) -> Option<f64> {
@@ -459,8 +422,7 @@ mod tests {
 
     #[test]
     fn every_metric_and_label_is_present_even_at_zero() {
-        let mut text = String::new();
-        Stats::default().render_prometheus(&mut text);
+        let text = encode(&Stats::default());
         for name in [
             "toctou_pairs_total",
             "toctou_prevented_races_total",
@@ -516,8 +478,7 @@ mod tests {
         s.race_window.observe_ns(MS); // on a bound: counted in that bucket (le)
         s.race_window.observe_ns(2 * S);
         s.race_window.observe_ns(3600 * S); // above every bound
-        let mut text = String::new();
-        s.render_prometheus(&mut text);
+        let text = encode(&s);
         let b = |le: &str| {
             sample(
                 &text,

@@ -7,6 +7,8 @@
 //! - [`event`]: the normalized events, one per check span, use span or audit record, whatever
 //!   wire format they arrived in.
 //! - [`finding`]: what the correlator reports, with the evidence and a deterministic id.
+//! - `metrics` (feature `metrics`): metric families as the stages declare them for the
+//!   `prometheus` crate, and the text every node's /metrics encodes from its registry.
 //! - `testing` (feature `test-util`): event builders for tests and benchmarks.
 //!
 //! Nothing here does I/O; every other crate depends on this one and on nothing else of ours.
@@ -15,6 +17,8 @@ pub mod clock;
 pub mod conventions;
 pub mod event;
 pub mod finding;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 

@@ -5,7 +5,9 @@
 //! The rule: a listener on a non-loopback address must authenticate its clients (tokens, or
 //! client certificates for the receivers) unless `--allow-unauthenticated` says otherwise;
 //! the check runs before anything is bound, and its error names each listener at fault and
-//! the flags that fix it. `/healthz` stays open everywhere, for probes.
+//! the flags that fix it. `/healthz` stays open everywhere, for probes. Requests the API
+//! tokens refuse are counted (`toctou_api_unauthenticated_total`, read by the collector
+//! [`ApiAccess::collector`] hands to the node's registry).
 //!
 //! Tokens come from files (one per line) or from `TOCTOU_*_TOKENS` variables; the
 //! matching flags exist (clap reads a variable through its flag) but a command line is
@@ -20,15 +22,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 #[cfg(feature = "cli")]
 use clap::Args;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::Registry;
 use rustls::ServerConfig;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use toctou_collector::auth::{self, Refusal};
 use toctou_collector::listen::{self, ConnLimits, ListenerKind};
 use toctou_collector::{ReceiverAuth, Receivers, ServeError, Tokens};
+use toctou_schema::metrics::Family;
 use tokio::net::TcpListener;
 
 /// What a 401 of the API answers: bearer for programs, basic (any user, the token as the
@@ -364,6 +370,27 @@ pub fn refuse_open_listeners(listeners: &[Exposure], allow: bool) -> Result<()> 
     bail!(message)
 }
 
+static UNAUTHENTICATED: LazyLock<Family> = LazyLock::new(|| {
+    Family::counter(
+        "toctou_api_unauthenticated_total",
+        "API, page and metrics requests refused for a missing or wrong token.",
+        &[],
+    )
+});
+
+/// Reads the API guard's count of refused requests.
+struct UnauthenticatedCollector(Arc<AtomicU64>);
+
+impl Collector for UnauthenticatedCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![UNAUTHENTICATED.desc()]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        vec![UNAUTHENTICATED.value(self.0.load(Ordering::Relaxed) as f64)]
+    }
+}
+
 /// How to fix an API listener that accepts anyone.
 pub const API_FIX: &str = "--api-token-file or TOCTOU_API_TOKENS";
 
@@ -426,45 +453,20 @@ impl ApiAccess {
     }
 
     /// The HTTP listener of a command without the API (collector, correlator): /metrics
-    /// (what `render` writes, then this guard's and the TLS listeners' counters) behind the
-    /// API tokens, /healthz open for probes.
-    pub fn metrics_router(
-        self,
-        render: impl Fn(&mut String) + Clone + Send + Sync + 'static,
-    ) -> Router {
-        let counter = self.clone();
+    /// (the node's `registry`) behind the API tokens, /healthz open for probes.
+    pub fn metrics_router(self, registry: Registry) -> Router {
         let metrics = Router::new().route(
             "/metrics",
-            axum::routing::get(move || {
-                let (render, counter) = (render.clone(), counter.clone());
-                async move {
-                    let mut out = String::new();
-                    render(&mut out);
-                    counter.render_prometheus(&mut out);
-                    crate::tls::render_prometheus(&mut out);
-                    listen::render_prometheus(&mut out);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        out,
-                    )
-                }
-            }),
+            crate::metrics::get(registry, prometheus::TEXT_FORMAT),
         );
         // /healthz after the guard: probes carry no token.
         self.protect(metrics)
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
     }
 
-    /// `toctou_api_unauthenticated_total`, appended to a /metrics answer.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let name = "toctou_api_unauthenticated_total";
-        out.push_str(&format!(
-            "# HELP {name} API, page and metrics requests refused for a missing or wrong token.\n# TYPE {name} counter\n{name} {}\n",
-            self.refused.load(Ordering::Relaxed)
-        ));
+    /// The collector of `toctou_api_unauthenticated_total`, for the node's registry.
+    pub fn collector(&self) -> impl Collector {
+        UnauthenticatedCollector(self.refused.clone())
     }
 
     /// Serves `router` on `listener` (with TLS when configured) until `shutdown`.

@@ -10,8 +10,8 @@
 //! - `GET /api/v1/summary?seconds=` → what the page draws: counts by kind, findings per
 //!   second by kind over the last `seconds` (default 300, at most 600), the race-window
 //!   histogram, and a few pipeline gauges. Same cost with 0 findings or 100k.
-//! - `GET /metrics` → Prometheus text: the receivers', the correlator's, the store's and,
-//!   with `--clickhouse-url`, the sink's.
+//! - `GET /metrics` → Prometheus text: the node's registry (server/src/metrics.rs): the
+//!   receivers', the correlator's, the store's and, with `--clickhouse-url`, the sink's.
 //! - `GET /healthz` → `ok`.
 //!
 //! With API tokens (`--api-token-file`, server/src/access.rs) everything but `/healthz` answers
@@ -26,6 +26,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
@@ -58,11 +59,15 @@ pub struct Shared {
     pub queue_bytes: toctou_collector::QueueBytes,
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The API's routes; `/metrics` encodes `registry`, the node's (see [`crate::metrics`]).
+pub fn router(shared: Arc<Shared>, registry: Registry) -> Router {
     let protected = Router::new()
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/summary", get(summary))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            crate::metrics::get(registry, crate::metrics::RUN_CONTENT_TYPE),
+        )
         .route("/", get(page::index))
         .route("/assets/{name}", get(page::asset))
         .with_state(shared.clone());
@@ -76,10 +81,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let access = shared.access.clone();
-    access.serve(listener, router(shared), shutdown).await
+    access
+        .serve(listener, router(shared, registry), shutdown)
+        .await
 }
 
 #[derive(Deserialize)]
@@ -268,146 +276,9 @@ fn parse_since(s: &str) -> Option<u64> {
     u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()).ok()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let mut out = String::with_capacity(8 * 1024);
-    shared.receivers.metrics().render_prometheus(&mut out);
-    shared
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .render_prometheus(&mut out);
-    {
-        let store = shared.store.read().unwrap_or_else(|e| e.into_inner());
-        gauge(
-            &mut out,
-            "toctou_findings_stored",
-            "Findings held in the embedded store.",
-            store.len() as u64,
-        );
-        gauge(
-            &mut out,
-            "toctou_findings_stored_bytes",
-            "Bytes the findings in the embedded store take, strings and evidence counted (--max-findings-bytes).",
-            store.bytes() as u64,
-        );
-        counter(
-            &mut out,
-            "toctou_findings_dropped_total",
-            "Findings pushed out of the embedded store by newer ones (--max-findings, --max-findings-bytes).",
-            store.dropped(),
-        );
-        service_findings(&mut out, &store);
-    }
-    if let Some(sink) = &shared.sink {
-        sink.render_prometheus(&mut out);
-    }
-    shared.access.render_prometheus(&mut out);
-    crate::tls::render_prometheus(&mut out);
-    toctou_collector::listen::render_prometheus(&mut out);
-    let (queued, capacity) = shared.queue.upgrade().map_or((0, 0), |q| {
-        (q.max_capacity() - q.capacity(), q.max_capacity())
-    });
-    gauge(
-        &mut out,
-        "toctou_queue_batches",
-        "Decoded request batches waiting for the correlator; at the capacity, receivers push back.",
-        queued as u64,
-    );
-    gauge(
-        &mut out,
-        "toctou_queue_capacity",
-        "Most batches the queue holds (--queue-capacity).",
-        capacity as u64,
-    );
-    gauge(
-        &mut out,
-        "toctou_queue_bytes",
-        "Bytes of decoded events waiting for the correlator (strings counted); at the limit, receivers push back.",
-        shared.queue_bytes.held() as u64,
-    );
-    gauge(
-        &mut out,
-        "toctou_queue_bytes_limit",
-        "Most bytes of decoded events the queue holds (--max-queued-bytes).",
-        shared.queue_bytes.max() as u64,
-    );
-    gauge(
-        &mut out,
-        "toctou_start_time_seconds",
-        "Unix time the process started.",
-        shared.started_ns / 1_000_000_000,
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
-}
-
-fn service_findings(out: &mut String, store: &FindingStore) {
-    use std::fmt::Write;
-    let name = "toctou_service_findings_total";
-    let _ = write!(
-        out,
-        "# HELP {name} Findings by service, operation and kind (at most {} service/operation pairs, then {}).\n# TYPE {name} counter\n",
-        crate::store::MAX_SERVICE_SERIES,
-        crate::store::OVERFLOW_LABEL,
-    );
-    for (service, operation, kind, n) in store.by_service() {
-        let _ = writeln!(
-            out,
-            "{name}{{service=\"{}\",operation=\"{}\",kind=\"{}\"}} {n}",
-            escape_label(service),
-            escape_label(operation),
-            kind.as_str()
-        );
-    }
-    // One series per capped metric: what its overflow bucket took in, so that a flood of
-    // names is visible (and alertable) rather than only folded away.
-    let name = "toctou_metric_series_overflow_total";
-    let _ = write!(
-        out,
-        "# HELP {name} Samples counted under {} because their label values found no series of their own (cap reached, or a value over {} bytes).\n# TYPE {name} counter\n{name}{{metric=\"toctou_service_findings_total\"}} {}\n",
-        crate::store::OVERFLOW_LABEL,
-        crate::store::MAX_LABEL_VALUE_BYTES,
-        store.by_service_overflow(),
-    );
-}
-
-/// Escapes a label value as the Prometheus text format requires.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    use std::fmt::Write;
-    let _ = write!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-    );
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    use std::fmt::Write;
-    let _ = write!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
 
     #[test]
     fn echoed_markup_is_escaped_and_parses_back() {

@@ -12,6 +12,8 @@
 //!   within a deadline.
 //! - [`api`]: the HTTP API on :8686 (findings, `/metrics`, `/healthz`); [`page`]: the
 //!   built-in page it serves.
+//! - [`metrics`]: one `prometheus` registry per node, the collectors of the stages it runs,
+//!   and the `/metrics` handler that encodes it; the families of `toctou run`'s own state.
 //! - [`store`]: the bounded in-memory findings store behind the API.
 //! - [`findings`]: where decided findings go, one path for every node: the
 //!   [`findings::FindingsSink`] trait, with the store, JSON lines and ClickHouse behind it.
@@ -32,6 +34,7 @@ pub mod api;
 pub mod cli;
 pub mod findings;
 pub mod kafka;
+pub mod metrics;
 pub mod migrate;
 pub mod page;
 pub mod replay;

@@ -193,6 +193,7 @@ pub async fn run(
     let api_task = tokio::spawn(api::serve(
         api_listener,
         shared.clone(),
+        crate::metrics::run_registry(&shared),
         stopped(stop_rx.clone()),
     ));
     drop(receivers);

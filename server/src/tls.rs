@@ -6,8 +6,11 @@
 //! Handshakes run in their own tasks with a deadline, so a client that opens a connection
 //! and says nothing holds one of [`MAX_HANDSHAKES`] slots for at most [`HANDSHAKE_TIMEOUT`]
 //! and never blocks the accept loop. Finished connections wait in a small bounded queue
-//! for the server to take them; while it is full no further connection is accepted.
+//! for the server to take them; while it is full no further connection is accepted. The
+//! failed handshakes are counted process-wide and served by [`HandshakeCollector`].
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -15,8 +18,9 @@ use rustls::{RootCertStore, ServerConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+use toctou_schema::metrics::Family;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -27,20 +31,28 @@ use tokio_rustls::TlsAcceptor;
 /// process. Process-wide, like the listeners: one count however many ports.
 static HANDSHAKE_FAILURES: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
-/// `toctou_tls_handshake_failures_total{reason}` for /metrics.
-pub fn render_prometheus(out: &mut String) {
-    use std::fmt::Write;
-    let name = "toctou_tls_handshake_failures_total";
-    let _ = write!(
-        out,
-        "# HELP {name} TLS handshakes that failed or timed out, by reason.\n# TYPE {name} counter\n"
-    );
-    for (reason, n) in ["error", "timeout"].iter().zip(&HANDSHAKE_FAILURES) {
-        let _ = writeln!(
-            out,
-            "{name}{{reason=\"{reason}\"}} {}",
-            n.load(Ordering::Relaxed)
-        );
+static HANDSHAKE_FAILURES_FAMILY: LazyLock<Family> = LazyLock::new(|| {
+    Family::counter(
+        "toctou_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by reason.",
+        &["reason"],
+    )
+});
+
+/// Reads `toctou_tls_handshake_failures_total{reason}` into a node's registry.
+pub struct HandshakeCollector;
+
+impl Collector for HandshakeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![HANDSHAKE_FAILURES_FAMILY.desc()]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let counts = ["error", "timeout"]
+            .iter()
+            .zip(&HANDSHAKE_FAILURES)
+            .map(|(reason, n)| ([*reason], n.load(Ordering::Relaxed) as f64));
+        vec![HANDSHAKE_FAILURES_FAMILY.values(counts)]
     }
 }
 

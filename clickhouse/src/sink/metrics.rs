@@ -1,11 +1,15 @@
-//! The ClickHouse sink's counters and their Prometheus text for `/metrics`.
+//! The ClickHouse sink's counters and [`SinkCollector`], which reads them into a node's
+//! `prometheus` registry for `/metrics`.
 //!
 //! Plain atomics: the sink thread and the correlator write them, API requests read them, and
 //! none of them may wait on another for it. Labels are closed sets (two tables, three
 //! results), so the series count is fixed.
 
-use std::fmt::Write;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
+use toctou_schema::metrics::Family;
 
 /// The tables the sink writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +51,7 @@ impl BatchResult {
     }
 }
 
-/// Shared by the sink (which counts) and the API (which renders).
+/// Shared by the sink (which counts) and its collector (which reads).
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
     rows: [AtomicU64; 2],
@@ -105,58 +109,74 @@ impl SinkMetrics {
     pub fn backlog_rows(&self) -> u64 {
         self.backlog.load(Relaxed)
     }
+}
 
-    /// Appends the `toctou_sink_*` families in Prometheus text format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP toctou_sink_rows_total Rows written to ClickHouse.\n# TYPE toctou_sink_rows_total counter"
-        );
-        for t in Table::ALL {
-            let _ = writeln!(
-                out,
-                "toctou_sink_rows_total{{table=\"{}\"}} {}",
-                t.name(),
-                self.rows_written(t)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP toctou_sink_batches_total ClickHouse insert attempts by outcome (retried: failed and sent again; failed: given up).\n# TYPE toctou_sink_batches_total counter"
-        );
-        for t in Table::ALL {
-            for r in BatchResult::ALL {
-                let _ = writeln!(
-                    out,
-                    "toctou_sink_batches_total{{table=\"{}\",result=\"{}\"}} {}",
-                    t.name(),
-                    r.name(),
-                    self.batches(t, r)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP toctou_sink_backlog_rows Rows waiting in the sink's channel and buffers.\n# TYPE toctou_sink_backlog_rows gauge\ntoctou_sink_backlog_rows {}",
-            self.backlog_rows()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_sink_retries_total ClickHouse inserts retried after a transient error.\n# TYPE toctou_sink_retries_total counter\ntoctou_sink_retries_total {}",
-            self.retries()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_sink_dropped_rows_total Rows given up on (a non-retryable error, or still failing at the shutdown deadline).\n# TYPE toctou_sink_dropped_rows_total counter"
-        );
-        for t in Table::ALL {
-            let _ = writeln!(
-                out,
-                "toctou_sink_dropped_rows_total{{table=\"{}\"}} {}",
-                t.name(),
-                self.rows_dropped(t)
-            );
-        }
+/// The `toctou_sink_*` families, each declared once.
+struct Families {
+    rows: Family,
+    batches: Family,
+    backlog: Family,
+    retries: Family,
+    dropped: Family,
+}
+
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
+    rows: Family::counter(
+        "toctou_sink_rows_total",
+        "Rows written to ClickHouse.",
+        &["table"],
+    ),
+    batches: Family::counter(
+        "toctou_sink_batches_total",
+        "ClickHouse insert attempts by outcome (retried: failed and sent again; failed: given up).",
+        &["table", "result"],
+    ),
+    backlog: Family::gauge(
+        "toctou_sink_backlog_rows",
+        "Rows waiting in the sink's channel and buffers.",
+        &[],
+    ),
+    retries: Family::counter(
+        "toctou_sink_retries_total",
+        "ClickHouse inserts retried after a transient error.",
+        &[],
+    ),
+    dropped: Family::counter(
+        "toctou_sink_dropped_rows_total",
+        "Rows given up on (a non-retryable error, or still failing at the shutdown deadline).",
+        &["table"],
+    ),
+});
+
+/// Reads [`SinkMetrics`] into a node's registry when /metrics is asked for.
+pub struct SinkCollector(pub Arc<SinkMetrics>);
+
+impl Collector for SinkCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let f = &*FAMILIES;
+        vec![
+            f.rows.desc(),
+            f.batches.desc(),
+            f.backlog.desc(),
+            f.retries.desc(),
+            f.dropped.desc(),
+        ]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (f, m) = (&*FAMILIES, &self.0);
+        let rows = Table::ALL.map(|t| ([t.name()], m.rows_written(t) as f64));
+        let batches = Table::ALL
+            .into_iter()
+            .flat_map(|t| BatchResult::ALL.map(|r| ([t.name(), r.name()], m.batches(t, r) as f64)));
+        let dropped = Table::ALL.map(|t| ([t.name()], m.rows_dropped(t) as f64));
+        vec![
+            f.rows.values(rows),
+            f.batches.values(batches),
+            f.backlog.value(m.backlog_rows() as f64),
+            f.retries.value(m.retries() as f64),
+            f.dropped.values(dropped),
+        ]
     }
 }
 
@@ -174,8 +194,7 @@ mod tests {
         m.dequeued(3);
         m.dequeued(4);
         m.dequeued(1); // more than queued: the gauge stops at zero
-        let mut out = String::new();
-        m.render_prometheus(&mut out);
+        let out = toctou_schema::metrics::encode_one(SinkCollector(Arc::new(m)));
         for line in [
             "toctou_sink_rows_total{table=\"findings\"} 3",
             "toctou_sink_rows_total{table=\"events\"} 0",

@@ -206,8 +206,7 @@ fn prometheus_text_reflects_the_engine() {
             use_("inv/1", "q1", 10).version("2").ev(),
         ],
     );
-    let mut text = String::new();
-    stats.render_prometheus(&mut text);
+    let text = crate::metrics::encode(&stats);
     assert!(text.contains("toctou_pairs_total 1\n"), "{text}");
     assert!(text.contains("toctou_findings_total{kind=\"stale_check\"} 1\n"));
     assert!(text.contains("toctou_findings_total{kind=\"orphan_check\"} 0\n"));

@@ -3,7 +3,7 @@
 //! run behind a load balancer. Its own port serves `/metrics` (receivers and producer) and
 //! `/healthz`.
 
-use super::metrics::ProducerMetrics;
+use super::metrics::{ProducerCollector, ProducerMetrics};
 use super::producer::{KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT};
 use super::{admin, KafkaArgs};
 use crate::access::{receivers_and_api, AccessArgs, ApiAccess};
@@ -15,7 +15,7 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use toctou_collector::Receivers;
+use toctou_collector::{Receivers, ReceiversCollector};
 use tokio::sync::watch;
 
 #[derive(Debug)]
@@ -136,14 +136,15 @@ pub async fn run(
     Ok(())
 }
 
-/// /metrics behind the API tokens, /healthz open for probes.
+/// /metrics (the receivers' and the producer's families besides every listener's) behind
+/// the API tokens, /healthz open for probes.
 fn metrics_router(
     receivers: Receivers,
     producer: Arc<ProducerMetrics>,
     access: ApiAccess,
 ) -> Router {
-    access.metrics_router(move |out| {
-        receivers.metrics().render_prometheus(out);
-        producer.render_prometheus(out);
-    })
+    let registry = crate::metrics::registry(&access);
+    crate::metrics::register(&registry, ReceiversCollector(receivers.metrics().clone()));
+    crate::metrics::register(&registry, ProducerCollector(producer));
+    access.metrics_router(registry)
 }

@@ -22,7 +22,7 @@
 
 use super::ends::EndProbe;
 use super::group::GroupContext;
-use super::metrics::ConsumerMetrics;
+use super::metrics::{ConsumerCollector, ConsumerMetrics};
 use super::partitions::{lock, Partitions};
 use super::{admin, KafkaArgs};
 use crate::cli::ClickhouseArgs;
@@ -37,8 +37,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use toctou_clickhouse::migrations;
-use toctou_clickhouse::sink::{Sink, SinkConfig, SinkMetrics};
-use toctou_correlator::{Engine, Stats};
+use toctou_clickhouse::sink::{Sink, SinkCollector, SinkConfig, SinkMetrics};
+use toctou_correlator::{Engine, Stats, StatsCollector};
 
 /// How often engines advance idle watermarks and publish stats (as in `toctou run`).
 const TICK: Duration = Duration::from_millis(100);
@@ -242,11 +242,11 @@ fn metrics_router(
     sink: Arc<SinkMetrics>,
     access: crate::access::ApiAccess,
 ) -> Router {
-    access.metrics_router(move |out| {
-        consumer.render_prometheus(out);
-        lock(&stats).render_prometheus(out);
-        sink.render_prometheus(out);
-    })
+    let registry = crate::metrics::registry(&access);
+    crate::metrics::register(&registry, ConsumerCollector(consumer));
+    crate::metrics::register(&registry, StatsCollector::new(move || lock(&stats).clone()));
+    crate::metrics::register(&registry, SinkCollector(sink));
+    access.metrics_router(registry)
 }
 
 /// Pauses every assigned partition while the sink is nearly full and resumes them once it

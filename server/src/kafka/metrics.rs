@@ -1,9 +1,12 @@
 //! The `toctou_kafka_*` metrics of the collector (producing) and the correlator (consuming),
-//! declared in one place. Labels are closed sets; no topic, key or partition is a label
+//! declared in one place, and the collectors that read them into each node's registry. Labels are closed sets; no topic, key or partition is a label
 //! (partitions are unbounded in number and reassigned freely).
 
-use std::fmt::Write;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
+use toctou_schema::metrics::Family;
 
 /// The producer side, shared by every request of a collector.
 #[derive(Debug, Default)]
@@ -28,50 +31,91 @@ pub struct ProducerMetrics {
     pub replaced_stuck: AtomicU64,
 }
 
-impl ProducerMetrics {
-    pub fn render_prometheus(&self, out: &mut String) {
-        counter(
-            out,
-            "toctou_kafka_produced_messages_total",
-            "Messages Kafka acknowledged.",
-            self.produced_messages.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_produced_events_total",
-            "Events in messages Kafka acknowledged.",
-            self.produced_events.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_kafka_produce_failures_total Messages not acknowledged, by stage (the request was answered with a retryable error).\n# TYPE toctou_kafka_produce_failures_total counter\ntoctou_kafka_produce_failures_total{{stage=\"delivery\"}} {}\ntoctou_kafka_produce_failures_total{{stage=\"enqueue\"}} {}",
-            self.failed_messages.load(Relaxed),
-            self.enqueue_failures.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_kafka_producer_replacements_total Kafka producers replaced because they could no longer deliver, by reason.\n# TYPE toctou_kafka_producer_replacements_total counter\ntoctou_kafka_producer_replacements_total{{reason=\"fatal\"}} {}\ntoctou_kafka_producer_replacements_total{{reason=\"stuck\"}} {}",
-            self.replaced_fatal.load(Relaxed),
-            self.replaced_stuck.load(Relaxed)
-        );
-        counter(
-            out,
-            "toctou_kafka_pushed_back_total",
-            "Requests pushed back because the bytes in flight to Kafka were at their limit.",
-            self.pushed_back.load(Relaxed),
-        );
-        gauge(
-            out,
-            "toctou_kafka_inflight_bytes",
-            "Bytes handed to Kafka and not yet acknowledged.",
-            self.inflight_bytes.load(Relaxed),
-        );
-        gauge(
-            out,
-            "toctou_kafka_inflight_batches",
-            "Request batches waiting for Kafka's acknowledgement.",
-            self.inflight_batches.load(Relaxed),
-        );
+/// The producer's families, each declared once.
+struct ProducerFamilies {
+    produced_messages: Family,
+    produced_events: Family,
+    produce_failures: Family,
+    replacements: Family,
+    pushed_back: Family,
+    inflight_bytes: Family,
+    inflight_batches: Family,
+}
+
+static PRODUCER: LazyLock<ProducerFamilies> = LazyLock::new(|| ProducerFamilies {
+    produced_messages: Family::counter(
+        "toctou_kafka_produced_messages_total",
+        "Messages Kafka acknowledged.",
+        &[],
+    ),
+    produced_events: Family::counter(
+        "toctou_kafka_produced_events_total",
+        "Events in messages Kafka acknowledged.",
+        &[],
+    ),
+    produce_failures: Family::counter(
+        "toctou_kafka_produce_failures_total",
+        "Messages not acknowledged, by stage (the request was answered with a retryable error).",
+        &["stage"],
+    ),
+    replacements: Family::counter(
+        "toctou_kafka_producer_replacements_total",
+        "Kafka producers replaced because they could no longer deliver, by reason.",
+        &["reason"],
+    ),
+    pushed_back: Family::counter(
+        "toctou_kafka_pushed_back_total",
+        "Requests pushed back because the bytes in flight to Kafka were at their limit.",
+        &[],
+    ),
+    inflight_bytes: Family::gauge(
+        "toctou_kafka_inflight_bytes",
+        "Bytes handed to Kafka and not yet acknowledged.",
+        &[],
+    ),
+    inflight_batches: Family::gauge(
+        "toctou_kafka_inflight_batches",
+        "Request batches waiting for Kafka's acknowledgement.",
+        &[],
+    ),
+});
+
+/// Reads [`ProducerMetrics`] into the collector node's registry.
+pub struct ProducerCollector(pub Arc<ProducerMetrics>);
+
+impl Collector for ProducerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let f = &*PRODUCER;
+        vec![
+            f.produced_messages.desc(),
+            f.produced_events.desc(),
+            f.produce_failures.desc(),
+            f.replacements.desc(),
+            f.pushed_back.desc(),
+            f.inflight_bytes.desc(),
+            f.inflight_batches.desc(),
+        ]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (f, m) = (&*PRODUCER, &self.0);
+        vec![
+            f.produced_messages.value(get(&m.produced_messages)),
+            f.produced_events.value(get(&m.produced_events)),
+            f.produce_failures.values([
+                (["delivery"], get(&m.failed_messages)),
+                (["enqueue"], get(&m.enqueue_failures)),
+            ]),
+            f.replacements.values([
+                (["fatal"], get(&m.replaced_fatal)),
+                (["stuck"], get(&m.replaced_stuck)),
+            ]),
+            f.pushed_back.value(get(&m.pushed_back)),
+            f.inflight_bytes
+                .value(m.inflight_bytes.load(Relaxed) as f64),
+            f.inflight_batches
+                .value(m.inflight_batches.load(Relaxed) as f64),
+        ]
     }
 }
 
@@ -126,117 +170,178 @@ impl ConsumerMetrics {
         }
         .fetch_add(1, Relaxed);
     }
+}
 
-    pub fn render_prometheus(&self, out: &mut String) {
-        if self.lag_known.load(Relaxed) {
-            gauge(
-                out,
-                "toctou_kafka_consumer_lag_messages",
-                "Messages in the partitions this correlator owns that it has not read yet.",
-                self.lag.load(Relaxed),
-            );
+/// The consumer's families, each declared once.
+struct ConsumerFamilies {
+    lag: Family,
+    paused: Family,
+    pauses: Family,
+    partitions_behind: Family,
+    catchups: Family,
+    catchup_events: Family,
+    catchup_seconds: Family,
+    late_events: Family,
+    consumed_messages: Family,
+    consumed_events: Family,
+    replayed_messages: Family,
+    held_back_findings: Family,
+    decode_errors: Family,
+    commits: Family,
+    assigned_partitions: Family,
+    rebalances: Family,
+}
+
+static CONSUMER: LazyLock<ConsumerFamilies> = LazyLock::new(|| {
+    ConsumerFamilies {
+    lag: Family::gauge(
+        "toctou_kafka_consumer_lag_messages",
+        "Messages in the partitions this correlator owns that it has not read yet.",
+        &[],
+    ),
+    paused: Family::gauge(
+        "toctou_kafka_consumer_paused",
+        "1 while consumption is paused because the ClickHouse sink is nearly full.",
+        &[],
+    ),
+    pauses: Family::counter(
+        "toctou_kafka_consumer_pauses_total",
+        "Times consumption was paused because the ClickHouse sink was nearly full.",
+        &[],
+    ),
+    partitions_behind: Family::gauge(
+        "toctou_kafka_partitions_behind",
+        "Owned partitions with records waiting to be read (or whose end is not known yet).",
+        &[],
+    ),
+    catchups: Family::counter(
+        "toctou_kafka_catchups_total",
+        "Partitions read to their end after being assigned to this correlator (catch-ups).",
+        &[],
+    ),
+    catchup_events: Family::counter(
+        "toctou_kafka_catchup_events_total",
+        "Events read between a partition's assignment and its end.",
+        &[],
+    ),
+    catchup_seconds: Family::counter(
+        "toctou_kafka_catchup_seconds_total",
+        "Time from a partition's assignment to its end.",
+        &[],
+    ),
+    late_events: Family::counter(
+        "toctou_kafka_late_events_total",
+        "Events older than their partition's watermark on arrival, over every partition this correlator owned.",
+        &[],
+    ),
+    consumed_messages: Family::counter(
+        "toctou_kafka_consumed_messages_total",
+        "Messages read from the events topic.",
+        &[],
+    ),
+    consumed_events: Family::counter(
+        "toctou_kafka_consumed_events_total",
+        "Events in the messages read.",
+        &[],
+    ),
+    replayed_messages: Family::counter(
+        "toctou_kafka_replayed_messages_total",
+        "Messages re-read to rebuild a partition's state after a handover.",
+        &[],
+    ),
+    held_back_findings: Family::counter(
+        "toctou_kafka_held_back_findings_total",
+        "Findings a rebuilding engine decided that the partition's previous owner had reported.",
+        &[],
+    ),
+    decode_errors: Family::counter(
+        "toctou_kafka_decode_errors_total",
+        "Messages that could not be decoded, by reason (skipped).",
+        &["reason"],
+    ),
+    commits: Family::counter(
+        "toctou_kafka_commits_total",
+        "Offset commits, by result.",
+        &["result"],
+    ),
+    assigned_partitions: Family::gauge(
+        "toctou_kafka_assigned_partitions",
+        "Partitions this correlator owns.",
+        &[],
+    ),
+    rebalances: Family::counter(
+        "toctou_kafka_rebalances_total",
+        "Partition assignments and revocations.",
+        &[],
+    ),
+}
+});
+
+/// Reads [`ConsumerMetrics`] into the correlator node's registry.
+pub struct ConsumerCollector(pub Arc<ConsumerMetrics>);
+
+impl Collector for ConsumerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let f = &*CONSUMER;
+        vec![
+            f.lag.desc(),
+            f.paused.desc(),
+            f.pauses.desc(),
+            f.partitions_behind.desc(),
+            f.catchups.desc(),
+            f.catchup_events.desc(),
+            f.catchup_seconds.desc(),
+            f.late_events.desc(),
+            f.consumed_messages.desc(),
+            f.consumed_events.desc(),
+            f.replayed_messages.desc(),
+            f.held_back_findings.desc(),
+            f.decode_errors.desc(),
+            f.commits.desc(),
+            f.assigned_partitions.desc(),
+            f.rebalances.desc(),
+        ]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (f, m) = (&*CONSUMER, &self.0);
+        let mut families = Vec::with_capacity(16);
+        // Not served until the first statistics arrived, so that 0 never stands for
+        // "unknown".
+        if m.lag_known.load(Relaxed) {
+            families.push(f.lag.value(m.lag.load(Relaxed) as f64));
         }
-        gauge(
-            out,
-            "toctou_kafka_consumer_paused",
-            "1 while consumption is paused because the ClickHouse sink is nearly full.",
-            self.paused.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_consumer_pauses_total",
-            "Times consumption was paused because the ClickHouse sink was nearly full.",
-            self.pauses.load(Relaxed),
-        );
-        gauge(
-            out,
-            "toctou_kafka_partitions_behind",
-            "Owned partitions with records waiting to be read (or whose end is not known yet).",
-            self.partitions_behind.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_catchups_total",
-            "Partitions read to their end after being assigned to this correlator (catch-ups).",
-            self.catchups.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_catchup_events_total",
-            "Events read between a partition's assignment and its end.",
-            self.catchup_events.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_kafka_catchup_seconds_total Time from a partition's assignment to its end.\n# TYPE toctou_kafka_catchup_seconds_total counter\ntoctou_kafka_catchup_seconds_total {}",
-            self.catchup_micros.load(Relaxed) as f64 / 1e6
-        );
-        counter(
-            out,
-            "toctou_kafka_late_events_total",
-            "Events older than their partition's watermark on arrival, over every partition this correlator owned.",
-            self.late_events.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_consumed_messages_total",
-            "Messages read from the events topic.",
-            self.consumed_messages.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_consumed_events_total",
-            "Events in the messages read.",
-            self.consumed_events.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_replayed_messages_total",
-            "Messages re-read to rebuild a partition's state after a handover.",
-            self.replayed_messages.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_held_back_findings_total",
-            "Findings a rebuilding engine decided that the partition's previous owner had reported.",
-            self.held_back_findings.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_kafka_decode_errors_total Messages that could not be decoded, by reason (skipped).\n# TYPE toctou_kafka_decode_errors_total counter\ntoctou_kafka_decode_errors_total{{reason=\"unknown_version\"}} {}\ntoctou_kafka_decode_errors_total{{reason=\"malformed\"}} {}",
-            self.decode_unknown_version.load(Relaxed),
-            self.decode_malformed.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP toctou_kafka_commits_total Offset commits, by result.\n# TYPE toctou_kafka_commits_total counter\ntoctou_kafka_commits_total{{result=\"ok\"}} {}\ntoctou_kafka_commits_total{{result=\"failed\"}} {}",
-            self.commits_ok.load(Relaxed),
-            self.commits_failed.load(Relaxed)
-        );
-        gauge(
-            out,
-            "toctou_kafka_assigned_partitions",
-            "Partitions this correlator owns.",
-            self.assigned_partitions.load(Relaxed),
-        );
-        counter(
-            out,
-            "toctou_kafka_rebalances_total",
-            "Partition assignments and revocations.",
-            self.rebalances.load(Relaxed),
-        );
+        families.extend([
+            f.paused.value(m.paused.load(Relaxed) as f64),
+            f.pauses.value(get(&m.pauses)),
+            f.partitions_behind
+                .value(m.partitions_behind.load(Relaxed) as f64),
+            f.catchups.value(get(&m.catchups)),
+            f.catchup_events.value(get(&m.catchup_events)),
+            f.catchup_seconds.value(get(&m.catchup_micros) / 1e6),
+            f.late_events.value(get(&m.late_events)),
+            f.consumed_messages.value(get(&m.consumed_messages)),
+            f.consumed_events.value(get(&m.consumed_events)),
+            f.replayed_messages.value(get(&m.replayed_messages)),
+            f.held_back_findings.value(get(&m.held_back_findings)),
+            f.decode_errors.values([
+                (["unknown_version"], get(&m.decode_unknown_version)),
+                (["malformed"], get(&m.decode_malformed)),
+            ]),
+            f.commits.values([
+                (["ok"], get(&m.commits_ok)),
+                (["failed"], get(&m.commits_failed)),
+            ]),
+            f.assigned_partitions
+                .value(m.assigned_partitions.load(Relaxed) as f64),
+            f.rebalances.value(get(&m.rebalances)),
+        ]);
+        families
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-    );
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+fn get(counter: &AtomicU64) -> f64 {
+    counter.load(Relaxed) as f64
 }
 
 #[cfg(test)]
@@ -245,11 +350,14 @@ mod tests {
 
     #[test]
     fn every_metric_renders_once_with_its_type() {
-        let mut out = String::new();
-        ProducerMetrics::default().render_prometheus(&mut out);
         let consumer = ConsumerMetrics::default();
         consumer.lag_known.store(true, Relaxed);
-        consumer.render_prometheus(&mut out);
+        let registry = prometheus::Registry::new();
+        let producer = ProducerCollector(Arc::default());
+        registry.register(Box::new(producer)).unwrap();
+        let consumer = ConsumerCollector(Arc::new(consumer));
+        registry.register(Box::new(consumer)).unwrap();
+        let out = toctou_schema::metrics::encode(&registry).unwrap();
         let mut names: Vec<&str> = out
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -264,5 +372,13 @@ mod tests {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(names.contains(&name), "{name} has no TYPE line");
         }
+        assert!(names.contains(&"toctou_kafka_consumer_lag_messages"));
+    }
+
+    #[test]
+    fn the_lag_is_not_served_before_it_is_known() {
+        let out = toctou_schema::metrics::encode_one(ConsumerCollector(Arc::default()));
+        assert!(!out.contains("toctou_kafka_consumer_lag_messages"), "{out}");
+        assert!(out.contains("\ntoctou_kafka_consumer_paused 0\n"), "{out}");
     }
 }

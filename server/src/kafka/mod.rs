@@ -23,7 +23,8 @@
 //! - `catchup`: up to when a partition is known read to its end (idle is not lag), and a
 //!   new owner's catch-up; `ends`: the partitions' ends, asked of the broker.
 //! - [`admin`]: `toctou kafka init` and the topic check both subcommands make at start-up.
-//! - [`metrics`]: the `toctou_kafka_*` counters of both sides.
+//! - [`metrics`]: the `toctou_kafka_*` counters of both sides and their collectors, which the
+//!   nodes register in their registries ([`crate::metrics`]).
 
 pub mod admin;
 mod catchup;

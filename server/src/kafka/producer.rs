@@ -613,8 +613,9 @@ mod tests {
             sink.permits.available_permits() == sink.max_permits as usize
         })
         .await;
-        let mut out = String::new();
-        metrics.render_prometheus(&mut out);
+        let out = toctou_schema::metrics::encode_one(crate::kafka::metrics::ProducerCollector(
+            metrics.clone(),
+        ));
         assert!(
             out.contains("toctou_kafka_producer_replacements_total{reason=\"fatal\"} 1\n"),
             "{out}"
