@@ -140,21 +140,6 @@ fn deeply_nested(key: &str, depth: usize) -> Vec<u8> {
     out
 }
 
-fn deeply_nested_json(depth: usize) -> Vec<u8> {
-    let mut body = String::from(
-        r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"deep","value":"#,
-    );
-    for _ in 0..depth {
-        body.push_str(r#"{"kvlistValue":{"values":[{"key":"k","value":"#);
-    }
-    body.push_str(r#"{"intValue":1}"#);
-    for _ in 0..depth {
-        body.push_str("}]}}");
-    }
-    body.push_str("}]}]}]}]}");
-    body.into_bytes()
-}
-
 /// `google.rpc.Status`, the body of an OTLP/HTTP protobuf error answer.
 use tonic_types::pb::Status as RpcStatus;
 
@@ -322,7 +307,7 @@ fn http_cases() -> Vec<Case> {
         case(
             "100k-deep kvlist in an attribute (JSON)",
             JSON,
-            deeply_nested_json(DEPTH),
+            toctou_collector::fuzzing::nested_kvlists(DEPTH),
         )
         .expect(400, "malformed_json", "recursion limit exceeded"),
         case("empty JSON body", JSON, Vec::new()).expect(

@@ -76,18 +76,7 @@ fn stderr(out: &Output) -> String {
 }
 
 /// The same split as the binary's and scripts/chdb_run.py's.
-fn statements(text: &str) -> Vec<String> {
-    let body: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect();
-    body.join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
+use toctou_clickhouse::migrations::statements;
 
 fn printed_sql() -> String {
     let out = Command::new(BIN)

@@ -103,6 +103,23 @@ pub mod fuzzing {
         crate::http::decode(signal, format, raw)
     }
 
+    /// An OTLP/JSON traces request whose one attribute nests `depth` kvlists: past the
+    /// parser's recursion limit it must be an error, not a crash.
+    pub fn nested_kvlists(depth: usize) -> Vec<u8> {
+        let mut body = String::from(
+            r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"deep","value":"#,
+        );
+        for _ in 0..depth {
+            body.push_str(r#"{"kvlistValue":{"values":[{"key":"k","value":"#);
+        }
+        body.push_str(r#"{"intValue":1}"#);
+        for _ in 0..depth {
+            body.push_str("}]}}");
+        }
+        body.push_str("}]}]}]}]}");
+        body.into_bytes()
+    }
+
     /// The attack of issue 30 on the prost fallback, as one traces request: `first` (a span
     /// the wire reader leaves to prost), then `n` empty spans (`0x12 0x00`), 2 bytes each.
     pub fn then_empty_spans(

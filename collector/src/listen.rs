@@ -22,10 +22,9 @@ use prometheus::proto::MetricFamily;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use toctou_schema::metrics::Family;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -107,41 +106,22 @@ const ZERO: Counts = Counts {
 };
 static COUNTS: [Counts; 3] = [ZERO; 3];
 
-/// `toctou_connections_open`, `toctou_connections_refused_total` and
-/// `toctou_host_refused_total`, by listener.
-struct Families {
-    open: Family,
-    refused: Family,
-    host_refused: Family,
+toctou_schema::families! {
+    /// `toctou_connections_open`, `toctou_connections_refused_total` and
+    /// `toctou_host_refused_total`, by listener.
+    static FAMILIES: Families {
+        open = gauge("toctou_connections_open", "Connections open now, per listener.", &["listener"]);
+        refused = counter("toctou_connections_refused_total", "Connections closed at once because the listener had --max-connections open.", &["listener"]);
+        host_refused = counter("toctou_host_refused_total", "Requests answered 403 because their Host is not a name the listener answers to (--allowed-hosts; DNS rebinding).", &["listener"]);
+    }
 }
-
-static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
-    Families {
-    open: Family::gauge(
-        "toctou_connections_open",
-        "Connections open now, per listener.",
-        &["listener"],
-    ),
-    refused: Family::counter(
-        "toctou_connections_refused_total",
-        "Connections closed at once because the listener had --max-connections open.",
-        &["listener"],
-    ),
-    host_refused: Family::counter(
-        "toctou_host_refused_total",
-        "Requests answered 403 because their Host is not a name the listener answers to (--allowed-hosts; DNS rebinding).",
-        &["listener"],
-    ),
-}
-});
 
 /// Reads the process-wide connection counts into a node's registry.
 pub struct ConnectionsCollector;
 
 impl Collector for ConnectionsCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let f = &*FAMILIES;
-        vec![f.open.desc(), f.refused.desc(), f.host_refused.desc()]
+        FAMILIES.descs()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {

@@ -12,8 +12,7 @@ use crate::decoded::{
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
-use toctou_schema::metrics::Family;
+use std::sync::Arc;
 use toctou_schema::{Event, Phase};
 
 /// How a request reached us; a label value of `toctou_received_bytes_total`.
@@ -140,38 +139,15 @@ impl Metrics {
     }
 }
 
-/// The receivers' families, each declared once.
-struct Families {
-    events: Family,
-    ignored: Family,
-    rejected: Family,
-    received_bytes: Family,
+toctou_schema::families! {
+    /// The receivers' families, each declared once.
+    static FAMILIES: Families {
+        events = counter("toctou_events_total", "Check, use and audit events accepted, by signal and phase.", &["signal", "phase"]);
+        ignored = counter("toctou_ignored_total", "Items received that are not toctou data (no phase, no audit action, read verb, non-final stage...), by signal and reason.", &["signal", "reason"]);
+        rejected = counter("toctou_rejected_total", "Requests, or spans and records within accepted requests, refused, by reason.", &["reason"]);
+        received_bytes = counter("toctou_received_bytes_total", "Request body bytes received (gRPC: decoded message size), by transport.", &["transport"]);
+    }
 }
-
-static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
-    Families {
-    events: Family::counter(
-        "toctou_events_total",
-        "Check, use and audit events accepted, by signal and phase.",
-        &["signal", "phase"],
-    ),
-    ignored: Family::counter(
-        "toctou_ignored_total",
-        "Items received that are not toctou data (no phase, no audit action, read verb, non-final stage...), by signal and reason.",
-        &["signal", "reason"],
-    ),
-    rejected: Family::counter(
-        "toctou_rejected_total",
-        "Requests, or spans and records within accepted requests, refused, by reason.",
-        &["reason"],
-    ),
-    received_bytes: Family::counter(
-        "toctou_received_bytes_total",
-        "Request body bytes received (gRPC: decoded message size), by transport.",
-        &["transport"],
-    ),
-}
-});
 
 /// Reads [`Metrics`] when /metrics is asked for: every series, zeroes included, so that
 /// rates work from the first scrape.
@@ -179,13 +155,7 @@ pub struct ReceiversCollector(pub Arc<Metrics>);
 
 impl Collector for ReceiversCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let f = &*FAMILIES;
-        vec![
-            f.events.desc(),
-            f.ignored.desc(),
-            f.rejected.desc(),
-            f.received_bytes.desc(),
-        ]
+        FAMILIES.descs()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {

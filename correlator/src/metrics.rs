@@ -12,8 +12,6 @@ mod histogram;
 pub use histogram::{Histogram, DETECTION_LATENCY_BUCKETS_NS, RACE_WINDOW_BUCKETS_NS};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use std::sync::LazyLock;
-use toctou_schema::metrics::Family;
 use toctou_schema::FindingKind;
 
 /// Which piece of bounded state an eviction came from (`toctou_evicted_total{state}`).
@@ -201,125 +199,30 @@ impl Stats {
     }
 }
 
-/// Every correlator family, declared once.
-struct Families {
-    pairs: Family,
-    findings: Family,
-    prevented_races: Family,
-    indeterminate: Family,
-    pending_checks: Family,
-    pending_checks_limit: Family,
-    tombstones: Family,
-    check_state_bytes: Family,
-    interned_bytes: Family,
-    interned_bytes_limit: Family,
-    evicted_for_bytes: Family,
-    buffered_events: Family,
-    late_events: Family,
-    clock_skew_events: Family,
-    evicted: Family,
-    duplicate_events: Family,
-    watermark_lag: Family,
-    race_window: Family,
-    detection_latency: Family,
+toctou_schema::families! {
+    /// Every correlator family, declared once.
+    static FAMILIES: Families {
+        pairs = counter("toctou_pairs_total", "Uses joined with a check, any outcome.", &[]);
+        findings = counter("toctou_findings_total", "Races reported, by kind.", &["kind"]);
+        prevented_races = counter("toctou_prevented_races_total", "Uses whose own precondition caught the race (outcome conflict).", &[]);
+        indeterminate = counter("toctou_indeterminate_total", "Pairs left undecided: a version missing and no audit stream for the resource.", &[]);
+        pending_checks = gauge("toctou_pending_checks", "Checks waiting for their use.", &[]);
+        pending_checks_limit = gauge("toctou_pending_checks_limit", "Most checks held before the oldest expire early (--max-pending).", &[]);
+        tombstones = gauge("toctou_tombstones", "Expired checks still matchable by a late use.", &[]);
+        check_state_bytes = gauge("toctou_check_state_bytes", "Heap bytes held by pending checks, tombstones and waiting uses: records, index and timers (their long strings are in toctou_interned_bytes).", &[]);
+        interned_bytes = gauge("toctou_interned_bytes", "Bytes of long strings (ids, versions, keys, actors over 16 bytes), long resource names and service/operation profiles held by all engine state, each counted once.", &[]);
+        interned_bytes_limit = gauge("toctou_interned_bytes_limit", "Most bytes of such strings held before the oldest state is evicted (--max-interned-bytes).", &[]);
+        evicted_for_bytes = counter("toctou_evicted_for_bytes_total", "Entries evicted because the state's strings passed --max-interned-bytes (each also counted in toctou_evicted_total by state).", &[]);
+        buffered_events = gauge("toctou_buffered_events", "Events waiting in the reorder buffer for the watermark.", &[]);
+        late_events = counter("toctou_late_events_total", "Events older than the watermark on arrival, processed out of order.", &[]);
+        clock_skew_events = counter("toctou_clock_skew_events_total", "Events whose time lies outside what the wall clock and the watermark allow: direction future (ahead of the wall clock by more than --max-clock-skew, ordered by arrival instead) or past (older than the watermark by more than the history kept, processed late).", &["direction"]);
+        evicted = counter("toctou_evicted_total", "Entries expired early because their state was full.", &["state"]);
+        duplicate_events = counter("toctou_duplicate_events_total", "Redelivered spans and audit records dropped.", &[]);
+        watermark_lag = gauge("toctou_watermark_lag_seconds", "Wall clock minus the event-time watermark.", &[]);
+        race_window = histogram("toctou_race_window_seconds", "Time from a check's end to its use's start, for every pair.");
+        detection_latency = histogram("toctou_detection_latency_seconds", "Time from the deciding event to the finding's emission.");
+    }
 }
-
-static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
-    Families {
-    pairs: Family::counter(
-        "toctou_pairs_total",
-        "Uses joined with a check, any outcome.",
-        &[],
-    ),
-    findings: Family::counter("toctou_findings_total", "Races reported, by kind.", &["kind"]),
-    prevented_races: Family::counter(
-        "toctou_prevented_races_total",
-        "Uses whose own precondition caught the race (outcome conflict).",
-        &[],
-    ),
-    indeterminate: Family::counter(
-        "toctou_indeterminate_total",
-        "Pairs left undecided: a version missing and no audit stream for the resource.",
-        &[],
-    ),
-    pending_checks: Family::gauge(
-        "toctou_pending_checks",
-        "Checks waiting for their use.",
-        &[],
-    ),
-    pending_checks_limit: Family::gauge(
-        "toctou_pending_checks_limit",
-        "Most checks held before the oldest expire early (--max-pending).",
-        &[],
-    ),
-    tombstones: Family::gauge(
-        "toctou_tombstones",
-        "Expired checks still matchable by a late use.",
-        &[],
-    ),
-    check_state_bytes: Family::gauge(
-        "toctou_check_state_bytes",
-        "Heap bytes held by pending checks, tombstones and waiting uses: records, index and timers (their long strings are in toctou_interned_bytes).",
-        &[],
-    ),
-    interned_bytes: Family::gauge(
-        "toctou_interned_bytes",
-        "Bytes of long strings (ids, versions, keys, actors over 16 bytes), long resource names and service/operation profiles held by all engine state, each counted once.",
-        &[],
-    ),
-    interned_bytes_limit: Family::gauge(
-        "toctou_interned_bytes_limit",
-        "Most bytes of such strings held before the oldest state is evicted (--max-interned-bytes).",
-        &[],
-    ),
-    evicted_for_bytes: Family::counter(
-        "toctou_evicted_for_bytes_total",
-        "Entries evicted because the state's strings passed --max-interned-bytes (each also counted in toctou_evicted_total by state).",
-        &[],
-    ),
-    buffered_events: Family::gauge(
-        "toctou_buffered_events",
-        "Events waiting in the reorder buffer for the watermark.",
-        &[],
-    ),
-    late_events: Family::counter(
-        "toctou_late_events_total",
-        "Events older than the watermark on arrival, processed out of order.",
-        &[],
-    ),
-    clock_skew_events: Family::counter(
-        "toctou_clock_skew_events_total",
-        "Events whose time lies outside what the wall clock and the watermark allow: \
-         direction future (ahead of the wall clock by more than --max-clock-skew, ordered by \
-         arrival instead) or past (older than the watermark by more than the history kept, \
-         processed late).",
-        &["direction"],
-    ),
-    evicted: Family::counter(
-        "toctou_evicted_total",
-        "Entries expired early because their state was full.",
-        &["state"],
-    ),
-    duplicate_events: Family::counter(
-        "toctou_duplicate_events_total",
-        "Redelivered spans and audit records dropped.",
-        &[],
-    ),
-    watermark_lag: Family::gauge(
-        "toctou_watermark_lag_seconds",
-        "Wall clock minus the event-time watermark.",
-        &[],
-    ),
-    race_window: Family::histogram(
-        "toctou_race_window_seconds",
-        "Time from a check's end to its use's start, for every pair.",
-    ),
-    detection_latency: Family::histogram(
-        "toctou_detection_latency_seconds",
-        "Time from the deciding event to the finding's emission.",
-    ),
-}
-});
 
 impl Stats {
     /// Every correlator family with its values now.
@@ -374,28 +277,7 @@ impl StatsCollector {
 
 impl Collector for StatsCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let f = &*FAMILIES;
-        vec![
-            f.pairs.desc(),
-            f.findings.desc(),
-            f.prevented_races.desc(),
-            f.indeterminate.desc(),
-            f.pending_checks.desc(),
-            f.pending_checks_limit.desc(),
-            f.tombstones.desc(),
-            f.check_state_bytes.desc(),
-            f.interned_bytes.desc(),
-            f.interned_bytes_limit.desc(),
-            f.evicted_for_bytes.desc(),
-            f.buffered_events.desc(),
-            f.late_events.desc(),
-            f.clock_skew_events.desc(),
-            f.evicted.desc(),
-            f.duplicate_events.desc(),
-            f.watermark_lag.desc(),
-            f.race_window.desc(),
-            f.detection_latency.desc(),
-        ]
+        FAMILIES.descs()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {

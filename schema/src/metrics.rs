@@ -12,9 +12,48 @@
 //! them: the crate's own metric vectors would sort them by name, which changes no series
 //! but does change the text people grep for.
 
-use prometheus::core::Desc;
+pub use prometheus::core::Desc;
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
+
+/// Declares a stage's families once: a struct with one [`Family`] per field, its static
+/// instance (built on first use), and `descs()`, every family's [`Desc`] for the stage
+/// collector's `desc()`, so that a family cannot be declared and then left out of it.
+///
+/// ```ignore
+/// toctou_schema::families! {
+///     /// The sink's families.
+///     static FAMILIES: Families {
+///         rows = counter("toctou_sink_rows_total", "Rows written.", &["table"]);
+///         backlog = gauge("toctou_sink_backlog_rows", "Rows waiting.", &[]);
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! families {
+    (
+        $(#[$meta:meta])*
+        static $name:ident: $ty:ident {
+            $($field:ident = $kind:ident($($arg:expr),* $(,)?);)*
+        }
+    ) => {
+        $(#[$meta])*
+        struct $ty {
+            $($field: $crate::metrics::Family,)*
+        }
+
+        impl $ty {
+            /// Every family's descriptor, in declaration order.
+            fn descs(&self) -> Vec<&$crate::metrics::Desc> {
+                vec![$(self.$field.desc()),*]
+            }
+        }
+
+        static $name: std::sync::LazyLock<$ty> = std::sync::LazyLock::new(|| $ty {
+            $($field: $crate::metrics::Family::$kind($($arg),*),)*
+        });
+    };
+}
 
 /// One metric family: what `# HELP` and `# TYPE` announce, and the names of its labels.
 #[derive(Debug)]

@@ -20,12 +20,11 @@ use axum::routing::MethodRouter;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::Registry;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use toctou_clickhouse::sink::SinkCollector;
 use toctou_collector::listen::ConnectionsCollector;
 use toctou_collector::ReceiversCollector;
 use toctou_correlator::StatsCollector;
-use toctou_schema::metrics::Family;
 
 /// What `toctou run`'s /metrics has always answered with; the Kafka nodes' answer
 /// [`prometheus::TEXT_FORMAT`], the same without the charset.
@@ -94,80 +93,23 @@ fn respond(registry: &Registry, content_type: &'static str) -> Response {
     }
 }
 
-/// The families of `toctou run`'s own state, each declared once.
-struct Families {
-    stored: Family,
-    stored_bytes: Family,
-    dropped: Family,
-    by_service: Family,
-    series_overflow: Family,
-    queue_batches: Family,
-    queue_capacity: Family,
-    queue_bytes: Family,
-    queue_bytes_limit: Family,
-    start_time: Family,
+toctou_schema::families! {
+    /// The families of `toctou run`'s own state, each declared once.
+    static FAMILIES: Families {
+        stored = gauge("toctou_findings_stored", "Findings held in the embedded store.", &[]);
+        stored_bytes = gauge("toctou_findings_stored_bytes", "Bytes the findings in the embedded store take, strings and evidence counted (--max-findings-bytes).", &[]);
+        dropped = counter("toctou_findings_dropped_total", "Findings pushed out of the embedded store by newer ones (--max-findings, --max-findings-bytes).", &[]);
+        by_service = counter("toctou_service_findings_total", &format!( "Findings by service, operation and kind (at most {MAX_SERVICE_SERIES} service/operation pairs, then {OVERFLOW_LABEL})." ), &["service", "operation", "kind"]);
+        // One series per capped metric: what its overflow bucket took in, so that a flood of
+        // names is visible (and alertable) rather than only folded away.
+        series_overflow = counter("toctou_metric_series_overflow_total", &format!( "Samples counted under {OVERFLOW_LABEL} because their label values found no series of their own (cap reached, or a value over {MAX_LABEL_VALUE_BYTES} bytes)." ), &["metric"]);
+        queue_batches = gauge("toctou_queue_batches", "Decoded request batches waiting for the correlator; at the capacity, receivers push back.", &[]);
+        queue_capacity = gauge("toctou_queue_capacity", "Most batches the queue holds (--queue-capacity).", &[]);
+        queue_bytes = gauge("toctou_queue_bytes", "Bytes of decoded events waiting for the correlator (strings counted); at the limit, receivers push back.", &[]);
+        queue_bytes_limit = gauge("toctou_queue_bytes_limit", "Most bytes of decoded events the queue holds (--max-queued-bytes).", &[]);
+        start_time = gauge("toctou_start_time_seconds", "Unix time the process started.", &[]);
+    }
 }
-
-static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
-    Families {
-    stored: Family::gauge(
-        "toctou_findings_stored",
-        "Findings held in the embedded store.",
-        &[],
-    ),
-    stored_bytes: Family::gauge(
-        "toctou_findings_stored_bytes",
-        "Bytes the findings in the embedded store take, strings and evidence counted (--max-findings-bytes).",
-        &[],
-    ),
-    dropped: Family::counter(
-        "toctou_findings_dropped_total",
-        "Findings pushed out of the embedded store by newer ones (--max-findings, --max-findings-bytes).",
-        &[],
-    ),
-    by_service: Family::counter(
-        "toctou_service_findings_total",
-        &format!(
-            "Findings by service, operation and kind (at most {MAX_SERVICE_SERIES} service/operation pairs, then {OVERFLOW_LABEL})."
-        ),
-        &["service", "operation", "kind"],
-    ),
-    // One series per capped metric: what its overflow bucket took in, so that a flood of
-    // names is visible (and alertable) rather than only folded away.
-    series_overflow: Family::counter(
-        "toctou_metric_series_overflow_total",
-        &format!(
-            "Samples counted under {OVERFLOW_LABEL} because their label values found no series of their own (cap reached, or a value over {MAX_LABEL_VALUE_BYTES} bytes)."
-        ),
-        &["metric"],
-    ),
-    queue_batches: Family::gauge(
-        "toctou_queue_batches",
-        "Decoded request batches waiting for the correlator; at the capacity, receivers push back.",
-        &[],
-    ),
-    queue_capacity: Family::gauge(
-        "toctou_queue_capacity",
-        "Most batches the queue holds (--queue-capacity).",
-        &[],
-    ),
-    queue_bytes: Family::gauge(
-        "toctou_queue_bytes",
-        "Bytes of decoded events waiting for the correlator (strings counted); at the limit, receivers push back.",
-        &[],
-    ),
-    queue_bytes_limit: Family::gauge(
-        "toctou_queue_bytes_limit",
-        "Most bytes of decoded events the queue holds (--max-queued-bytes).",
-        &[],
-    ),
-    start_time: Family::gauge(
-        "toctou_start_time_seconds",
-        "Unix time the process started.",
-        &[],
-    ),
-}
-});
 
 /// The findings store's families: the store's own counts and its findings per service,
 /// whose label values the store has already capped (see [`crate::store`]).
@@ -191,19 +133,7 @@ struct RunCollector(Arc<Shared>);
 
 impl Collector for RunCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let f = &*FAMILIES;
-        vec![
-            f.stored.desc(),
-            f.stored_bytes.desc(),
-            f.dropped.desc(),
-            f.by_service.desc(),
-            f.series_overflow.desc(),
-            f.queue_batches.desc(),
-            f.queue_capacity.desc(),
-            f.queue_bytes.desc(),
-            f.queue_bytes_limit.desc(),
-            f.start_time.desc(),
-        ]
+        FAMILIES.descs()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {

@@ -8,8 +8,7 @@
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
-use toctou_schema::metrics::Family;
+use std::sync::Arc;
 
 /// The tables the sink writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,56 +110,23 @@ impl SinkMetrics {
     }
 }
 
-/// The `toctou_sink_*` families, each declared once.
-struct Families {
-    rows: Family,
-    batches: Family,
-    backlog: Family,
-    retries: Family,
-    dropped: Family,
+toctou_schema::families! {
+    /// The `toctou_sink_*` families, each declared once.
+    static FAMILIES: Families {
+        rows = counter("toctou_sink_rows_total", "Rows written to ClickHouse.", &["table"]);
+        batches = counter("toctou_sink_batches_total", "ClickHouse insert attempts by outcome (retried: failed and sent again; failed: given up).", &["table", "result"]);
+        backlog = gauge("toctou_sink_backlog_rows", "Rows waiting in the sink's channel and buffers.", &[]);
+        retries = counter("toctou_sink_retries_total", "ClickHouse inserts retried after a transient error.", &[]);
+        dropped = counter("toctou_sink_dropped_rows_total", "Rows given up on (a non-retryable error, or still failing at the shutdown deadline).", &["table"]);
+    }
 }
-
-static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
-    rows: Family::counter(
-        "toctou_sink_rows_total",
-        "Rows written to ClickHouse.",
-        &["table"],
-    ),
-    batches: Family::counter(
-        "toctou_sink_batches_total",
-        "ClickHouse insert attempts by outcome (retried: failed and sent again; failed: given up).",
-        &["table", "result"],
-    ),
-    backlog: Family::gauge(
-        "toctou_sink_backlog_rows",
-        "Rows waiting in the sink's channel and buffers.",
-        &[],
-    ),
-    retries: Family::counter(
-        "toctou_sink_retries_total",
-        "ClickHouse inserts retried after a transient error.",
-        &[],
-    ),
-    dropped: Family::counter(
-        "toctou_sink_dropped_rows_total",
-        "Rows given up on (a non-retryable error, or still failing at the shutdown deadline).",
-        &["table"],
-    ),
-});
 
 /// Reads [`SinkMetrics`] into a node's registry when /metrics is asked for.
 pub struct SinkCollector(pub Arc<SinkMetrics>);
 
 impl Collector for SinkCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let f = &*FAMILIES;
-        vec![
-            f.rows.desc(),
-            f.batches.desc(),
-            f.backlog.desc(),
-            f.retries.desc(),
-            f.dropped.desc(),
-        ]
+        FAMILIES.descs()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -211,18 +177,10 @@ mod tests {
                 "{line} missing from:\n{out}"
             );
         }
-        for family in [
-            "toctou_sink_rows_total counter",
-            "toctou_sink_batches_total counter",
-            "toctou_sink_backlog_rows gauge",
-            "toctou_sink_retries_total counter",
-            "toctou_sink_dropped_rows_total counter",
-        ] {
-            assert!(
-                out.contains(&format!("# TYPE {family}\n")),
-                "{family}:\n{out}"
-            );
-            let name = family.split(' ').next().unwrap();
+        // Every family declared, whether or not a line above names it.
+        for desc in FAMILIES.descs() {
+            let name = &desc.fq_name;
+            assert!(out.contains(&format!("# TYPE {name} ")), "{name}:\n{out}");
             assert!(out.contains(&format!("# HELP {name} ")), "{name}:\n{out}");
         }
     }

@@ -309,18 +309,8 @@ mod tests {
     fn nesting_past_the_parser_limit_is_an_error_not_a_crash() {
         // 100k levels of kvlistValue in an attribute nobody reads: serde_json stops at 128.
         let depth = 100_000;
-        let mut body = String::from(
-            r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"deep","value":"#,
-        );
-        for _ in 0..depth {
-            body.push_str(r#"{"kvlistValue":{"values":[{"key":"k","value":"#);
-        }
-        body.push_str(r#"{"intValue":1}"#);
-        for _ in 0..depth {
-            body.push_str("}]}}");
-        }
-        body.push_str("}]}]}]}]}");
-        let err = traces_from_json(body.as_bytes()).unwrap_err();
+        let body = crate::fuzzing::nested_kvlists(depth);
+        let err = traces_from_json(&body).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("malformed json: recursion limit exceeded"),

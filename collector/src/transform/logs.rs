@@ -130,6 +130,18 @@ mod tests {
     use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::resource::v1::Resource;
 
+    /// `req` decoded, checked to keep one event and ignore one record that has no action.
+    fn one_kept_one_ignored(req: &ExportLogsServiceRequest) -> Decoded {
+        let d = decode_logs(req);
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.ignored.get(IgnoreReason::NoAction), 1);
+        d
+    }
+
+    fn reasons(d: &Decoded) -> Vec<RejectReason> {
+        d.rejected.iter().map(|r| r.reason).collect()
+    }
+
     fn kv(key: &str, v: Value) -> KeyValue {
         KeyValue {
             key: key.into(),
@@ -218,12 +230,9 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let d = decode_logs(&req);
-        assert_eq!(d.events.len(), 1);
-        assert_eq!(d.ignored.get(IgnoreReason::NoAction), 1);
-        let reasons: Vec<_> = d.rejected.iter().map(|r| r.reason).collect();
+        let d = one_kept_one_ignored(&req);
         assert_eq!(
-            reasons,
+            reasons(&d),
             [RejectReason::BadAttribute, RejectReason::MissingResource]
         );
         let id = "ee".repeat(8);
@@ -279,11 +288,8 @@ mod tests {
                 },
             ],
         };
-        let d = decode_logs(&req);
-        assert_eq!(d.events.len(), 1);
-        assert_eq!(d.ignored.get(IgnoreReason::NoAction), 1);
-        let reasons: Vec<_> = d.rejected.iter().map(|r| r.reason).collect();
-        assert_eq!(reasons, [RejectReason::AttributeTooLong; 2]);
+        let d = one_kept_one_ignored(&req);
+        assert_eq!(reasons(&d), [RejectReason::AttributeTooLong; 2]);
         assert!(d.rejected[0].message.contains("service.name is 4097 bytes"));
         assert!(
             d.rejected[1].message.ends_with(&format!(

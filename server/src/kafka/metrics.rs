@@ -5,8 +5,7 @@
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
-use toctou_schema::metrics::Family;
+use std::sync::Arc;
 
 /// The producer side, shared by every request of a collector.
 #[derive(Debug, Default)]
@@ -31,70 +30,25 @@ pub struct ProducerMetrics {
     pub replaced_stuck: AtomicU64,
 }
 
-/// The producer's families, each declared once.
-struct ProducerFamilies {
-    produced_messages: Family,
-    produced_events: Family,
-    produce_failures: Family,
-    replacements: Family,
-    pushed_back: Family,
-    inflight_bytes: Family,
-    inflight_batches: Family,
+toctou_schema::families! {
+    /// The producer's families, each declared once.
+    static PRODUCER: ProducerFamilies {
+        produced_messages = counter("toctou_kafka_produced_messages_total", "Messages Kafka acknowledged.", &[]);
+        produced_events = counter("toctou_kafka_produced_events_total", "Events in messages Kafka acknowledged.", &[]);
+        produce_failures = counter("toctou_kafka_produce_failures_total", "Messages not acknowledged, by stage (the request was answered with a retryable error).", &["stage"]);
+        replacements = counter("toctou_kafka_producer_replacements_total", "Kafka producers replaced because they could no longer deliver, by reason.", &["reason"]);
+        pushed_back = counter("toctou_kafka_pushed_back_total", "Requests pushed back because the bytes in flight to Kafka were at their limit.", &[]);
+        inflight_bytes = gauge("toctou_kafka_inflight_bytes", "Bytes handed to Kafka and not yet acknowledged.", &[]);
+        inflight_batches = gauge("toctou_kafka_inflight_batches", "Request batches waiting for Kafka's acknowledgement.", &[]);
+    }
 }
-
-static PRODUCER: LazyLock<ProducerFamilies> = LazyLock::new(|| ProducerFamilies {
-    produced_messages: Family::counter(
-        "toctou_kafka_produced_messages_total",
-        "Messages Kafka acknowledged.",
-        &[],
-    ),
-    produced_events: Family::counter(
-        "toctou_kafka_produced_events_total",
-        "Events in messages Kafka acknowledged.",
-        &[],
-    ),
-    produce_failures: Family::counter(
-        "toctou_kafka_produce_failures_total",
-        "Messages not acknowledged, by stage (the request was answered with a retryable error).",
-        &["stage"],
-    ),
-    replacements: Family::counter(
-        "toctou_kafka_producer_replacements_total",
-        "Kafka producers replaced because they could no longer deliver, by reason.",
-        &["reason"],
-    ),
-    pushed_back: Family::counter(
-        "toctou_kafka_pushed_back_total",
-        "Requests pushed back because the bytes in flight to Kafka were at their limit.",
-        &[],
-    ),
-    inflight_bytes: Family::gauge(
-        "toctou_kafka_inflight_bytes",
-        "Bytes handed to Kafka and not yet acknowledged.",
-        &[],
-    ),
-    inflight_batches: Family::gauge(
-        "toctou_kafka_inflight_batches",
-        "Request batches waiting for Kafka's acknowledgement.",
-        &[],
-    ),
-});
 
 /// Reads [`ProducerMetrics`] into the collector node's registry.
 pub struct ProducerCollector(pub Arc<ProducerMetrics>);
 
 impl Collector for ProducerCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let f = &*PRODUCER;
-        vec![
-            f.produced_messages.desc(),
-            f.produced_events.desc(),
-            f.produce_failures.desc(),
-            f.replacements.desc(),
-            f.pushed_back.desc(),
-            f.inflight_bytes.desc(),
-            f.inflight_batches.desc(),
-        ]
+        PRODUCER.descs()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -172,135 +126,34 @@ impl ConsumerMetrics {
     }
 }
 
-/// The consumer's families, each declared once.
-struct ConsumerFamilies {
-    lag: Family,
-    paused: Family,
-    pauses: Family,
-    partitions_behind: Family,
-    catchups: Family,
-    catchup_events: Family,
-    catchup_seconds: Family,
-    late_events: Family,
-    consumed_messages: Family,
-    consumed_events: Family,
-    replayed_messages: Family,
-    held_back_findings: Family,
-    decode_errors: Family,
-    commits: Family,
-    assigned_partitions: Family,
-    rebalances: Family,
+toctou_schema::families! {
+    /// The consumer's families, each declared once.
+    static CONSUMER: ConsumerFamilies {
+        lag = gauge("toctou_kafka_consumer_lag_messages", "Messages in the partitions this correlator owns that it has not read yet.", &[]);
+        paused = gauge("toctou_kafka_consumer_paused", "1 while consumption is paused because the ClickHouse sink is nearly full.", &[]);
+        pauses = counter("toctou_kafka_consumer_pauses_total", "Times consumption was paused because the ClickHouse sink was nearly full.", &[]);
+        partitions_behind = gauge("toctou_kafka_partitions_behind", "Owned partitions with records waiting to be read (or whose end is not known yet).", &[]);
+        catchups = counter("toctou_kafka_catchups_total", "Partitions read to their end after being assigned to this correlator (catch-ups).", &[]);
+        catchup_events = counter("toctou_kafka_catchup_events_total", "Events read between a partition's assignment and its end.", &[]);
+        catchup_seconds = counter("toctou_kafka_catchup_seconds_total", "Time from a partition's assignment to its end.", &[]);
+        late_events = counter("toctou_kafka_late_events_total", "Events older than their partition's watermark on arrival, over every partition this correlator owned.", &[]);
+        consumed_messages = counter("toctou_kafka_consumed_messages_total", "Messages read from the events topic.", &[]);
+        consumed_events = counter("toctou_kafka_consumed_events_total", "Events in the messages read.", &[]);
+        replayed_messages = counter("toctou_kafka_replayed_messages_total", "Messages re-read to rebuild a partition's state after a handover.", &[]);
+        held_back_findings = counter("toctou_kafka_held_back_findings_total", "Findings a rebuilding engine decided that the partition's previous owner had reported.", &[]);
+        decode_errors = counter("toctou_kafka_decode_errors_total", "Messages that could not be decoded, by reason (skipped).", &["reason"]);
+        commits = counter("toctou_kafka_commits_total", "Offset commits, by result.", &["result"]);
+        assigned_partitions = gauge("toctou_kafka_assigned_partitions", "Partitions this correlator owns.", &[]);
+        rebalances = counter("toctou_kafka_rebalances_total", "Partition assignments and revocations.", &[]);
+    }
 }
-
-static CONSUMER: LazyLock<ConsumerFamilies> = LazyLock::new(|| {
-    ConsumerFamilies {
-    lag: Family::gauge(
-        "toctou_kafka_consumer_lag_messages",
-        "Messages in the partitions this correlator owns that it has not read yet.",
-        &[],
-    ),
-    paused: Family::gauge(
-        "toctou_kafka_consumer_paused",
-        "1 while consumption is paused because the ClickHouse sink is nearly full.",
-        &[],
-    ),
-    pauses: Family::counter(
-        "toctou_kafka_consumer_pauses_total",
-        "Times consumption was paused because the ClickHouse sink was nearly full.",
-        &[],
-    ),
-    partitions_behind: Family::gauge(
-        "toctou_kafka_partitions_behind",
-        "Owned partitions with records waiting to be read (or whose end is not known yet).",
-        &[],
-    ),
-    catchups: Family::counter(
-        "toctou_kafka_catchups_total",
-        "Partitions read to their end after being assigned to this correlator (catch-ups).",
-        &[],
-    ),
-    catchup_events: Family::counter(
-        "toctou_kafka_catchup_events_total",
-        "Events read between a partition's assignment and its end.",
-        &[],
-    ),
-    catchup_seconds: Family::counter(
-        "toctou_kafka_catchup_seconds_total",
-        "Time from a partition's assignment to its end.",
-        &[],
-    ),
-    late_events: Family::counter(
-        "toctou_kafka_late_events_total",
-        "Events older than their partition's watermark on arrival, over every partition this correlator owned.",
-        &[],
-    ),
-    consumed_messages: Family::counter(
-        "toctou_kafka_consumed_messages_total",
-        "Messages read from the events topic.",
-        &[],
-    ),
-    consumed_events: Family::counter(
-        "toctou_kafka_consumed_events_total",
-        "Events in the messages read.",
-        &[],
-    ),
-    replayed_messages: Family::counter(
-        "toctou_kafka_replayed_messages_total",
-        "Messages re-read to rebuild a partition's state after a handover.",
-        &[],
-    ),
-    held_back_findings: Family::counter(
-        "toctou_kafka_held_back_findings_total",
-        "Findings a rebuilding engine decided that the partition's previous owner had reported.",
-        &[],
-    ),
-    decode_errors: Family::counter(
-        "toctou_kafka_decode_errors_total",
-        "Messages that could not be decoded, by reason (skipped).",
-        &["reason"],
-    ),
-    commits: Family::counter(
-        "toctou_kafka_commits_total",
-        "Offset commits, by result.",
-        &["result"],
-    ),
-    assigned_partitions: Family::gauge(
-        "toctou_kafka_assigned_partitions",
-        "Partitions this correlator owns.",
-        &[],
-    ),
-    rebalances: Family::counter(
-        "toctou_kafka_rebalances_total",
-        "Partition assignments and revocations.",
-        &[],
-    ),
-}
-});
 
 /// Reads [`ConsumerMetrics`] into the correlator node's registry.
 pub struct ConsumerCollector(pub Arc<ConsumerMetrics>);
 
 impl Collector for ConsumerCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let f = &*CONSUMER;
-        vec![
-            f.lag.desc(),
-            f.paused.desc(),
-            f.pauses.desc(),
-            f.partitions_behind.desc(),
-            f.catchups.desc(),
-            f.catchup_events.desc(),
-            f.catchup_seconds.desc(),
-            f.late_events.desc(),
-            f.consumed_messages.desc(),
-            f.consumed_events.desc(),
-            f.replayed_messages.desc(),
-            f.held_back_findings.desc(),
-            f.decode_errors.desc(),
-            f.commits.desc(),
-            f.assigned_partitions.desc(),
-            f.rebalances.desc(),
-        ]
+        CONSUMER.descs()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
