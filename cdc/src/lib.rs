@@ -1,0 +1,16 @@
+//! Audit records from a database's own change stream: every committed write, including those
+//! of actors nothing instruments (batch jobs, admin consoles, a person with psql), in commit
+//! order, so that a team adds check and use spans and nothing else (issue 25).
+//!
+//! # Layout
+//! - [`change`]: a committed row change, whatever its source, and the one mapping that makes
+//!   it an audit record (resource, version, action, request id, writer, time).
+//! - [`pgoutput`]: PostgreSQL's built-in logical decoding output, decoded.
+//! - [`postgres`]: a PostgreSQL replication slot read over SQL, at least once: the slot
+//!   moves only when the reader confirms.
+
+pub mod change;
+pub mod pgoutput;
+pub mod postgres;
+
+pub use change::{Mapping, MappingError, Op, RowChange, DEFAULT_VERSION_COLUMN};
