@@ -5,11 +5,14 @@
 //! # Layout
 //! - [`change`]: a committed row change, whatever its source, and the one mapping that makes
 //!   it an audit record (resource, version, action, request id, writer, time).
+//! - [`debezium`]: Debezium change events (JSON, with or without the schema envelope) as
+//!   row changes, and what is not a write, by reason.
 //! - [`pgoutput`]: PostgreSQL's built-in logical decoding output, decoded.
 //! - [`postgres`]: a PostgreSQL replication slot read over SQL, at least once: the slot
 //!   moves only when the reader confirms.
 
 pub mod change;
+pub mod debezium;
 pub mod pgoutput;
 pub mod postgres;
 

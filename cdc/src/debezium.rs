@@ -1,0 +1,569 @@
+//! Debezium change events (JSON, with or without the `schema`/`payload` envelope) as row
+//! changes: the PostgreSQL and MySQL connectors' `source` blocks, the Kafka record key for
+//! the primary key, and what is not a write (snapshot reads, tombstones, truncates,
+//! heartbeats, schema changes, transaction metadata), each said by a [`Skip`] reason.
+//!
+//! A change event's Kafka key holds the primary key's columns in key order
+//! (`{"id": 1001}`, or with its envelope). Without a key (Debezium Server's HTTP sink posts
+//! the value only), the key columns are those the mapping file names for the table, else a
+//! column named `id`.
+
+use crate::change::{Op, RowChange};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// What one Debezium record is.
+#[derive(Debug, PartialEq)]
+pub enum Record {
+    Change(RowChange),
+    /// A logical decoding message (PostgreSQL connector, `op: "m"`): how a transaction
+    /// names its request.
+    Message {
+        tx: Option<String>,
+        prefix: String,
+        content: Vec<u8>,
+    },
+    Skip(Skip),
+}
+
+/// Records that are not row writes, by reason (counted as `toctou_cdc_skipped_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// A null value: Kafka compaction's delete marker after a delete event.
+    Tombstone,
+    /// `op: "r"`: a snapshot read, not a write.
+    Snapshot,
+    /// `op: "t"`: no row changes to report.
+    Truncate,
+    /// Heartbeat and transaction-metadata (BEGIN/END) records.
+    Heartbeat,
+    Transaction,
+    /// DDL: the schema-change topic's records.
+    SchemaChange,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Tombstone => "tombstone",
+            Skip::Snapshot => "snapshot",
+            Skip::Truncate => "truncate",
+            Skip::Heartbeat => "heartbeat",
+            Skip::Transaction => "transaction",
+            Skip::SchemaChange => "schema_change",
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum DebeziumError {
+    #[error("malformed Debezium record: {0}")]
+    Malformed(String),
+    #[error("unknown Debezium op {0:?}")]
+    UnknownOp(String),
+    #[error("Debezium record of {table} has no key column value ({what})")]
+    NoKey { table: String, what: String },
+}
+
+/// A change event's payload, the fields toctou reads.
+#[derive(Deserialize)]
+struct Payload {
+    op: Option<String>,
+    before: Option<Map<String, Value>>,
+    after: Option<Map<String, Value>>,
+    source: Option<Source>,
+    transaction: Option<Transaction>,
+    message: Option<LogicalMessage>,
+    ts_ms: Option<u64>,
+    // Transaction metadata records carry these instead of `op`.
+    status: Option<String>,
+    // Schema-change records.
+    #[serde(rename = "ddl")]
+    ddl: Option<Value>,
+    #[serde(rename = "tableChanges")]
+    table_changes: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Source {
+    connector: Option<String>,
+    name: Option<String>,
+    db: Option<String>,
+    schema: Option<String>,
+    table: Option<String>,
+    ts_ms: Option<u64>,
+    ts_us: Option<u64>,
+    ts_ns: Option<u64>,
+    snapshot: Option<Value>,
+    // PostgreSQL.
+    #[serde(rename = "txId")]
+    tx_id: Option<Value>,
+    lsn: Option<u64>,
+    // MySQL.
+    file: Option<String>,
+    pos: Option<u64>,
+    row: Option<u64>,
+    gtid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Transaction {
+    id: Option<String>,
+    data_collection_order: Option<u64>,
+    total_order: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct LogicalMessage {
+    prefix: String,
+    content: Option<String>,
+}
+
+/// The key columns of tables whose records come without a Kafka key, from the mapping file.
+pub type KeyColumns<'a> = &'a dyn Fn(&str, &str) -> Option<Vec<String>>;
+
+/// One Debezium record: its Kafka key (absent over HTTP) and value (absent: a tombstone).
+/// `version_column` is the row column holding its version (`--cdc-version-column`).
+pub fn parse(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    version_column: &str,
+    key_columns: KeyColumns<'_>,
+) -> Result<Record, DebeziumError> {
+    let Some(value) = value.filter(|v| !v.is_empty() && v.trim_ascii() != b"null") else {
+        return Ok(Record::Skip(Skip::Tombstone));
+    };
+    let value: Value = serde_json::from_slice(value).map_err(|e| malformed(&e))?;
+    let payload = unwrap_envelope(value);
+    if payload.is_null() {
+        return Ok(Record::Skip(Skip::Tombstone));
+    }
+    let p: Payload = serde_json::from_value(payload).map_err(|e| malformed(&e))?;
+    let Some(op) = p.op.as_deref() else {
+        if p.status.is_some() {
+            return Ok(Record::Skip(Skip::Transaction));
+        }
+        if p.ddl.is_some() || p.table_changes.is_some() {
+            return Ok(Record::Skip(Skip::SchemaChange));
+        }
+        // Heartbeats carry only a timestamp (and the key names the server).
+        if p.ts_ms.is_some() && p.source.is_none() {
+            return Ok(Record::Skip(Skip::Heartbeat));
+        }
+        return Err(DebeziumError::Malformed(
+            "no \"op\": not a change event".into(),
+        ));
+    };
+    let op = match op {
+        "c" => Op::Insert,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "r" => return Ok(Record::Skip(Skip::Snapshot)),
+        "t" => return Ok(Record::Skip(Skip::Truncate)),
+        "m" => {
+            let m = p
+                .message
+                .ok_or_else(|| DebeziumError::Malformed("op \"m\" without \"message\"".into()))?;
+            let content = match m.content {
+                Some(c) => base64_decode(&c).ok_or_else(|| {
+                    DebeziumError::Malformed("message content is not base64".into())
+                })?,
+                None => Vec::new(),
+            };
+            return Ok(Record::Message {
+                tx: p.source.as_ref().and_then(tx_id),
+                prefix: m.prefix,
+                content,
+            });
+        }
+        other => return Err(DebeziumError::UnknownOp(other.into())),
+    };
+    let source = p
+        .source
+        .ok_or_else(|| DebeziumError::Malformed("no \"source\" block".into()))?;
+    if source.snapshot.as_ref().is_some_and(|s| {
+        matches!(
+            s.as_str(),
+            Some(
+                "true" | "last" | "first" | "first_in_data_collection" | "last_in_data_collection"
+            )
+        ) || s == &Value::Bool(true)
+    }) {
+        return Ok(Record::Skip(Skip::Snapshot));
+    }
+    let schema = source
+        .schema
+        .clone()
+        .or_else(|| source.db.clone())
+        .ok_or_else(|| DebeziumError::Malformed("source has neither schema nor db".into()))?;
+    let table = source
+        .table
+        .clone()
+        .ok_or_else(|| DebeziumError::Malformed("source has no table".into()))?;
+    let row = match op {
+        Op::Delete => p.before.as_ref(),
+        _ => p.after.as_ref(),
+    }
+    .ok_or_else(|| {
+        DebeziumError::Malformed(format!(
+            "op {:?} without its {} row",
+            p.op.as_deref().unwrap_or_default(),
+            if op == Op::Delete { "before" } else { "after" }
+        ))
+    })?;
+    let key = match key.filter(|k| !k.is_empty()) {
+        Some(k) => key_from_record(k)?,
+        None => {
+            let columns = key_columns(&schema, &table).unwrap_or_else(|| vec!["id".into()]);
+            columns
+                .into_iter()
+                .map(|c| {
+                    let v = row.get(&c).map(text).ok_or_else(|| DebeziumError::NoKey {
+                        table: format!("{schema}.{table}"),
+                        what: format!(
+                            "column {c:?} not in the row; name the key in the mapping file"
+                        ),
+                    })?;
+                    Ok((c, v))
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    if key.is_empty() {
+        return Err(DebeziumError::NoKey {
+            table: format!("{schema}.{table}"),
+            what: "the record key has no columns".into(),
+        });
+    }
+    let row_version = match op {
+        Op::Delete => None,
+        _ => row.get(version_column).filter(|v| !v.is_null()).map(text),
+    };
+    let position = position(&source).unwrap_or(0);
+    let index = p
+        .transaction
+        .as_ref()
+        .and_then(|t| t.total_order.or(t.data_collection_order))
+        .or(source.row)
+        .unwrap_or(0) as u32;
+    let tx = p
+        .transaction
+        .as_ref()
+        .and_then(|t| t.id.clone())
+        .or_else(|| tx_id(&source))
+        .unwrap_or_else(|| position.to_string());
+    let commit_time_ns = source
+        .ts_ns
+        .or(source.ts_us.map(|us| us.saturating_mul(1_000)))
+        .or(source.ts_ms.map(|ms| ms.saturating_mul(1_000_000)))
+        .unwrap_or(0);
+    let _ = (&source.connector, &source.name);
+    Ok(Record::Change(RowChange {
+        op,
+        schema,
+        table,
+        key,
+        row_version,
+        position,
+        index,
+        tx,
+        request_id: None,
+        commit_time_ns,
+    }))
+}
+
+fn malformed(e: &serde_json::Error) -> DebeziumError {
+    DebeziumError::Malformed(e.to_string())
+}
+
+/// `{"schema": ..., "payload": X}` is X; anything else is itself.
+fn unwrap_envelope(value: Value) -> Value {
+    match value {
+        Value::Object(mut o) if o.contains_key("payload") && o.contains_key("schema") => {
+            o.remove("payload").unwrap_or(Value::Null)
+        }
+        v => v,
+    }
+}
+
+/// The key columns and values of a Kafka record key, in its order (a `serde_json::Map` would
+/// sort them).
+fn key_from_record(key: &[u8]) -> Result<Vec<(String, String)>, DebeziumError> {
+    let not_an_object = |e: serde_json::Error| {
+        DebeziumError::Malformed(format!("a record key is a JSON object of key columns: {e}"))
+    };
+    let entries: Ordered<Box<RawValue>> = serde_json::from_slice(key).map_err(not_an_object)?;
+    let payload = entries.0.iter().find(|(k, _)| k == "payload");
+    let entries: Ordered<Value> = match payload {
+        Some((_, payload)) if entries.0.iter().any(|(k, _)| k == "schema") => {
+            serde_json::from_str(payload.get()).map_err(not_an_object)?
+        }
+        _ => serde_json::from_slice(key).map_err(not_an_object)?,
+    };
+    Ok(entries.0.into_iter().map(|(k, v)| (k, text(&v))).collect())
+}
+
+/// A JSON object's entries in document order.
+struct Ordered<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = Ordered<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Ordered<V>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// A column value as text: strings as they are, anything else as JSON.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn tx_id(source: &Source) -> Option<String> {
+    match source.tx_id.as_ref()? {
+        Value::Null => source.gtid.clone(),
+        v => Some(text(v)),
+    }
+    .or_else(|| source.gtid.clone())
+}
+
+/// The change's place in the stream as an ordered integer: PostgreSQL's LSN; MySQL's binlog
+/// file number in the high 32 bits and the position in the low.
+fn position(source: &Source) -> Option<u64> {
+    if let Some(lsn) = source.lsn {
+        return Some(lsn);
+    }
+    let file = source.file.as_deref()?;
+    let number: u64 = file.rsplit('.').next()?.parse().ok()?;
+    Some((number << 32) | (source.pos? & 0xFFFF_FFFF))
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn no_keys(_: &str, _: &str) -> Option<Vec<String>> {
+        None
+    }
+
+    fn parse_json(key: Option<Value>, value: Value) -> Result<Record, DebeziumError> {
+        let key = key.map(|k| k.to_string().into_bytes());
+        let value = value.to_string().into_bytes();
+        parse(key.as_deref(), Some(&value), "version", &no_keys)
+    }
+
+    /// A PostgreSQL connector update, as Debezium 3 writes it with the JSON converter's
+    /// schemas off.
+    fn pg_update() -> Value {
+        json!({
+            "before": null,
+            "after": {"sku": "sku-1", "stock": 4, "version": 8},
+            "source": {
+                "version": "3.6.1.Final", "connector": "postgresql", "name": "shop",
+                "ts_ms": 1733580000123_u64, "ts_us": 1733580000123456_u64,
+                "ts_ns": 1733580000123456000_u64, "snapshot": "false", "db": "shop",
+                "sequence": "[\"22114272\",\"22114400\"]", "schema": "public",
+                "table": "inventory", "txId": 728, "lsn": 22114400, "xmin": null
+            },
+            "transaction": null,
+            "op": "u",
+            "ts_ms": 1733580000200_u64
+        })
+    }
+
+    #[test]
+    fn a_postgres_update_with_its_key() {
+        let Record::Change(c) = parse_json(Some(json!({"sku": "sku-1"})), pg_update()).unwrap()
+        else {
+            panic!("a change")
+        };
+        assert_eq!(c.op, Op::Update);
+        assert_eq!(
+            (c.schema.as_str(), c.table.as_str()),
+            ("public", "inventory")
+        );
+        assert_eq!(c.key, [("sku".to_string(), "sku-1".to_string())]);
+        assert_eq!(c.row_version.as_deref(), Some("8"));
+        assert_eq!(c.position, 22114400);
+        assert_eq!(c.tx, "728");
+        assert_eq!(c.commit_time_ns, 1733580000123456000);
+        assert_eq!(c.request_id, None);
+    }
+
+    #[test]
+    fn the_schema_envelope_and_a_key_in_key_order() {
+        let mut value = pg_update();
+        value["op"] = json!("d");
+        value["before"] = json!({"region": "eu", "id": 7, "stock": 1});
+        value["after"] = Value::Null;
+        // Key order is the key's, not sorted: (region, id) here.
+        let key = r#"{"schema": {"type": "struct"}, "payload": {"region": "eu", "id": 7}}"#;
+        let value = json!({"schema": {"type": "struct"}, "payload": value});
+        let value = value.to_string().into_bytes();
+        let Record::Change(c) =
+            parse(Some(key.as_bytes()), Some(&value), "version", &no_keys).unwrap()
+        else {
+            panic!("a change")
+        };
+        assert_eq!(c.op, Op::Delete);
+        assert_eq!(c.key[0], ("region".to_string(), "eu".to_string()));
+        assert_eq!(c.key[1], ("id".to_string(), "7".to_string()));
+        assert_eq!(c.row_version, None);
+    }
+
+    #[test]
+    fn mysql_positions_and_no_key_over_http() {
+        let value = json!({
+            "before": null, "after": {"id": 1004, "email": "a@b.c"},
+            "source": {"version": "3.6.1.Final", "connector": "mysql", "name": "dbserver1",
+                "ts_ms": 1733580000000_u64, "snapshot": "false", "db": "inventory",
+                "table": "customers", "server_id": 223344, "gtid": null,
+                "file": "mysql-bin.000003", "pos": 154, "row": 0, "thread": 7},
+            "op": "c", "ts_ms": 1733580000100_u64
+        });
+        let Record::Change(c) = parse_json(None, value).unwrap() else {
+            panic!("a change")
+        };
+        assert_eq!(c.schema, "inventory");
+        assert_eq!(c.key, [("id".to_string(), "1004".to_string())]);
+        assert_eq!(c.position, (3 << 32) | 154);
+        assert_eq!(c.commit_time_ns, 1_733_580_000_000_000_000);
+        // Without a key and without `id`, the mapping file must name the key.
+        let value = json!({"after": {"sku": "x"}, "op": "c",
+            "source": {"db": "shop", "table": "stock", "ts_ms": 1}});
+        let err = parse_json(None, value.clone()).unwrap_err();
+        assert!(err.to_string().contains("mapping file"), "{err}");
+        let keys = |_: &str, t: &str| (t == "stock").then(|| vec!["sku".to_string()]);
+        let bytes = value.to_string().into_bytes();
+        let Record::Change(c) = parse(None, Some(&bytes), "version", &keys).unwrap() else {
+            panic!("a change")
+        };
+        assert_eq!(c.key, [("sku".to_string(), "x".to_string())]);
+    }
+
+    #[test]
+    fn what_is_not_a_write_is_skipped_by_reason() {
+        assert_eq!(
+            parse(None, None, "version", &no_keys).unwrap(),
+            Record::Skip(Skip::Tombstone)
+        );
+        assert_eq!(
+            parse(None, Some(b"null"), "version", &no_keys).unwrap(),
+            Record::Skip(Skip::Tombstone)
+        );
+        let mut read = pg_update();
+        read["op"] = json!("r");
+        assert_eq!(
+            parse_json(None, read).unwrap(),
+            Record::Skip(Skip::Snapshot)
+        );
+        let mut truncate = pg_update();
+        truncate["op"] = json!("t");
+        assert_eq!(
+            parse_json(None, truncate).unwrap(),
+            Record::Skip(Skip::Truncate)
+        );
+        assert_eq!(
+            parse_json(None, json!({"status": "BEGIN", "id": "571:53195829", "event_count": null, "data_collections": null, "ts_ms": 1})).unwrap(),
+            Record::Skip(Skip::Transaction)
+        );
+        assert_eq!(
+            parse_json(None, json!({"ts_ms": 1733580000000_u64})).unwrap(),
+            Record::Skip(Skip::Heartbeat)
+        );
+        assert_eq!(
+            parse_json(None, json!({"source": {"server": "s"}, "databaseName": "inventory", "ddl": "ALTER TABLE t ADD c int", "tableChanges": []})).unwrap(),
+            Record::Skip(Skip::SchemaChange)
+        );
+    }
+
+    #[test]
+    fn logical_decoding_messages_name_their_transaction() {
+        let value = json!({
+            "op": "m", "ts_ms": 1,
+            "source": {"connector": "postgresql", "db": "shop", "schema": "", "table": "",
+                "txId": 728, "lsn": 22114300, "ts_ms": 1},
+            "message": {"prefix": "toctou.request_id", "content": "cmVxLTQy"}
+        });
+        assert_eq!(
+            parse_json(None, value).unwrap(),
+            Record::Message {
+                tx: Some("728".into()),
+                prefix: "toctou.request_id".into(),
+                content: b"req-42".to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_records_are_errors_that_say_why() {
+        for (value, needle) in [
+            (b"{".to_vec(), "malformed"),
+            (b"[1]".to_vec(), "malformed"),
+            (
+                json!({"op": "x", "source": {}}).to_string().into_bytes(),
+                "unknown Debezium op",
+            ),
+            (
+                json!({"op": "c", "after": {"id": 1}})
+                    .to_string()
+                    .into_bytes(),
+                "no \"source\"",
+            ),
+            (
+                json!({"op": "u", "source": {"db": "d", "table": "t"}})
+                    .to_string()
+                    .into_bytes(),
+                "without its after row",
+            ),
+            (
+                json!({"source": {"db": "d"}}).to_string().into_bytes(),
+                "not a change event",
+            ),
+        ] {
+            let err = parse(None, Some(&value), "version", &no_keys)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(needle),
+                "{}: {err}",
+                String::from_utf8_lossy(&value)
+            );
+        }
+        let err = parse(
+            Some(b"[1,2]"),
+            Some(pg_update().to_string().as_bytes()),
+            "version",
+            &no_keys,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("record key"), "{err}");
+    }
+}
