@@ -20,7 +20,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 /// instance (built on first use), and `descs()`, every family's [`Desc`] for the stage
 /// collector's `desc()`, so that a family cannot be declared and then left out of it.
 ///
-/// ```ignore
+/// ```
 /// toctou_schema::families! {
 ///     /// The sink's families.
 ///     static FAMILIES: Families {
@@ -28,6 +28,8 @@ use prometheus::{Encoder, Registry, TextEncoder};
 ///         backlog = gauge("toctou_sink_backlog_rows", "Rows waiting.", &[]);
 ///     }
 /// }
+/// assert_eq!(FAMILIES.descs().len(), 2);
+/// assert_eq!(FAMILIES.rows.name(), "toctou_sink_rows_total");
 /// ```
 #[macro_export]
 macro_rules! families {
