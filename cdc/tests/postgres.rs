@@ -56,6 +56,21 @@ async fn source(admin: &Client, tables: &[&str]) -> (PostgresConfig, PostgresSou
     (config, source)
 }
 
+/// A new table (`prefix` and a unique suffix) with `columns`, and a source reading it alone.
+async fn table_and_source(
+    admin: &Client,
+    prefix: &str,
+    columns: &str,
+) -> (String, PostgresConfig, PostgresSource) {
+    let table = unique(prefix);
+    admin
+        .batch_execute(&format!("CREATE TABLE {table} ({columns})"))
+        .await
+        .unwrap();
+    let (config, source) = source(admin, &[&table]).await;
+    (table, config, source)
+}
+
 /// Reads and confirms until `want` changes have come, or fails after 30 s.
 async fn read_all(source: &mut PostgresSource, want: usize) -> Vec<RowChange> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -90,14 +105,12 @@ type Truth = Vec<(Op, String, Option<String>, Option<String>)>;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_committed_change_is_read_once_with_its_request_and_writer() {
     let admin = client().await;
-    let table = unique("inventory");
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (sku text PRIMARY KEY, stock int NOT NULL, version bigint NOT NULL)"
-        ))
-        .await
-        .unwrap();
-    let (config, mut source) = source(&admin, &[&table]).await;
+    let (table, config, mut source) = table_and_source(
+        &admin,
+        "inventory",
+        "sku text PRIMARY KEY, stock int NOT NULL, version bigint NOT NULL",
+    )
+    .await;
 
     // Four writers at once, each on its own connection: instrumented ones name their request
     // in the transaction, the plain one does not; every fifth transaction rolls back.
@@ -193,14 +206,12 @@ async fn every_committed_change_is_read_once_with_its_request_and_writer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_resumes_at_the_confirmed_position_and_rereads_the_rest() {
     let admin = client().await;
-    let table = unique("accounts");
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (region text, id int, balance int, PRIMARY KEY (id, region))"
-        ))
-        .await
-        .unwrap();
-    let (config, mut source) = source(&admin, &[&table]).await;
+    let (table, config, mut source) = table_and_source(
+        &admin,
+        "accounts",
+        "region text, id int, balance int, PRIMARY KEY (id, region)",
+    )
+    .await;
     for i in 0..6 {
         admin
             .execute(&format!("INSERT INTO {table} VALUES ('eu', $1, 0)"), &[&i])
@@ -253,14 +264,8 @@ async fn a_reconnect_resumes_at_the_confirmed_position_and_rereads_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_of_100_000_rows_is_read_whole() {
     let admin = client().await;
-    let table = unique("bulk");
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id int PRIMARY KEY, version int NOT NULL)"
-        ))
-        .await
-        .unwrap();
-    let (config, mut source) = source(&admin, &[&table]).await;
+    let (table, config, mut source) =
+        table_and_source(&admin, "bulk", "id int PRIMARY KEY, version int NOT NULL").await;
     admin
         .batch_execute(&format!(
             "BEGIN; SELECT pg_logical_emit_message(true, 'toctou.request_id', 'bulk-1'); \

@@ -59,6 +59,8 @@ impl Default for SinkConfig {
 enum Batch {
     Events(EncodedEvents),
     Findings(Vec<FindingRow>),
+    /// Write everything handed over before this now, then say whether all of it was written.
+    Barrier(tokio::sync::oneshot::Sender<bool>),
 }
 
 impl Batch {
@@ -66,6 +68,7 @@ impl Batch {
         match self {
             Batch::Events(rows) => rows.len(),
             Batch::Findings(rows) => rows.len(),
+            Batch::Barrier(_) => 0,
         }
     }
 }
@@ -266,6 +269,17 @@ impl Sink {
         self.hand_over(&mut handover)
     }
 
+    /// Writes everything handed over before this call now, without waiting for the batch age,
+    /// and resolves to whether all of it was written (false: some rows were given up on, or
+    /// the sink has ended). What a caller that must know its rows are stored waits for: the
+    /// change-stream reader confirms its position only then.
+    pub fn barrier(&self) -> tokio::sync::oneshot::Receiver<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A closed sink drops the sender: the receiver then resolves to an error.
+        self.send(Batch::Barrier(tx));
+        rx
+    }
+
     /// Whether the channel is at least three quarters full. The Kafka poll loop must keep
     /// polling to stay in its consumer group, so it pauses its partitions at this point
     /// rather than block in a send while ClickHouse is down.
@@ -398,9 +412,11 @@ fn write_loop(
         if received.is_ok() {
             in_channel.fetch_sub(1, Relaxed);
         }
+        let mut barrier = None;
         match received {
             Ok(Batch::Findings(rows)) => findings.push(rows),
             Ok(Batch::Events(rows)) => events.push(rows),
+            Ok(Batch::Barrier(tx)) => barrier = Some((tx, stats.rows_failed)),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
         }
@@ -412,13 +428,16 @@ fn write_loop(
                 .copied()
                 .or(closed_at.map(|t| t + config.shutdown_deadline))
         };
-        if closed_at.is_some() || findings.due(&config) {
+        if barrier.is_some() || closed_at.is_some() || findings.due(&config) {
             stats.findings_written +=
                 runtime.block_on(flush(&client, &mut findings, deadline, &mut stats, metrics));
         }
-        if closed_at.is_some() || events.due(&config) {
+        if barrier.is_some() || closed_at.is_some() || events.due(&config) {
             stats.events_written +=
                 runtime.block_on(flush(&client, &mut events, deadline, &mut stats, metrics));
+        }
+        if let Some((tx, failed_before)) = barrier {
+            let _ = tx.send(stats.rows_failed == failed_before);
         }
         if closed_at.is_some() {
             return stats;

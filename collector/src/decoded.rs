@@ -12,16 +12,19 @@ pub enum Signal {
     Traces,
     Logs,
     K8sAudit,
+    /// A database's change stream (`toctou run --cdc-postgres`): audit records only.
+    Cdc,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Logs, Signal::K8sAudit];
+    pub const ALL: [Signal; 4] = [Signal::Traces, Signal::Logs, Signal::K8sAudit, Signal::Cdc];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Traces => "traces",
             Signal::Logs => "logs",
             Signal::K8sAudit => "k8s_audit",
+            Signal::Cdc => "cdc",
         }
     }
 }

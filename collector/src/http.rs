@@ -235,6 +235,14 @@ pub(crate) fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decod
         },
         (Signal::Logs, Format::Json) => decode_logs(&json::logs_from_json(raw)?),
         (Signal::K8sAudit, _) => decode_k8s_audit(raw)?,
+        // The change stream is read by its own reader (`toctou run --cdc-postgres`); no route
+        // hands it a body.
+        (Signal::Cdc, _) => {
+            return Err(DecodeError::UnknownDocument(
+                "change-stream records have no HTTP route here".into(),
+            )
+            .into())
+        }
     };
     Ok(decoded)
 }

@@ -62,11 +62,12 @@ impl EventPhase {
 }
 
 /// Which (signal, phase) pairs can occur; only these are rendered.
-const EVENT_SERIES: [(Signal, EventPhase); 4] = [
+const EVENT_SERIES: [(Signal, EventPhase); 5] = [
     (Signal::Traces, EventPhase::Check),
     (Signal::Traces, EventPhase::Use),
     (Signal::Logs, EventPhase::Audit),
     (Signal::K8sAudit, EventPhase::Audit),
+    (Signal::Cdc, EventPhase::Audit),
 ];
 
 #[derive(Default)]

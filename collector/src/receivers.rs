@@ -288,7 +288,7 @@ impl Receivers {
         let noun = match signal {
             Signal::Traces => "spans",
             Signal::Logs => "log records",
-            Signal::K8sAudit => "audit events",
+            Signal::K8sAudit | Signal::Cdc => "audit events",
         };
         Ok(Receipt {
             accepted,

@@ -87,6 +87,18 @@ pub use audit::{Action, Audit};
 pub use check::{Check, Checked, Decision, Source};
 pub use use_span::{Outcome, Use};
 
+/// The statement that names a PostgreSQL transaction's request for toctou's change-stream
+/// reader (`toctou run --cdc-postgres`, CONVENTIONS.md "Audit records from your database"):
+/// run it inside the transaction with the request id as `$1`, and every change the
+/// transaction commits carries that request id.
+///
+/// ```
+/// # async fn reserve(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+/// tx.execute(toctou_instrument::REQUEST_ID_SQL, &[&"order-1234"]).await?;
+/// # Ok(()) }
+/// ```
+pub const REQUEST_ID_SQL: &str = "SELECT pg_logical_emit_message(true, 'toctou.request_id', $1)";
+
 use opentelemetry::logs::Logger;
 use opentelemetry::trace::Tracer;
 

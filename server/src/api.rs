@@ -50,6 +50,8 @@ pub struct Shared {
     pub started_ns: u64,
     /// The ClickHouse sink's counters, with `--clickhouse-url`.
     pub sink: Option<Arc<SinkMetrics>>,
+    /// The change-stream reader's counters, with `--cdc-postgres`.
+    pub cdc: Option<Arc<crate::cdc::CdcMetrics>>,
     /// Who may read (tokens), over what (TLS), and how many were refused.
     pub access: ApiAccess,
     /// The receivers' queue to the correlator, to report its depth; weak, so that it never

@@ -10,6 +10,8 @@
 //!   one process with no external services.
 //! - [`shutdown`]: the runtime every node runs on, its signals and its shutdown stages
 //!   within a deadline.
+//! - [`cdc`]: `--cdc-postgres`, a database's change stream as audit records, confirmed only
+//!   once stored.
 //! - [`api`]: the HTTP API on :8686 (findings, `/metrics`, `/healthz`); [`page`]: the
 //!   built-in page it serves.
 //! - [`metrics`]: one `prometheus` registry per node, the collectors of the stages it runs,
@@ -31,6 +33,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cdc;
 pub mod cli;
 pub mod findings;
 pub mod kafka;

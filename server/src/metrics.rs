@@ -70,6 +70,9 @@ pub fn run_registry(shared: &Arc<Shared>) -> Registry {
     if let Some(sink) = &shared.sink {
         register(&registry, SinkCollector(sink.clone()));
     }
+    if let Some(cdc) = &shared.cdc {
+        register(&registry, crate::cdc::CdcCollector(cdc.clone()));
+    }
     register(&registry, RunCollector(shared.clone()));
     registry
 }

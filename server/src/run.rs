@@ -27,6 +27,7 @@ use toctou_schema::now_ns;
 use toctou_schema::Event;
 use tokio::sync::{mpsc, watch};
 
+use crate::cdc::{CdcArgs, CdcBatch, CdcMetrics};
 use crate::shutdown::{run_node, shutdown_signal, Progress, ShutdownArgs, Stage, Unflushed};
 
 /// How often the correlator advances an idle watermark and publishes its stats.
@@ -72,6 +73,9 @@ pub struct RunArgs {
     pub max_queued_bytes: usize,
     #[cfg_attr(feature = "cli", command(flatten))]
     pub correlator: CorrelatorArgs,
+    /// A database's change stream as audit records (--cdc-postgres).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub cdc: CdcArgs,
     /// Where findings and events are also written, when `--clickhouse-url` is set.
     #[cfg_attr(feature = "cli", command(flatten))]
     pub clickhouse: ClickhouseArgs,
@@ -123,6 +127,10 @@ pub async fn run(
     };
     let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
     let writer = JsonLines::open(args.findings_file.as_deref())?;
+    let cdc_mapping = match &args.cdc.postgres {
+        Some(_) => Some(args.cdc.mapping()?),
+        None => None,
+    };
     let sink = start_sink(&args).await?;
 
     let (grpc, http) = args.receivers.bind().await?;
@@ -149,6 +157,11 @@ pub async fn run(
         receivers: receivers.clone(),
         started_ns: now_ns(),
         sink: sink.as_ref().map(Sink::metrics),
+        cdc: args
+            .cdc
+            .postgres
+            .is_some()
+            .then(|| Arc::new(CdcMetrics::default())),
         access: api_access,
         queue: queue_probe.downgrade(),
         queue_bytes,
@@ -159,6 +172,22 @@ pub async fn run(
     // holds) keeps a sender alive for the metrics.
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
     let progress = Arc::new(Progress::default());
+    // One change-stream batch at a time: the reader waits for each to be stored anyway.
+    let (cdc_tx, cdc_rx) = mpsc::channel::<CdcBatch>(1);
+    let cdc_task = match (args.cdc.postgres.clone(), cdc_mapping, &shared.cdc) {
+        (Some(url), Some(mapping), Some(metrics)) => Some(tokio::spawn(crate::cdc::read_postgres(
+            url,
+            args.cdc.clone(),
+            mapping,
+            cdc_tx,
+            shared.receivers.metrics().clone(),
+            metrics.clone(),
+        ))),
+        _ => {
+            drop(cdc_tx);
+            None
+        }
+    };
     let correlator = {
         let shared = shared.clone();
         let progress = progress.clone();
@@ -167,7 +196,7 @@ pub async fn run(
             .name("toctou-correlator".into())
             .spawn(move || {
                 correlate(
-                    engine, rx, drained_rx, shared, writer, sink, &progress, timeout,
+                    engine, rx, cdc_rx, drained_rx, shared, writer, sink, &progress, timeout,
                 )
             })
             .context("starting the correlator thread")?
@@ -213,6 +242,10 @@ pub async fn run(
     tracing::info!(timeout = %humantime::format_duration(timeout), "shutting down: no new requests, draining the correlator");
     if let Some(d) = demo_task {
         d.abort();
+    }
+    // What it read and did not see stored stays unconfirmed: the next start reads it again.
+    if let Some(c) = cdc_task {
+        c.abort();
     }
     let _ = stop_tx.send(true);
     let stopping = async {
@@ -285,6 +318,7 @@ async fn start_sink(args: &RunArgs) -> Result<Option<Sink>> {
 fn correlate(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Vec<Event>>,
+    mut cdc: mpsc::Receiver<CdcBatch>,
     mut servers_done: tokio::sync::oneshot::Receiver<std::time::Instant>,
     shared: Arc<Shared>,
     mut writer: JsonLines,
@@ -309,6 +343,7 @@ fn correlate(
         pending: sink::Handover::default(),
     });
     runtime.block_on(async {
+        let mut cdc_open = true;
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -328,6 +363,13 @@ fn correlate(
                     }
                     None => break,
                 },
+                batch = cdc.recv(), if cdc_open => {
+                    match batch {
+                        Some(batch) => ingest_cdc(&mut engine, batch, &mut out, feed.as_mut()),
+                        None => cdc_open = false,
+                    }
+                    false
+                }
                 done = &mut servers_done => {
                     deadline = done.ok();
                     progress.set(Stage::Draining);
@@ -432,6 +474,28 @@ fn ingest(
         engine.ingest(event, now, out);
     }
     queue_bytes.give_back(charge);
+}
+
+/// A batch of the change stream: to the ClickHouse feed and the engine, then handed to the
+/// sink at once with a barrier behind it, which the reader waits for before it confirms the
+/// slot's position (`crate::cdc`).
+fn ingest_cdc(
+    engine: &mut Engine,
+    batch: CdcBatch,
+    out: &mut Vec<toctou_schema::Finding>,
+    feed: Option<&mut SinkFeed>,
+) {
+    let CdcBatch { events, stored } = batch;
+    let barrier = feed.map(|feed| {
+        feed.pending.add_events(&events);
+        feed.hand_over();
+        feed.sink.barrier()
+    });
+    let now = now_ns();
+    for event in events {
+        engine.ingest(event, now, out);
+    }
+    let _ = stored.send(barrier);
 }
 
 /// The findings decided since the last call, to the store, the JSON lines and (with
