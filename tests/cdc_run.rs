@@ -40,6 +40,8 @@ fn now_ns() -> u64 {
 
 fn span(phase: &str, resource: &str, request: &str, version: i64, start: u64, end: u64) -> Value {
     let attr = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
+    let outcome = if version < 0 { "conflict" } else { "ok" };
+    let version = version.abs();
     let trace = format!("{:032x}", xxhash(request));
     let span_id = format!("{:016x}", xxhash(&format!("{request}/{phase}")) as u64);
     json!({
@@ -48,7 +50,7 @@ fn span(phase: &str, resource: &str, request: &str, version: i64, start: u64, en
         "attributes": [
             attr("toctou.phase", phase), attr("toctou.resource", resource),
             attr("toctou.request_id", request), attr("toctou.resource.version", &version.to_string()),
-            attr("toctou.operation", "reserve"),
+            attr("toctou.operation", "reserve"), attr("toctou.use.outcome", outcome),
         ]
     })
 }
@@ -71,6 +73,10 @@ struct Flow {
     checked: i64,
     /// The version the write acted on (its RETURNING version minus one).
     acted_on: i64,
+    /// A compare-and-swap that found another version, and so wrote nothing.
+    conflict: bool,
+    /// 0-3: check then write; 4: compare-and-swap; 5: under the row's lock.
+    style: usize,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +126,10 @@ async fn races_are_found_from_the_change_stream_alone() {
     };
     let http = reqwest::Client::new();
     let mut flows = Vec::new();
-    for f in 0..4 {
+    // Flows 0-3 check, wait, then write whatever the row holds by then; flow 4 writes only if
+    // the version is still the one checked (compare-and-swap); flow 5 checks under the row's
+    // lock (SELECT ... FOR UPDATE) and writes in the same transaction.
+    for f in 0..6 {
         let (table, toctou) = (table.clone(), toctou.clone());
         let http = http.clone();
         flows.push(tokio::spawn(async move {
@@ -130,38 +139,52 @@ async fn races_are_found_from_the_change_stream_alone() {
                 let sku = format!("sku-{}", (f + i) % 4 + 1);
                 let resource = format!("public.{table}/{sku}");
                 let request = format!("req-{f}-{i}");
+                let locked = f == 5;
+                let tx = c.transaction().await.unwrap();
                 let check_start = now_ns();
-                let checked: i64 = c
-                    .query_one(&format!("SELECT version FROM {table} WHERE sku = $1"), &[&sku])
+                let lock = if locked { " FOR UPDATE" } else { "" };
+                let checked: i64 = tx
+                    .query_one(&format!("SELECT version FROM {table} WHERE sku = $1{lock}"), &[&sku])
                     .await
                     .unwrap()
                     .get(0);
                 let check_end = now_ns();
+                let tx = if locked {
+                    tx
+                } else {
+                    tx.commit().await.unwrap();
+                    c.transaction().await.unwrap()
+                };
                 tokio::time::sleep(Duration::from_millis(20 + (i as u64 * 7) % 40)).await;
                 let use_start = now_ns();
-                let tx = c.transaction().await.unwrap();
                 tx.execute(toctou_instrument::REQUEST_ID_SQL, &[&request])
                     .await
                     .unwrap();
-                let new: i64 = tx
-                    .query_one(
-                        &format!("UPDATE {table} SET stock = stock - 1, version = version + 1 WHERE sku = $1 RETURNING version"),
-                        &[&sku],
+                let cas = if f == 4 { " AND version = $2" } else { " AND $2::bigint > 0" };
+                let new: Option<i64> = tx
+                    .query_opt(
+                        &format!("UPDATE {table} SET stock = stock - 1, version = version + 1 WHERE sku = $1{cas} RETURNING version"),
+                        &[&sku, &checked],
                     )
                     .await
                     .unwrap()
-                    .get(0);
+                    .map(|r| r.get(0));
                 tx.commit().await.unwrap();
                 let use_end = now_ns();
+                // A compare-and-swap that found another version wrote nothing: a conflict.
+                let (acted_on, used) = match new {
+                    Some(n) => (n - 1, n - 1),
+                    None => (checked, -checked),
+                };
                 let body = json!({"resourceSpans": [{
                     "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "shop"}}]},
                     "scopeSpans": [{"spans": [
                         span("check", &resource, &request, checked, check_start, check_end),
-                        span("use", &resource, &request, new - 1, use_start, use_end),
+                        span("use", &resource, &request, used, use_start, use_end),
                     ]}]
                 }]});
                 toctou.post_json(&http, "/v1/traces", body.to_string()).await;
-                done.push(Flow { request, resource, checked, acted_on: new - 1 });
+                done.push(Flow { request, resource, checked, acted_on, conflict: new.is_none(), style: f });
             }
             done
         }));
@@ -173,6 +196,13 @@ async fn races_are_found_from_the_change_stream_alone() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let produced = plain.await.unwrap();
 
+    // Compare-and-swap and locked flows never act on a version they did not check: the
+    // database refused the swap (a prevented race) or the lock kept others out.
+    assert!(all
+        .iter()
+        .filter(|f| f.style >= 4)
+        .all(|f| f.acted_on == f.checked));
+    let conflicts = all.iter().filter(|f| f.conflict).count();
     let stale: BTreeMap<&str, &Flow> = all
         .iter()
         .filter(|f| f.acted_on != f.checked)
@@ -245,7 +275,12 @@ async fn races_are_found_from_the_change_stream_alone() {
     let text = toctou.metrics().await;
     assert_eq!(
         common::metric(&text, "toctou_events_total{signal=\"cdc\",phase=\"audit\"}"),
-        (all.len() + produced.len()) as f64
+        (all.len() - conflicts + produced.len()) as f64
+    );
+    assert_eq!(
+        common::metric(&text, "toctou_prevented_races_total"),
+        conflicts as f64,
+        "compare-and-swaps refused by the database"
     );
     assert_eq!(common::metric(&text, "toctou_cdc_read_errors_total"), 0.0);
     assert!(
@@ -269,7 +304,7 @@ async fn races_are_found_from_the_change_stream_alone() {
         }
     }
     println!(
-        "{} flows, {} stale by the database, {} found; {} intervening writes by the plain writer named",
+        "{} flows ({conflicts} compare-and-swaps refused), {} stale by the database, {} found; {} intervening writes by the plain writer named",
         all.len(),
         stale.len(),
         found.len(),
