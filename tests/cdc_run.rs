@@ -371,9 +371,12 @@ async fn confirmed(admin: &Client, slot: &str) -> i64 {
         .get(0)
 }
 
+/// Where the next WAL record goes: past every record already committed. (Not
+/// `pg_current_wal_lsn()`, the write position: it may lag a commit that is already flushed,
+/// to the start of its page, and made this test see the slot pass a mark it had not.)
 async fn wal_end(admin: &Client) -> i64 {
     admin
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
         .await
         .unwrap()
         .get(0)
@@ -408,7 +411,7 @@ async fn the_slot_moves_only_once_clickhouse_stored_the_records() {
         .collect();
     flags.extend(cdc_flags(&slot, &suffix));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let toctou = Toctou::start_env(&flags, &[("RUST_LOG", "info,toctou_server::cdc=debug")]);
+    let toctou = Toctou::start_env(&flags, &[("TOCTOU_LOG", "info,toctou_server::cdc=debug")]);
     // Writes `n` updates; returns the WAL position just before the last one began. The slot
     // past it has confirmed that last transaction (it confirms transactions' ends, and only
     // this table's are in its publication), whatever else the server writes meanwhile.

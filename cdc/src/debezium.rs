@@ -9,6 +9,7 @@
 //! column named `id`.
 
 use crate::change::{Op, RowChange};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -67,9 +68,14 @@ pub enum DebeziumError {
     NoKey { table: String, what: String },
 }
 
-/// A change event's payload, the fields toctou reads.
+/// A change event's payload, the fields toctou reads; or, with Kafka Connect's schema
+/// envelope, `schema` (skipped unread) and `payload` (read in a second step, from its bytes).
 #[derive(Deserialize)]
-struct Payload {
+struct Payload<'a> {
+    #[serde(default)]
+    schema: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
     op: Option<String>,
     before: Option<Map<String, Value>>,
     after: Option<Map<String, Value>>,
@@ -135,12 +141,13 @@ pub fn parse(
     let Some(value) = value.filter(|v| !v.is_empty() && v.trim_ascii() != b"null") else {
         return Ok(Record::Skip(Skip::Tombstone));
     };
-    let value: Value = serde_json::from_slice(value).map_err(|e| malformed(&e))?;
-    let payload = unwrap_envelope(value);
-    if payload.is_null() {
-        return Ok(Record::Skip(Skip::Tombstone));
+    let mut p: Payload = serde_json::from_slice(value).map_err(|e| malformed(&e))?;
+    if let (Some(_), Some(payload)) = (&p.schema, p.payload) {
+        if payload.get() == "null" {
+            return Ok(Record::Skip(Skip::Tombstone));
+        }
+        p = serde_json::from_str(payload.get()).map_err(|e| malformed(&e))?;
     }
-    let p: Payload = serde_json::from_value(payload).map_err(|e| malformed(&e))?;
     let Some(op) = p.op.as_deref() else {
         if p.status.is_some() {
             return Ok(Record::Skip(Skip::Transaction));
@@ -276,16 +283,6 @@ pub fn parse(
 
 fn malformed(e: &serde_json::Error) -> DebeziumError {
     DebeziumError::Malformed(e.to_string())
-}
-
-/// `{"schema": ..., "payload": X}` is X; anything else is itself.
-fn unwrap_envelope(value: Value) -> Value {
-    match value {
-        Value::Object(mut o) if o.contains_key("payload") && o.contains_key("schema") => {
-            o.remove("payload").unwrap_or(Value::Null)
-        }
-        v => v,
-    }
 }
 
 /// The key columns and values of a Kafka record key, in its order (a `serde_json::Map` would
