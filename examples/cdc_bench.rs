@@ -56,13 +56,14 @@ async fn main() -> Result<()> {
     let http = reqwest::Client::new();
     let before = metric(&http, &cli.metrics, EVENTS).await?;
 
-    // The sampler: the reader's lag every 200 ms while the writer runs.
+    // The sampler: the reader's lag every 200 ms until the reader has caught up.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
-        let (http, url) = (http.clone(), cli.metrics.clone());
+        let (http, url, stop) = (http.clone(), cli.metrics.clone(), stop.clone());
         tokio::spawn(async move {
             let mut seconds = Vec::new();
             let mut bytes = Vec::new();
-            loop {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 match (
                     metric(&http, &url, "toctou_cdc_slot_lag_seconds").await,
@@ -74,10 +75,8 @@ async fn main() -> Result<()> {
                     }
                     _ => return (seconds, bytes),
                 }
-                if seconds.len() > 100_000 {
-                    return (seconds, bytes);
-                }
             }
+            (seconds, bytes)
         })
     };
 
@@ -87,7 +86,7 @@ async fn main() -> Result<()> {
     let mut written = 0u64;
     let mut first = 0u64;
     let update = format!(
-        "UPDATE {} SET n = n + 1, version = version + 1 WHERE id >= $1 AND id < $1 + $2",
+        "UPDATE {} SET n = n + 1, version = version + 1 WHERE id >= $1::bigint AND id < $1::bigint + $2::bigint",
         cli.table
     );
     while start.elapsed() < cli.duration {
@@ -115,8 +114,8 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let caught_up = done.elapsed();
-    sampler.abort();
-    let (mut seconds, mut bytes) = sampler.await.unwrap_or_default();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut seconds, mut bytes) = sampler.await?;
     seconds.sort_by(f64::total_cmp);
     bytes.sort_by(f64::total_cmp);
     let q = |v: &[f64], p: f64| {
