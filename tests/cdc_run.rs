@@ -332,10 +332,10 @@ fn cdc_flags(slot: &str, suffix: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// Waits until the reader of `toctou` has created its slot and reads it. Not the slot's row in
-/// `pg_replication_slots`: a slot being created is listed, with a position, while it waits
-/// for the transactions running then to end, and writes committed meanwhile come before its
-/// start (seen: 0 of 20 writes read when the test wrote on seeing the row).
+/// Waits until the reader of `toctou` has created its slot and reads it: its own log line says
+/// so once `pg_create_logical_replication_slot` has returned, that is once the slot is
+/// consistent. (The slot's row in `pg_replication_slots` appears while it is still being
+/// created, waiting for the transactions running then to end.)
 async fn wait_for_slot(admin: &Client, slot: &str, toctou: &Toctou) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !toctou
