@@ -17,7 +17,9 @@ mod common;
 use common::Toctou;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use toctou_cdc::pgoutput::lsn_text;
+use toctou_schema::now_ns;
 use tokio_postgres::{Client, NoTls};
 
 fn pg_url() -> String {
@@ -29,13 +31,6 @@ async fn client() -> Client {
     let (client, conn) = tokio_postgres::connect(&pg_url(), NoTls).await.unwrap();
     tokio::spawn(conn);
     client
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 fn span(phase: &str, resource: &str, request: &str, version: i64, start: u64, end: u64) -> Value {
@@ -468,8 +463,8 @@ async fn the_slot_moves_only_once_clickhouse_stored_the_records() {
                 let rows = sql(url, db, &format!("SELECT version, event_key FROM events WHERE resource = 'public.{table}/1' ORDER BY toUInt64(version)")).await;
                 panic!(
                     "{got} of {n} stored; mark {} confirmed {}\n{rows}\nlog:\n{}",
-                    toctou_cdc_lsn(mark),
-                    toctou_cdc_lsn(confirmed(admin, slot).await),
+                    lsn_text(mark as u64),
+                    lsn_text(confirmed(admin, slot).await as u64),
                     toctou.log()
                 );
             }
@@ -502,8 +497,4 @@ async fn the_slot_moves_only_once_clickhouse_stored_the_records() {
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .ok();
-}
-
-fn toctou_cdc_lsn(n: i64) -> String {
-    format!("{:X}/{:X}", n >> 32, n & 0xFFFF_FFFF)
 }

@@ -94,8 +94,6 @@ struct Payload<'a> {
 
 #[derive(Deserialize)]
 struct Source {
-    connector: Option<String>,
-    name: Option<String>,
     db: Option<String>,
     schema: Option<String>,
     table: Option<String>,
@@ -266,7 +264,6 @@ pub fn parse(
         .or(source.ts_us.map(|us| us.saturating_mul(1_000)))
         .or(source.ts_ms.map(|ms| ms.saturating_mul(1_000_000)))
         .unwrap_or(0);
-    let _ = (&source.connector, &source.name);
     Ok(Record::Change(RowChange {
         op,
         schema,
