@@ -5,7 +5,8 @@
 //! - resource: `<schema>.<table>/<key values in key order, joined with ",">`, or the table's
 //!   template from the mapping file (`inventory/{sku}`), so that existing spans' names match;
 //! - version: the new row's value of the version column (`--cdc-version-column`, default
-//!   `version`) when the table has one, else the commit position;
+//!   `version`) when the table has one, else the commit position (`commit:<position>`,
+//!   compared only with other change-stream versions);
 //! - action: insert → `create`, update → `update`, delete → `delete`;
 //! - request id: the transaction's `toctou.request_id` message, when it sent one; a change
 //!   without one is a write by another request;
@@ -17,6 +18,10 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use thiserror::Error;
 use toctou_schema::{AuditAction, AuditEvent};
+
+/// The prefix of the logical decoding message that names a transaction's request:
+/// `SELECT pg_logical_emit_message(true, 'toctou.request_id', '<id>')` inside it.
+pub const REQUEST_ID_PREFIX: &str = "toctou.request_id";
 
 /// What a row change did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +158,7 @@ impl Mapping {
                 change
                     .row_version
                     .clone()
-                    .unwrap_or_else(|| change.position.to_string()),
+                    .unwrap_or_else(|| toctou_schema::commit_position_version(change.position)),
             ),
             request_id: change.request_id.clone(),
             actor: Some(format!("txid:{}", change.tx)),
@@ -166,6 +171,21 @@ impl Mapping {
             trace_id: Default::default(),
             span_id: Default::default(),
         }
+    }
+
+    /// The key columns the mapping file's template names for `schema.table`, in template
+    /// order: how records without a key (Debezium Server's HTTP sink) find theirs.
+    pub fn key_columns(&self, schema: &str, table: &str) -> Option<Vec<String>> {
+        let parts = self.templates.get(&format!("{schema}.{table}"))?;
+        Some(
+            parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Column(c) => Some(c.clone()),
+                    Part::Text(_) => None,
+                })
+                .collect(),
+        )
     }
 
     /// The resource name of `change`: its table's template, or `schema.table/k1,k2`. A
@@ -296,7 +316,13 @@ mod tests {
         let a = m.audit(&change(Op::Delete, &[("a", "1"), ("b", "x,y")], None));
         assert_eq!(a.action, AuditAction::Delete);
         assert_eq!(a.resource, "public.inventory/1,x,y");
-        assert_eq!(a.version.as_deref(), Some("22114272"));
+        assert_eq!(a.version.as_deref(), Some("commit:22114272"));
+        let v = toctou_schema::Version(a.version.as_deref().unwrap());
+        assert_eq!(v.as_int(), None, "never an application version");
+        assert!(v
+            .partial_order(&toctou_schema::Version("commit:22114273"))
+            .is_some_and(|o| o.is_lt()));
+        assert_eq!(v.partial_order(&toctou_schema::Version("22114273")), None);
         assert_eq!(Op::Insert.action(), AuditAction::Create);
     }
 

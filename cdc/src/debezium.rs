@@ -8,12 +8,15 @@
 //! the value only), the key columns are those the mapping file names for the table, else a
 //! column named `id`.
 
-use crate::change::{Op, RowChange};
+use crate::change::{Mapping, Op, RowChange};
+use crate::transactions::Assembler;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::time::{Duration, Instant};
 use thiserror::Error;
+use toctou_schema::AuditEvent;
 
 /// What one Debezium record is.
 #[derive(Debug, PartialEq)]
@@ -25,6 +28,12 @@ pub enum Record {
         tx: Option<String>,
         prefix: String,
         content: Vec<u8>,
+    },
+    /// A transaction-metadata END record (`provide.transaction.metadata`): how many events
+    /// the transaction had, so that its changes need not wait for a message any longer.
+    TransactionEnd {
+        tx: String,
+        events: u64,
     },
     Skip(Skip),
 }
@@ -58,6 +67,13 @@ impl Skip {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectKind {
+    Malformed,
+    UnknownOp,
+    NoKey,
+}
+
 #[derive(Debug, Error, PartialEq)]
 pub enum DebeziumError {
     #[error("malformed Debezium record: {0}")]
@@ -85,6 +101,8 @@ struct Payload<'a> {
     ts_ms: Option<u64>,
     // Transaction metadata records carry these instead of `op`.
     status: Option<String>,
+    id: Option<String>,
+    event_count: Option<u64>,
     // Schema-change records.
     #[serde(rename = "ddl")]
     ddl: Option<Value>,
@@ -147,8 +165,14 @@ pub fn parse(
         p = serde_json::from_str(payload.get()).map_err(|e| malformed(&e))?;
     }
     let Some(op) = p.op.as_deref() else {
-        if p.status.is_some() {
-            return Ok(Record::Skip(Skip::Transaction));
+        if let Some(status) = p.status.as_deref() {
+            return Ok(match (status, p.id, p.event_count) {
+                ("END", Some(id), Some(events)) => Record::TransactionEnd {
+                    tx: transaction_tx(&id).to_string(),
+                    events,
+                },
+                _ => Record::Skip(Skip::Transaction),
+            });
         }
         if p.ddl.is_some() || p.table_changes.is_some() {
             return Ok(Record::Skip(Skip::SchemaChange));
@@ -253,11 +277,14 @@ pub fn parse(
         .and_then(|t| t.total_order.or(t.data_collection_order))
         .or(source.row)
         .unwrap_or(0) as u32;
-    let tx = p
-        .transaction
-        .as_ref()
-        .and_then(|t| t.id.clone())
-        .or_else(|| tx_id(&source))
+    // The source's own id first: a logical decoding message carries only that one.
+    let tx = tx_id(&source)
+        .or_else(|| {
+            p.transaction
+                .as_ref()
+                .and_then(|t| t.id.as_deref())
+                .map(|id| transaction_tx(id).to_string())
+        })
         .unwrap_or_else(|| position.to_string());
     let commit_time_ns = source
         .ts_ns
@@ -276,6 +303,85 @@ pub fn parse(
         request_id: None,
         commit_time_ns,
     }))
+}
+
+/// What one record came to in a [`Decoder`].
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// A row change, or a record that names a transaction's request or closes it: taken
+    /// (its audit record may still be held, see [`crate::transactions`]).
+    Taken,
+    Skipped(Skip),
+    Rejected(DebeziumError),
+}
+
+/// A stream of Debezium records to audit records: parsing, the transactions' request ids,
+/// and the mapping. `T` tags each record with where it came from (a Kafka offset, say).
+pub struct Decoder<T> {
+    mapping: Mapping,
+    transactions: Assembler<T>,
+}
+
+impl<T> Decoder<T> {
+    /// `hold` as [`Assembler::new`] takes it: zero for records in stream order.
+    pub fn new(mapping: Mapping, hold: Duration, max_held: usize) -> Self {
+        Decoder {
+            mapping,
+            transactions: Assembler::new(hold, max_held),
+        }
+    }
+
+    /// Takes one record; the audit records ready to go are appended to `out`.
+    pub fn push(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        tag: T,
+        now: Instant,
+        out: &mut Vec<(AuditEvent, T)>,
+    ) -> Outcome {
+        let mapping = &self.mapping;
+        let key_columns = |schema: &str, table: &str| mapping.key_columns(schema, table);
+        let record = match parse(key, value, mapping.version_column(), &key_columns) {
+            Ok(Record::Skip(skip)) => return Outcome::Skipped(skip),
+            Ok(record) => record,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        let mut changes = Vec::new();
+        self.transactions.push(record, tag, now, &mut changes);
+        self.map(changes, out);
+        Outcome::Taken
+    }
+
+    /// Releases what has been held for too long.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<(AuditEvent, T)>) {
+        let mut changes = Vec::new();
+        self.transactions.expire(now, &mut changes);
+        self.map(changes, out);
+    }
+
+    pub fn transactions(&self) -> &Assembler<T> {
+        &self.transactions
+    }
+
+    fn map(&self, changes: Vec<(RowChange, T)>, out: &mut Vec<(AuditEvent, T)>) {
+        out.extend(
+            changes
+                .into_iter()
+                .map(|(c, tag)| (self.mapping.audit(&c), tag)),
+        );
+    }
+}
+
+impl DebeziumError {
+    /// The error's kind, a label value of the rejection counts.
+    pub fn kind(&self) -> RejectKind {
+        match self {
+            DebeziumError::Malformed(_) => RejectKind::Malformed,
+            DebeziumError::UnknownOp(_) => RejectKind::UnknownOp,
+            DebeziumError::NoKey { .. } => RejectKind::NoKey,
+        }
+    }
 }
 
 fn malformed(e: &serde_json::Error) -> DebeziumError {
@@ -340,6 +446,20 @@ fn tx_id(source: &Source) -> Option<String> {
         v => Some(text(v)),
     }
     .or_else(|| source.gtid.clone())
+}
+
+/// The transaction id in a transaction-metadata id: PostgreSQL's are `<txId>:<lsn>`, the
+/// `txId` of the source blocks; others (MySQL's GTIDs) are taken whole.
+fn transaction_tx(id: &str) -> &str {
+    match id.split_once(':') {
+        Some((tx, lsn))
+            if tx.bytes().all(|b| b.is_ascii_digit())
+                && lsn.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            tx
+        }
+        _ => id,
+    }
 }
 
 /// The change's place in the stream as an ordered integer: PostgreSQL's LSN; MySQL's binlog
@@ -487,6 +607,28 @@ mod tests {
         assert_eq!(
             parse_json(None, json!({"status": "BEGIN", "id": "571:53195829", "event_count": null, "data_collections": null, "ts_ms": 1})).unwrap(),
             Record::Skip(Skip::Transaction)
+        );
+        assert_eq!(
+            parse_json(None, json!({"status": "END", "id": "571:53195829", "event_count": 3, "data_collections": [], "ts_ms": 1})).unwrap(),
+            Record::TransactionEnd { tx: "571".into(), events: 3 },
+            "PostgreSQL's metadata ids are <txId>:<lsn>; the txId is what the changes carry"
+        );
+        assert_eq!(
+            parse_json(None, json!({"status": "END", "id": "3e11fa47-71ca-11e1-9e33-c80aa9429562:23", "event_count": 1, "ts_ms": 1})).unwrap(),
+            Record::TransactionEnd { tx: "3e11fa47-71ca-11e1-9e33-c80aa9429562:23".into(), events: 1 },
+            "a MySQL GTID is the id whole"
+        );
+        let mut with_metadata = pg_update();
+        with_metadata["transaction"] =
+            json!({"id": "728:22114400", "total_order": 2, "data_collection_order": 1});
+        let Record::Change(c) = parse_json(Some(json!({"sku": "sku-1"})), with_metadata).unwrap()
+        else {
+            panic!("a change")
+        };
+        assert_eq!(
+            (c.tx.as_str(), c.index),
+            ("728", 2),
+            "the source's txId, as a message names it"
         );
         assert_eq!(
             parse_json(None, json!({"ts_ms": 1733580000000_u64})).unwrap(),

@@ -41,9 +41,7 @@ pub const DEFAULT_SLOT: &str = "toctou";
 pub const DEFAULT_PUBLICATION: &str = "toctou";
 pub const DEFAULT_MAX_CHANGES: u32 = 10_000;
 
-/// The prefix of the logical decoding message that names a transaction's request:
-/// `SELECT pg_logical_emit_message(true, 'toctou.request_id', '<id>')` inside it.
-pub const REQUEST_ID_PREFIX: &str = "toctou.request_id";
+pub use crate::change::REQUEST_ID_PREFIX;
 
 #[derive(Debug, Error)]
 pub enum PostgresError {

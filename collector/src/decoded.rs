@@ -49,10 +49,19 @@ pub enum IgnoreReason {
     FailedRequest,
     /// The same (auditID, stage) twice in one body or replay file.
     Duplicate,
+    /// Debezium records that are not row writes (`toctou_cdc::debezium::Skip`): a null-value
+    /// tombstone, a snapshot read, a truncate, a heartbeat, transaction metadata, a schema
+    /// change.
+    CdcTombstone,
+    CdcSnapshot,
+    CdcTruncate,
+    CdcHeartbeat,
+    CdcTransaction,
+    CdcSchemaChange,
 }
 
 impl IgnoreReason {
-    pub const ALL: [IgnoreReason; 7] = [
+    pub const ALL: [IgnoreReason; 13] = [
         IgnoreReason::NoPhase,
         IgnoreReason::NoAction,
         IgnoreReason::ReadVerb,
@@ -60,6 +69,12 @@ impl IgnoreReason {
         IgnoreReason::NonFinalStage,
         IgnoreReason::FailedRequest,
         IgnoreReason::Duplicate,
+        IgnoreReason::CdcTombstone,
+        IgnoreReason::CdcSnapshot,
+        IgnoreReason::CdcTruncate,
+        IgnoreReason::CdcHeartbeat,
+        IgnoreReason::CdcTransaction,
+        IgnoreReason::CdcSchemaChange,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +86,12 @@ impl IgnoreReason {
             IgnoreReason::NonFinalStage => "non_final_stage",
             IgnoreReason::FailedRequest => "failed_request",
             IgnoreReason::Duplicate => "duplicate",
+            IgnoreReason::CdcTombstone => "tombstone",
+            IgnoreReason::CdcSnapshot => "snapshot",
+            IgnoreReason::CdcTruncate => "truncate",
+            IgnoreReason::CdcHeartbeat => "heartbeat",
+            IgnoreReason::CdcTransaction => "transaction",
+            IgnoreReason::CdcSchemaChange => "schema_change",
         }
     }
 
@@ -84,11 +105,43 @@ impl IgnoreReason {
             | IgnoreReason::NonFinalStage
             | IgnoreReason::FailedRequest
             | IgnoreReason::Duplicate => Signal::K8sAudit,
+            IgnoreReason::CdcTombstone
+            | IgnoreReason::CdcSnapshot
+            | IgnoreReason::CdcTruncate
+            | IgnoreReason::CdcHeartbeat
+            | IgnoreReason::CdcTransaction
+            | IgnoreReason::CdcSchemaChange => Signal::Cdc,
+        }
+    }
+
+    /// The reason a Debezium record is not a write.
+    pub fn of_skip(skip: toctou_cdc::debezium::Skip) -> IgnoreReason {
+        use toctou_cdc::debezium::Skip;
+        match skip {
+            Skip::Tombstone => IgnoreReason::CdcTombstone,
+            Skip::Snapshot => IgnoreReason::CdcSnapshot,
+            Skip::Truncate => IgnoreReason::CdcTruncate,
+            Skip::Heartbeat => IgnoreReason::CdcHeartbeat,
+            Skip::Transaction => IgnoreReason::CdcTransaction,
+            Skip::SchemaChange => IgnoreReason::CdcSchemaChange,
         }
     }
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+impl RejectReason {
+    /// The reason a Debezium record is refused: not a change event as documented, an `op`
+    /// toctou does not know, or no key to name its row by.
+    pub fn of_debezium(kind: toctou_cdc::debezium::RejectKind) -> RejectReason {
+        use toctou_cdc::debezium::RejectKind;
+        match kind {
+            RejectKind::Malformed => RejectReason::MalformedJson,
+            RejectKind::UnknownOp => RejectReason::BadAttribute,
+            RejectKind::NoKey => RejectReason::MissingResource,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP receivers on axum: OTLP/HTTP (`POST /v1/traces`, `POST /v1/logs`, protobuf or
-//! JSON, optionally gzip or zstd) and the Kubernetes audit webhook (`POST /v1/k8s-audit`).
+//! JSON, optionally gzip or zstd), Debezium Server's HTTP sink (`POST /v1/cdc/debezium`,
+//! behind the ingest tokens) and the Kubernetes audit webhook (`POST /v1/k8s-audit`).
 //!
 //! Status codes follow the OTLP/HTTP spec: 200 with a partial success for a request whose
 //! good items were taken, 400 for an undecodable body, 413 over the size limit, 415 for a
@@ -61,6 +62,7 @@ pub fn secured_http_router(state: Receivers, auth: &ReceiverAuth) -> Router {
     let otlp = Router::new()
         .route("/v1/traces", post(traces).fallback(wrong_method))
         .route("/v1/logs", post(logs).fallback(wrong_method));
+    let otlp = otlp.route("/v1/cdc/debezium", post(debezium).fallback(wrong_method));
     let audit = Router::new().route("/v1/k8s-audit", post(k8s_audit).fallback(wrong_method));
     guard(otlp, &auth.otlp)
         .merge(guard(audit, &auth.audit))
@@ -163,6 +165,26 @@ async fn k8s_audit(State(r): State<Receivers>, req: Request) -> Response {
     }
 }
 
+/// Debezium Server's HTTP sink (`crate::debezium`): the answer counts what the body held.
+async fn debezium(State(r): State<Receivers>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(e) = body::json_only(&parts.headers) {
+        return closing(failure(&r, None, e));
+    }
+    match ingest(&r, Signal::Cdc, Format::Json, &parts, body).await {
+        Ok(receipt) => {
+            let body = serde_json::json!({
+                "accepted": receipt.accepted,
+                "ignored": receipt.ignored,
+                "rejected": receipt.rejected,
+                "errors": receipt.errors,
+            });
+            respond(StatusCode::OK, Format::Json, body.to_string().into_bytes())
+        }
+        Err(failed) => failed.respond(&r, Some(Format::Json)),
+    }
+}
+
 async fn wrong_method(State(r): State<Receivers>, method: Method) -> Response {
     failure(&r, None, IngestError::MethodNotAllowed(method.to_string()))
 }
@@ -204,10 +226,14 @@ async fn ingest(
         .add_received_bytes(Transport::Http, wire.len() as u64);
     // Any compressed body can inflate past the threshold, so those always go off the reactor.
     let heavy = encoding != Encoding::Identity || wire.len() > BLOCKING_THRESHOLD;
+    let debezium = r.debezium().clone();
     let decoded = r
         .decode(heavy, move || {
             let raw = body::decompress(encoding, wire, limit)?;
-            decode(signal, format, &raw)
+            match signal {
+                Signal::Cdc => debezium.decode(&raw),
+                _ => decode(signal, format, &raw),
+            }
         })
         .await
         .map_err(read)?;
@@ -235,11 +261,10 @@ pub(crate) fn decode(signal: Signal, format: Format, raw: &[u8]) -> Result<Decod
         },
         (Signal::Logs, Format::Json) => decode_logs(&json::logs_from_json(raw)?),
         (Signal::K8sAudit, _) => decode_k8s_audit(raw)?,
-        // The change stream is read by its own reader (`toctou run --cdc-postgres`); no route
-        // hands it a body.
+        // Change-stream records need their route's state (`crate::debezium`).
         (Signal::Cdc, _) => {
             return Err(DecodeError::UnknownDocument(
-                "change-stream records have no HTTP route here".into(),
+                "Debezium records are taken at /v1/cdc/debezium".into(),
             )
             .into())
         }

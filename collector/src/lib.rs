@@ -11,6 +11,7 @@
 //!     events (`timestamp` parses their RFC 3339 times);
 //!   - `documents`: the one reader of inputs of several JSON documents (pretty or one per
 //!     line), placing each document and error by line: replay files and webhook bodies;
+//!   - [`debezium`]: Debezium Server's HTTP sink bodies, through `toctou_cdc::debezium`;
 //!   - [`replay`]: files of any of these, one document or one per line;
 //!   - [`decoded`]: what decoding yields, and the closed sets of ignore and reject reasons;
 //!   - `wire`: OTLP protobuf bodies (HTTP and gRPC) read straight into events, borrowing
@@ -39,6 +40,7 @@ pub mod auth;
 mod body;
 pub mod budget;
 pub mod config;
+pub mod debezium;
 pub mod decoded;
 mod documents;
 pub mod error;

@@ -6,6 +6,7 @@
 //! and turn the outcome into their own responses.
 
 use crate::config::ReceiverConfig;
+use crate::debezium::DebeziumHttp;
 use crate::decoded::{rejection_summary, Decoded, Signal, MAX_LISTED_ERRORS};
 use crate::error::{IngestError, SinkError};
 use crate::metrics::{EventPhase, Metrics};
@@ -33,6 +34,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// Bytes of bodies held while being read, one permit a byte (`max_receive_bytes`).
     budget: Arc<Semaphore>,
+    /// `POST /v1/cdc/debezium`'s decoder (its mapping set by [`Receivers::with_debezium`]).
+    debezium: Arc<DebeziumHttp>,
 }
 
 /// One connection's share of the receive budget: what the bodies of all its requests may
@@ -175,8 +178,21 @@ impl Receivers {
                 metrics: Arc::new(Metrics::new()),
                 slots,
                 budget,
+                debezium: Arc::default(),
             }),
         }
+    }
+
+    /// The same receivers with Debezium records mapped by `mapping` (`--cdc-mapping`,
+    /// `--cdc-version-column`); call before cloning.
+    pub fn with_debezium(mut self, mapping: toctou_cdc::Mapping) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("with_debezium before any clone");
+        inner.debezium = Arc::new(DebeziumHttp::new(mapping));
+        self
+    }
+
+    pub(crate) fn debezium(&self) -> &Arc<DebeziumHttp> {
+        &self.inner.debezium
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

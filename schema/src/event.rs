@@ -296,17 +296,38 @@ impl Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Version<'a>(pub &'a str);
 
+/// What starts a version that is a change stream's commit position rather than a row's own
+/// version: `commit:<integer>`.
+pub const COMMIT_POSITION_PREFIX: &str = "commit:";
+
+/// The version of a row change from a table without a version column: its transaction's
+/// commit position in the stream (PostgreSQL's LSN, MySQL's binlog position), marked so that
+/// it is compared only with other change-stream versions, never with a span's version (which
+/// cannot know it): `commit:<position>`.
+pub fn commit_position_version(position: u64) -> String {
+    format!("{COMMIT_POSITION_PREFIX}{position}")
+}
+
 impl Version<'_> {
     pub fn as_int(&self) -> Option<i128> {
         self.0.trim().parse::<i128>().ok()
     }
 
-    /// `Some(ordering)` when both versions are integers, or equal as strings.
+    /// The commit position of a change-stream version ([`commit_position_version`]).
+    pub fn commit_position(&self) -> Option<u64> {
+        self.0.strip_prefix(COMMIT_POSITION_PREFIX)?.parse().ok()
+    }
+
+    /// `Some(ordering)` when both versions are integers, both commit positions, or equal as
+    /// strings. A commit position is never ordered against an application's version.
     pub fn partial_order(&self, other: &Version<'_>) -> Option<Ordering> {
         match (self.as_int(), other.as_int()) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
             _ if self.0 == other.0 => Some(Ordering::Equal),
-            _ => None,
+            _ => match (self.commit_position(), other.commit_position()) {
+                (Some(a), Some(b)) => Some(a.cmp(&b)),
+                _ => None,
+            },
         }
     }
 

@@ -24,7 +24,8 @@ pub mod testing;
 
 pub use clock::now_ns;
 pub use event::{
-    hex_id, resource_type, write_hex, AuditAction, AuditEvent, CheckSource, Decision, Event, Phase,
-    SpanEvent, SpanId, TraceId, UseOutcome, Version,
+    commit_position_version, hex_id, resource_type, write_hex, AuditAction, AuditEvent,
+    CheckSource, Decision, Event, Phase, SpanEvent, SpanId, TraceId, UseOutcome, Version,
+    COMMIT_POSITION_PREFIX,
 };
 pub use finding::{finding_id, AuditRef, Finding, FindingKind, Severity, UseRef};
