@@ -27,7 +27,7 @@ use toctou_schema::now_ns;
 use toctou_schema::Event;
 use tokio::sync::{mpsc, watch};
 
-use crate::cdc::{CdcArgs, CdcBatch, CdcMetrics};
+use crate::cdc::{CdcArgs, CdcBatch, CdcMetrics, CdcOutput};
 use crate::shutdown::{run_node, shutdown_signal, Progress, ShutdownArgs, Stage, Unflushed};
 
 /// How often the correlator advances an idle watermark and publishes its stats.
@@ -73,7 +73,7 @@ pub struct RunArgs {
     pub max_queued_bytes: usize,
     #[cfg_attr(feature = "cli", command(flatten))]
     pub correlator: CorrelatorArgs,
-    /// A database's change stream as audit records (--cdc-postgres).
+    /// A database's change stream as audit records (--cdc-postgres, --cdc-debezium-topics).
     #[cfg_attr(feature = "cli", command(flatten))]
     pub cdc: CdcArgs,
     /// Where findings and events are also written, when `--clickhouse-url` is set.
@@ -108,6 +108,9 @@ pub fn main(args: RunArgs, demo: DemoTraffic) -> Result<()> {
     run_node(None, run(args, Some(demo), shutdown_signal()))
 }
 
+/// The Kafka of `--cdc-debezium-topics` when `--cdc-debezium-bootstrap` is not given.
+const DEFAULT_CDC_BOOTSTRAP: &str = "127.0.0.1:9092";
+
 /// Runs until `shutdown` resolves. Binding happens first so that a port in use fails fast
 /// with the address in the message. `demo` is what `--demo` sends (refused without one).
 pub async fn run(
@@ -127,10 +130,7 @@ pub async fn run(
     };
     let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
     let writer = JsonLines::open(args.findings_file.as_deref())?;
-    let cdc_mapping = match &args.cdc.postgres {
-        Some(_) => Some(args.cdc.mapping()?),
-        None => None,
-    };
+    let debezium_mapping = args.cdc.mapping(toctou_collector::debezium::SERVICE)?;
     let sink = start_sink(&args).await?;
 
     let (grpc, http) = args.receivers.bind().await?;
@@ -146,7 +146,8 @@ pub async fn run(
     let receivers = Receivers::new(
         Arc::new(ChannelSink::new(tx).with_queue_bytes(queue_bytes.clone())),
         args.receivers.to_config()?,
-    );
+    )
+    .with_debezium(debezium_mapping);
 
     let shared = Arc::new(Shared {
         store: RwLock::new(FindingStore::bounded(
@@ -157,11 +158,7 @@ pub async fn run(
         receivers: receivers.clone(),
         started_ns: now_ns(),
         sink: sink.as_ref().map(Sink::metrics),
-        cdc: args
-            .cdc
-            .postgres
-            .is_some()
-            .then(|| Arc::new(CdcMetrics::default())),
+        cdc: args.cdc.enabled().then(|| Arc::new(CdcMetrics::default())),
         access: api_access,
         queue: queue_probe.downgrade(),
         queue_bytes,
@@ -174,18 +171,16 @@ pub async fn run(
     let progress = Arc::new(Progress::default());
     // One change-stream batch at a time: the reader waits for each to be stored anyway.
     let (cdc_tx, cdc_rx) = mpsc::channel::<CdcBatch>(1);
-    let cdc_task = match (args.cdc.postgres.clone(), cdc_mapping, &shared.cdc) {
-        (Some(url), Some(mapping), Some(metrics)) => Some(tokio::spawn(crate::cdc::read_postgres(
-            url,
-            args.cdc.clone(),
-            mapping,
-            cdc_tx,
+    let cdc_tasks = match &shared.cdc {
+        Some(metrics) => args.cdc.spawn(
+            DEFAULT_CDC_BOOTSTRAP,
+            CdcOutput::Correlator(cdc_tx),
             shared.receivers.metrics().clone(),
             metrics.clone(),
-        ))),
-        _ => {
+        )?,
+        None => {
             drop(cdc_tx);
-            None
+            Vec::new()
         }
     };
     let correlator = {
@@ -244,7 +239,7 @@ pub async fn run(
         d.abort();
     }
     // What it read and did not see stored stays unconfirmed: the next start reads it again.
-    if let Some(c) = cdc_task {
+    for c in cdc_tasks {
         c.abort();
     }
     let _ = stop_tx.send(true);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod burner;
+pub mod cdc;
 pub mod clickhouse;
 pub mod demo;
 pub mod kafka;

@@ -7,6 +7,7 @@ use super::metrics::{ProducerCollector, ProducerMetrics};
 use super::producer::{KafkaSink, ProducerConfig, DEFAULT_INFLIGHT_WAIT};
 use super::{admin, KafkaArgs};
 use crate::access::{receivers_and_api, AccessArgs, ApiAccess};
+use crate::cdc::{CdcCollector, CdcMetrics, CdcOutput};
 use crate::cli::{bind, ReceiverArgs};
 use anyhow::{Context, Result};
 use axum::Router;
@@ -44,6 +45,11 @@ pub struct CollectorArgs {
     /// How long the producer waits to fill a batch.
     #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_KAFKA_LINGER", default_value = "5ms", value_parser = humantime::parse_duration))]
     pub kafka_linger: Duration,
+    /// A database's change stream as audit records, published to the events topic keyed by
+    /// resource like every other event (--cdc-postgres on one collector only: a slot has one
+    /// reader at a time; --cdc-debezium-topics likewise, see server/src/cdc/debezium.rs).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub cdc: crate::cdc::CdcArgs,
     #[cfg_attr(feature = "cli", command(flatten))]
     pub shutdown: crate::shutdown::ShutdownArgs,
 }
@@ -77,7 +83,18 @@ pub async fn run(
 
     let (grpc, http) = args.receivers.bind().await?;
     let api = bind(args.api_addr, "API").await?;
-    let receivers = Receivers::new(sink.clone(), receiver_config);
+    let receivers = Receivers::new(sink.clone(), receiver_config)
+        .with_debezium(args.cdc.mapping(toctou_collector::debezium::SERVICE)?);
+    let cdc_metrics = args.cdc.enabled().then(|| Arc::new(CdcMetrics::default()));
+    let cdc_tasks = match &cdc_metrics {
+        Some(metrics) => args.cdc.spawn(
+            &args.kafka.bootstrap,
+            CdcOutput::Sink(sink.clone()),
+            receivers.metrics().clone(),
+            metrics.clone(),
+        )?,
+        None => Vec::new(),
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -98,6 +115,7 @@ pub async fn run(
     let router = metrics_router(
         receivers.clone(),
         producer_metrics.clone(),
+        cdc_metrics,
         api_access.clone(),
     );
     let api_task =
@@ -108,6 +126,10 @@ pub async fn run(
     let timeout = args.shutdown.shutdown_timeout;
     let deadline = args.shutdown.deadline();
     tracing::info!(timeout = %humantime::format_duration(timeout), "shutting down: no new requests, waiting for kafka's acknowledgements");
+    // What the readers handed over and Kafka did not acknowledge stays unconfirmed.
+    for c in cdc_tasks {
+        c.abort();
+    }
     let _ = stop_tx.send(true);
     // A request is answered 200 only once Kafka acknowledged its messages, so once the
     // servers have answered every request in flight, everything acknowledged is in Kafka;
@@ -141,10 +163,14 @@ pub async fn run(
 fn metrics_router(
     receivers: Receivers,
     producer: Arc<ProducerMetrics>,
+    cdc: Option<Arc<CdcMetrics>>,
     access: ApiAccess,
 ) -> Router {
     let registry = crate::metrics::registry(&access);
     crate::metrics::register(&registry, ReceiversCollector(receivers.metrics().clone()));
     crate::metrics::register(&registry, ProducerCollector(producer));
+    if let Some(cdc) = cdc {
+        crate::metrics::register(&registry, CdcCollector(cdc));
+    }
     access.metrics_router(registry)
 }

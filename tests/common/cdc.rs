@@ -1,0 +1,487 @@
+//! The racing workload of the change-stream tests, whatever carries the database's changes to
+//! toctou (its own slot reader, Debezium through Kafka, Debezium's HTTP sink), and the check
+//! of toctou's findings against the database's own account of what happened.
+//!
+//! Two tables. On `inventory` (four rows), flows 0-3 read a row's version (the check span),
+//! wait a little, then decrement its stock in a transaction that names its request
+//! (`toctou.request_id`), `RETURNING version` telling which version the write acted on (the
+//! use span carries it); flow 4 writes only if the version is still the one read
+//! (compare-and-swap); flow 5 reads under the row's lock (`SELECT ... FOR UPDATE`) and writes
+//! in the same transaction. A plain writer, with no span and no message, updates the same
+//! rows: an actor nothing instruments. On `claims` (three keys), flows 6-7 check whether a
+//! key is claimed (absent: version 0), wait, then claim it with an upsert; a plain deleter
+//! releases claims now and then. Two flows claiming one free key insert it twice (the second
+//! upsert updates what the first inserted); a claim deleted under a check is created again.
+//!
+//! Ground truth is the database's: a flow's check was stale exactly when the version its
+//! write acted on is not the one it read. toctou must report a `stale_check` for exactly those
+//! flows and nothing else, with the database's writes as the evidence.
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use toctou_schema::now_ns;
+use tokio_postgres::{Client, NoTls};
+
+pub fn pg_url() -> String {
+    std::env::var("TOCTOU_TEST_POSTGRES_URL")
+        .expect("TOCTOU_TEST_POSTGRES_URL: start one with scripts/postgres start")
+}
+
+pub async fn client() -> Client {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// A suffix unique to this test process and moment, for tables, slots and publications.
+pub fn suffix() -> String {
+    format!("{}_{}", std::process::id(), now_ns() % 1_000_000_000)
+}
+
+fn span(phase: &str, resource: &str, request: &str, version: i64, start: u64, end: u64) -> Value {
+    let attr = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
+    let outcome = if version < 0 { "conflict" } else { "ok" };
+    let version = version.abs();
+    let trace = format!("{:032x}", fnv(request));
+    let span_id = format!("{:016x}", fnv(&format!("{request}/{phase}")) as u64);
+    json!({
+        "traceId": trace, "spanId": span_id, "name": phase, "kind": 1,
+        "startTimeUnixNano": start.to_string(), "endTimeUnixNano": end.to_string(),
+        "attributes": [
+            attr("toctou.phase", phase), attr("toctou.resource", resource),
+            attr("toctou.request_id", request), attr("toctou.resource.version", &version.to_string()),
+            attr("toctou.operation", "reserve"), attr("toctou.use.outcome", outcome),
+        ]
+    })
+}
+
+/// A stable 128-bit hash (FNV-1a), for ids derived from the request id.
+fn fnv(s: &str) -> u128 {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in s.bytes() {
+        h ^= b as u128;
+        h = h.wrapping_mul(0x0000000001000000000000000000013b);
+    }
+    h | 1
+}
+
+/// The workload's tables.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    pub inventory: String,
+    pub claims: String,
+}
+
+/// Creates the tables (and, with `publication`, `pub_<suffix>` for them).
+pub async fn create_tables(admin: &Client, suffix: &str, publication: bool) -> Tables {
+    let t = Tables {
+        inventory: format!("inventory_{suffix}"),
+        claims: format!("claims_{suffix}"),
+    };
+    let (inventory, claims) = (&t.inventory, &t.claims);
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {inventory} (sku text PRIMARY KEY, stock int NOT NULL, version bigint NOT NULL);
+             INSERT INTO {inventory} SELECT 'sku-' || g, 1000000, 1 FROM generate_series(1, 4) g;
+             CREATE TABLE {claims} (k text PRIMARY KEY, version bigint NOT NULL);"
+        ))
+        .await
+        .unwrap();
+    if publication {
+        admin
+            .batch_execute(&format!(
+                "CREATE PUBLICATION pub_{suffix} FOR TABLE {inventory}, {claims};"
+            ))
+            .await
+            .unwrap();
+    }
+    t
+}
+
+/// What one flow did, by the database's account.
+#[derive(Debug)]
+pub struct Flow {
+    pub request: String,
+    pub resource: String,
+    pub checked: i64,
+    /// The version the write acted on (its RETURNING version minus one; 0: it created the
+    /// row).
+    pub acted_on: i64,
+    /// A compare-and-swap that found another version, and so wrote nothing.
+    pub conflict: bool,
+    /// 0-3: check then write; 4: compare-and-swap; 5: under the row's lock; 6-7: claims.
+    pub style: usize,
+}
+
+/// What the workload did, by its own record.
+#[derive(Debug)]
+pub struct Workload {
+    pub flows: Vec<Flow>,
+    /// The plain writer's (resource, version) on `inventory`.
+    pub produced: BTreeSet<(String, i64)>,
+    /// Claims the plain deleter deleted (rows affected).
+    pub deleted: usize,
+}
+
+impl Workload {
+    /// Row changes the database committed: every flow's write but refused swaps, and the
+    /// plain actors'.
+    pub fn changes(&self) -> usize {
+        self.flows.iter().filter(|f| !f.conflict).count() + self.produced.len() + self.deleted
+    }
+
+    pub fn stale(&self) -> BTreeMap<&str, &Flow> {
+        self.flows
+            .iter()
+            .filter(|f| f.acted_on != f.checked)
+            .map(|f| (f.request.as_str(), f))
+            .collect()
+    }
+}
+
+/// Sends one OTLP/JSON traces body to toctou.
+pub type Post = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Runs the flows and the plain actors to their end; `rounds` per flow.
+pub async fn run(tables: &Tables, rounds: usize, post: Post) -> Workload {
+    let stop = Arc::new(AtomicBool::new(false));
+    let plain = {
+        let (table, stop) = (tables.inventory.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = client().await;
+            let mut produced = BTreeSet::new();
+            let mut i = 0;
+            while !stop.load(Relaxed) {
+                let sku = format!("sku-{}", i % 4 + 1);
+                let row = c
+                    .query_one(
+                        &format!("UPDATE {table} SET stock = stock + 1, version = version + 1 WHERE sku = $1 RETURNING version"),
+                        &[&sku],
+                    )
+                    .await
+                    .unwrap();
+                produced.insert((format!("public.{table}/{sku}"), row.get(0)));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(37)).await;
+            }
+            produced
+        })
+    };
+    let deleter = {
+        let (table, stop) = (tables.claims.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = client().await;
+            let (mut deleted, mut i) = (0, 0);
+            while !stop.load(Relaxed) {
+                let k = format!("k-{}", i % 3 + 1);
+                deleted += c
+                    .execute(&format!("DELETE FROM {table} WHERE k = $1"), &[&k])
+                    .await
+                    .unwrap() as usize;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(53)).await;
+            }
+            deleted
+        })
+    };
+    let mut flows = Vec::new();
+    for f in 0..8 {
+        let (tables, post) = (tables.clone(), post.clone());
+        flows.push(tokio::spawn(async move {
+            let mut c = client().await;
+            let mut done = Vec::new();
+            for i in 0..rounds {
+                let request = format!("req-{f}-{i}");
+                let flow = if f < 6 {
+                    inventory_round(&mut c, &tables.inventory, f, i, &request).await
+                } else {
+                    claim_round(&mut c, &tables.claims, f, i, &request).await
+                };
+                let (flow, check, use_) = flow;
+                let body = json!({"resourceSpans": [{
+                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "shop"}}]},
+                    "scopeSpans": [{"spans": [check, use_]}]
+                }]});
+                post(body.to_string()).await;
+                done.push(flow);
+            }
+            done
+        }));
+    }
+    let mut all = Vec::new();
+    for f in flows {
+        all.extend(f.await.unwrap());
+    }
+    stop.store(true, Relaxed);
+    Workload {
+        flows: all,
+        produced: plain.await.unwrap(),
+        deleted: deleter.await.unwrap(),
+    }
+}
+
+async fn inventory_round(
+    c: &mut Client,
+    table: &str,
+    f: usize,
+    i: usize,
+    request: &str,
+) -> (Flow, Value, Value) {
+    let sku = format!("sku-{}", (f + i) % 4 + 1);
+    let resource = format!("public.{table}/{sku}");
+    let locked = f == 5;
+    let tx = c.transaction().await.unwrap();
+    let check_start = now_ns();
+    let lock = if locked { " FOR UPDATE" } else { "" };
+    let checked: i64 = tx
+        .query_one(
+            &format!("SELECT version FROM {table} WHERE sku = $1{lock}"),
+            &[&sku],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let check_end = now_ns();
+    let tx = if locked {
+        tx
+    } else {
+        tx.commit().await.unwrap();
+        c.transaction().await.unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(20 + (i as u64 * 7) % 40)).await;
+    let use_start = now_ns();
+    tx.execute(toctou_instrument::REQUEST_ID_SQL, &[&request])
+        .await
+        .unwrap();
+    let cas = if f == 4 {
+        " AND version = $2"
+    } else {
+        " AND $2::bigint > 0"
+    };
+    let new: Option<i64> = tx
+        .query_opt(
+            &format!("UPDATE {table} SET stock = stock - 1, version = version + 1 WHERE sku = $1{cas} RETURNING version"),
+            &[&sku, &checked],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    tx.commit().await.unwrap();
+    let use_end = now_ns();
+    // A compare-and-swap that found another version wrote nothing: a conflict.
+    let (acted_on, used) = match new {
+        Some(n) => (n - 1, n - 1),
+        None => (checked, -checked),
+    };
+    (
+        Flow {
+            request: request.into(),
+            resource: resource.clone(),
+            checked,
+            acted_on,
+            conflict: new.is_none(),
+            style: f,
+        },
+        span("check", &resource, request, checked, check_start, check_end),
+        span("use", &resource, request, used, use_start, use_end),
+    )
+}
+
+async fn claim_round(
+    c: &mut Client,
+    table: &str,
+    f: usize,
+    i: usize,
+    request: &str,
+) -> (Flow, Value, Value) {
+    // Both claim flows take the same key each round, so they race for it; every fourth
+    // round a key nobody has held, which both find free: one of them inserts it twice.
+    let k = match i % 4 {
+        3 => format!("new-{i}"),
+        _ => format!("k-{}", i % 3 + 1),
+    };
+    let resource = format!("public.{table}/{k}");
+    let check_start = now_ns();
+    let checked: i64 = c
+        .query_opt(&format!("SELECT version FROM {table} WHERE k = $1"), &[&k])
+        .await
+        .unwrap()
+        .map_or(0, |r| r.get(0));
+    let check_end = now_ns();
+    tokio::time::sleep(Duration::from_millis(15 + (i as u64 * 11) % 45)).await;
+    let use_start = now_ns();
+    let tx = c.transaction().await.unwrap();
+    tx.execute(toctou_instrument::REQUEST_ID_SQL, &[&request])
+        .await
+        .unwrap();
+    let new: i64 = tx
+        .query_one(
+            &format!("INSERT INTO {table} VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET version = {table}.version + 1 RETURNING version"),
+            &[&k],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    let use_end = now_ns();
+    (
+        Flow {
+            request: request.into(),
+            resource: resource.clone(),
+            checked,
+            acted_on: new - 1,
+            conflict: false,
+            style: f,
+        },
+        span("check", &resource, request, checked, check_start, check_end),
+        span("use", &resource, request, new - 1, use_start, use_end),
+    )
+}
+
+/// A finding as the API serves it, or as ClickHouse's row becomes in that shape.
+pub fn from_clickhouse_row(row: &Value) -> Value {
+    let n = row["intervening.action"].as_array().map_or(0, Vec::len);
+    let intervening: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "action": row["intervening.action"][i],
+                "version": row["intervening.version"][i],
+                "request_id": row["intervening.request_id"][i],
+                "actor": row["intervening.actor"][i],
+            })
+        })
+        .collect();
+    json!({
+        "kind": row["kind"], "request_id": row["request_id"], "resource": row["resource"],
+        "intervening": intervening,
+    })
+}
+
+/// What the check counted, for the test's report line.
+#[derive(Debug)]
+pub struct Verdict {
+    pub flows: usize,
+    pub conflicts: usize,
+    pub stale: usize,
+    pub plain_named: usize,
+    pub duplicate_inserts: usize,
+    pub deletes_under_check: usize,
+}
+
+/// Asserts that `findings` are exactly the stale checks of `w`, with the database's writes as
+/// their evidence. `log` is printed on failure.
+pub fn assert_exact(findings: &[Value], w: &Workload, log: &dyn Fn() -> String) -> Verdict {
+    // Compare-and-swap and locked flows never act on a version they did not check: the
+    // database refused the swap (a prevented race) or the lock kept others out.
+    assert!(w
+        .flows
+        .iter()
+        .filter(|f| f.style == 4 || f.style == 5)
+        .all(|f| f.acted_on == f.checked));
+    let stale = w.stale();
+    assert!(
+        !stale.is_empty(),
+        "the workload raced nowhere: nothing to find"
+    );
+    assert!(
+        stale.len() < w.flows.len(),
+        "every flow raced: nothing to leave alone"
+    );
+    let found: BTreeMap<&str, &Value> = findings
+        .iter()
+        .filter(|f| f["kind"] == "stale_check")
+        .map(|f| (f["request_id"].as_str().unwrap(), f))
+        .collect();
+    let missing: Vec<_> = stale.keys().filter(|r| !found.contains_key(*r)).collect();
+    let extra: Vec<_> = found.keys().filter(|r| !stale.contains_key(*r)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "stale checks by request: missing {missing:?} (stale by the database), extra {extra:?}; flows: {:?}; log:\n{}",
+        missing.iter().chain(&extra).filter_map(|r| w.flows.iter().find(|f| f.request == **r)).collect::<Vec<_>>(),
+        log()
+    );
+    let others: Vec<&Value> = findings
+        .iter()
+        .filter(|f| f["kind"] != "stale_check")
+        .collect();
+    assert!(others.is_empty(), "no other kind: {others:#?}");
+    let (mut plain_named, mut duplicate_inserts, mut deletes_under_check) = (0, 0, 0);
+    let mut deletes_named = 0;
+    for (request, flow) in &stale {
+        let f = found[request];
+        assert_eq!(f["resource"], json!(flow.resource));
+        let intervening = f["intervening"].as_array().unwrap();
+        for w in intervening {
+            assert_ne!(w["request_id"], json!(request), "its own write: {f:#}");
+            assert!(w["actor"].as_str().unwrap().starts_with("txid:"), "{w}");
+        }
+        if flow.style < 6 {
+            // The intervening writes are the database's: versions in (checked, acted on],
+            // and the plain writer's transactions among them wherever it produced one.
+            assert!(!intervening.is_empty(), "{f:#}");
+            for w in intervening {
+                let v: i64 = w["version"].as_str().unwrap().parse().unwrap();
+                assert!(
+                    v > flow.checked && v <= flow.acted_on,
+                    "{w} outside ({}, {}]",
+                    flow.checked,
+                    flow.acted_on
+                );
+            }
+            let by_plain: BTreeSet<i64> = (flow.checked + 1..=flow.acted_on)
+                .filter(|v| w.produced.contains(&(flow.resource.clone(), *v)))
+                .collect();
+            let named: BTreeSet<i64> = intervening
+                .iter()
+                .filter(|w| w["request_id"].is_null())
+                .map(|w| w["version"].as_str().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(named, by_plain, "the plain writer's writes in {f:#}");
+            plain_named += named.len();
+        } else if flow.checked == 0 {
+            // Claimed a free key that another flow inserted meanwhile: that insert is the
+            // evidence.
+            duplicate_inserts += 1;
+            assert!(
+                intervening
+                    .iter()
+                    .any(|w| w["action"] == "create" && !w["request_id"].is_null()),
+                "a duplicate insert without the other insert: {f:#}"
+            );
+        } else if flow.acted_on == 0 {
+            // Its claim was deleted under the check and created again.
+            deletes_under_check += 1;
+            let deleted = intervening
+                .iter()
+                .any(|w| w["action"] == "delete" && w["request_id"].is_null());
+            deletes_named += usize::from(deleted);
+        }
+    }
+    assert!(plain_named > 0, "the plain writer never intervened");
+    assert!(
+        duplicate_inserts > 0,
+        "no two flows ever inserted one claim"
+    );
+    // A delete that committed between the check's read and the end of its span is before
+    // the check by the span's clock: the verdict (by versions) stands, the evidence may lack
+    // it. Most deletes under a check are named.
+    if deletes_under_check > 0 {
+        assert!(
+            deletes_named * 2 >= deletes_under_check,
+            "{deletes_named} of {deletes_under_check} deletes under a check named"
+        );
+    }
+    Verdict {
+        flows: w.flows.len(),
+        conflicts: w.flows.iter().filter(|f| f.conflict).count(),
+        stale: stale.len(),
+        plain_named,
+        duplicate_inserts,
+        deletes_under_check,
+    }
+}
