@@ -165,6 +165,8 @@ pub enum Refusal {
     Missing,
     /// A credential that is not one of the listener's tokens.
     Invalid,
+    /// A Standard Webhooks signature that no token's digest made, or too old or too new.
+    BadSignature,
 }
 
 impl fmt::Display for Refusal {
@@ -172,6 +174,9 @@ impl fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::Missing => "missing bearer token",
             Refusal::Invalid => "invalid bearer token",
+            Refusal::BadSignature => {
+                "invalid webhook signature, or its timestamp is more than 5 minutes away"
+            }
         })
     }
 }
@@ -225,6 +230,103 @@ pub fn check(tokens: &Tokens, authorization: Option<&[u8]>, basic: bool) -> Resu
         }
     }
     Err(Refusal::Missing)
+}
+
+/// How far a Standard Webhooks timestamp may be from now: the specification's replay window.
+pub const WEBHOOK_TOLERANCE_S: u64 = 300;
+
+impl Tokens {
+    /// Whether `signatures` (the `webhook-signature` header: `v1,<base64>` entries separated
+    /// by spaces) holds a Standard Webhooks signature of `id.timestamp.body` keyed by one of
+    /// the tokens' SHA-256 digests: how Debezium Server's HTTP sink authenticates, given
+    /// `whsec_<base64 of the digest>` as its secret (the token itself never leaves toctou's
+    /// side, and toctou keeps only digests). Every pair is compared, in constant time.
+    pub fn accepts_webhook(
+        &self,
+        id: &[u8],
+        timestamp: &[u8],
+        body: &[u8],
+        signatures: &[u8],
+    ) -> bool {
+        use hmac::{Hmac, Mac};
+        let presented: Vec<Vec<u8>> = signatures
+            .split(|b| *b == b' ')
+            .filter_map(|s| s.strip_prefix(b"v1,"))
+            .filter_map(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .collect();
+        let mut found = Choice::from(0);
+        for d in self.digests.iter() {
+            let mut mac = Hmac::<Sha256>::new_from_slice(d).expect("HMAC takes any key length");
+            mac.update(id);
+            mac.update(b".");
+            mac.update(timestamp);
+            mac.update(b".");
+            mac.update(body);
+            let expected = mac.finalize().into_bytes();
+            for p in &presented {
+                found |= expected.as_slice().ct_eq(p.as_slice());
+            }
+        }
+        found.into()
+    }
+}
+
+/// A Standard Webhooks signature to verify once the body is read (see
+/// [`Tokens::accepts_webhook`]); the route's guard leaves it on a request that came with one
+/// instead of a bearer token.
+#[derive(Clone)]
+pub(crate) struct PendingSignature {
+    pub tokens: Tokens,
+    pub id: HeaderValue,
+    pub timestamp: HeaderValue,
+    pub signatures: HeaderValue,
+}
+
+impl PendingSignature {
+    /// Refusal unless the signature is good and its timestamp within the tolerance of `now`
+    /// (seconds since the epoch).
+    pub fn verify(&self, body: &[u8], now: u64) -> Result<(), Refusal> {
+        let fresh = std::str::from_utf8(self.timestamp.as_bytes())
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| t.abs_diff(now) <= WEBHOOK_TOLERANCE_S);
+        if fresh
+            && self.tokens.accepts_webhook(
+                self.id.as_bytes(),
+                self.timestamp.as_bytes(),
+                body,
+                self.signatures.as_bytes(),
+            )
+        {
+            Ok(())
+        } else {
+            Err(Refusal::BadSignature)
+        }
+    }
+}
+
+/// axum middleware of `POST /v1/cdc/debezium`: a bearer token as on every route, or a
+/// Standard Webhooks signature, checked with the body in the handler.
+pub(crate) async fn require_token_or_signature(
+    State(guard): State<HttpGuard>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let signed =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"].map(|h| headers.get(h).cloned());
+    if authorization(headers).is_none() {
+        if let [Some(id), Some(timestamp), Some(signatures)] = signed {
+            request.extensions_mut().insert(PendingSignature {
+                tokens: guard.tokens.clone(),
+                id,
+                timestamp,
+                signatures,
+            });
+            return next.run(request).await;
+        }
+    }
+    require_token(State(guard), request, next).await
 }
 
 /// Who may send to the receivers: `None` leaves a route group open.

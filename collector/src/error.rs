@@ -110,6 +110,9 @@ pub enum IngestError {
     /// The body did not arrive in time (slow client).
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
+    /// A credential that can be checked only with the body (a webhook signature) is wrong.
+    #[error("{0}")]
+    Unauthenticated(crate::auth::Refusal),
 }
 
 impl IngestError {
@@ -138,6 +141,7 @@ impl IngestError {
                 RejectReason::Backpressure
             }
             IngestError::Sink(SinkError::Closed) => RejectReason::SinkClosed,
+            IngestError::Unauthenticated(_) => RejectReason::Unauthenticated,
         }
     }
 }

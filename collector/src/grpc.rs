@@ -172,6 +172,7 @@ pub(crate) fn grpc_code(e: &IngestError) -> Code {
         }
         IngestError::BodyTimeout(_) => Code::DeadlineExceeded,
         IngestError::Sink(_) | IngestError::Busy { .. } => Code::Unavailable,
+        IngestError::Unauthenticated(_) => Code::Unauthenticated,
     }
 }
 

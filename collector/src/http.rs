@@ -9,7 +9,9 @@
 //! request's format. This file holds the one mapping from [`IngestError`] to HTTP status.
 //! A route group given tokens answers 401 before reading the body (see [`crate::auth`]).
 
-use crate::auth::{require_token, HttpGuard, ReceiverAuth, Tokens};
+use crate::auth::{
+    require_token, require_token_or_signature, HttpGuard, PendingSignature, ReceiverAuth, Tokens,
+};
 use crate::body::{self, Encoding, Format};
 use crate::budget;
 use crate::decoded::{Decoded, Signal};
@@ -62,9 +64,22 @@ pub fn secured_http_router(state: Receivers, auth: &ReceiverAuth) -> Router {
     let otlp = Router::new()
         .route("/v1/traces", post(traces).fallback(wrong_method))
         .route("/v1/logs", post(logs).fallback(wrong_method));
-    let otlp = otlp.route("/v1/cdc/debezium", post(debezium).fallback(wrong_method));
+    // Debezium Server's HTTP sink sends no bearer token; it can sign its requests (Standard
+    // Webhooks), which is checked once the body is read (`crate::auth::PendingSignature`).
+    let debezium = Router::new().route("/v1/cdc/debezium", post(debezium).fallback(wrong_method));
+    let debezium = match &auth.otlp {
+        None => debezium,
+        Some(tokens) => debezium.route_layer(middleware::from_fn_with_state(
+            HttpGuard {
+                tokens: tokens.clone(),
+                receivers: state.clone(),
+            },
+            require_token_or_signature,
+        )),
+    };
     let audit = Router::new().route("/v1/k8s-audit", post(k8s_audit).fallback(wrong_method));
     guard(otlp, &auth.otlp)
+        .merge(debezium)
         .merge(guard(audit, &auth.audit))
         .with_state(state)
 }
@@ -220,6 +235,14 @@ async fn ingest(
     )
     .await
     .map_err(unread)?;
+    if let Some(pending) = parts.extensions.get::<PendingSignature>() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        pending
+            .verify(&wire, now)
+            .map_err(|refusal| read(IngestError::Unauthenticated(refusal)))?;
+    }
     // The slot is held until the sink took the events: it bounds the decoding at once.
     let _slot = r.slot().await.map_err(read)?;
     r.metrics()
@@ -317,6 +340,7 @@ fn http_status(e: &IngestError) -> StatusCode {
         IngestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         IngestError::Sink(_) | IngestError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
     }
 }
 
