@@ -1,22 +1,31 @@
-//! Which request each Debezium row change belongs to, when the transaction's
-//! `toctou.request_id` message and its changes arrive as separate records.
+//! Which request each Debezium row change belongs to, and in what order the changes go on,
+//! when a transaction's `toctou.request_id` message, its changes and its end arrive as
+//! separate records.
 //!
 //! Over Debezium Server's HTTP sink the records come one by one in stream order, so a
-//! message sent first in its transaction (as the helpers do) precedes the changes it names.
-//! From Kafka they do not: the message is on `<prefix>.message`, the changes on their tables'
-//! topics, and a consumer reads those partitions at their own pace (after an outage, one can
-//! be minutes ahead of another). So a change whose transaction has not named its request yet
-//! is held until one of:
-//! - the message arrives: the held changes are released with its request id;
-//! - the transaction is known complete: its END record (`provide.transaction.metadata`) said
-//!   how many events it had and that many (changes and messages) have arrived;
-//! - it has been held for `hold` (no metadata, or a record that never comes), or more than
-//!   `max_held` changes are held (the oldest transaction goes first, whole).
+//! message sent first in its transaction (as the helpers do) precedes the changes it names,
+//! and nothing is held (`hold` zero). From Kafka they do not: the message is on
+//! `<prefix>.message`, the changes on their tables' topics, and a consumer reads those
+//! partitions at their own pace, so a delete of one table can come after a later insert of
+//! another, and a change before the message that names it.
 //!
-//! Released without a request id, a change is a write by "another request", which is what
-//! it is when its transaction sent no message. Request ids of transactions that named one are
-//! remembered (at most [`MAX_NAMED`], the oldest forgotten first) for changes that arrive
-//! after their transaction was released.
+//! With transaction metadata (`provide.transaction.metadata`, as
+//! deploy/debezium/postgres-connector.json sets it) the transaction topic's END records come
+//! in commit order, each saying how many events (changes and messages) its transaction had.
+//! Then every change is held until its transaction is complete and every transaction that
+//! ended before it has gone: the changes go on in commit order, as PostgreSQL's own slot
+//! gives them, each with its transaction's request id. A transaction still incomplete
+//! `hold` after its END (an event on a topic not read) goes as it is.
+//!
+//! Without metadata, a change whose transaction has not named its request is held until the
+//! message arrives or for `hold`; order across topics is then the consumer's.
+//!
+//! Either way at most `max_held` changes are held (past it the oldest transaction goes,
+//! whole). Released without a request id, a change is a write by "another request", which is
+//! what it is when its transaction sent no message. Request ids of transactions that named
+//! one, and with metadata the transactions released, are remembered (at most [`MAX_NAMED`],
+//! the oldest forgotten first): a change that arrives after its transaction was released
+//! goes at once, named as its transaction was.
 
 use crate::change::RowChange;
 use crate::change::REQUEST_ID_PREFIX;
@@ -24,19 +33,24 @@ use crate::debezium::Record;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Transactions whose request ids are remembered after release.
+/// Transactions whose request ids (or, with metadata, whose release) are remembered.
 pub const MAX_NAMED: usize = 65_536;
 
-/// How long a change waits for its transaction's message by default.
-pub const DEFAULT_HOLD: Duration = Duration::from_secs(2);
+/// How long a change waits for its transaction's message or end by default (`toctou`'s
+/// `--cdc-debezium-hold`).
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(10);
 
 /// Changes held at most by default: a 100,000-row transaction fits whole.
 pub const DEFAULT_MAX_HELD: usize = 200_000;
 
-/// How a change left the assembler without a request id, for the counts.
+/// How long, in units of `hold`, a change waits for an END record that has not come when
+/// others have: its transaction's END is behind on the transaction topic.
+const UNENDED_HOLDS: u32 = 10;
+
+/// How changes left the assembler without a request id, for the counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Released {
-    /// Released by its transaction's END record.
+    /// Their transaction was complete (its END record and every event it counted).
     pub complete: u64,
     /// Released after `hold`.
     pub timed_out: u64,
@@ -50,51 +64,69 @@ struct Open<T> {
     seen: u64,
     /// Events the END record announced.
     expected: Option<u64>,
+    /// When its first record (or END) arrived.
     since: Instant,
+    /// When its END arrived.
+    ended: Option<Instant>,
+}
+
+impl<T> Open<T> {
+    fn complete(&self) -> bool {
+        self.expected.is_some_and(|n| self.seen >= n)
+    }
 }
 
 /// Row changes, tagged with where they came from (`T`: a Kafka offset, say), joined with
-/// their transactions' request ids.
+/// their transactions' request ids, in commit order where the stream says it.
 pub struct Assembler<T> {
     hold: Duration,
     max_held: usize,
     open: HashMap<String, Open<T>>,
-    /// Open transactions by the time their first change was held (oldest first); entries
-    /// of transactions since released are skipped when met.
+    /// Open transactions by the time they opened (oldest first); entries of transactions
+    /// since released are skipped when met.
     order: VecDeque<(Instant, String)>,
+    /// Transactions by the arrival of their END records: commit order.
+    ends: VecDeque<String>,
+    /// END records have been seen: release in their order.
+    ordered: bool,
     held: usize,
-    named: HashMap<String, String>,
-    named_order: VecDeque<String>,
+    /// Transactions that named their request (`Some`), and, with metadata, those released
+    /// without one (`None`): a late change of either goes at once, as it would have in time.
+    known: HashMap<String, Option<String>>,
+    known_order: VecDeque<String>,
     released: Released,
 }
 
 impl<T> Assembler<T> {
-    /// `hold`: how long a change waits for its message; zero releases at once (records in
-    /// stream order, the HTTP sink).
+    /// `hold`: how long a change waits for its message or its transaction's end; zero
+    /// releases at once (records in stream order, the HTTP sink).
     pub fn new(hold: Duration, max_held: usize) -> Self {
         Assembler {
             hold,
             max_held: max_held.max(1),
             open: HashMap::new(),
             order: VecDeque::new(),
+            ends: VecDeque::new(),
+            ordered: false,
             held: 0,
-            named: HashMap::new(),
-            named_order: VecDeque::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
             released: Released::default(),
         }
     }
 
-    /// Takes one parsed record; changes ready to go are appended to `out`, in arrival order
-    /// within a transaction. Skips and other records are the caller's to count.
+    /// Takes one parsed record; changes ready to go are appended to `out`. Skips and other
+    /// records are the caller's to count.
     pub fn push(&mut self, record: Record, tag: T, now: Instant, out: &mut Vec<(RowChange, T)>) {
         match record {
             Record::Change(mut change) => {
-                if let Some(request) = self.named.get(&change.tx) {
+                if let Some(Some(request)) = self.known.get(&change.tx) {
                     change.request_id = Some(request.clone());
-                    out.push((change, tag));
-                    return;
                 }
-                if self.hold.is_zero() {
+                let go_now = self.hold.is_zero()
+                    || (!self.ordered && change.request_id.is_some())
+                    || (self.ordered && self.was_released(&change.tx));
+                if go_now {
                     out.push((change, tag));
                     return;
                 }
@@ -103,18 +135,8 @@ impl<T> Assembler<T> {
                 open.seen += 1;
                 open.held.push((change, tag));
                 self.held += 1;
-                self.release_if_complete(&tx, out);
-                while self.held > self.max_held {
-                    let Some((since, oldest)) = self.order.pop_front() else {
-                        break;
-                    };
-                    if self.open.get(&oldest).is_some_and(|o| o.since == since) {
-                        let open = self.open.remove(&oldest).expect("checked above");
-                        self.held -= open.held.len();
-                        self.released.evicted += open.held.len() as u64;
-                        out.extend(open.held);
-                    }
-                }
+                self.release_ready(&tx, out);
+                self.evict(out);
             }
             Record::Message {
                 tx: Some(tx),
@@ -123,54 +145,92 @@ impl<T> Assembler<T> {
             } if prefix == REQUEST_ID_PREFIX => {
                 let request = String::from_utf8_lossy(&content).into_owned();
                 self.name(&tx, request.clone());
-                if let Some(open) = self.open.get_mut(&tx) {
-                    open.seen += 1;
-                    let held = std::mem::take(&mut open.held);
-                    self.held -= held.len();
-                    out.extend(held.into_iter().map(|(mut c, tag)| {
-                        c.request_id = Some(request.clone());
-                        (c, tag)
-                    }));
-                    self.release_if_complete(&tx, out);
-                } else if !self.hold.is_zero() {
-                    // Its changes may still come: the END record closes it.
-                    self.open_tx(&tx, now).seen += 1;
+                if self.hold.is_zero() {
+                    return;
                 }
+                let open = self.open_tx(&tx, now);
+                open.seen += 1;
+                for (c, _) in &mut open.held {
+                    c.request_id = Some(request.clone());
+                }
+                self.release_ready(&tx, out);
             }
             Record::Message { .. } => {}
             Record::TransactionEnd { tx, events } => {
-                if let Some(open) = self.open.get_mut(&tx) {
-                    open.expected = Some(events);
-                    self.release_if_complete(&tx, out);
-                } else if !self.hold.is_zero() && events > 0 {
-                    let open = self.open_tx(&tx, now);
-                    open.expected = Some(events);
+                if self.hold.is_zero() || events == 0 {
+                    return;
                 }
+                self.ordered = true;
+                let open = self.open_tx(&tx, now);
+                open.expected = Some(events);
+                open.ended = Some(now);
+                self.ends.push_back(tx.clone());
+                self.release_ready(&tx, out);
             }
             Record::Skip(_) => {}
         }
     }
 
-    /// Releases, without request ids, the changes held for `hold` or longer.
+    /// Releases what has waited too long: without metadata, changes held for `hold`; with
+    /// it, the oldest ended transaction still incomplete `hold` after its END (and whatever
+    /// that lets go), and changes whose END has not come for ten times `hold`.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<(RowChange, T)>) {
-        while let Some((since, _)) = self.order.front() {
-            if now.saturating_duration_since(*since) < self.hold {
+        if self.ordered {
+            while let Some(tx) = self.ends.front() {
+                let late = self.open.get(tx).is_none_or(|o| {
+                    o.ended
+                        .is_some_and(|e| now.saturating_duration_since(e) >= self.hold)
+                });
+                if !late {
+                    break;
+                }
+                let tx = self.ends.pop_front().expect("front exists");
+                if let Some(o) = self.open.get(&tx) {
+                    tracing::debug!(tx, seen = o.seen, expected = ?o.expected, held = o.held.len(), "transaction incomplete after its END and the hold: released as it is");
+                }
+                self.release(&tx, Why::TimedOut, out);
+                self.drain(out);
+            }
+        }
+        let wait = if self.ordered {
+            self.hold * UNENDED_HOLDS
+        } else {
+            self.hold
+        };
+        while let Some((since, tx)) = self.order.front() {
+            if now.saturating_duration_since(*since) < wait {
                 break;
             }
-            let (since, tx) = self.order.pop_front().expect("front exists");
-            // An entry of a transaction released since, or released and opened again later.
-            if self.open.get(&tx).is_some_and(|o| o.since == since) {
-                let open = self.open.remove(&tx).expect("checked above");
-                self.held -= open.held.len();
-                self.released.timed_out += open.held.len() as u64;
-                out.extend(open.held);
+            let (since, tx) = (*since, tx.clone());
+            self.order.pop_front();
+            let stale = self
+                .open
+                .get(&tx)
+                .is_some_and(|o| o.since == since && o.ended.is_none());
+            if stale {
+                self.release(&tx, Why::TimedOut, out);
             }
         }
     }
 
-    /// When [`Assembler::expire`] next has something to release.
+    /// When [`Assembler::expire`] may next have something to release.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.order.front().map(|(since, _)| *since + self.hold)
+        let ended = self
+            .ends
+            .front()
+            .and_then(|tx| self.open.get(tx))
+            .and_then(|o| o.ended)
+            .map(|e| e + self.hold);
+        let wait = if self.ordered {
+            self.hold * UNENDED_HOLDS
+        } else {
+            self.hold
+        };
+        let opened = self.order.front().map(|(since, _)| *since + wait);
+        match (ended, opened) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The tags of the changes still held (a Kafka consumer commits below the lowest).
@@ -199,35 +259,107 @@ impl<T> Assembler<T> {
                     seen: 0,
                     expected: None,
                     since: now,
+                    ended: None,
                 },
             );
         }
         self.open.get_mut(tx).expect("inserted above")
     }
 
-    fn release_if_complete(&mut self, tx: &str, out: &mut Vec<(RowChange, T)>) {
-        let complete = self
-            .open
-            .get(tx)
-            .is_some_and(|o| o.expected.is_some_and(|n| o.seen >= n));
-        if complete {
-            let open = self.open.remove(tx).expect("checked above");
-            self.held -= open.held.len();
-            self.released.complete += open.held.len() as u64;
-            out.extend(open.held);
+    /// Whether a transaction's changes have gone already (its END passed): a late change of
+    /// it goes at once, as it would have had it come in time.
+    fn was_released(&self, tx: &str) -> bool {
+        !self.open.contains_key(tx) && self.known.contains_key(tx)
+    }
+
+    /// Releases what `tx`'s news lets go: without metadata, a named transaction's changes;
+    /// with it, complete transactions at the front of the commit order.
+    fn release_ready(&mut self, tx: &str, out: &mut Vec<(RowChange, T)>) {
+        if self.ordered {
+            self.drain(out);
+            return;
+        }
+        let Some(open) = self.open.get_mut(tx) else {
+            return;
+        };
+        if open.complete() {
+            self.release(tx, Why::Complete, out);
+        } else if matches!(self.known.get(tx), Some(Some(_))) {
+            let held = std::mem::take(&mut open.held);
+            self.held -= held.len();
+            out.extend(held);
         }
     }
 
+    /// Releases complete transactions from the front of the commit order.
+    fn drain(&mut self, out: &mut Vec<(RowChange, T)>) {
+        while let Some(tx) = self.ends.front() {
+            if !self.open.get(tx).is_none_or(Open::complete) {
+                break;
+            }
+            let tx = self.ends.pop_front().expect("front exists");
+            self.release(&tx, Why::Complete, out);
+        }
+    }
+
+    /// Past `max_held`: the oldest transaction goes, in commit order where known.
+    fn evict(&mut self, out: &mut Vec<(RowChange, T)>) {
+        while self.held > self.max_held {
+            if let Some(tx) = self.ends.pop_front() {
+                self.release(&tx, Why::Evicted, out);
+                continue;
+            }
+            let Some((since, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if self.open.get(&oldest).is_some_and(|o| o.since == since) {
+                self.release(&oldest, Why::Evicted, out);
+            }
+        }
+    }
+
+    fn release(&mut self, tx: &str, why: Why, out: &mut Vec<(RowChange, T)>) {
+        let Some(open) = self.open.remove(tx) else {
+            return;
+        };
+        self.held -= open.held.len();
+        let unnamed = open
+            .held
+            .iter()
+            .filter(|(c, _)| c.request_id.is_none())
+            .count() as u64;
+        match why {
+            Why::Complete => self.released.complete += unnamed,
+            Why::TimedOut => self.released.timed_out += unnamed,
+            Why::Evicted => self.released.evicted += unnamed,
+        }
+        if self.ordered && !self.known.contains_key(tx) {
+            self.remember(tx, None);
+        }
+        out.extend(open.held);
+    }
+
     fn name(&mut self, tx: &str, request: String) {
-        if self.named.insert(tx.to_string(), request).is_none() {
-            self.named_order.push_back(tx.to_string());
-            while self.named_order.len() > MAX_NAMED {
-                if let Some(old) = self.named_order.pop_front() {
-                    self.named.remove(&old);
+        self.remember(tx, Some(request));
+    }
+
+    fn remember(&mut self, tx: &str, request: Option<String>) {
+        if self.known.insert(tx.to_string(), request).is_none() {
+            self.known_order.push_back(tx.to_string());
+            while self.known_order.len() > MAX_NAMED {
+                if let Some(old) = self.known_order.pop_front() {
+                    self.known.remove(&old);
                 }
             }
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Why {
+    Complete,
+    TimedOut,
+    Evicted,
 }
 
 #[cfg(test)]
@@ -302,11 +434,71 @@ mod tests {
         a.push(change("8", "b"), 2, t0, &mut out);
         assert_eq!(requests(&out), [(1, None), (2, None)]);
         assert_eq!(a.released().complete, 2);
-        assert_eq!(a.next_expiry(), Some(t0 + Duration::from_secs(2)));
         out.clear();
-        a.expire(t0 + Duration::from_secs(3), &mut out);
+        a.expire(t0 + Duration::from_secs(60), &mut out);
         assert!(out.is_empty(), "nothing left to release");
         assert_eq!(a.next_expiry(), None);
+    }
+
+    fn end(tx: &str, events: u64) -> Record {
+        Record::TransactionEnd {
+            tx: tx.into(),
+            events,
+        }
+    }
+
+    #[test]
+    fn with_metadata_changes_go_on_in_commit_order() {
+        let t0 = Instant::now();
+        let mut a = Assembler::new(Duration::from_secs(2), 100);
+        let mut out = Vec::new();
+        // The transaction topic says: 1 committed, then 2. Transaction 2 (named) is read
+        // whole first; transaction 1's change (a plain delete, say) comes last.
+        a.push(end("1", 1), 0, t0, &mut out);
+        a.push(end("2", 2), 0, t0, &mut out);
+        a.push(message("2", "req-2"), 0, t0, &mut out);
+        a.push(change("2", "b"), 21, t0, &mut out);
+        assert!(out.is_empty(), "2 waits for 1, complete as it is");
+        assert_eq!(a.held_tags().copied().collect::<Vec<_>>(), [21]);
+        a.push(change("1", "a"), 11, t0, &mut out);
+        assert_eq!(requests(&out), [(11, None), (21, Some("req-2"))]);
+        // A late change of a released, named transaction goes at once, named.
+        out.clear();
+        a.push(change("2", "c"), 22, t0, &mut out);
+        assert_eq!(requests(&out), [(22, Some("req-2"))]);
+        assert_eq!(a.held(), 0);
+        assert_eq!(a.released().complete, 1);
+    }
+
+    #[test]
+    fn with_metadata_an_incomplete_transaction_goes_after_hold_and_lets_the_next_go() {
+        let t0 = Instant::now();
+        let mut a = Assembler::new(Duration::from_secs(2), 100);
+        let mut out = Vec::new();
+        // Transaction 1 counted an event of a topic nobody reads.
+        a.push(change("1", "a"), 11, t0, &mut out);
+        a.push(end("1", 2), 0, t0, &mut out);
+        a.push(change("2", "b"), 21, t0, &mut out);
+        a.push(end("2", 1), 0, t0 + Duration::from_secs(1), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.next_expiry(), Some(t0 + Duration::from_secs(2)));
+        a.expire(t0 + Duration::from_millis(1999), &mut out);
+        assert!(out.is_empty());
+        a.expire(t0 + Duration::from_secs(2), &mut out);
+        assert_eq!(requests(&out), [(11, None), (21, None)]);
+        assert_eq!(a.released().timed_out, 1);
+        assert_eq!(a.released().complete, 1);
+        // Its missing event, late: it goes at once, as it would have in time.
+        out.clear();
+        a.push(change("1", "a2"), 12, t0 + Duration::from_secs(3), &mut out);
+        assert_eq!(requests(&out), [(12, None)]);
+        // A change whose END never comes while others do waits ten holds.
+        out.clear();
+        a.push(change("3", "c"), 31, t0 + Duration::from_secs(3), &mut out);
+        a.expire(t0 + Duration::from_secs(22), &mut out);
+        assert!(out.is_empty());
+        a.expire(t0 + Duration::from_secs(23), &mut out);
+        assert_eq!(requests(&out), [(31, None)]);
     }
 
     #[test]
@@ -381,7 +573,7 @@ mod tests {
         for i in 0..MAX_NAMED + 10 {
             a.push(message(&i.to_string(), "r"), 0, t0, &mut out);
         }
-        assert_eq!(a.named.len(), MAX_NAMED);
-        assert!(!a.named.contains_key("0"));
+        assert_eq!(a.known.len(), MAX_NAMED);
+        assert!(!a.known.contains_key("0"));
     }
 }

@@ -126,6 +126,9 @@ async fn read_until_error(
         .set("group.id", &args.debezium_group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // A pattern's new topics (a table's first change) are found at the next metadata
+        // refresh, by default 5 minutes away; read from their start, so nothing is lost.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("log_level", "3")
         .create()
         .context("creating the Debezium topics' consumer")?;

@@ -92,9 +92,12 @@ pub struct CdcArgs {
         )
     )]
     pub debezium_group: String,
-    /// How long a change read from Kafka waits for its transaction's toctou.request_id
-    /// message (another topic) when no transaction-metadata END record says it is complete.
-    #[cfg_attr(feature = "cli", arg(long = "cdc-debezium-hold", env = "TOCTOU_CDC_DEBEZIUM_HOLD", default_value = "2s", value_parser = humantime::parse_duration))]
+    /// How long a change read from Kafka waits for the rest of its transaction (its
+    /// toctou.request_id message is on another topic) once the transaction's END record has
+    /// come, or, without transaction metadata, from its arrival. Above the 5 s in which a
+    /// pattern's new topic is found, so that a new message topic's first records still name
+    /// their changes.
+    #[cfg_attr(feature = "cli", arg(long = "cdc-debezium-hold", env = "TOCTOU_CDC_DEBEZIUM_HOLD", default_value = "10s", value_parser = humantime::parse_duration))]
     pub debezium_hold: Duration,
 }
 
