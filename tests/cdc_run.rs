@@ -273,3 +273,185 @@ async fn the_slot_moves_only_once_clickhouse_stored_the_records() {
         .await
         .ok();
 }
+
+/// `kill -9` of `toctou run` in the middle of the load, then a restart with the same flags:
+/// the slot was confirmed only as far as ClickHouse had stored, so the new process reads the
+/// rest again and loses no change; what both processes wrote is there once under FINAL. The
+/// spans stand for an at-least-once source (a Collector with a persistent queue, say): those
+/// the killed process accepted are sent again to the new one, and every race is found once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_loses_no_change_and_reports_every_race_once() {
+    use common::clickhouse::{sink_flags, sql, PrivateServer};
+    use std::sync::{Arc, Mutex};
+    let _burn = common::burner::every_core();
+    let clickhouse = PrivateServer::start("cdckill");
+    let admin = client().await;
+    let suffix = cdc::suffix();
+    let tables = cdc::create_tables(&admin, &suffix, true).await;
+    let (slot, db) = (format!("slot_{suffix}"), format!("cdckill_{suffix}"));
+    let mut flags: Vec<String> = sink_flags(&clickhouse.url, &db)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    flags.extend(cdc_flags(&slot, &suffix));
+    // A restart's backlog (the slot read again, the spans sent again) arrives seconds late.
+    flags.extend(["--allowed-lateness".to_string(), "10s".to_string()]);
+    let flags: Vec<&'static str> = flags
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .collect();
+    let first = Toctou::start(&flags);
+    wait_for_slot(&admin, &slot, &first).await;
+
+    // The current process's receiver; the bodies it accepted; a gate the restart closes.
+    let url = Arc::new(Mutex::new(first.http_url("/v1/traces")));
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
+    let http = reqwest::Client::new();
+    let post: cdc::Post = {
+        let (url, accepted, gate) = (url.clone(), accepted.clone(), gate.clone());
+        Arc::new(move |body| {
+            let (url, accepted, gate, http) =
+                (url.clone(), accepted.clone(), gate.clone(), http.clone());
+            Box::pin(async move {
+                loop {
+                    let open = gate.read().await;
+                    let to = url.lock().unwrap().clone();
+                    let sent = http
+                        .post(&to)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    if sent.is_ok_and(|r| r.status().is_success()) {
+                        accepted.lock().unwrap().push(body);
+                        return;
+                    }
+                    drop(open);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+    };
+    let killer = {
+        let (url, accepted, gate) = (url.clone(), accepted.clone(), gate.clone());
+        let (slot, flags) = (slot.clone(), flags.clone());
+        tokio::spawn(async move {
+            let admin = client().await;
+            // Mid-load (a third of the flows sent): some decided and stored, others pending,
+            // the slot behind.
+            while accepted.lock().unwrap().len() < 80 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let closed = gate.write().await;
+            // The requests whose spans the first process took: decided again after the
+            // restart, perhaps without the writes it had confirmed.
+            let before: std::collections::BTreeSet<String> = accepted
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|b| {
+                    let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                    v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|s| s["attributes"].as_array().unwrap().clone())
+                        .filter(|a| a["key"] == "toctou.request_id")
+                        .map(|a| a["value"]["stringValue"].as_str().unwrap().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            drop(first);
+            let at_kill = confirmed(&admin, &slot).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(
+                confirmed(&admin, &slot).await,
+                at_kill,
+                "the slot moved with no reader"
+            );
+            let second = Toctou::start(&flags);
+            let bodies = accepted.lock().unwrap().clone();
+            let http = reqwest::Client::new();
+            for body in bodies {
+                second.post_json(&http, "/v1/traces", body).await;
+            }
+            *url.lock().unwrap() = second.http_url("/v1/traces");
+            drop(closed);
+            (second, before, at_kill)
+        })
+    };
+    let w = cdc::run(&tables, 30, post).await;
+    let (second, before, at_kill) = killer.await.unwrap();
+    let sent_before = before.len();
+    assert!(
+        sent_before > 0 && sent_before < w.flows.len(),
+        "the kill came at {sent_before} of {} flows: not during the load",
+        w.flows.len()
+    );
+
+    // Every change the database committed is stored once (the slot resumed where it was
+    // confirmed, and what it read again replaced what was there).
+    let changes = format!(
+        "SELECT count() FROM events FINAL WHERE audit_action != '' AND (resource LIKE 'public.{}/%' OR resource LIKE 'public.{}/%')",
+        tables.inventory, tables.claims
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let n: usize = sql(&clickhouse.url, &db, &changes)
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        if n >= w.changes() || std::time::Instant::now() > deadline {
+            assert_eq!(
+                n,
+                w.changes(),
+                "changes stored once; log:\n{}",
+                second.log()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        confirmed(&admin, &slot).await > at_kill,
+        "the new reader confirmed nothing past the killed one"
+    );
+    let stale = w.stale().len();
+    let query = "SELECT kind, request_id, resource, intervening.action, intervening.version, \
+                 intervening.request_id, intervening.actor FROM findings FINAL FORMAT JSONEachRow";
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let rows: Vec<serde_json::Value> = loop {
+        let rows: Vec<serde_json::Value> = sql(&clickhouse.url, &db, query)
+            .await
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if rows.len() >= stale || std::time::Instant::now() > deadline {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            break sql(&clickhouse.url, &db, query)
+                .await
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let findings: Vec<serde_json::Value> = rows.iter().map(cdc::from_clickhouse_row).collect();
+    let verdict = cdc::assert_exact_with(&findings, &w, &|| second.log(), &|r| !before.contains(r));
+    // Once: no finding twice, though some were decided by both processes.
+    let distinct = sql(
+        &clickhouse.url,
+        &db,
+        "SELECT count(), uniqExact(id) FROM findings FINAL",
+    )
+    .await;
+    let (n, ids) = distinct.trim().split_once('\t').unwrap();
+    assert_eq!(n, ids, "a finding stored twice under FINAL");
+    println!("killed after {sent_before} flows; {verdict:?}");
+    admin
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .ok();
+}
