@@ -127,6 +127,10 @@ impl<T> Assembler<T> {
                     || (!self.ordered && change.request_id.is_some())
                     || (self.ordered && self.was_released(&change.tx));
                 if go_now {
+                    // Still one of the events its END will count.
+                    if let Some(open) = self.open.get_mut(&change.tx) {
+                        open.seen += 1;
+                    }
                     out.push((change, tag));
                     return;
                 }
@@ -468,6 +472,21 @@ mod tests {
         assert_eq!(requests(&out), [(22, Some("req-2"))]);
         assert_eq!(a.held(), 0);
         assert_eq!(a.released().complete, 1);
+    }
+
+    #[test]
+    fn the_first_end_record_counts_what_went_before_it() {
+        let t0 = Instant::now();
+        let mut a = Assembler::new(Duration::from_secs(2), 100);
+        let mut out = Vec::new();
+        // No END seen yet: a named change goes at once, and still counts for its END.
+        a.push(message("1", "req-1"), 0, t0, &mut out);
+        a.push(change("1", "a"), 11, t0, &mut out);
+        a.push(end("1", 2), 0, t0, &mut out);
+        a.push(change("2", "b"), 21, t0, &mut out);
+        a.push(end("2", 1), 0, t0, &mut out);
+        assert_eq!(requests(&out), [(11, Some("req-1")), (21, None)]);
+        assert_eq!(a.held(), 0);
     }
 
     #[test]
