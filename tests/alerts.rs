@@ -440,9 +440,9 @@ fn the_prometheus_rules_pass_promtool_and_name_real_metrics() {
     // correlator in tests/deploy.rs.
     assert!(promtool(&["check", "rules", "kafka.rules.yml"]).contains("SUCCESS: 6 rules found"));
     assert!(promtool(&["test", "rules", "kafka.test.yml"]).contains("SUCCESS"));
-    // The change-stream reader's rules; their metrics are checked against a real reader in
+    // The change-stream readers' rules; their metrics are checked against real readers in
     // tests/cdc_run.rs.
-    assert!(promtool(&["check", "rules", "cdc.rules.yml"]).contains("SUCCESS: 3 rules found"));
+    assert!(promtool(&["check", "rules", "cdc.rules.yml"]).contains("SUCCESS: 4 rules found"));
     assert!(promtool(&["test", "rules", "cdc.test.yml"]).contains("SUCCESS"));
 
     // Every metric a rule reads is served by a real `toctou run` with the ClickHouse sink.
