@@ -13,15 +13,13 @@ mod common;
 use common::cdc::{self, client};
 use common::kafka::{Broker, Node};
 use common::Toctou;
-use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The checkout's script (the run-time CARGO_MANIFEST_DIR first: a binary reused from
 /// another checkout keeps its compile-time one).
-fn script(name: &str) -> PathBuf {
+fn script_path(name: &str) -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
@@ -29,40 +27,84 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A Kafka Connect worker running the Debezium connector, private to one test.
-struct Connect {
+/// A service one of the scripts runs (Kafka Connect with Debezium's connector, Debezium
+/// Server) from a home of its own under the test root, stopped when dropped.
+struct Scripted {
+    script: &'static str,
+    home_var: &'static str,
     home: PathBuf,
 }
 
-impl Connect {
-    /// Starts the worker with `prefix` as the topic prefix and its own slot; returns once the
-    /// connector and its task are running (the slot exists then).
-    fn start(bootstrap: &str, prefix: &str, slot: &str) -> Connect {
+impl Scripted {
+    /// `<script> start <args>` with `env`; returns once the script says it runs (the slot
+    /// exists then).
+    fn start(
+        script: &'static str,
+        home_var: &'static str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Scripted {
         let home = std::env::var_os("TOCTOU_KAFKA_TEST_ROOT")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir)
-            .join(format!("toctou-debezium-{prefix}"));
+            .join(name);
         std::fs::create_dir_all(&home).unwrap();
-        let out = Command::new(script("debezium"))
-            .args(["start", bootstrap, &cdc::pg_url(), prefix])
-            .env("TOCTOU_DEBEZIUM_HOME", &home)
-            .env("TOCTOU_DEBEZIUM_SLOT", slot)
+        let out = Command::new(script_path(script))
+            .arg("start")
+            .args(args)
+            .env(home_var, &home)
+            .envs(env.iter().copied())
             .output()
-            .expect("running scripts/debezium");
+            .unwrap_or_else(|e| panic!("running scripts/{script}: {e}"));
         assert!(
             out.status.success(),
-            "scripts/debezium start failed (run 'scripts/debezium install' first?): {}",
+            "scripts/{script} start failed (run 'scripts/{script} install' first?): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Connect { home }
+        Scripted {
+            script,
+            home_var,
+            home,
+        }
+    }
+
+    /// Kafka Connect running the connector of deploy/debezium/postgres-connector.json.
+    fn connect(bootstrap: &str, prefix: &str, slot: &str) -> Scripted {
+        let name = format!("toctou-debezium-{prefix}");
+        let args = [bootstrap, &cdc::pg_url(), prefix];
+        Scripted::start(
+            "debezium",
+            "TOCTOU_DEBEZIUM_HOME",
+            &name,
+            &args,
+            &[("TOCTOU_DEBEZIUM_SLOT", slot)],
+        )
+    }
+
+    /// Debezium Server with deploy/debezium/application.properties, signing with `token`.
+    fn server(sink: &str, prefix: &str, slot: &str, token: &str) -> Scripted {
+        let name = format!("toctou-debezium-server-{prefix}");
+        let args = [sink, &cdc::pg_url(), prefix];
+        let env = [
+            ("TOCTOU_DEBEZIUM_SERVER_SLOT", slot),
+            ("TOCTOU_DEBEZIUM_SERVER_TOKEN", token),
+        ];
+        Scripted::start(
+            "debezium-server",
+            "TOCTOU_DEBEZIUM_SERVER_HOME",
+            &name,
+            &args,
+            &env,
+        )
     }
 }
 
-impl Drop for Connect {
+impl Drop for Scripted {
     fn drop(&mut self) {
-        let _ = Command::new(script("debezium"))
+        let _ = Command::new(script_path(self.script))
             .arg("stop")
-            .env("TOCTOU_DEBEZIUM_HOME", &self.home)
+            .env(self.home_var, &self.home)
             .output();
         let _ = std::fs::remove_dir_all(&self.home);
     }
@@ -138,18 +180,10 @@ fn topics(prefix: &str) -> String {
     format!("^{}\\..*", prefix)
 }
 
-/// Waits until toctou has counted the first five rows of the tables.
-async fn first_rows_read(counted: impl AsyncFn() -> f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while counted().await < 5.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the tables' first rows did not reach toctou in 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    counted().await
-}
+/// Debezium's records come a second or more after their commits (the connector polls the
+/// slot, then Kafka), later still on a busy machine: the lateness allows for it, so that a
+/// finding names every write (its verdict, by versions, does not depend on it).
+const LATENESS: &str = "5s";
 
 /// The two tests one at a time: each connector reads every table of the database (its
 /// publication is FOR ALL TABLES), so another test's workload would be counted too.
@@ -164,88 +198,40 @@ async fn races_are_found_from_debezium_through_kafka_in_toctou_run() {
     let suffix = cdc::suffix();
     let broker = Broker::start();
     let (prefix, slot) = (format!("dbz_{suffix}"), format!("dbz_{suffix}"));
-    let _connect = Connect::start(&broker.bootstrap, &prefix, &slot);
+    let _connect = Scripted::connect(&broker.bootstrap, &prefix, &slot);
     let tables = tables_and_topics(&admin, &suffix, &broker.bootstrap, &prefix).await;
-    let toctou = Arc::new(Toctou::start_env(
-        &[
-            "--cdc-debezium-topics",
-            &topics(&prefix),
-            "--cdc-debezium-bootstrap",
-            &broker.bootstrap,
-        ],
-        &[("TOCTOU_LOG", "info,toctou_cdc=debug")],
-    ));
-    let events = || async {
-        toctou
-            .metric("toctou_events_total{signal=\"cdc\",phase=\"audit\"}")
-            .await
-    };
-    let before = first_rows_read(events).await;
-    let http = reqwest::Client::new();
-    let post: cdc::Post = {
-        let toctou = toctou.clone();
-        Arc::new(move |body| {
-            let (toctou, http) = (toctou.clone(), http.clone());
-            Box::pin(async move { toctou.post_json(&http, "/v1/traces", body).await })
-        })
-    };
+    let toctou = Toctou::start(&[
+        "--cdc-debezium-topics",
+        &topics(&prefix),
+        "--cdc-debezium-bootstrap",
+        &broker.bootstrap,
+        "--allowed-lateness",
+        LATENESS,
+    ]);
+    // The tables' first five rows, before the workload.
+    let events = || async { toctou.metric(cdc::CDC_EVENTS).await };
+    cdc::wait_for_count(events, 5.0, 120, "first rows", &|| toctou.log()).await;
+    let post = cdc::post_to(toctou.http_url("/v1/traces"), None);
     let w = cdc::run(&tables, 20, post).await;
-    // Every change came (and nothing twice): then the verdicts are due within the pair TTL.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while events().await < before + w.changes() as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} changes arrived; log:\n{}",
-            events().await - before,
-            w.changes(),
-            toctou.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let stale = w.stale().len();
-    toctou
-        .wait_for(Duration::from_secs(60), |f| {
-            f.iter().filter(|f| f["kind"] == "stale_check").count() >= stale
-        })
-        .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let findings = toctou.findings().await;
-    let text = toctou.metrics().await;
-    let counts: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("toctou_cdc_") || l.contains("signal=\"cdc\""))
-        .collect();
-    println!("{}", counts.join("\n"));
-    let verdict = cdc::assert_exact(&findings, &w, &|| toctou.log());
-    assert_eq!(
-        common::metric(&text, "toctou_events_total{signal=\"cdc\",phase=\"audit\"}"),
-        before + w.changes() as f64,
-        "each change once"
-    );
+    let (verdict, text) = cdc::assert_run_exact(&toctou, &w, 5.0).await;
     // Each delete's tombstone, and the transactions' BEGIN and END records, were skipped and
-    // counted; every change found its transaction's end (none waited out the hold).
+    // counted; every change went with its whole transaction (none waited out the hold).
+    let metric = |series: &str| common::metric(&text, series);
     assert!(
-        common::metric(
-            &text,
-            "toctou_ignored_total{signal=\"cdc\",reason=\"tombstone\"}"
-        ) >= w.deleted as f64
+        metric("toctou_ignored_total{signal=\"cdc\",reason=\"tombstone\"}") >= w.deleted as f64
     );
-    assert!(
-        common::metric(
-            &text,
-            "toctou_ignored_total{signal=\"cdc\",reason=\"transaction\"}"
-        ) > 0.0
-    );
+    assert!(metric("toctou_ignored_total{signal=\"cdc\",reason=\"transaction\"}") > 0.0);
     assert_eq!(
-        common::metric(&text, "toctou_cdc_debezium_released_total{why=\"evicted\"}"),
+        metric("toctou_cdc_debezium_released_total{why=\"timed_out\"}"),
         0.0
     );
     assert_eq!(
-        common::metric(&text, "toctou_cdc_debezium_held_changes"),
+        metric("toctou_cdc_debezium_released_total{why=\"evicted\"}"),
         0.0
     );
+    assert_eq!(metric("toctou_cdc_debezium_held_changes"), 0.0);
     assert_eq!(
-        common::metric(&text, "toctou_rejected_total{reason=\"malformed_json\"}"),
+        metric("toctou_rejected_total{reason=\"malformed_json\"}"),
         0.0
     );
     println!("{verdict:?}");
@@ -260,19 +246,18 @@ async fn races_are_found_from_debezium_through_kafka_in_toctou_run() {
 /// meets them with the spans (sent to the collector too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn races_are_found_from_debezium_through_kafka_in_distributed_mode() {
-    use common::clickhouse::{sql, PrivateServer};
     let _serial = ONE_AT_A_TIME.lock().await;
     let _burn = common::burner::every_core();
     let admin = client().await;
     publication(&admin).await;
     let suffix = cdc::suffix();
     let broker = Broker::start();
-    let clickhouse = PrivateServer::start("dbz");
+    let clickhouse = common::clickhouse::PrivateServer::start("dbz");
     let db = format!("dbz_{suffix}");
     let topic = "toctou.events";
     broker.create_topic(topic, 4);
     let (prefix, slot) = (format!("dbzd_{suffix}"), format!("dbzd_{suffix}"));
-    let _connect = Connect::start(&broker.bootstrap, &prefix, &slot);
+    let _connect = Scripted::connect(&broker.bootstrap, &prefix, &slot);
     let tables = tables_and_topics(&admin, &suffix, &broker.bootstrap, &prefix).await;
     let args: Vec<String> = [
         "collector",
@@ -288,113 +273,31 @@ async fn races_are_found_from_debezium_through_kafka_in_distributed_mode() {
     .map(String::from)
     .collect();
     let collector = Node::start(&args, "toctou collector listening");
-    let _correlator = common::kafka::correlator(
+    let group = format!("g_{suffix}");
+    let _correlator = common::kafka::correlator_with_lateness(
         &broker.bootstrap,
         topic,
-        &format!("g_{suffix}"),
+        &group,
         &clickhouse.url,
         &db,
+        LATENESS,
     );
-    let events = || async {
-        common::metric(
-            &collector.metrics().await,
-            "toctou_events_total{signal=\"cdc\",phase=\"audit\"}",
-        )
-    };
-    let before = first_rows_read(events).await;
-    let http = reqwest::Client::new();
+    let published = || async { common::metric(&collector.metrics().await, cdc::CDC_EVENTS) };
+    cdc::wait_for_count(published, 5.0, 120, "first rows", &|| collector.log()).await;
     let url = format!("http://{}/v1/traces", collector.addr("otlp_http"));
-    let post: cdc::Post = Arc::new(move |body| {
-        let (http, url) = (http.clone(), url.clone());
-        Box::pin(async move {
-            let resp = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert!(resp.status().is_success(), "{}", resp.status());
-        })
-    });
-    let w = cdc::run(&tables, 15, post).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while events().await < before + w.changes() as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} changes published; log:\n{}",
-            events().await - before,
-            w.changes(),
-            collector.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let stale = w.stale().len();
-    let query = "SELECT kind, request_id, resource, intervening.action, intervening.version, \
-                 intervening.request_id, intervening.actor FROM findings FINAL FORMAT JSONEachRow";
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let rows = loop {
-        let rows: Vec<Value> = sql(&clickhouse.url, &db, query)
-            .await
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let found = rows.iter().filter(|r| r["kind"] == "stale_check").count();
-        if found >= stale || Instant::now() > deadline {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            break sql(&clickhouse.url, &db, query)
-                .await
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<Value>>();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let findings: Vec<Value> = rows.iter().map(cdc::from_clickhouse_row).collect();
+    let w = cdc::run(&tables, 15, cdc::post_to(url, None)).await;
+    let target = 5.0 + w.changes() as f64;
+    cdc::wait_for_count(published, target, 120, "changes published", &|| {
+        collector.log()
+    })
+    .await;
+    let findings = cdc::clickhouse_findings(&clickhouse.url, &db, w.stale().len()).await;
     let verdict = cdc::assert_exact(&findings, &w, &|| collector.log());
     println!("{verdict:?}");
     admin
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .ok();
-}
-
-/// A Debezium Server private to one test, POSTing to toctou's `/v1/cdc/debezium`.
-struct DebeziumServer {
-    home: PathBuf,
-}
-
-impl DebeziumServer {
-    fn start(sink: &str, prefix: &str, slot: &str, token: &str) -> DebeziumServer {
-        let home = std::env::var_os("TOCTOU_KAFKA_TEST_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-            .join(format!("toctou-debezium-server-{prefix}"));
-        std::fs::create_dir_all(&home).unwrap();
-        let out = Command::new(script("debezium-server"))
-            .args(["start", sink, &cdc::pg_url(), prefix])
-            .env("TOCTOU_DEBEZIUM_SERVER_HOME", &home)
-            .env("TOCTOU_DEBEZIUM_SERVER_SLOT", slot)
-            .env("TOCTOU_DEBEZIUM_SERVER_TOKEN", token)
-            .output()
-            .expect("running scripts/debezium-server");
-        assert!(
-            out.status.success(),
-            "scripts/debezium-server start failed (run 'scripts/debezium-server install' first?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        DebeziumServer { home }
-    }
-}
-
-impl Drop for DebeziumServer {
-    fn drop(&mut self) {
-        let _ = Command::new(script("debezium-server"))
-            .arg("stop")
-            .env("TOCTOU_DEBEZIUM_SERVER_HOME", &self.home)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
 }
 
 /// Debezium Server's HTTP sink, no Kafka: each change event is POSTed, signed with the ingest
@@ -419,22 +322,18 @@ async fn races_are_found_from_debezium_servers_http_sink() {
     )
     .unwrap();
     let token = format!("ingest-{suffix}-0123456789abcdef");
-    let toctou = Arc::new(Toctou::start_env(
-        &["--cdc-mapping", mapping.to_str().unwrap()],
+    let toctou = Toctou::start_env(
+        &[
+            "--cdc-mapping",
+            mapping.to_str().unwrap(),
+            "--allowed-lateness",
+            LATENESS,
+        ],
         &[("TOCTOU_INGEST_TOKENS", &token)],
-    ));
-    let slot = format!("dbzs_{suffix}");
-    let _server = DebeziumServer::start(
-        &toctou.http_url("/v1/cdc/debezium"),
-        &format!("dbzs_{suffix}"),
-        &slot,
-        &token,
     );
-    let events = || async {
-        toctou
-            .metric("toctou_events_total{signal=\"cdc\",phase=\"audit\"}")
-            .await
-    };
+    let slot = format!("dbzs_{suffix}");
+    let sink = toctou.http_url("/v1/cdc/debezium");
+    let server = Scripted::server(&sink, &format!("dbzs_{suffix}"), &slot, &token);
     admin
         .execute(
             &format!("INSERT INTO {} VALUES ('unraced', 1)", tables.claims),
@@ -442,74 +341,24 @@ async fn races_are_found_from_debezium_servers_http_sink() {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while events().await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no record reached toctou in 120 s; log:\n{}",
-            toctou.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let before = events().await;
-    let http = reqwest::Client::new();
-    let url = toctou.http_url("/v1/traces");
-    let post: cdc::Post = {
-        let token = token.clone();
-        Arc::new(move |body| {
-            let (http, url, token) = (http.clone(), url.clone(), token.clone());
-            Box::pin(async move {
-                let resp = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(resp.status().is_success(), "{}", resp.status());
-            })
-        })
-    };
+    let events = || async { toctou.metric(cdc::CDC_EVENTS).await };
+    cdc::wait_for_count(events, 1.0, 120, "first row", &|| toctou.log()).await;
+    let post = cdc::post_to(toctou.http_url("/v1/traces"), Some(token.clone()));
     let w = cdc::run(&tables, 20, post).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while events().await < before + w.changes() as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} changes arrived; log:\n{}",
-            events().await - before,
-            w.changes(),
-            toctou.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let stale = w.stale().len();
-    toctou
-        .wait_for(Duration::from_secs(60), |f| {
-            f.iter().filter(|f| f["kind"] == "stale_check").count() >= stale
-        })
-        .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let findings = toctou.findings().await;
-    let verdict = cdc::assert_exact(&findings, &w, &|| toctou.log());
-    let text = toctou.metrics().await;
+    let (verdict, text) = cdc::assert_run_exact(&toctou, &w, 1.0).await;
+    let metric = |series: &str| common::metric(&text, series);
     assert_eq!(
-        common::metric(&text, "toctou_events_total{signal=\"cdc\",phase=\"audit\"}"),
-        before + w.changes() as f64,
-        "each change once"
-    );
-    assert_eq!(
-        common::metric(&text, "toctou_rejected_total{reason=\"unauthenticated\"}"),
+        metric("toctou_rejected_total{reason=\"unauthenticated\"}"),
         0.0,
         "every signed POST accepted"
     );
     assert_eq!(
-        common::metric(&text, "toctou_rejected_total{reason=\"missing_resource\"}"),
+        metric("toctou_rejected_total{reason=\"missing_resource\"}"),
         0.0
     );
     println!("{verdict:?}");
     let _ = std::fs::remove_file(&mapping);
-    drop(_server);
+    drop(server);
     admin
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await

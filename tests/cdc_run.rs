@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::cdc::{self, client, pg_url};
+use common::cdc::{self, client, pg_url, wait_for_slot};
 use common::Toctou;
 use std::time::Duration;
 use toctou_cdc::pgoutput::lsn_text;
@@ -26,36 +26,14 @@ async fn races_are_found_from_the_change_stream_alone() {
     let slot = format!("slot_{suffix}");
     let flags = cdc_flags(&slot, &suffix);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let toctou = std::sync::Arc::new(Toctou::start(&flags));
+    let toctou = Toctou::start(&flags);
 
     // The stream starts where the slot does: no write before it exists is seen.
     wait_for_slot(&admin, &slot, &toctou).await;
-    let http = reqwest::Client::new();
-    let post: cdc::Post = {
-        let toctou = toctou.clone();
-        std::sync::Arc::new(move |body| {
-            let (toctou, http) = (toctou.clone(), http.clone());
-            Box::pin(async move { toctou.post_json(&http, "/v1/traces", body).await })
-        })
-    };
+    let post = cdc::post_to(toctou.http_url("/v1/traces"), None);
     let w = cdc::run(&tables, 20, post).await;
-    let stale = w.stale().len();
-    // Decided once the watermark passes the uses: well within 30 s.
-    toctou
-        .wait_for(Duration::from_secs(60), |f| {
-            f.iter().filter(|f| f["kind"] == "stale_check").count() >= stale
-        })
-        .await;
-    // A little longer: nothing more may come.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let findings = toctou.findings().await;
-    let verdict = cdc::assert_exact(&findings, &w, &|| toctou.log());
-    // Every committed write came as one audit record: the flows' and the plain actors'.
-    let text = toctou.metrics().await;
-    assert_eq!(
-        common::metric(&text, "toctou_events_total{signal=\"cdc\",phase=\"audit\"}"),
-        w.changes() as f64
-    );
+    // Every committed write comes as one audit record: the flows' and the plain actors'.
+    let (verdict, text) = cdc::assert_run_exact(&toctou, &w, 0.0).await;
     assert_eq!(
         common::metric(&text, "toctou_prevented_races_total"),
         verdict.conflicts as f64,
@@ -100,33 +78,6 @@ fn cdc_flags(slot: &str, suffix: &str) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-/// Waits until the reader of `toctou` has created its slot and reads it: its own log line says
-/// so once `pg_create_logical_replication_slot` has returned, that is once the slot is
-/// consistent. (The slot's row in `pg_replication_slots` appears while it is still being
-/// created, waiting for the transactions running then to end.)
-async fn wait_for_slot(admin: &Client, slot: &str, toctou: &Toctou) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !toctou
-        .log()
-        .contains("reading the PostgreSQL change stream")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reader did not start in 30 s:\n{}",
-            toctou.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let listed = admin
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap();
-    assert!(listed.is_some(), "the reader reads no slot {slot}");
 }
 
 /// The slot's confirmed position, as a number (`pg_lsn - '0/0'`).
@@ -418,27 +369,7 @@ async fn a_kill_9_loses_no_change_and_reports_every_race_once() {
         confirmed(&admin, &slot).await > at_kill,
         "the new reader confirmed nothing past the killed one"
     );
-    let stale = w.stale().len();
-    let query = "SELECT kind, request_id, resource, intervening.action, intervening.version, \
-                 intervening.request_id, intervening.actor FROM findings FINAL FORMAT JSONEachRow";
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let rows: Vec<serde_json::Value> = loop {
-        let rows: Vec<serde_json::Value> = sql(&clickhouse.url, &db, query)
-            .await
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if rows.len() >= stale || std::time::Instant::now() > deadline {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            break sql(&clickhouse.url, &db, query)
-                .await
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let findings: Vec<serde_json::Value> = rows.iter().map(cdc::from_clickhouse_row).collect();
+    let findings = cdc::clickhouse_findings(&clickhouse.url, &db, w.stale().len()).await;
     let verdict = cdc::assert_exact_with(&findings, &w, &|| second.log(), &|r| !before.contains(r));
     // Once: no finding twice, though some were decided by both processes.
     let distinct = sql(

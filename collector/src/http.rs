@@ -162,31 +162,21 @@ pub(crate) fn closing(mut response: Response) -> Response {
 }
 
 async fn k8s_audit(State(r): State<Receivers>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    if let Err(e) = body::json_only(&parts.headers) {
-        return closing(failure(&r, None, e));
-    }
-    match ingest(&r, Signal::K8sAudit, Format::Json, &parts, body).await {
-        Ok(receipt) => {
-            let body = serde_json::json!({
-                "accepted": receipt.accepted,
-                "ignored": receipt.ignored,
-                "rejected": receipt.rejected,
-                "errors": receipt.errors,
-            });
-            respond(StatusCode::OK, Format::Json, body.to_string().into_bytes())
-        }
-        Err(failed) => failed.respond(&r, Some(Format::Json)),
-    }
+    json_records(r, Signal::K8sAudit, req).await
 }
 
-/// Debezium Server's HTTP sink (`crate::debezium`): the answer counts what the body held.
+/// Debezium Server's HTTP sink (`crate::debezium`).
 async fn debezium(State(r): State<Receivers>, req: Request) -> Response {
+    json_records(r, Signal::Cdc, req).await
+}
+
+/// The audit routes' JSON bodies of records: the answer counts what the body held.
+async fn json_records(r: Receivers, signal: Signal, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if let Err(e) = body::json_only(&parts.headers) {
         return closing(failure(&r, None, e));
     }
-    match ingest(&r, Signal::Cdc, Format::Json, &parts, body).await {
+    match ingest(&r, signal, Format::Json, &parts, body).await {
         Ok(receipt) => {
             let body = serde_json::json!({
                 "accepted": receipt.accepted,

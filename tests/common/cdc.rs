@@ -38,6 +38,37 @@ pub async fn client() -> Client {
     client
 }
 
+/// Waits until the reader of `toctou` has created its slot and reads it: its own log line says
+/// so once `pg_create_logical_replication_slot` has returned, that is once the slot is
+/// consistent. (The slot's row in `pg_replication_slots` appears while it is still being
+/// created, waiting for the transactions running then to end.)
+pub async fn wait_for_slot(admin: &Client, slot: &str, toctou: &super::Toctou) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !toctou
+        .log()
+        .contains("reading the PostgreSQL change stream")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader did not start in 30 s:\n{}",
+            toctou.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = admin
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    assert!(
+        listed.is_some(),
+        "the reader reads no slot {slot}; log:\n{}",
+        toctou.log()
+    );
+}
+
 /// A suffix unique to this test process and moment, for tables, slots and publications.
 pub fn suffix() -> String {
     format!("{}_{}", std::process::id(), now_ns() % 1_000_000_000)
@@ -497,5 +528,112 @@ pub fn assert_exact_with(
         plain_named,
         duplicate_inserts,
         deletes_under_check,
+    }
+}
+
+/// Sends each body to `url` (an OTLP/HTTP traces endpoint), with a bearer token when given;
+/// every one must be answered 2xx.
+pub fn post_to(url: String, token: Option<String>) -> Post {
+    let http = reqwest::Client::new();
+    Arc::new(move |body| {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        Box::pin(async move {
+            let mut request = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body);
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let resp = request.send().await.expect("posting OTLP/JSON");
+            assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        })
+    })
+}
+
+/// Waits up to `seconds` until `counted` reaches `target`; says `what` and the log if not.
+pub async fn wait_for_count(
+    counted: impl AsyncFn() -> f64,
+    target: f64,
+    seconds: u64,
+    what: &str,
+    log: &dyn Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let n = counted().await;
+        if n >= target {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {n} of {target} in {seconds} s; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The series `toctou run` counts the change stream's audit records in.
+pub const CDC_EVENTS: &str = "toctou_events_total{signal=\"cdc\",phase=\"audit\"}";
+
+/// For a `toctou run` that got the workload `w`, `before` change-stream records counted
+/// before it: waits until every change has arrived and the stale checks are decided, checks
+/// the findings against the database (see [`assert_exact`]) and that each change came once.
+/// Returns the verdict and the metrics text.
+pub async fn assert_run_exact(
+    toctou: &super::Toctou,
+    w: &Workload,
+    before: f64,
+) -> (Verdict, String) {
+    let events = || async { toctou.metric(CDC_EVENTS).await };
+    wait_for_count(
+        events,
+        before + w.changes() as f64,
+        120,
+        "changes arrived",
+        &|| toctou.log(),
+    )
+    .await;
+    let stale = w.stale().len();
+    toctou
+        .wait_for(Duration::from_secs(60), |f| {
+            f.iter().filter(|f| f["kind"] == "stale_check").count() >= stale
+        })
+        .await;
+    // A little longer: nothing more may come.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let findings = toctou.findings().await;
+    let verdict = assert_exact(&findings, w, &|| toctou.log());
+    let text = toctou.metrics().await;
+    assert_eq!(
+        super::metric(&text, CDC_EVENTS),
+        before + w.changes() as f64,
+        "each change once"
+    );
+    (verdict, text)
+}
+
+/// Polls ClickHouse's findings (under FINAL, in the API's shape) until `stale` stale checks
+/// are there or 90 s pass, then a little longer, so that an extra one would show too.
+pub async fn clickhouse_findings(url: &str, db: &str, stale: usize) -> Vec<Value> {
+    let query = "SELECT kind, request_id, resource, intervening.action, intervening.version, \
+                 intervening.request_id, intervening.actor FROM findings FINAL FORMAT JSONEachRow";
+    let read = || async {
+        super::clickhouse::sql(url, db, query)
+            .await
+            .lines()
+            .map(|l| from_clickhouse_row(&serde_json::from_str(l).unwrap()))
+            .collect::<Vec<Value>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let found = read().await;
+        let n = found.iter().filter(|f| f["kind"] == "stale_check").count();
+        if n >= stale || std::time::Instant::now() > deadline {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return read().await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -219,6 +219,24 @@ pub fn kinds(findings: &[Value]) -> std::collections::BTreeMap<String, usize> {
     k
 }
 
+/// The venv's python: TOCTOU_TEST_PYTHON, else the one `scripts/otel-python` installed.
+pub fn otel_python() -> String {
+    if let Ok(p) = std::env::var("TOCTOU_TEST_PYTHON") {
+        return p;
+    }
+    let out = std::process::Command::new(testdata("scripts/otel-python"))
+        .arg("path")
+        .output()
+        .expect("running scripts/otel-python");
+    assert!(
+        out.status.success(),
+        "the OpenTelemetry Python SDK is not installed: run `scripts/otel-python install` \
+         (./scripts/test does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub fn testdata(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }

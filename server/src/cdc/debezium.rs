@@ -11,7 +11,7 @@
 //! them: a change whose message another group member reads is released after
 //! `--cdc-debezium-hold` as a write by another request.
 
-use super::{retrying, CdcArgs, CdcMetrics, CdcOutput, Delivery};
+use super::{hand_over, retrying, CdcArgs, CdcMetrics, CdcOutput};
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -50,10 +50,7 @@ pub async fn read(
     counts: Arc<toctou_collector::Metrics>,
     metrics: Arc<CdcMetrics>,
 ) {
-    let what = format!(
-        "reading Debezium topics {:?} on {bootstrap}",
-        args.debezium_topics
-    );
+    let what = format!("Debezium topics {:?} on {bootstrap}", args.debezium_topics);
     retrying(&what, &metrics, || {
         read_until_error(&bootstrap, &args, &mapping, &output, &counts, &metrics)
     })
@@ -173,20 +170,9 @@ async fn read_until_error(
         counts.record_items(&ignored, &[], &rejected);
         if !out.is_empty() {
             let events: Vec<Event> = out.drain(..).map(|(a, _)| Event::Audit(a)).collect();
-            let n = events.len() as u64;
-            match output.deliver(events).await {
-                Delivery::Stored => {}
-                Delivery::Closed => return Ok(()),
-                // Not committed: the consumer starts again from the committed offsets.
-                Delivery::NotStored => anyhow::bail!(
-                    "ClickHouse did not store the Debezium records; reading them again"
-                ),
+            if !hand_over(output, events, counts).await? {
+                return Ok(());
             }
-            counts.add_events(
-                toctou_collector::Signal::Cdc,
-                toctou_collector::EventPhase::Audit,
-                n,
-            );
         }
         let t = decoder.transactions();
         metrics.debezium_held.store(t.held() as u64, Relaxed);

@@ -284,6 +284,33 @@ impl CdcArgs {
     }
 }
 
+/// Delivers a reader's audit records and counts them once delivered: `Ok(false)` when the
+/// output has gone (shutdown); an error when they were not stored, so that the reader starts
+/// again from its confirmed position (the engine drops what it already has).
+async fn hand_over(
+    output: &CdcOutput,
+    events: Vec<Event>,
+    counts: &toctou_collector::Metrics,
+) -> anyhow::Result<bool> {
+    let n = events.len() as u64;
+    match output.deliver(events).await {
+        Delivery::Stored => {
+            counts.add_events(
+                toctou_collector::Signal::Cdc,
+                toctou_collector::EventPhase::Audit,
+                n,
+            );
+            Ok(true)
+        }
+        Delivery::Closed => Ok(false),
+        Delivery::NotStored => {
+            anyhow::bail!(
+                "ClickHouse did not store the change stream's records; reading them again"
+            )
+        }
+    }
+}
+
 /// Runs `attempt` until it returns Ok (shutdown); its errors are counted, logged and retried
 /// after a pause that grows to 10 s, so a database or broker restart delays audit records
 /// and loses none.
@@ -298,7 +325,7 @@ where
             Ok(()) => return,
             Err(err) => {
                 metrics.read_errors.fetch_add(1, Relaxed);
-                tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "{what} failed");
+                tracing::warn!(source = what, error = %format!("{err:#}"), retry_in = ?backoff, "a change-stream reader failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }

@@ -1,7 +1,7 @@
 //! `--cdc-postgres`: whole transactions from the slot (`toctou_cdc::postgres`), each batch
 //! delivered before the slot's position is confirmed.
 
-use super::{retrying, CdcArgs, CdcMetrics, CdcOutput, Delivery};
+use super::{hand_over, retrying, CdcArgs, CdcMetrics, CdcOutput};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use toctou_cdc::postgres::{PostgresConfig, PostgresSource};
@@ -24,10 +24,7 @@ pub async fn read(
         max_changes: toctou_cdc::postgres::DEFAULT_MAX_CHANGES,
         version_column: args.version_column.clone(),
     };
-    let what = format!(
-        "reading the PostgreSQL change stream (slot {})",
-        config.slot
-    );
+    let what = format!("PostgreSQL slot {}", config.slot);
     retrying(&what, &metrics, || {
         read_until_error(&config, &args, &mapping, &output, &counts, &metrics)
     })
@@ -66,19 +63,9 @@ async fn read_until_error(
                 .iter()
                 .map(|c| Event::Audit(mapping.audit(c)))
                 .collect();
-            match output.deliver(events).await {
-                Delivery::Stored => {}
-                Delivery::Closed => return Ok(()),
-                // Not confirmed: read again (the engine drops what it already has).
-                Delivery::NotStored => anyhow::bail!(
-                    "ClickHouse did not store the change stream's records; reading them again"
-                ),
+            if !hand_over(output, events, counts).await? {
+                return Ok(());
             }
-            counts.add_events(
-                toctou_collector::Signal::Cdc,
-                toctou_collector::EventPhase::Audit,
-                batch.changes.len() as u64,
-            );
         }
         source.confirm(end).await?;
         tracing::debug!(end = %toctou_cdc::pgoutput::lsn_text(end), "confirmed");
