@@ -17,28 +17,10 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The venv's python: TOCTOU_TEST_PYTHON, else the one `scripts/otel-python` installed.
-fn python() -> String {
-    if let Ok(p) = std::env::var("TOCTOU_TEST_PYTHON") {
-        return p;
-    }
-    let out = Command::new(repo().join("scripts/otel-python"))
-        .arg("path")
-        .output()
-        .expect("running scripts/otel-python");
-    assert!(
-        out.status.success(),
-        "the OpenTelemetry Python SDK is not installed: run `scripts/otel-python install` \
-         (./scripts/test does): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_example_reports_the_plain_write_race_only() {
     let toctou = Toctou::start(&["--pair-ttl", "1s", "--allowed-lateness", "300ms"]);
-    let out = Command::new(python())
+    let out = Command::new(common::otel_python())
         .arg(repo().join(EXAMPLE))
         .env("TOCTOU_OTLP_HTTP", toctou.http_url(""))
         .output()
