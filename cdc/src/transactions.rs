@@ -475,6 +475,34 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_of_100_000_rows_goes_whole_and_in_order() {
+        let t0 = Instant::now();
+        let mut a = Assembler::new(DEFAULT_HOLD, DEFAULT_MAX_HELD);
+        let mut out = Vec::new();
+        a.push(end("0", 1), 0, t0, &mut out);
+        a.push(end("big", 100_001), 0, t0, &mut out);
+        a.push(message("big", "req-big"), 0, t0, &mut out);
+        for i in 1..=100_000u32 {
+            a.push(change("big", &i.to_string()), i, t0, &mut out);
+        }
+        assert!(out.is_empty(), "behind transaction 0");
+        assert_eq!(a.held(), 100_000);
+        a.push(change("0", "first"), 0, t0, &mut out);
+        assert_eq!(out.len(), 100_001);
+        assert!(out.iter().map(|(_, tag)| *tag).eq(0..=100_000));
+        assert!(out[1..]
+            .iter()
+            .all(|(c, _)| c.request_id.as_deref() == Some("req-big")));
+        assert_eq!(
+            a.released(),
+            Released {
+                complete: 1,
+                ..Released::default()
+            }
+        );
+    }
+
+    #[test]
     fn the_first_end_record_counts_what_went_before_it() {
         let t0 = Instant::now();
         let mut a = Assembler::new(Duration::from_secs(2), 100);
