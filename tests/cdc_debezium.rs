@@ -11,7 +11,7 @@
 mod common;
 
 use common::cdc::{self, client};
-use common::kafka::{Broker, Node};
+use common::kafka::Broker;
 use common::Toctou;
 use std::path::PathBuf;
 use std::process::Command;
@@ -306,47 +306,15 @@ async fn races_are_found_from_debezium_through_kafka_in_distributed_mode() {
     publication(&admin).await;
     let suffix = cdc::suffix();
     let broker = Broker::start();
-    let clickhouse = common::clickhouse::PrivateServer::start("dbz");
-    let db = format!("dbz_{suffix}");
-    let topic = "toctou.events";
-    broker.create_topic(topic, 4);
     let (prefix, slot) = (format!("dbzd_{suffix}"), format!("dbzd_{suffix}"));
     let _connect = Scripted::connect(&broker.bootstrap, &prefix, &slot);
     let tables = tables_and_topics(&admin, &suffix, &broker.bootstrap, &prefix).await;
-    let args: Vec<String> = [
-        "collector",
-        "--kafka-bootstrap",
-        &broker.bootstrap,
-        "--kafka-topic",
-        topic,
-        "--cdc-debezium-topics",
-        &topics(&prefix),
-    ]
-    .into_iter()
-    .chain(common::EPHEMERAL_PORTS)
-    .map(String::from)
-    .collect();
-    let collector = Node::start(&args, "toctou collector listening");
-    let group = format!("g_{suffix}");
-    let _correlator = common::kafka::correlator_with_lateness(
-        &broker.bootstrap,
-        topic,
-        &group,
-        &clickhouse.url,
-        &db,
-        LATENESS,
-    );
-    let published = || async { common::metric(&collector.metrics().await, cdc::CDC_EVENTS) };
-    cdc::wait_for_count(published, 5.0, 120, "first rows", &|| collector.log()).await;
-    let url = format!("http://{}/v1/traces", collector.addr("otlp_http"));
-    let w = cdc::run(&tables, 15, cdc::post_to(url, None)).await;
-    let target = 5.0 + w.changes() as f64;
-    cdc::wait_for_count(published, target, 120, "changes published", &|| {
-        collector.log()
-    })
-    .await;
-    let findings = cdc::clickhouse_findings(&clickhouse.url, &db, w.stale().len()).await;
-    let verdict = cdc::assert_exact(&findings, &w, &|| collector.log());
+    let reader = ["--cdc-debezium-topics".to_string(), topics(&prefix)];
+    let d = cdc::Distributed::start(&broker, &suffix, &reader, LATENESS);
+    let log = || d.collector.log();
+    cdc::wait_for_count(|| d.published(), 5.0, 120, "first rows", &log).await;
+    let w = cdc::run(&tables, 15, d.post()).await;
+    let verdict = d.assert_exact(&w, 5.0).await;
     println!("{verdict:?}");
     admin
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])

@@ -393,65 +393,37 @@ async fn a_kill_9_loses_no_change_and_reports_every_race_once() {
 /// ClickHouse. The slot moves only once Kafka acknowledged the records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn races_are_found_from_the_change_stream_in_distributed_mode() {
-    use common::kafka::{Broker, Node};
     let _burn = common::burner::every_core();
     let admin = client().await;
     let suffix = cdc::suffix();
     let tables = cdc::create_tables(&admin, &suffix, true).await;
     let slot = format!("slot_{suffix}");
-    let broker = Broker::start();
-    let clickhouse = common::clickhouse::PrivateServer::start("cdcd");
-    let db = format!("cdcd_{suffix}");
-    let topic = "toctou.events";
-    broker.create_topic(topic, 4);
-    let args: Vec<String> = ["collector", "--kafka-bootstrap", &broker.bootstrap]
-        .into_iter()
-        .chain(["--kafka-topic", topic])
-        .chain(common::EPHEMERAL_PORTS)
-        .map(String::from)
-        .chain(cdc_flags(&slot, &suffix))
-        .collect();
-    let collector = Node::start(&args, "toctou collector listening");
-    let group = format!("g_{suffix}");
-    let _correlator = common::kafka::correlator_with_lateness(
-        &broker.bootstrap,
-        topic,
-        &group,
-        &clickhouse.url,
-        &db,
-        "3s",
-    );
+    let broker = common::kafka::Broker::start();
+    let d = cdc::Distributed::start(&broker, &suffix, &cdc_flags(&slot, &suffix), "3s");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !collector
+    while !d
+        .collector
         .log()
         .contains("reading the PostgreSQL change stream")
     {
         assert!(
             std::time::Instant::now() < deadline,
             "the collector's reader did not start:\n{}",
-            collector.log()
+            d.collector.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let url = format!("http://{}/v1/traces", collector.addr("otlp_http"));
-    let w = cdc::run(&tables, 15, cdc::post_to(url, None)).await;
-    let published = || async { common::metric(&collector.metrics().await, cdc::CDC_EVENTS) };
-    let changes = w.changes() as f64;
-    cdc::wait_for_count(published, changes, 60, "changes published", &|| {
-        collector.log()
-    })
-    .await;
-    let findings = cdc::clickhouse_findings(&clickhouse.url, &db, w.stale().len()).await;
-    let verdict = cdc::assert_exact(&findings, &w, &|| collector.log());
-    let text = collector.metrics().await;
+    let w = cdc::run(&tables, 15, d.post()).await;
+    let verdict = d.assert_exact(&w, 0.0).await;
+    let text = d.collector.metrics().await;
     assert_eq!(
         common::metric(&text, cdc::CDC_EVENTS),
-        changes,
+        w.changes() as f64,
         "each change once"
     );
-    assert!(common::metric(&text, "toctou_cdc_transactions_total") >= changes);
+    assert!(common::metric(&text, "toctou_cdc_transactions_total") >= w.changes() as f64);
     println!("{verdict:?}");
-    drop(collector);
+    drop(d);
     admin
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await

@@ -25,21 +25,7 @@ async fn python_sdk_example_reports_the_plain_write_race_only() {
         .env("TOCTOU_OTLP_HTTP", toctou.http_url(""))
         .output()
         .expect("running the Python example");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the example failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The race really happened: the plain write oversold, the conditional one refused.
-    assert!(
-        stdout.contains("plain write:       A sold True, B sold True, stock now -1"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("conditional write: A sold False, B sold True, stock now 0"),
-        "{stdout}"
-    );
+    common::assert_buyers_raced(&out);
 
     toctou
         .wait_for(Duration::from_secs(20), |f| !f.is_empty())

@@ -637,3 +637,86 @@ pub async fn clickhouse_findings(url: &str, db: &str, stale: usize) -> Vec<Value
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Distributed mode around a change-stream reader: a broker, ClickHouse, the events topic, a
+/// collector given `reader` (its change-stream flags) and a correlator writing findings to
+/// ClickHouse with `lateness`.
+pub struct Distributed {
+    pub collector: super::kafka::Node,
+    pub clickhouse: super::clickhouse::PrivateServer,
+    pub db: String,
+    _correlator: super::kafka::Node,
+}
+
+impl Distributed {
+    /// On `broker` (the test's own, which may carry Debezium's topics too).
+    pub fn start(
+        broker: &super::kafka::Broker,
+        suffix: &str,
+        reader: &[String],
+        lateness: &str,
+    ) -> Distributed {
+        let clickhouse = super::clickhouse::PrivateServer::start("cdcd");
+        let db = format!("cdcd_{suffix}");
+        let topic = "toctou.events";
+        broker.create_topic(topic, 4);
+        let args: Vec<String> = [
+            "collector",
+            "--kafka-bootstrap",
+            &broker.bootstrap,
+            "--kafka-topic",
+            topic,
+        ]
+        .into_iter()
+        .chain(super::EPHEMERAL_PORTS)
+        .map(String::from)
+        .chain(reader.iter().cloned())
+        .collect();
+        let collector = super::kafka::Node::start(&args, "toctou collector listening");
+        let group = format!("g_{suffix}");
+        let correlator = super::kafka::correlator_with_lateness(
+            &broker.bootstrap,
+            topic,
+            &group,
+            &clickhouse.url,
+            &db,
+            lateness,
+        );
+        Distributed {
+            collector,
+            clickhouse,
+            db,
+            _correlator: correlator,
+        }
+    }
+
+    /// Spans to the collector's OTLP/HTTP receiver.
+    pub fn post(&self) -> Post {
+        post_to(
+            format!("http://{}/v1/traces", self.collector.addr("otlp_http")),
+            None,
+        )
+    }
+
+    /// Change-stream records the collector published.
+    pub async fn published(&self) -> f64 {
+        super::metric(&self.collector.metrics().await, CDC_EVENTS)
+    }
+
+    /// Waits until the collector published `before` + the workload's changes, then checks
+    /// ClickHouse's findings against the database.
+    pub async fn assert_exact(&self, w: &Workload, before: f64) -> Verdict {
+        let log = || self.collector.log();
+        let published = || self.published();
+        wait_for_count(
+            published,
+            before + w.changes() as f64,
+            120,
+            "changes published",
+            &log,
+        )
+        .await;
+        let findings = clickhouse_findings(&self.clickhouse.url, &self.db, w.stale().len()).await;
+        assert_exact(&findings, w, &log)
+    }
+}

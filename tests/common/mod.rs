@@ -237,6 +237,25 @@ pub fn otel_python() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Checks that a buyers example (examples/python, examples/go) succeeded and that its race
+/// really happened: the plain write oversold, the conditional one was refused.
+pub fn assert_buyers_raced(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success(),
+        "the example failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("plain write:       a sold true, b sold true, stock now -1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("conditional write: a sold false, b sold true, stock now 0"),
+        "{stdout}"
+    );
+}
+
 pub fn testdata(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
