@@ -13,7 +13,8 @@ use crate::transactions::Assembler;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use toctou_schema::AuditEvent;
@@ -92,49 +93,104 @@ struct Payload<'a> {
     schema: Option<IgnoredAny>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
-    op: Option<String>,
-    before: Option<Map<String, Value>>,
-    after: Option<Map<String, Value>>,
-    source: Option<Source>,
-    transaction: Option<Transaction>,
+    #[serde(borrow)]
+    op: Option<Text<'a>>,
+    // The rows' columns stay unparsed JSON until one is read (the key's, the version): a
+    // parsed map of every column cost an allocation per column.
+    #[serde(borrow)]
+    before: Option<Columns<'a>>,
+    #[serde(borrow)]
+    after: Option<Columns<'a>>,
+    #[serde(borrow)]
+    source: Option<Source<'a>>,
+    #[serde(borrow)]
+    transaction: Option<Transaction<'a>>,
     message: Option<LogicalMessage>,
     ts_ms: Option<u64>,
     // Transaction metadata records carry these instead of `op`.
-    status: Option<String>,
-    id: Option<String>,
+    #[serde(borrow)]
+    status: Option<Text<'a>>,
+    #[serde(borrow)]
+    id: Option<Text<'a>>,
     event_count: Option<u64>,
     // Schema-change records.
     #[serde(rename = "ddl")]
-    ddl: Option<Value>,
+    ddl: Option<IgnoredAny>,
     #[serde(rename = "tableChanges")]
-    table_changes: Option<Value>,
+    table_changes: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
-struct Source {
-    db: Option<String>,
-    schema: Option<String>,
-    table: Option<String>,
+struct Source<'a> {
+    #[serde(borrow)]
+    db: Option<Text<'a>>,
+    #[serde(borrow)]
+    schema: Option<Text<'a>>,
+    #[serde(borrow)]
+    table: Option<Text<'a>>,
     ts_ms: Option<u64>,
     ts_us: Option<u64>,
     ts_ns: Option<u64>,
-    snapshot: Option<Value>,
+    #[serde(borrow)]
+    snapshot: Option<&'a RawValue>,
     // PostgreSQL.
-    #[serde(rename = "txId")]
-    tx_id: Option<Value>,
+    #[serde(rename = "txId", borrow)]
+    tx_id: Option<&'a RawValue>,
     lsn: Option<u64>,
     // MySQL.
-    file: Option<String>,
+    #[serde(borrow)]
+    file: Option<Text<'a>>,
     pos: Option<u64>,
     row: Option<u64>,
-    gtid: Option<String>,
+    #[serde(borrow)]
+    gtid: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Transaction {
-    id: Option<String>,
+struct Transaction<'a> {
+    #[serde(borrow)]
+    id: Option<Text<'a>>,
     data_collection_order: Option<u64>,
     total_order: Option<u64>,
+}
+
+/// A JSON string, borrowed from the record unless it has escapes.
+#[derive(Clone, Debug, PartialEq)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(Visit(std::marker::PhantomData))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A row: its columns in document order, each value unparsed.
+type Columns<'a> = Ordered<Text<'a>, &'a RawValue>;
+
+impl<'a> Columns<'a> {
+    fn get(&self, column: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(c, _)| **c == *column).map(|(_, v)| *v)
+    }
 }
 
 #[derive(Deserialize)]
@@ -166,9 +222,9 @@ pub fn parse(
     }
     let Some(op) = p.op.as_deref() else {
         if let Some(status) = p.status.as_deref() {
-            return Ok(match (status, p.id, p.event_count) {
+            return Ok(match (status, &p.id, p.event_count) {
                 ("END", Some(id), Some(events)) => Record::TransactionEnd {
-                    tx: transaction_tx(&id).to_string(),
+                    tx: transaction_tx(id).to_string(),
                     events,
                 },
                 _ => Record::Skip(Skip::Transaction),
@@ -212,25 +268,30 @@ pub fn parse(
     let source = p
         .source
         .ok_or_else(|| DebeziumError::Malformed("no \"source\" block".into()))?;
-    if source.snapshot.as_ref().is_some_and(|s| {
+    if source.snapshot.is_some_and(|s| {
         matches!(
-            s.as_str(),
-            Some(
-                "true" | "last" | "first" | "first_in_data_collection" | "last_in_data_collection"
-            )
-        ) || s == &Value::Bool(true)
+            s.get(),
+            "true"
+                | "\"true\""
+                | "\"last\""
+                | "\"first\""
+                | "\"first_in_data_collection\""
+                | "\"last_in_data_collection\""
+        )
     }) {
         return Ok(Record::Skip(Skip::Snapshot));
     }
     let schema = source
         .schema
-        .clone()
-        .or_else(|| source.db.clone())
-        .ok_or_else(|| DebeziumError::Malformed("source has neither schema nor db".into()))?;
+        .as_deref()
+        .or(source.db.as_deref())
+        .ok_or_else(|| DebeziumError::Malformed("source has neither schema nor db".into()))?
+        .to_string();
     let table = source
         .table
-        .clone()
-        .ok_or_else(|| DebeziumError::Malformed("source has no table".into()))?;
+        .as_deref()
+        .ok_or_else(|| DebeziumError::Malformed("source has no table".into()))?
+        .to_string();
     let row = match op {
         Op::Delete => p.before.as_ref(),
         _ => p.after.as_ref(),
@@ -249,12 +310,15 @@ pub fn parse(
             columns
                 .into_iter()
                 .map(|c| {
-                    let v = row.get(&c).map(text).ok_or_else(|| DebeziumError::NoKey {
-                        table: format!("{schema}.{table}"),
-                        what: format!(
-                            "column {c:?} not in the row; name the key in the mapping file"
-                        ),
-                    })?;
+                    let v = row
+                        .get(&c)
+                        .map(raw_text)
+                        .ok_or_else(|| DebeziumError::NoKey {
+                            table: format!("{schema}.{table}"),
+                            what: format!(
+                                "column {c:?} not in the row; name the key in the mapping file"
+                            ),
+                        })?;
                     Ok((c, v))
                 })
                 .collect::<Result<_, _>>()?
@@ -268,7 +332,10 @@ pub fn parse(
     }
     let row_version = match op {
         Op::Delete => None,
-        _ => row.get(version_column).filter(|v| !v.is_null()).map(text),
+        _ => row
+            .get(version_column)
+            .filter(|v| v.get() != "null")
+            .map(raw_text),
     };
     let position = position(&source).unwrap_or(0);
     let index = p
@@ -394,9 +461,10 @@ fn key_from_record(key: &[u8]) -> Result<Vec<(String, String)>, DebeziumError> {
     let not_an_object = |e: serde_json::Error| {
         DebeziumError::Malformed(format!("a record key is a JSON object of key columns: {e}"))
     };
-    let entries: Ordered<Box<RawValue>> = serde_json::from_slice(key).map_err(not_an_object)?;
+    let entries: Ordered<String, Box<RawValue>> =
+        serde_json::from_slice(key).map_err(not_an_object)?;
     let payload = entries.0.iter().find(|(k, _)| k == "payload");
-    let entries: Ordered<Value> = match payload {
+    let entries: Ordered<String, Value> = match payload {
         Some((_, payload)) if entries.0.iter().any(|(k, _)| k == "schema") => {
             serde_json::from_str(payload.get()).map_err(not_an_object)?
         }
@@ -406,20 +474,20 @@ fn key_from_record(key: &[u8]) -> Result<Vec<(String, String)>, DebeziumError> {
 }
 
 /// A JSON object's entries in document order.
-struct Ordered<V>(Vec<(String, V)>);
+struct Ordered<K, V>(Vec<(K, V)>);
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Ordered<K, V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<V>(std::marker::PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
-            type Value = Ordered<V>;
+        struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<K, V> {
+            type Value = Ordered<K, V>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<Ordered<V>, A::Error> {
+            ) -> Result<Ordered<K, V>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(entry) = map.next_entry()? {
                     out.push(entry);
@@ -440,12 +508,22 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn tx_id(source: &Source) -> Option<String> {
-    match source.tx_id.as_ref()? {
-        Value::Null => source.gtid.clone(),
-        v => Some(text(v)),
+/// [`text`] of an unparsed value: a string unescaped, `null` empty, anything else as written.
+fn raw_text(v: &RawValue) -> String {
+    let raw = v.get();
+    match raw.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_string()),
+        _ if raw == "null" => String::new(),
+        _ => raw.to_string(),
     }
-    .or_else(|| source.gtid.clone())
+}
+
+fn tx_id(source: &Source) -> Option<String> {
+    match source.tx_id {
+        Some(v) if v.get() != "null" => Some(raw_text(v)),
+        _ => None,
+    }
+    .or_else(|| source.gtid.as_deref().map(str::to_string))
 }
 
 /// The transaction id in a transaction-metadata id: PostgreSQL's are `<txId>:<lsn>`, the
