@@ -1,0 +1,17 @@
+//! Database client spans read as checks and uses (issue 26): what a statement reads or
+//! writes, in which table, by which column values, and what protects it, from the query text
+//! and parameters that OpenTelemetry's database instrumentations record.
+//!
+//! # Layout
+//! - [`statement`]: one statement's text to a [`Statement`] (a real SQL parser, the
+//!   PostgreSQL and MySQL dialects; driver placeholders `$1`, `?`, `%s`, `%(name)s`).
+//! - [`params`]: parameter values as the instrumentations render them (a Python tuple repr
+//!   with driver wrapper types, a JSON array, one attribute per index).
+
+pub mod params;
+pub mod statement;
+
+pub use params::{parse_params, Param, ParamError};
+pub use statement::{
+    interpret, Condition, Operation, Protection, Statement, StatementError, TableName, ValueRef,
+};
