@@ -7,10 +7,13 @@
 //!   PostgreSQL and MySQL dialects; driver placeholders `$1`, `?`, `%s`, `%(name)s`).
 //! - [`params`]: parameter values as the instrumentations render them (a Python tuple repr
 //!   with driver wrapper types, a JSON array, one attribute per index).
+//! - [`cache`]: [`Interpreter`], each distinct text parsed once, bounded.
 
+pub mod cache;
 pub mod params;
 pub mod statement;
 
+pub use cache::{Interpreter, Reading, DEFAULT_CAPACITY};
 pub use params::{parse_params, Param, ParamError};
 pub use statement::{
     interpret, Condition, Operation, Protection, Statement, StatementError, TableName, ValueRef,
