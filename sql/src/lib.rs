@@ -8,13 +8,17 @@
 //! - [`params`]: parameter values as the instrumentations render them (a Python tuple repr
 //!   with driver wrapper types, a JSON array, one attribute per index).
 //! - [`cache`]: [`Interpreter`], each distinct text parsed once, bounded.
+//! - [`span`]: a database client span's attributes (current and older semantic
+//!   conventions) to the call: system, text, parameters, status.
 
 pub mod cache;
 pub mod params;
+pub mod span;
 pub mod statement;
 
 pub use cache::{Interpreter, Reading, DEFAULT_CAPACITY};
 pub use params::{parse_params, Param, ParamError};
+pub use span::DbCall;
 pub use statement::{
     interpret, Condition, Operation, Protection, Statement, StatementError, TableName, ValueRef,
 };
