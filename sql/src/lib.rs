@@ -17,7 +17,7 @@ pub mod span;
 pub mod statement;
 
 pub use cache::{Interpreter, Reading, DEFAULT_CAPACITY};
-pub use params::{parse_params, Param, ParamError};
+pub use params::{parse_params, parse_params_for, Param, ParamError};
 pub use span::DbCall;
 pub use statement::{
     interpret, Condition, Operation, Protection, Statement, StatementError, TableName, ValueRef,

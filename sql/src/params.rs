@@ -30,9 +30,47 @@ pub enum ParamError {
     Unterminated(&'static str),
 }
 
-/// Reads a rendering of a statement's parameters.
+/// Reads a rendering of a statement's parameters, in order. A dict of named parameters
+/// (SQLAlchemy, psycopg's `%(name)s`) comes in the dict's order: use [`parse_params_for`]
+/// with the statement's names to have them in the statement's.
 pub fn parse_params(rendered: &str) -> Result<Vec<Param>, ParamError> {
+    parse_params_for(rendered, &[])
+}
+
+/// [`parse_params`], a dict of named parameters ordered by `names` (the statement's
+/// placeholders in order of first appearance, `Statement::names`); a name the dict lacks is
+/// `Unknown`.
+pub fn parse_params_for(rendered: &str, names: &[String]) -> Result<Vec<Param>, ParamError> {
     let s = rendered.trim();
+    // No parameters: Python's `None`, SQLAlchemy's `immutabledict({})`.
+    if s == "None" {
+        return Ok(Vec::new());
+    }
+    let s = unwrap_call(s).unwrap_or(s);
+    if let Some(inner) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+        let mut entries = Vec::new();
+        for item in split_top_level(inner)? {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let (key, value) = split_entry(item)?;
+            let key = python_string(key.trim())?.ok_or(ParamError::NotAList)?;
+            entries.push((key, python_param(value.trim())?));
+        }
+        if names.is_empty() {
+            return Ok(entries.into_iter().map(|(_, v)| v).collect());
+        }
+        return Ok(names
+            .iter()
+            .map(|n| {
+                entries
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map_or(Param::Unknown, |(_, v)| v.clone())
+            })
+            .collect());
+    }
     if s.starts_with('[') {
         if let Ok(values) = serde_json::from_str::<Vec<serde_json::Value>>(s) {
             return Ok(values.iter().map(json_param).collect());
@@ -52,6 +90,38 @@ pub fn parse_params(rendered: &str) -> Result<Vec<Param>, ParamError> {
         out.push(python_param(item)?);
     }
     Ok(out)
+}
+
+/// `name(inner)` → `inner`, for a wrapper around the whole rendering (`immutabledict({...})`).
+fn unwrap_call(s: &str) -> Option<&str> {
+    let open = s.find('(')?;
+    let name = &s[..open];
+    (!name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && s.ends_with(')'))
+    .then(|| s[open + 1..s.len() - 1].trim())
+    .filter(|inner| inner.starts_with('{'))
+}
+
+/// `'key': value` at its top-level colon.
+fn split_entry(item: &str) -> Result<(&str, &str), ParamError> {
+    let bytes = item.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        match (quote, bytes[i]) {
+            (Some(_), b'\\') => i += 1,
+            (Some(q), b) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(bytes[i]),
+            (None, b':') => return Ok((&item[..i], &item[i + 1..])),
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(ParamError::NotAList)
 }
 
 fn json_param(v: &serde_json::Value) -> Param {
@@ -201,6 +271,30 @@ mod tests {
         );
         assert_eq!(parse_params("[1, 'a']").unwrap(), [text("1"), text("a")]);
         assert_eq!(parse_params("()").unwrap(), []);
+    }
+
+    #[test]
+    fn dicts_of_named_parameters_in_the_statements_order() {
+        let names = ["id".to_string(), "amount".to_string()];
+        assert_eq!(
+            parse_params_for("{'amount': Decimal('2.25'), 'id': 1}", &names).unwrap(),
+            [text("1"), text("2.25")]
+        );
+        assert_eq!(
+            parse_params("{'amount': Decimal('2.25'), 'id': 1}").unwrap(),
+            [text("2.25"), text("1")],
+            "without names, the dict's order"
+        );
+        assert_eq!(
+            parse_params_for("{'a': 'x: y'}", &["a".into(), "b".into()]).unwrap(),
+            [text("x: y"), Param::Unknown]
+        );
+        assert_eq!(parse_params("None").unwrap(), []);
+        assert_eq!(parse_params("immutabledict({})").unwrap(), []);
+        assert_eq!(
+            parse_params("immutabledict({'pk_1': 1})").unwrap(),
+            [text("1")]
+        );
     }
 
     #[test]

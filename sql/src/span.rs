@@ -10,7 +10,7 @@
 //! | schema | `db.namespace` | `db.name` |
 //! | status | `db.response.status_code` (SQLSTATE) | `error.type` |
 
-use crate::params::{parse_params, Param, ParamError};
+use crate::params::{parse_params_for, Param, ParamError};
 
 /// The parts of a database client span that toctou reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,10 +69,11 @@ impl<'a> DbCall<'a> {
 
     /// The parameters, in order: from the one attribute that renders them all, else from
     /// `db.query.parameter.<n>` (numeric keys in order; named keys in the order given).
-    /// Empty when the instrumentation recorded none (capturing them is opt-in).
-    pub fn params(&self) -> Result<Vec<Param>, ParamError> {
+    /// Empty when the instrumentation recorded none (capturing them is opt-in). `names`:
+    /// the statement's named placeholders (`Statement::names`), which order a dict.
+    pub fn params(&self, names: &[String]) -> Result<Vec<Param>, ParamError> {
         if let Some(rendered) = self.rendered {
-            return parse_params(rendered);
+            return parse_params_for(rendered, names);
         }
         let mut indexed = self.indexed.clone();
         if indexed.iter().all(|(k, _)| k.parse::<usize>().is_ok()) {
@@ -101,7 +102,7 @@ mod tests {
         .unwrap();
         assert_eq!(call.system, Some("postgresql"));
         assert_eq!(
-            call.params().unwrap(),
+            call.params(&[]).unwrap(),
             [Param::Text("7".into()), Param::Text("b".into())]
         );
         // opentelemetry-instrumentation-psycopg with capture_parameters.
@@ -115,7 +116,7 @@ mod tests {
         assert_eq!(call.text, Some("UPDATE t SET v = %s WHERE id = %s"));
         assert_eq!(call.namespace, Some("shop"));
         assert_eq!(
-            call.params().unwrap(),
+            call.params(&[]).unwrap(),
             [Param::Text("3".into()), Param::Text("sku-1".into())]
         );
         // Node's pg: a JSON array.
@@ -126,7 +127,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            call.params().unwrap(),
+            call.params(&[]).unwrap(),
             [Param::Text("a@example.com".into())]
         );
     }
@@ -142,6 +143,6 @@ mod tests {
         ])
         .unwrap();
         assert!(call.serialization_failure());
-        assert_eq!(call.params().unwrap(), [], "parameters are opt-in");
+        assert_eq!(call.params(&[]).unwrap(), [], "parameters are opt-in");
     }
 }

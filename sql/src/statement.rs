@@ -91,6 +91,9 @@ pub struct Statement {
     pub protection: Protection,
     /// How many parameters the statement takes.
     pub params: usize,
+    /// The names of its named placeholders (`%(name)s`) in order of first appearance, the
+    /// parameter indexes they have here; empty for positional ones.
+    pub names: Vec<String>,
 }
 
 /// Why a statement is not read, by reason (a label value of the counts).
@@ -116,23 +119,28 @@ impl StatementError {
 
 /// Reads one statement's text.
 pub fn interpret(sql: &str) -> Result<Statement, StatementError> {
-    let (text, named) = placeholders(sql);
+    let (text, names, count) = placeholders(sql);
     let parsed = Parser::parse_sql(&PostgreSqlDialect {}, &text)
         .or_else(|pg| Parser::parse_sql(&MySqlDialect {}, &text).map_err(|_| pg))
         .map_err(|e| StatementError::Syntax(e.to_string()))?;
     let [statement] = parsed.as_slice() else {
         return Err(StatementError::Several);
     };
-    let mut reader = Reader { positional: 0 };
+    let mut reader = Reader {
+        positional: 0,
+        numbered: 0,
+        table: None,
+    };
     let mut s = reader.statement(statement)?;
-    s.params = named.max(reader.positional).max(s.params);
+    s.params = count.max(reader.positional).max(reader.numbered);
+    s.names = names;
     Ok(s)
 }
 
 /// Rewrites DB-API placeholders (`%s`, `%(name)s`) as `$n`, which both dialects parse, and
-/// returns how many distinct ones there were. `%%` is a literal `%`. Quoted text is left
-/// alone.
-fn placeholders(sql: &str) -> (String, usize) {
+/// returns the names of the named ones in order of first appearance and how many distinct
+/// ones there were. `%%` is a literal `%`. Quoted text is left alone.
+fn placeholders(sql: &str) -> (String, Vec<String>, usize) {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut names: Vec<&str> = Vec::new();
     let mut positional = 0;
@@ -175,12 +183,18 @@ fn placeholders(sql: &str) -> (String, usize) {
         out.push(c);
         rest = &rest[len..];
     }
-    (out, positional.max(names.len()))
+    let count = positional.max(names.len());
+    (out, names.into_iter().map(str::to_string).collect(), count)
 }
 
 struct Reader {
     /// `?` placeholders seen so far, which number themselves in order.
     positional: usize,
+    /// The highest `$n` seen.
+    numbered: usize,
+    /// The statement's table and its alias: a column qualified with another name is another
+    /// table's (a join's), and pins none of this table's rows.
+    table: Option<(String, Option<String>)>,
 }
 
 impl Reader {
@@ -189,6 +203,7 @@ impl Reader {
             ast::Statement::Query(q) => self.select(q),
             ast::Statement::Update(u) => {
                 let table = single_table(&u.table)?;
+                self.set_table(&u.table.relation);
                 let writes = u
                     .assignments
                     .iter()
@@ -214,6 +229,7 @@ impl Reader {
                     writes,
                     protection,
                     params: 0,
+                    names: Vec::new(),
                 })
             }
             ast::Statement::Delete(d) => {
@@ -223,6 +239,7 @@ impl Reader {
                 let [table] = from.as_slice() else {
                     return Err(StatementError::Unsupported("a delete from several tables"));
                 };
+                self.set_table(&table.relation);
                 let table = single_table(table)?;
                 let mut guards = Vec::new();
                 let conditions = match &d.selection {
@@ -236,6 +253,7 @@ impl Reader {
                     writes: Vec::new(),
                     protection: Protection::None,
                     params: 0,
+                    names: Vec::new(),
                 })
             }
             ast::Statement::Insert(i) => {
@@ -270,6 +288,19 @@ impl Reader {
                                 }
                             }
                         }
+                        // `SELECT * FROM UNNEST(...)` (Django's bulk_create): every column
+                        // written, its values not one row's.
+                        SetExpr::Select(select) if select.projection.len() != columns.len() => {
+                            let mut placeholders = Vec::new();
+                            scan_placeholders(&select.to_string(), &mut placeholders);
+                            for p in placeholders {
+                                self.placeholder(&p);
+                            }
+                            writes.extend(columns.iter().map(|c| Condition {
+                                column: c.clone(),
+                                value: ValueRef::Computed,
+                            }));
+                        }
                         SetExpr::Select(select) => {
                             for (column, item) in columns.iter().zip(&select.projection) {
                                 let value = match item {
@@ -300,6 +331,7 @@ impl Reader {
                     writes,
                     protection,
                     params: 0,
+                    names: Vec::new(),
                 })
             }
             _ => Err(StatementError::Unsupported(
@@ -321,6 +353,7 @@ impl Reader {
             TableFactor::Table { name, .. } => table_name(name),
             _ => return Err(StatementError::Unsupported("a select from a subquery")),
         };
+        self.set_table(&from.relation);
         let mut guards = Vec::new();
         let conditions = match &select.selection {
             Some(e) => self.conjunction(e, &mut guards),
@@ -349,6 +382,7 @@ impl Reader {
             writes: Vec::new(),
             protection,
             params: 0,
+            names: Vec::new(),
         })
     }
 
@@ -380,8 +414,24 @@ impl Reader {
                 self.terms(left, out, guards);
                 self.terms(right, out, guards);
             }
+            // `col IN (v)`, as ORMs delete an instance: one value pins the column as `=` does.
+            Expr::In {
+                expr,
+                target: ast::InTarget::List(list),
+                negated: false,
+                ..
+            } if list.len() == 1 => match self.own_column(expr) {
+                Some(column) => {
+                    let value = self.value(&list[0]);
+                    out.push(Condition { column, value });
+                }
+                None => {
+                    self.value(expr);
+                    self.value(&list[0]);
+                }
+            },
             Expr::BinaryOp { left, op, right } => {
-                let (column, value, op) = match (column(left), column(right)) {
+                let (column, value, op) = match (self.own_column(left), self.own_column(right)) {
                     (Some(c), None) => (c, self.value(right), op.clone()),
                     (None, Some(c)) => (c, self.value(left), flip(op)),
                     _ => {
@@ -399,6 +449,30 @@ impl Reader {
             other => {
                 self.value(other);
             }
+        }
+    }
+
+    /// The column `e` names when it is one of the statement's table: unqualified, or
+    /// qualified with the table's name or alias (not a joined table's).
+    fn own_column(&self, e: &Expr) -> Option<String> {
+        if let Expr::CompoundIdentifier(parts) = e {
+            if let (Some((name, alias)), [.., qualifier, _]) = (&self.table, parts.as_slice()) {
+                let q = ident(qualifier);
+                if q != *name && alias.as_ref() != Some(&q) {
+                    return None;
+                }
+            }
+        }
+        column(e)
+    }
+
+    /// Notes the statement's table (and alias) for [`Reader::own_column`].
+    fn set_table(&mut self, factor: &TableFactor) {
+        if let TableFactor::Table { name, alias, .. } = factor {
+            self.table = Some((
+                table_name(name).name,
+                alias.as_ref().map(|a| ident(&a.name)),
+            ));
         }
     }
 
@@ -433,7 +507,10 @@ impl Reader {
 
     fn placeholder(&mut self, p: &str) -> ValueRef {
         match p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) if n >= 1 => ValueRef::Param(n - 1),
+            Some(n) if n >= 1 => {
+                self.numbered = self.numbered.max(n);
+                ValueRef::Param(n - 1)
+            }
             _ if p == "?" => {
                 self.positional += 1;
                 ValueRef::Param(self.positional - 1)
@@ -445,9 +522,13 @@ impl Reader {
 
 /// The placeholders anywhere inside an expression, in the order they appear in its text.
 fn collect_placeholders(e: &Expr, out: &mut Vec<String>) {
-    let text = e.to_string();
-    // The expression's own rendering names its placeholders in order; parsing it again would
-    // be a second parser pass for what a scan of the text says.
+    // The expression's own rendering names its placeholders in order; walking every kind of
+    // expression the parser has would be a second parser for what a scan of the text says.
+    scan_placeholders(&e.to_string(), out);
+}
+
+/// The placeholders (`?`, `$n`) of SQL text, in order, outside quotes.
+fn scan_placeholders(text: &str, out: &mut Vec<String>) {
     let bytes = text.as_bytes();
     let mut i = 0;
     let mut quote = None;
@@ -721,6 +802,38 @@ mod tests {
         // Casts keep the parameter.
         let s = interpret("DELETE FROM sessions WHERE id = $1::uuid").unwrap();
         assert_eq!(s.conditions, [cond("id", ValueRef::Param(0))]);
+    }
+
+    #[test]
+    fn an_in_list_of_one_and_a_joined_tables_columns() {
+        let s = interpret(r#"DELETE FROM "voucher_voucher" WHERE "voucher_voucher"."id" IN (%s)"#)
+            .unwrap();
+        assert_eq!(s.conditions, [cond("id", ValueRef::Param(0))]);
+        let s =
+            interpret(r#"DELETE FROM "voucher_voucher" WHERE "voucher_voucher"."id" IN (%s, %s)"#)
+                .unwrap();
+        assert_eq!(s.conditions, [], "several values pin no one row");
+        assert_eq!(s.params, 2);
+        let s = interpret(
+            r#"SELECT "partner_stockrecord"."id" FROM "partner_stockrecord" INNER JOIN "catalogue_product" ON ("partner_stockrecord"."product_id" = "catalogue_product"."id") WHERE "catalogue_product"."upc" = %s LIMIT 21"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.conditions,
+            [],
+            "a joined table's column pins none of this table's rows"
+        );
+        let s = interpret("SELECT s.id FROM stock s JOIN products p ON p.id = s.product_id WHERE s.product_id = $1 AND p.upc = $2").unwrap();
+        assert_eq!(s.conditions, [cond("product_id", ValueRef::Param(0))]);
+        assert_eq!(s.params, 2);
+    }
+
+    #[test]
+    fn named_placeholders_keep_their_names() {
+        let s = interpret("UPDATE wallets SET balance = balance - %(amount)s WHERE id = %(id)s AND balance >= %(amount)s").unwrap();
+        assert_eq!(s.names, ["amount", "id"]);
+        assert_eq!(s.conditions, [cond("id", ValueRef::Param(1))]);
+        assert_eq!(s.protection, Protection::GuardedRelative("balance".into()));
     }
 
     #[test]
