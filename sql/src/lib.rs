@@ -8,17 +8,21 @@
 //! - [`params`]: parameter values as the instrumentations render them (a Python tuple repr
 //!   with driver wrapper types, a JSON array, one attribute per index).
 //! - [`cache`]: [`Interpreter`], each distinct text parsed once, bounded.
+//! - [`pairs`]: checks and uses inferred from one request's statements: a read, then a write
+//!   of the row it read, named as the change stream names rows.
 //! - [`risks`]: unprotected read-then-write pairs among one request's statements.
 //! - [`span`]: a database client span's attributes (current and older semantic
 //!   conventions) to the call: system, text, parameters, status.
 
 pub mod cache;
+pub mod pairs;
 pub mod params;
 pub mod risks;
 pub mod span;
 pub mod statement;
 
 pub use cache::{Interpreter, Reading, DEFAULT_CAPACITY};
+pub use pairs::{pairs, Call, Pair};
 pub use params::{parse_params, parse_params_for, Param, ParamError};
 pub use risks::{read_then_write, Risk, RiskKind};
 pub use span::DbCall;
