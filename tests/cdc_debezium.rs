@@ -289,10 +289,7 @@ async fn races_are_found_from_debezium_through_kafka_in_toctou_run() {
         assert_eq!(metric(series), n, "{series}");
     }
     println!("{verdict:?}");
-    admin
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .ok();
+    cdc::drop_slot(&admin, &slot).await;
 }
 
 /// Distributed mode: the collector reads the Debezium topics and publishes the records to the
@@ -316,10 +313,7 @@ async fn races_are_found_from_debezium_through_kafka_in_distributed_mode() {
     let w = cdc::run(&tables, 15, d.post()).await;
     let verdict = d.assert_exact(&w, 5.0).await;
     println!("{verdict:?}");
-    admin
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .ok();
+    cdc::drop_slot(&admin, &slot).await;
 }
 
 /// Debezium Server's HTTP sink, no Kafka: each change event is POSTed, signed with the ingest
@@ -381,8 +375,5 @@ async fn races_are_found_from_debezium_servers_http_sink() {
     println!("{verdict:?}");
     let _ = std::fs::remove_file(&mapping);
     drop(server);
-    admin
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .ok();
+    cdc::drop_slot(&admin, &slot).await;
 }

@@ -175,16 +175,7 @@ impl Setup {
             toctou,
         } = self;
         drop(toctou);
-        // A read the killed reader had begun may hold the slot for a moment.
-        for _ in 0..50 {
-            let dropped = admin
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await;
-            if dropped.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cdc::drop_slot(&admin, &slot).await;
         admin
             .batch_execute(&format!(
                 "DROP PUBLICATION IF EXISTS {publication}; DROP TABLE IF EXISTS {table};"

@@ -58,10 +58,7 @@ async fn races_are_found_from_the_change_stream_alone() {
         }
     }
     println!("{verdict:?}");
-    admin
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .ok();
+    cdc::drop_slot(&admin, &slot).await;
 }
 
 /// The flags of a reader of the publication `pub_<suffix>` through `slot`, polling often.
@@ -219,10 +216,7 @@ async fn the_slot_moves_only_once_clickhouse_stored_the_records() {
         common::metric(&text, "toctou_events_total{signal=\"cdc\",phase=\"audit\"}"),
         30.0
     );
-    admin
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .ok();
+    cdc::drop_slot(&admin, &slot).await;
 }
 
 /// `kill -9` of `toctou run` in the middle of the load, then a restart with the same flags:
@@ -381,10 +375,7 @@ async fn a_kill_9_loses_no_change_and_reports_every_race_once() {
     let (n, ids) = distinct.trim().split_once('\t').unwrap();
     assert_eq!(n, ids, "a finding stored twice under FINAL");
     println!("killed after {sent_before} flows; {verdict:?}");
-    admin
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .ok();
+    cdc::drop_slot(&admin, &slot).await;
 }
 
 /// Distributed mode: the collector reads the slot and publishes the audit records to the
@@ -424,8 +415,5 @@ async fn races_are_found_from_the_change_stream_in_distributed_mode() {
     assert!(common::metric(&text, "toctou_cdc_transactions_total") >= w.changes() as f64);
     println!("{verdict:?}");
     drop(d);
-    admin
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .ok();
+    cdc::drop_slot(&admin, &slot).await;
 }

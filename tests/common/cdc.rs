@@ -69,6 +69,20 @@ pub async fn wait_for_slot(admin: &Client, slot: &str, toctou: &super::Toctou) {
     );
 }
 
+/// Drops a test's replication slot (it keeps WAL otherwise). A reader stopped a moment ago
+/// may still hold it: tried for up to 5 s.
+pub async fn drop_slot(admin: &Client, slot: &str) {
+    for _ in 0..50 {
+        let dropped = admin
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await;
+        if dropped.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A suffix unique to this test process and moment, for tables, slots and publications.
 pub fn suffix() -> String {
     format!("{}_{}", std::process::id(), now_ns() % 1_000_000_000)

@@ -60,7 +60,9 @@ pub async fn read(
 /// The partitions a reader has read from, and how far.
 #[derive(Default)]
 struct Partitions {
-    index: HashMap<(String, i32), u32>,
+    /// Per topic, its partitions' indexes: looked up by the record's borrowed topic name, so
+    /// that a record read costs no allocation.
+    index: HashMap<String, Vec<(i32, u32)>>,
     names: Vec<(String, i32)>,
     /// One past the last offset read, per partition.
     next: Vec<i64>,
@@ -70,11 +72,19 @@ struct Partitions {
 
 impl Partitions {
     fn read(&mut self, topic: &str, partition: i32, offset: i64) -> Tag {
-        let i = match self.index.get(&(topic.to_string(), partition)) {
-            Some(&i) => i,
+        let known = self
+            .index
+            .get(topic)
+            .and_then(|ps| ps.iter().find(|(p, _)| *p == partition))
+            .map(|(_, i)| *i);
+        let i = match known {
+            Some(i) => i,
             None => {
                 let i = self.names.len() as u32;
-                self.index.insert((topic.to_string(), partition), i);
+                self.index
+                    .entry(topic.to_string())
+                    .or_default()
+                    .push((partition, i));
                 self.names.push((topic.to_string(), partition));
                 self.next.push(0);
                 self.committed.push(-1);
