@@ -273,7 +273,7 @@ async fn races_are_found_from_debezium_through_kafka_in_toctou_run() {
     // counted; every change went with its whole transaction (none waited out the hold).
     let metric = |series: &str| common::metric(&text, series);
     assert!(
-        metric("toctou_ignored_total{signal=\"cdc\",reason=\"tombstone\"}") >= w.deleted as f64
+        metric("toctou_ignored_total{signal=\"cdc\",reason=\"tombstone\"}") >= w.deleted() as f64
     );
     assert!(metric("toctou_ignored_total{signal=\"cdc\",reason=\"transaction\"}") > 0.0);
     assert_eq!(
