@@ -6,15 +6,15 @@
 //! stream's order, so a transaction's `toctou.request_id` message arrives before the changes
 //! it names when it was sent first in the transaction, and nothing is held back here. A body
 //! may also hold several records, one JSON document after another (JSON lines), read one at
-//! a time without collecting them.
+//! a time without collecting them (`crate::documents`).
 //!
 //! A record that is not a change event is counted by reason and answered 200 with its
 //! rejection: the sink retries only a failed request, and a record it can never deliver
 //! would stop it.
 
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection, MAX_LISTED_ERRORS};
+use crate::documents::{documents, Bad};
 use crate::error::{DecodeError, IngestError};
-use serde_json::value::RawValue;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use toctou_cdc::debezium::{Decoder, Outcome};
@@ -50,19 +50,18 @@ impl DebeziumHttp {
         let mut out = Vec::new();
         let now = Instant::now();
         let mut decoder = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, record) in serde_json::Deserializer::from_slice(raw)
-            .into_iter::<&RawValue>()
-            .enumerate()
-        {
-            let record = record.map_err(|e| match i {
-                0 => DecodeError::Json(e),
-                _ => DecodeError::AtLine {
-                    line: e.line(),
-                    column: Some(e.column()),
-                    source: Box::new(DecodeError::JsonInFile(e.to_string())),
-                },
-            })?;
-            match decoder.push(None, Some(record.get().as_bytes()), (), now, &mut out) {
+        // The crate's one reader of several JSON documents in a row.
+        for (i, record) in documents(raw).enumerate() {
+            let record = match record {
+                Ok(doc) => doc,
+                // A body that is not JSON from its start is a bad request, as before any
+                // record was read; later, the error is placed at its line.
+                Err(Bad::NotJson { error, .. }) if i == 0 => {
+                    return Err(DecodeError::Json(error).into())
+                }
+                Err(bad) => return Err(bad.into_error().into()),
+            };
+            match decoder.push(None, Some(record.raw), (), now, &mut out) {
                 Outcome::Taken => {}
                 Outcome::Skipped(skip) => decoded.ignored.add(IgnoreReason::of_skip(skip)),
                 Outcome::Rejected(e) => {
