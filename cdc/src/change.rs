@@ -61,6 +61,17 @@ pub struct RowChange {
     /// The transaction's `toctou.request_id` message.
     pub request_id: Option<String>,
     pub commit_time_ns: u64,
+    /// The new row's columns with a value, as text (the old row's for a delete), when the
+    /// reader was asked for row images (inference matches a write to its change by them,
+    /// issue 26); empty otherwise.
+    pub columns: Vec<(String, String)>,
+}
+
+impl RowChange {
+    /// `schema.table`.
+    pub fn qualified_table(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
 }
 
 /// Where the mapping file is wrong.
@@ -284,6 +295,7 @@ mod tests {
 
     fn change(op: Op, key: &[(&str, &str)], row_version: Option<&str>) -> RowChange {
         RowChange {
+            columns: Vec::new(),
             op,
             schema: "public".into(),
             table: "inventory".into(),

@@ -359,6 +359,9 @@ pub fn parse(
         .or(source.ts_ms.map(|ms| ms.saturating_mul(1_000_000)))
         .unwrap_or(0);
     Ok(Record::Change(RowChange {
+        // Row images are the slot reader's only, for now (inference matches inserts
+        // without them by table and time).
+        columns: Vec::new(),
         op,
         schema,
         table,

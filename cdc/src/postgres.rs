@@ -35,6 +35,8 @@ pub struct PostgresConfig {
     pub max_changes: u32,
     /// The column holding a row's version (`--cdc-version-column`).
     pub version_column: String,
+    /// Keep each change's row image ([`RowChange::columns`]).
+    pub row_images: bool,
 }
 
 pub const DEFAULT_SLOT: &str = "toctou";
@@ -83,6 +85,8 @@ struct Table {
     key: Vec<(String, usize)>,
     /// Index of the version column in the row.
     version: Option<usize>,
+    /// Every column's name, in row order.
+    columns: Vec<String>,
 }
 
 /// Whole transactions read from the slot and not yet confirmed.
@@ -262,6 +266,7 @@ impl PostgresSource {
                             name: r.name.to_string(),
                             key,
                             version,
+                            columns: names.iter().map(|n| n.to_string()).collect(),
                         },
                     );
                 }
@@ -357,6 +362,16 @@ impl PostgresSource {
             tx: tx.xid.clone(),
             request_id: None,
             commit_time_ns: 0,
+            columns: if self.config.row_images {
+                table
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, name)| Some((name.clone(), text(i)?)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         });
         Ok(())
     }

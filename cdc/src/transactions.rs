@@ -373,6 +373,7 @@ mod tests {
 
     fn change(tx: &str, key: &str) -> Record {
         Record::Change(RowChange {
+            columns: Vec::new(),
             op: Op::Update,
             schema: "public".into(),
             table: "inventory".into(),

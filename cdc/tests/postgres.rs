@@ -51,6 +51,7 @@ async fn source(admin: &Client, tables: &[&str]) -> (PostgresConfig, PostgresSou
         publication,
         max_changes: DEFAULT_MAX_CHANGES,
         version_column: "version".into(),
+        row_images: true,
     };
     let source = PostgresSource::connect(config.clone()).await.unwrap();
     (config, source)

@@ -18,7 +18,7 @@ use toctou_schema::{
 /// every column, set and unset.
 pub fn example_statements() -> Vec<String> {
     let findings: Vec<FindingRow> = example_findings().iter().map(FindingRow::from).collect();
-    let events: Vec<EventRow> = example_events().iter().map(EventRow::from).collect();
+    let events: Vec<EventRow> = example_events().iter().filter_map(EventRow::of).collect();
     vec![
         insert_json("findings", &findings),
         insert_json("events", &events),
@@ -93,6 +93,7 @@ fn example_findings() -> Vec<Finding> {
         reason: "checked version 1, used version 2, written by req-b in between".into(),
         event_time_ns: T0 + 20_000_000,
         detected_at_ns: T0 + 320_000_000,
+        inferred: None,
     };
     let sparse = Finding {
         id: "fedcba9876543210fedcba9876543210".into(),

@@ -133,11 +133,13 @@ pub struct EventRow {
     pub source_id: Option<String>,
 }
 
-impl From<&Event> for EventRow {
-    fn from(e: &Event) -> Self {
-        let c = EventColumns::of(e);
+impl EventRow {
+    /// The row of an event; `None` for a database call (`Event::Db`), which is inference's
+    /// input and never stored.
+    pub fn of(e: &Event) -> Option<Self> {
+        let c = EventColumns::of(e)?;
         let text = |s: &str| s.to_owned();
-        EventRow {
+        Some(EventRow {
             kind: text(c.kind),
             service: text(c.service),
             operation: text(c.operation),
@@ -162,7 +164,7 @@ impl From<&Event> for EventRow {
             permission_denied: c.permission_denied,
             audit_action: text(c.audit_action),
             source_id: c.source_id.map(text),
-        }
+        })
     }
 }
 
@@ -182,7 +184,10 @@ pub fn event_columns() -> String {
 /// sink's) and serializing that was 2.7 s of CPU per million spans at 100k spans/s, as much
 /// as decoding and correlating them (issue 7).
 pub fn write_event(e: &Event, out: &mut Vec<u8>) {
-    let c = EventColumns::of(e);
+    let Some(c) = EventColumns::of(e) else {
+        // A database call: inference's input, never stored.
+        return;
+    };
     let text = |out: &mut Vec<u8>, s: &str| {
         leb128(out, s.len());
         out.extend_from_slice(s.as_bytes());
@@ -320,8 +325,9 @@ impl EventKey<'_> {
 }
 
 impl<'a> EventColumns<'a> {
-    fn of(e: &'a Event) -> Self {
-        match e {
+    fn of(e: &'a Event) -> Option<Self> {
+        Some(match e {
+            Event::Db(_) => return None,
             Event::Span(s) => {
                 let is_check = s.phase == toctou_schema::Phase::Check;
                 EventColumns {
@@ -395,7 +401,7 @@ impl<'a> EventColumns<'a> {
                 audit_action: a.action.as_str(),
                 source_id: a.source_id.as_deref(),
             },
-        }
+        })
     }
 }
 
@@ -453,6 +459,7 @@ pub(crate) mod tests {
             reason: "why".into(),
             event_time_ns: 5_000_000_001,
             detected_at_ns: 6_999_999_999,
+            inferred: None,
         }
     }
 
@@ -485,18 +492,24 @@ pub(crate) mod tests {
             trace_id: [0; 16],
             span_id: [0; 8],
         };
-        let a = EventRow::from(&Event::Audit(audit.clone()));
-        assert_eq!(a, EventRow::from(&Event::Audit(audit.clone())));
+        let a = EventRow::of(&Event::Audit(audit.clone())).unwrap();
+        assert_eq!(a, EventRow::of(&Event::Audit(audit.clone())).unwrap());
         assert_eq!(
             (a.kind.as_str(), a.audit_action.as_str()),
             ("audit", "update")
         );
         let mut later = audit.clone();
         later.time_ns = 43;
-        assert_ne!(a.event_key, EventRow::from(&Event::Audit(later)).event_key);
+        assert_ne!(
+            a.event_key,
+            EventRow::of(&Event::Audit(later)).unwrap().event_key
+        );
         let mut sourced = audit;
         sourced.source_id = Some("audit-1".into());
-        assert_eq!(EventRow::from(&Event::Audit(sourced)).event_key, "audit-1");
+        assert_eq!(
+            EventRow::of(&Event::Audit(sourced)).unwrap().event_key,
+            "audit-1"
+        );
     }
 
     /// RowBinary as ClickHouse reads it, for the columns of `events`.
@@ -620,7 +633,7 @@ pub(crate) mod tests {
         }
         let mut reader = Reader(&bytes);
         for e in &events {
-            assert_eq!(reader.event(), EventRow::from(e));
+            assert_eq!(Some(reader.event()), EventRow::of(e));
         }
         assert!(reader.0.is_empty(), "{} bytes left over", reader.0.len());
         let columns = event_columns();

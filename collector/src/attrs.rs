@@ -79,6 +79,11 @@ impl<'a> Attr<'a> {
     }
 }
 
+/// Parameters of one statement kept from `db.query.parameter.<key>` attributes: far more
+/// than a statement that pins a row needs, few enough that a span of thousands cannot make
+/// each span's decoding cost grow with them.
+pub(crate) const MAX_INDEXED_PARAMS: usize = 64;
+
 /// The attributes toctou reads, borrowed from the span or record. When a key repeats (the
 /// OTLP data model forbids it, but not every SDK checks), the first occurrence wins.
 #[derive(Default)]
@@ -99,6 +104,19 @@ pub(crate) struct Known<'a> {
     pub http_response_status_code: Option<Attr<'a>>,
     pub http_status_code: Option<Attr<'a>>,
     pub rpc_grpc_status_code: Option<Attr<'a>>,
+    // What inference reads of spans without `toctou.phase` (database calls and root spans),
+    // in the current semantic conventions and the older ones still emitted.
+    pub db_system_name: Option<Attr<'a>>,
+    pub db_system: Option<Attr<'a>>,
+    pub db_query_text: Option<Attr<'a>>,
+    pub db_statement: Option<Attr<'a>>,
+    /// `db.statement.parameters`, `pgx.query.parameters` or `db.postgresql.values`.
+    pub db_params: Option<Attr<'a>>,
+    pub db_status: Option<Attr<'a>>,
+    pub error_type: Option<Attr<'a>>,
+    pub http_route: Option<Attr<'a>>,
+    /// `db.query.parameter.<key>`: (key, value), in the order sent.
+    pub db_indexed: Vec<(&'a str, Attr<'a>)>,
 }
 
 impl<'a> Known<'a> {
@@ -132,15 +150,36 @@ impl<'a> Known<'a> {
             c::HTTP_RESPONSE_STATUS_CODE => &mut self.http_response_status_code,
             c::HTTP_STATUS_CODE => &mut self.http_status_code,
             c::RPC_GRPC_STATUS_CODE => &mut self.rpc_grpc_status_code,
+            "db.system.name" => &mut self.db_system_name,
+            "db.system" => &mut self.db_system,
+            "db.query.text" => &mut self.db_query_text,
+            "db.statement" => &mut self.db_statement,
+            "db.statement.parameters" | "pgx.query.parameters" | "db.postgresql.values" => {
+                &mut self.db_params
+            }
+            "db.response.status_code" => &mut self.db_status,
+            "error.type" => &mut self.error_type,
+            "http.route" => &mut self.http_route,
             _ => return None,
         })
     }
 
     /// Records a present value of `key`, unless the key already had one (the first
     /// occurrence wins) or is not one toctou reads.
-    pub fn offer(&mut self, key: &str, value: Attr<'a>) {
+    pub fn offer(&mut self, key: &'a str, value: Attr<'a>) {
         if let Some(slot @ None) = self.slot(key) {
             *slot = Some(value);
+        } else if let Some(k) = key.strip_prefix("db.query.parameter.") {
+            self.offer_indexed(k, value);
+        }
+    }
+
+    /// One `db.query.parameter.<key>` value; at most [`MAX_INDEXED_PARAMS`] are kept.
+    pub fn offer_indexed(&mut self, key: &'a str, value: Attr<'a>) {
+        if self.db_indexed.len() < MAX_INDEXED_PARAMS
+            && !self.db_indexed.iter().any(|(k, _)| *k == key)
+        {
+            self.db_indexed.push((key, value));
         }
     }
 }

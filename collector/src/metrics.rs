@@ -33,22 +33,30 @@ impl Transport {
     }
 }
 
-/// The `phase` label of `toctou_events_total`: a span's phase, or `audit`.
+/// The `phase` label of `toctou_events_total`: a span's phase, `audit`, or `db` (a
+/// database call or root span taken for inference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventPhase {
     Check,
     Use,
     Audit,
+    Db,
 }
 
 impl EventPhase {
-    pub const ALL: [EventPhase; 3] = [EventPhase::Check, EventPhase::Use, EventPhase::Audit];
+    pub const ALL: [EventPhase; 4] = [
+        EventPhase::Check,
+        EventPhase::Use,
+        EventPhase::Audit,
+        EventPhase::Db,
+    ];
 
     pub fn of(event: &Event) -> EventPhase {
         match event {
             Event::Span(s) if s.phase == Phase::Check => EventPhase::Check,
             Event::Span(_) => EventPhase::Use,
             Event::Audit(_) => EventPhase::Audit,
+            Event::Db(_) => EventPhase::Db,
         }
     }
 
@@ -57,14 +65,16 @@ impl EventPhase {
             EventPhase::Check => "check",
             EventPhase::Use => "use",
             EventPhase::Audit => "audit",
+            EventPhase::Db => "db",
         }
     }
 }
 
 /// Which (signal, phase) pairs can occur; only these are rendered.
-const EVENT_SERIES: [(Signal, EventPhase); 5] = [
+const EVENT_SERIES: [(Signal, EventPhase); 6] = [
     (Signal::Traces, EventPhase::Check),
     (Signal::Traces, EventPhase::Use),
+    (Signal::Traces, EventPhase::Db),
     (Signal::Logs, EventPhase::Audit),
     (Signal::K8sAudit, EventPhase::Audit),
     (Signal::Cdc, EventPhase::Audit),

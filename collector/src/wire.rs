@@ -21,7 +21,7 @@ use crate::attrs::{self, Attr, Known};
 use crate::decoded::{Decoded, Rejection};
 use crate::transform::logs::{file_record, RecordParts};
 use crate::transform::traces::{file_span, SpanParts};
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use toctou_schema::conventions as c;
 
 const VARINT: u8 = 0;
@@ -157,12 +157,27 @@ fn attribute<'a>(bytes: &'a [u8], known: &mut Known<'a>) -> Read<()> {
     let parts = AttributeFields::read(bytes)?;
     // Every key toctou reads starts with one of these; most keys a service sends do not.
     let key = parts.key;
-    if !(key.starts_with(b"toctou.") || key.starts_with(b"http.") || key.starts_with(b"rpc.")) {
+    if !(key.starts_with(b"toctou.")
+        || key.starts_with(b"http.")
+        || key.starts_with(b"rpc.")
+        || key.starts_with(b"db.")
+        || key.starts_with(b"pgx.")
+        || key.starts_with(b"error."))
+    {
         return Some(());
     }
     // A key that is not UTF-8 is none of ours (prost would refuse it, but not in an
     // attribute nobody reads: the reader does not check those).
-    let Some(slot) = utf8(key).and_then(|k| known.slot(k)) else {
+    let Some(key) = utf8(key) else {
+        return Some(());
+    };
+    if let Some(k) = key.strip_prefix("db.query.parameter.") {
+        if let Some(value) = parts.value()? {
+            known.offer_indexed(k, value);
+        }
+        return Some(());
+    }
+    let Some(slot) = known.slot(key) else {
         return Some(());
     };
     // Read (and so checked) even when an earlier occurrence already won.
@@ -341,13 +356,13 @@ fn service(bytes: &[u8]) -> Read<Result<String, Rejection>> {
 
 /// Reads a `Status` message's code into `code` (left as it is when absent, as prost merges a
 /// repeated status); its message is checked as prost would.
-fn status_code(bytes: &[u8], code: &mut i32) -> Read<()> {
+fn status_code<'a>(bytes: &'a [u8], code: &mut i32, message: &mut &'a str) -> Read<()> {
     let mut fields = Fields::new(bytes);
     while let Some(f) = fields.next()? {
         match f.number {
             2 => {
                 expect(&f, LEN)?;
-                utf8(f.bytes)?;
+                *message = utf8(f.bytes)?;
             }
             3 => {
                 expect(&f, VARINT)?;
@@ -366,9 +381,13 @@ fn span(bytes: &[u8]) -> Read<(SpanParts<'_>, Known<'_>)> {
         start_ns: 0,
         end_ns: 0,
         status_is_error: false,
+        root: true,
+        name: "",
+        status_message: "",
     };
     let mut known = Known::default();
     let mut status = None;
+    let (mut has_parent, mut server) = (false, false);
     let mut fields = Fields::new(bytes);
     while let Some(f) = fields.next()? {
         match f.number {
@@ -395,15 +414,29 @@ fn span(bytes: &[u8]) -> Read<(SpanParts<'_>, Known<'_>)> {
             15 => {
                 expect(&f, LEN)?;
                 // Repeated, the messages merge: a later one without a code keeps the code.
-                status_code(f.bytes, status.get_or_insert(0))?;
+                status_code(f.bytes, status.get_or_insert(0), &mut s.status_message)?;
             }
-            3 | 4 | 5 | 11 | 13 => expect(&f, LEN)?,
-            6 | 10 | 12 | 14 => expect(&f, VARINT)?,
+            4 => {
+                expect(&f, LEN)?;
+                // An empty parent span id is no parent, as prost reads it.
+                has_parent = !f.bytes.is_empty();
+            }
+            6 => {
+                expect(&f, VARINT)?;
+                server = f.value == SpanKind::Server as u64;
+            }
+            5 => {
+                expect(&f, LEN)?;
+                s.name = utf8(f.bytes)?;
+            }
+            3 | 11 | 13 => expect(&f, LEN)?,
+            10 | 12 | 14 => expect(&f, VARINT)?,
             16 => expect(&f, FIXED32)?,
             _ => {}
         }
     }
     s.status_is_error = status == Some(StatusCode::Error as i32);
+    s.root = !has_parent || server;
     Some((s, known))
 }
 

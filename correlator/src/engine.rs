@@ -132,7 +132,9 @@ impl Engine {
     pub fn ingest(&mut self, event: Event, now_ns: u64, out: &mut Vec<Finding>) {
         self.now = now_ns;
         self.last_arrival = now_ns;
-        let (mut key, item) = convert(event, &mut self.sym);
+        let Some((mut key, item)) = convert(event, &mut self.sym) else {
+            return;
+        };
         if self.skew_ns > 0 && key.time > now_ns.saturating_add(self.skew_ns) {
             // A fast clock: ordering by its time would move the watermark (and expire other
             // producers' state) as far ahead as the clock is wrong. Where it arrived is the

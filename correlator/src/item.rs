@@ -88,6 +88,7 @@ fn rank(event: &Event) -> u64 {
         Event::Audit(_) => 0,
         Event::Span(s) if s.phase == Phase::Check => 1,
         Event::Span(_) => 2,
+        Event::Db(_) => 3,
     }
 }
 
@@ -166,11 +167,13 @@ fn identity(event: &Event) -> u128 {
             }
             h.digest128()
         }
+        Event::Db(d) => span_identity(&d.trace_id, &d.span_id),
     }
 }
 
-/// Converts an arriving event, taking references on its names.
-pub(crate) fn convert(event: Event, sym: &mut Symbols) -> (OrderKey, Item) {
+/// Converts an arriving event, taking references on its names; `None` for a database call,
+/// which is inference's to read (the engine takes what inference makes of it).
+pub(crate) fn convert(event: Event, sym: &mut Symbols) -> Option<(OrderKey, Item)> {
     let hash = identity(&event);
     let ident = [
         (rank(&event) << 62) | ((hash >> 64) as u64 >> 2),
@@ -183,8 +186,9 @@ pub(crate) fn convert(event: Event, sym: &mut Symbols) -> (OrderKey, Item) {
     let item = match event {
         Event::Span(s) => Item::Span(convert_span(s, sym)),
         Event::Audit(a) => Item::Audit(convert_audit(a, sym)),
+        Event::Db(_) => return None,
     };
-    (key, item)
+    Some((key, item))
 }
 
 fn convert_span(s: SpanEvent, sym: &mut Symbols) -> SpanItem {

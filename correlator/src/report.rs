@@ -112,6 +112,7 @@ impl Engine {
             reason: v.reason,
             event_time_ns: s.start_ns,
             detected_at_ns: self.now,
+            inferred: None,
         }
     }
 
@@ -160,6 +161,7 @@ impl Engine {
             reason,
             event_time_ns: at,
             detected_at_ns: self.now,
+            inferred: None,
         }
     }
 
@@ -224,6 +226,7 @@ impl Engine {
             reason,
             event_time_ns: at,
             detected_at_ns: self.now,
+            inferred: None,
         }
     }
 
@@ -275,6 +278,7 @@ impl Engine {
             reason,
             event_time_ns: a.time,
             detected_at_ns: self.now,
+            inferred: None,
         }
     }
 }

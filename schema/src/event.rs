@@ -226,12 +226,67 @@ pub struct AuditEvent {
     pub span_id: SpanId,
 }
 
+/// The parameters of a database call, as its instrumentation recorded them (capturing them
+/// is opt-in: most calls carry none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbParams {
+    #[default]
+    None,
+    /// All in one attribute: `db.statement.parameters` (a Python tuple repr),
+    /// `pgx.query.parameters`, `db.postgresql.values` (a JSON array).
+    Rendered(String),
+    /// One attribute each, `db.query.parameter.<key>`: (key, value).
+    Indexed(Vec<(String, String)>),
+}
+
+/// A database call as its client span recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbStatement {
+    /// `db.system.name` (or the older `db.system`): `postgresql`, `mysql`, ...
+    pub system: String,
+    /// `db.query.text` (or the older `db.statement`), as received.
+    pub text: String,
+    pub params: DbParams,
+    /// `db.response.status_code` (a SQLSTATE), else `error.type`, of a failed call.
+    pub status: Option<String>,
+    /// The span's status is an error.
+    pub failed: bool,
+}
+
+/// A span without `toctou.phase` that inference reads (issue 26): a database client call
+/// (its statement), or the root span of a request (its route, which names the endpoint).
+/// Spans with `toctou.phase` are [`SpanEvent`]s and win over inference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbSpanEvent {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// The span has no parent: it is the request's root.
+    pub root: bool,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub service: String,
+    /// `toctou.request_id`, when the span carries it (the trace id stands in otherwise).
+    pub request_id: Option<String>,
+    /// A root span's `http.route`, else its name.
+    pub route: Option<String>,
+    pub statement: Option<DbStatement>,
+}
+
 /// One normalized input event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Span(SpanEvent),
     Audit(AuditEvent),
+    /// Read by inference only; never stored, never sent to Kafka (see [`DbSpanEvent`]).
+    Db(DbSpanEvent),
+}
+
+impl From<DbSpanEvent> for Event {
+    fn from(d: DbSpanEvent) -> Event {
+        Event::Db(d)
+    }
 }
 
 impl From<SpanEvent> for Event {
@@ -252,13 +307,16 @@ impl Event {
         match self {
             Event::Span(s) => s.event_time_ns(),
             Event::Audit(a) => a.time_ns,
+            Event::Db(d) => d.end_ns,
         }
     }
 
+    /// The resource; empty for a database call, which names none until inference reads it.
     pub fn resource(&self) -> &str {
         match self {
             Event::Span(s) => &s.resource,
             Event::Audit(a) => &a.resource,
+            Event::Db(_) => "",
         }
     }
 
@@ -286,6 +344,23 @@ impl Event {
                         + opt(&a.actor)
                         + a.service.len()
                         + opt(&a.source_id)
+                }
+                Event::Db(d) => {
+                    d.service.len()
+                        + opt(&d.request_id)
+                        + opt(&d.route)
+                        + d.statement.as_ref().map_or(0, |s| {
+                            s.system.len()
+                                + s.text.len()
+                                + opt(&s.status)
+                                + match &s.params {
+                                    DbParams::None => 0,
+                                    DbParams::Rendered(r) => r.len(),
+                                    DbParams::Indexed(v) => {
+                                        v.iter().map(|(k, v)| k.len() + v.len() + 48).sum()
+                                    }
+                                }
+                        })
                 }
             }
     }

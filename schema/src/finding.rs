@@ -158,6 +158,22 @@ pub struct Finding {
     /// When the correlator emitted it: wall clock in `toctou run`, the event time in
     /// `toctou replay` so that a replay is reproducible byte for byte.
     pub detected_at_ns: u64,
+    /// Set when the check and the use were inferred from database client spans (spans of a
+    /// service with no toctou code, issue 26) rather than reported by toctou spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inferred: Option<Inferred>,
+}
+
+/// What a finding inferred from database spans carries as evidence.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inferred {
+    /// The statements of the check and the use, as received (truncated), parameters left
+    /// out: they are user data.
+    pub statements: Vec<String>,
+    /// How the use's own write was matched to its change record: `key_and_values` (the row
+    /// by its key, and the values the write set), or `values` (an insert, by the values it
+    /// wrote).
+    pub matched_by: String,
 }
 
 fn opt_len(s: &Option<String>) -> usize {
@@ -208,6 +224,13 @@ impl Finding {
                 .iter()
                 .map(AuditRef::approx_bytes)
                 .sum::<usize>()
+            + self.inferred.as_ref().map_or(0, |i| {
+                i.matched_by.len()
+                    + i.statements
+                        .iter()
+                        .map(|s| s.len() + std::mem::size_of::<String>())
+                        .sum::<usize>()
+            })
     }
 }
 

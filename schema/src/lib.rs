@@ -25,7 +25,7 @@ pub mod testing;
 pub use clock::now_ns;
 pub use event::{
     commit_position_version, hex_id, resource_type, write_hex, AuditAction, AuditEvent,
-    CheckSource, Decision, Event, Phase, SpanEvent, SpanId, TraceId, UseOutcome, Version,
-    COMMIT_POSITION_PREFIX,
+    CheckSource, DbParams, DbSpanEvent, DbStatement, Decision, Event, Phase, SpanEvent, SpanId,
+    TraceId, UseOutcome, Version, COMMIT_POSITION_PREFIX,
 };
-pub use finding::{finding_id, AuditRef, Finding, FindingKind, Severity, UseRef};
+pub use finding::{finding_id, AuditRef, Finding, FindingKind, Inferred, Severity, UseRef};

@@ -217,6 +217,7 @@ pub fn finding(n: u64, kind: FindingKind) -> Finding {
         reason: String::new(),
         event_time_ns: n,
         detected_at_ns: n,
+        inferred: None,
     }
 }
 

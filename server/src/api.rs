@@ -10,6 +10,9 @@
 //! - `GET /api/v1/summary?seconds=` → what the page draws: counts by kind, findings per
 //!   second by kind over the last `seconds` (default 300, at most 600), the race-window
 //!   histogram, and a few pipeline gauges. Same cost with 0 findings or 100k.
+//! - `GET /api/v1/risks` → `{"risks":[...],"dropped":N,"published_ns":T}`: endpoints whose
+//!   requests read a table and then write it unprotected, most requests first (inference,
+//!   issue 26; never findings). Refreshed every second; empty with `--infer false`.
 //! - `GET /metrics` → Prometheus text: the node's registry (server/src/metrics.rs): the
 //!   receivers', the correlator's, the store's and, with `--clickhouse-url`, the sink's.
 //! - `GET /healthz` → `ok`.
@@ -59,6 +62,8 @@ pub struct Shared {
     pub queue: tokio::sync::mpsc::WeakSender<Vec<toctou_schema::Event>>,
     /// The same queue's bound in bytes; the correlator gives back what it takes.
     pub queue_bytes: toctou_collector::QueueBytes,
+    /// Inference's counts and risks, with `--infer` (the default).
+    pub inference: Option<Arc<crate::infer::InferShared>>,
 }
 
 /// The API's routes; `/metrics` encodes `registry`, the node's (see [`crate::metrics`]).
@@ -66,6 +71,7 @@ pub fn router(shared: Arc<Shared>, registry: Registry) -> Router {
     let protected = Router::new()
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/summary", get(summary))
+        .route("/api/v1/risks", get(risks))
         .route(
             "/metrics",
             crate::metrics::get(registry, crate::metrics::RUN_CONTENT_TYPE),
@@ -267,6 +273,15 @@ async fn summary(
         },
         "the summary",
     )
+}
+
+/// `GET /api/v1/risks`: inference's last published risks.
+async fn risks(State(shared): State<Arc<Shared>>) -> Response {
+    let report = match &shared.inference {
+        Some(i) => i.risks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        None => toctou_infer::RiskReport::default(),
+    };
+    json_response(&report, "the risks")
 }
 
 fn parse_since(s: &str) -> Option<u64> {

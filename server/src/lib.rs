@@ -36,6 +36,7 @@ pub mod api;
 pub mod cdc;
 pub mod cli;
 pub mod findings;
+pub mod infer;
 pub mod kafka;
 pub mod metrics;
 pub mod migrate;

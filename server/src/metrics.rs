@@ -73,6 +73,9 @@ pub fn run_registry(shared: &Arc<Shared>) -> Registry {
     if let Some(cdc) = &shared.cdc {
         register(&registry, crate::cdc::CdcCollector(cdc.clone()));
     }
+    if let Some(inference) = &shared.inference {
+        register(&registry, crate::infer::InferCollector(inference.clone()));
+    }
     register(&registry, RunCollector(shared.clone()));
     registry
 }

@@ -11,6 +11,7 @@ use crate::api::{self, Shared};
 use crate::cli::ClickhouseArgs;
 use crate::cli::{bind, CorrelatorArgs, ReceiverArgs};
 use crate::findings::{self, FindingsSink, JsonLines, StoreSink};
+use crate::infer::{InferArgs, InferShared};
 use crate::store::FindingStore;
 use anyhow::{Context, Result};
 #[cfg(feature = "cli")]
@@ -23,8 +24,9 @@ use toctou_clickhouse::migrations;
 use toctou_clickhouse::sink::{self, Sink, SinkConfig};
 use toctou_collector::{ChannelSink, QueueBytes, Receivers};
 use toctou_correlator::Engine;
+use toctou_infer::Inference;
 use toctou_schema::now_ns;
-use toctou_schema::Event;
+use toctou_schema::{Event, Finding};
 use tokio::sync::{mpsc, watch};
 
 use crate::cdc::{CdcArgs, CdcBatch, CdcMetrics, CdcOutput};
@@ -76,6 +78,9 @@ pub struct RunArgs {
     /// A database's change stream as audit records (--cdc-postgres, --cdc-debezium-topics).
     #[cfg_attr(feature = "cli", command(flatten))]
     pub cdc: CdcArgs,
+    /// Checks and uses inferred from database client spans (--infer, --infer-hold).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub infer: InferArgs,
     /// Where findings and events are also written, when `--clickhouse-url` is set.
     #[cfg_attr(feature = "cli", command(flatten))]
     pub clickhouse: ClickhouseArgs,
@@ -129,6 +134,12 @@ pub async fn run(
         (false, _) => None,
     };
     let engine = Engine::new(args.correlator.to_config()).context("invalid correlator flags")?;
+    let inference = args.infer.enabled.then(|| {
+        Inference::new(
+            args.infer
+                .config(args.cdc.enabled(), &args.cdc.version_column),
+        )
+    });
     let writer = JsonLines::open(args.findings_file.as_deref())?;
     let debezium_mapping = args.cdc.mapping(toctou_collector::debezium::SERVICE)?;
     let sink = start_sink(&args).await?;
@@ -162,6 +173,7 @@ pub async fn run(
         access: api_access,
         queue: queue_probe.downgrade(),
         queue_bytes,
+        inference: inference.as_ref().map(|_| Arc::new(InferShared::default())),
     });
 
     // Sent the shutdown deadline once the servers are done, so every request they accepted
@@ -174,7 +186,10 @@ pub async fn run(
     let cdc_tasks = match &shared.cdc {
         Some(metrics) => args.cdc.spawn(
             DEFAULT_CDC_BOOTSTRAP,
-            CdcOutput::Correlator(cdc_tx),
+            CdcOutput::Correlator {
+                tx: cdc_tx,
+                row_images: inference.is_some(),
+            },
             shared.receivers.metrics().clone(),
             metrics.clone(),
         )?,
@@ -191,7 +206,15 @@ pub async fn run(
             .name("toctou-correlator".into())
             .spawn(move || {
                 correlate(
-                    engine, rx, cdc_rx, drained_rx, shared, writer, sink, &progress, timeout,
+                    Stages { engine, inference },
+                    rx,
+                    cdc_rx,
+                    drained_rx,
+                    shared,
+                    writer,
+                    sink,
+                    &progress,
+                    timeout,
                 )
             })
             .context("starting the correlator thread")?
@@ -311,7 +334,7 @@ async fn start_sink(args: &RunArgs) -> Result<Option<Sink>> {
 /// receivers' reactor. Returns what the ClickHouse sink wrote, if there is one.
 #[allow(clippy::too_many_arguments)]
 fn correlate(
-    mut engine: Engine,
+    mut stages: Stages,
     mut rx: mpsc::Receiver<Vec<Event>>,
     mut cdc: mpsc::Receiver<CdcBatch>,
     mut servers_done: tokio::sync::oneshot::Receiver<std::time::Instant>,
@@ -347,20 +370,21 @@ fn correlate(
                 // publishes stats and advances the watermark.
                 biased;
                 _ = ticker.tick() => {
-                    engine.tick(now_ns(), &mut out);
-                    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
+                    stages.tick(now_ns(), &mut out, feed.as_mut());
+                    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stages.engine.stats().clone();
+                    stages.share(&shared, false);
                     true
                 }
                 batch = rx.recv() => match batch {
                     Some(batch) => {
-                        ingest(&mut engine, batch, &shared.queue_bytes, &mut out, feed.as_mut());
+                        ingest(&mut stages, batch, &shared.queue_bytes, &mut out, feed.as_mut());
                         false
                     }
                     None => break,
                 },
                 batch = cdc.recv(), if cdc_open => {
                     match batch {
-                        Some(batch) => ingest_cdc(&mut engine, batch, &mut out, feed.as_mut()),
+                        Some(batch) => ingest_cdc(&mut stages, batch, &mut out, feed.as_mut()),
                         None => cdc_open = false,
                     }
                     false
@@ -369,11 +393,12 @@ fn correlate(
                     deadline = done.ok();
                     progress.set(Stage::Draining);
                     while let Ok(batch) = rx.try_recv() {
-                        ingest(&mut engine, batch, &shared.queue_bytes, &mut out, feed.as_mut());
+                        ingest(&mut stages, batch, &shared.queue_bytes, &mut out, feed.as_mut());
                     }
                     break;
                 }
             };
+            stages.annotate(&mut out);
             publish(&mut out, &shared, &mut writer, feed.as_mut());
             if let Some(feed) = feed.as_mut().filter(|_| ticked) {
                 feed.hand_over();
@@ -387,12 +412,14 @@ fn correlate(
     // reports it. (Distributed mode does not do this: there a partition's next owner
     // rebuilds the state from Kafka, and early orphans would be false.)
     progress.set(Stage::Flushing);
-    engine.flush(now_ns(), &mut out);
+    stages.flush(now_ns(), &mut out, feed.as_mut());
+    stages.annotate(&mut out);
+    stages.share(&shared, true);
     publish(&mut out, &shared, &mut writer, feed.as_mut());
     if let Some(feed) = feed.as_mut() {
         feed.hand_over();
     }
-    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats().clone();
+    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stages.engine.stats().clone();
     if let Err(err) = writer.flush() {
         tracing::error!(error = %err, "flushing the findings output at shutdown failed");
     }
@@ -448,47 +475,159 @@ impl SinkFeed<'_> {
     }
 }
 
-/// The sink gets the events before the engine consumes them; handing them over blocks while
-/// ClickHouse is behind, which is what makes ingest push back.
-/// One batch taken off the queue: to the ClickHouse feed and the engine, then its bytes
-/// given back to the queue's bound.
+/// The correlator thread's stages: inference (with `--infer`), then the engine.
+struct Stages {
+    engine: Engine,
+    inference: Option<Inference>,
+}
+
+/// How often the correlator thread publishes inference's risks (a copy of every entry).
+const RISKS_EVERY_NS: u64 = 1_000_000_000;
+
+impl Stages {
+    /// One event from the receivers: a database call to inference, anything else to the
+    /// engine (a toctou span also tells inference its request is instrumented).
+    fn ingest(&mut self, event: Event, now: u64, derived: &mut Vec<Event>, out: &mut Vec<Finding>) {
+        match (&mut self.inference, event) {
+            (Some(inference), Event::Db(d)) => inference.on_db(d, now, derived),
+            (None, Event::Db(_)) => {}
+            (inference, event) => {
+                if let (Some(inference), Event::Span(s)) = (inference, &event) {
+                    inference.on_toctou_span(s.trace_id);
+                }
+                self.engine.ingest(event, now, out)
+            }
+        }
+    }
+
+    /// What inference made, to the engine (and its checks and uses to ClickHouse's events:
+    /// the change records are stored as they arrive).
+    fn derived(
+        &mut self,
+        derived: &mut Vec<Event>,
+        now: u64,
+        out: &mut Vec<Finding>,
+        feed: Option<&mut SinkFeed>,
+    ) {
+        if derived.is_empty() {
+            return;
+        }
+        if let Some(feed) = feed {
+            let spans: Vec<Event> = derived
+                .iter()
+                .filter(|e| matches!(e, Event::Span(_)))
+                .cloned()
+                .collect();
+            feed.pending.add_events(&spans);
+            feed.hand_over_if_due();
+        }
+        for event in derived.drain(..) {
+            self.engine.ingest(event, now, out);
+        }
+    }
+
+    fn tick(&mut self, now: u64, out: &mut Vec<Finding>, feed: Option<&mut SinkFeed>) {
+        if let Some(inference) = &mut self.inference {
+            let mut derived = Vec::new();
+            inference.tick(now, &mut derived);
+            self.derived(&mut derived, now, out, feed);
+        }
+        self.engine.tick(now, out);
+    }
+
+    fn flush(&mut self, now: u64, out: &mut Vec<Finding>, feed: Option<&mut SinkFeed>) {
+        if let Some(inference) = &mut self.inference {
+            let mut derived = Vec::new();
+            inference.flush(&mut derived);
+            self.derived(&mut derived, now, out, feed);
+        }
+        self.engine.flush(now, out);
+    }
+
+    fn annotate(&self, out: &mut [Finding]) {
+        if let Some(inference) = &self.inference {
+            inference.annotate(out);
+        }
+    }
+
+    /// Publishes inference's counts (every tick) and risks (every second, or `now`).
+    fn share(&mut self, shared: &Shared, now: bool) {
+        let (Some(inference), Some(to)) = (&self.inference, &shared.inference) else {
+            return;
+        };
+        *to.stats.lock().unwrap_or_else(|e| e.into_inner()) = inference.stats();
+        let mut risks = to.risks.lock().unwrap_or_else(|e| e.into_inner());
+        let at = now_ns();
+        if now || at.saturating_sub(risks.published_ns) >= RISKS_EVERY_NS {
+            *risks = inference.risks();
+            risks.published_ns = at;
+        }
+    }
+}
+
+/// One batch taken off the queue: to the ClickHouse feed and the stages, then its bytes
+/// given back to the queue's bound. The sink gets the events before the engine consumes
+/// them; handing them over blocks while ClickHouse is behind, which is what makes ingest
+/// push back.
 fn ingest(
-    engine: &mut Engine,
+    stages: &mut Stages,
     batch: Vec<Event>,
     queue_bytes: &QueueBytes,
-    out: &mut Vec<toctou_schema::Finding>,
-    feed: Option<&mut SinkFeed>,
+    out: &mut Vec<Finding>,
+    mut feed: Option<&mut SinkFeed>,
 ) {
     let charge = queue_bytes.charge(&batch);
-    if let Some(feed) = feed {
+    if let Some(feed) = feed.as_deref_mut() {
         feed.pending.add_events(&batch);
         feed.hand_over_if_due();
     }
     let now = now_ns();
+    let mut derived = Vec::new();
     for event in batch {
-        engine.ingest(event, now, out);
+        stages.ingest(event, now, &mut derived, out);
     }
+    stages.derived(&mut derived, now, out, feed);
     queue_bytes.give_back(charge);
 }
 
-/// A batch of the change stream: to the ClickHouse feed and the engine, then handed to the
+/// A batch of the change stream: to the ClickHouse feed and the stages, then handed to the
 /// sink at once with a barrier behind it, which the reader waits for before it confirms the
-/// slot's position (`crate::cdc`).
+/// slot's position (`crate::cdc`). With inference, its records go through it: they reach the
+/// engine once the request that made each is known, or the hold ran out.
 fn ingest_cdc(
-    engine: &mut Engine,
+    stages: &mut Stages,
     batch: CdcBatch,
-    out: &mut Vec<toctou_schema::Finding>,
-    feed: Option<&mut SinkFeed>,
+    out: &mut Vec<Finding>,
+    mut feed: Option<&mut SinkFeed>,
 ) {
-    let CdcBatch { events, stored } = batch;
-    let barrier = feed.map(|feed| {
+    let CdcBatch {
+        events,
+        changes,
+        stored,
+    } = batch;
+    let barrier = feed.as_deref_mut().map(|feed| {
         feed.pending.add_events(&events);
         feed.hand_over();
         feed.sink.barrier()
     });
     let now = now_ns();
-    for event in events {
-        engine.ingest(event, now, out);
+    match &mut stages.inference {
+        Some(inference) => {
+            let mut derived = Vec::new();
+            let mut changes = changes.into_iter();
+            for event in events {
+                match event {
+                    Event::Audit(a) => inference.on_change(a, changes.next(), now, &mut derived),
+                    other => derived.push(other),
+                }
+            }
+            stages.derived(&mut derived, now, out, feed);
+        }
+        None => {
+            for event in events {
+                stages.engine.ingest(event, now, out);
+            }
+        }
     }
     let _ = stored.send(barrier);
 }
@@ -496,7 +635,7 @@ fn ingest_cdc(
 /// The findings decided since the last call, to the store, the JSON lines and (with
 /// `--clickhouse-url`) ClickHouse.
 fn publish(
-    out: &mut Vec<toctou_schema::Finding>,
+    out: &mut Vec<Finding>,
     shared: &Shared,
     writer: &mut JsonLines,
     feed: Option<&mut SinkFeed>,

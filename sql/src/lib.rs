@@ -22,10 +22,10 @@ pub mod span;
 pub mod statement;
 
 pub use cache::{Interpreter, Reading, DEFAULT_CAPACITY};
-pub use pairs::{pairs, Call, Pair};
+pub use pairs::{pairs, row_key, value, Call, Pair};
 pub use params::{parse_params, parse_params_for, Param, ParamError};
 pub use risks::{read_then_write, Risk, RiskKind};
-pub use span::DbCall;
+pub use span::{indexed_params, DbCall};
 pub use statement::{
     interpret, Condition, Operation, Protection, Statement, StatementError, TableName, ValueRef,
 };

@@ -80,24 +80,41 @@ fn row(
     default_schema: &str,
     key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Option<String> {
+    let (mut name, key) = row_key(call, default_schema, key_columns)?;
+    name.push('/');
+    for (i, (_, v)) in key.iter().enumerate() {
+        if i > 0 {
+            name.push(',');
+        }
+        name.push_str(v);
+    }
+    Some(name)
+}
+
+/// The row a call pins by its table's key: the table (`schema.table`) and the key's
+/// (column, value) pairs in key order. An insert names its row by the values it writes; the
+/// others by their predicate. `None` when a key column's value is not known.
+pub fn row_key(
+    call: &Call<'_>,
+    default_schema: &str,
+    key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Option<(String, Vec<(String, String)>)> {
     let s = call.statement;
     let table = s.table.qualified(default_schema);
     let key = key_columns(&table)?;
-    // An insert names its row by the values it writes; the others by their predicate.
     let terms = match s.operation {
         Operation::Insert => &s.writes,
         _ => &s.conditions,
     };
-    let mut name = table;
-    name.push('/');
-    for (i, column) in key.iter().enumerate() {
-        let term = terms.iter().find(|t| t.column == *column)?;
-        if i > 0 {
-            name.push(',');
-        }
-        name.push_str(&value(&term.value, call.params)?);
-    }
-    Some(name)
+    let values = key
+        .into_iter()
+        .map(|column| {
+            let term = terms.iter().find(|t| t.column == column)?;
+            let v = value(&term.value, call.params)?;
+            Some((column, v))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((table, values))
 }
 
 /// The version a write acted on, from its own parameters: pinned (`WHERE version = %s`), or
@@ -112,7 +129,9 @@ fn checked_version(call: &Call<'_>, version_column: &str) -> Option<String> {
     Some((next - 1).to_string())
 }
 
-fn value(v: &ValueRef, params: &[Param]) -> Option<String> {
+/// A statement's value: a literal, or the parameter's value; `None` when computed, null or
+/// not known (parameters not captured).
+pub fn value(v: &ValueRef, params: &[Param]) -> Option<String> {
     match v {
         ValueRef::Literal(l) => Some(l.clone()),
         ValueRef::Param(i) => match params.get(*i)? {

@@ -43,11 +43,18 @@ pub struct Risk {
 pub fn read_then_write(statements: &[&Statement], default_schema: &str) -> Vec<Risk> {
     let mut risks = Vec::new();
     for (w, write) in statements.iter().enumerate() {
+        // A serializable transaction before it: the database refuses the anomaly.
+        if statements[..w]
+            .iter()
+            .any(|s| s.operation == Operation::Serializable)
+        {
+            break;
+        }
         let kind = match write.operation {
             Operation::Update => RiskKind::LostUpdate,
             Operation::Insert => RiskKind::CheckThenInsert,
             Operation::Delete => RiskKind::CheckThenDelete,
-            Operation::Select => continue,
+            Operation::Select | Operation::Serializable => continue,
         };
         if write.protection != Protection::None {
             continue;
@@ -146,6 +153,12 @@ mod tests {
             ],
             // A write with no read of its table before it: nothing was checked.
             &["UPDATE items SET stock = 0 WHERE id = 1"],
+            // Serializable: the database refuses the anomaly (40001), the client retries.
+            &[
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                "SELECT balance FROM accounts WHERE id = %s",
+                "UPDATE accounts SET balance = %s WHERE id = %s",
+            ],
             // A read of another table.
             &[
                 "SELECT 1 FROM vouchers WHERE code = %s",

@@ -75,15 +75,24 @@ impl<'a> DbCall<'a> {
         if let Some(rendered) = self.rendered {
             return parse_params_for(rendered, names);
         }
-        let mut indexed = self.indexed.clone();
-        if indexed.iter().all(|(k, _)| k.parse::<usize>().is_ok()) {
-            indexed.sort_by_key(|(k, _)| k.parse::<usize>().unwrap_or(usize::MAX));
-        }
-        Ok(indexed
-            .into_iter()
-            .map(|(_, v)| Param::Text(v.to_string()))
-            .collect())
+        Ok(indexed_params(&self.indexed))
     }
+}
+
+/// Parameters sent one attribute each (`db.query.parameter.<key>`): numeric keys in order,
+/// named keys in the order given.
+pub fn indexed_params<K: AsRef<str>, V: AsRef<str>>(indexed: &[(K, V)]) -> Vec<Param> {
+    let mut indexed: Vec<(&str, &str)> = indexed
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
+    if indexed.iter().all(|(k, _)| k.parse::<usize>().is_ok()) {
+        indexed.sort_by_key(|(k, _)| k.parse::<usize>().unwrap_or(usize::MAX));
+    }
+    indexed
+        .into_iter()
+        .map(|(_, v)| Param::Text(v.to_string()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ pub enum Operation {
     Insert,
     Update,
     Delete,
+    /// `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE`, `BEGIN` / `START TRANSACTION ISOLATION
+    /// LEVEL SERIALIZABLE`: no table; the rest of its transaction is protected (the database
+    /// refuses a serialization anomaly with SQLSTATE 40001).
+    Serializable,
 }
 
 /// A table, as `schema.name` when the statement qualifies it. Unquoted identifiers are
@@ -187,6 +191,16 @@ fn placeholders(sql: &str) -> (String, Vec<String>, usize) {
     (out, names.into_iter().map(str::to_string).collect(), count)
 }
 
+/// Whether transaction modes make it serializable.
+fn serializable(modes: &[ast::TransactionMode]) -> bool {
+    modes.iter().any(|m| {
+        matches!(
+            m,
+            ast::TransactionMode::IsolationLevel(ast::TransactionIsolationLevel::Serializable)
+        )
+    })
+}
+
 struct Reader {
     /// `?` placeholders seen so far, which number themselves in order.
     positional: usize,
@@ -330,6 +344,23 @@ impl Reader {
                     conditions: Vec::new(),
                     writes,
                     protection,
+                    params: 0,
+                    names: Vec::new(),
+                })
+            }
+            ast::Statement::Set(ast::Set::SetTransaction { modes, .. })
+            | ast::Statement::StartTransaction { modes, .. }
+                if serializable(modes) =>
+            {
+                Ok(Statement {
+                    operation: Operation::Serializable,
+                    table: TableName {
+                        schema: None,
+                        name: String::new(),
+                    },
+                    conditions: Vec::new(),
+                    writes: Vec::new(),
+                    protection: Protection::None,
                     params: 0,
                     names: Vec::new(),
                 })
@@ -878,5 +909,28 @@ mod tests {
                 .reason(),
             "unsupported"
         );
+    }
+
+    #[test]
+    fn serializable_transactions() {
+        for sql in [
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "set transaction isolation level serializable, read write",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        ] {
+            assert_eq!(
+                interpret(sql).unwrap().operation,
+                Operation::Serializable,
+                "{sql}"
+            );
+        }
+        for sql in [
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "BEGIN",
+            "SET statement_timeout = 0",
+        ] {
+            assert!(interpret(sql).is_err(), "{sql}");
+        }
     }
 }

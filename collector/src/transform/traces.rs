@@ -2,12 +2,15 @@
 //! (`schema/src/conventions.rs`).
 
 use super::{file_under, item_label};
-use crate::attrs::{self, fixed_id, Known};
+use crate::attrs::{self, fixed_id, Attr, Known};
 use crate::decoded::{Decoded, IgnoreReason, RejectReason, Rejection};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 use toctou_schema::conventions as c;
-use toctou_schema::{hex_id, CheckSource, Decision, Phase, SpanEvent, SpanId, TraceId, UseOutcome};
+use toctou_schema::{
+    hex_id, CheckSource, DbParams, DbSpanEvent, DbStatement, Decision, Phase, SpanEvent, SpanId,
+    TraceId, UseOutcome,
+};
 
 /// HTTP status meaning the caller was not allowed.
 const HTTP_FORBIDDEN: i64 = 403;
@@ -19,18 +22,22 @@ const GRPC_PERMISSION_DENIED: i64 = 7;
 /// rejected one by one while the rest of the request goes through.
 pub fn decode_traces(request: &ExportTraceServiceRequest) -> Decoded {
     let mut out = Decoded::default();
+    decode_spans(request, &mut out);
+    out
+}
+
+fn decode_spans(request: &ExportTraceServiceRequest, out: &mut Decoded) {
     let mut index = 0;
     for resource_spans in &request.resource_spans {
         let service = attrs::service_name(resource_spans.resource.as_ref());
         for scope_spans in &resource_spans.scope_spans {
             for span in &scope_spans.spans {
                 let known = Known::collect(&span.attributes);
-                file_span(&mut out, &service, &SpanParts::of(span), known, index);
+                file_span(out, &service, &SpanParts::of(span), known, index);
                 index += 1;
             }
         }
     }
-    out
 }
 
 /// What the rules read of a span besides its attributes, borrowed from wherever it was
@@ -41,6 +48,12 @@ pub(crate) struct SpanParts<'a> {
     pub start_ns: u64,
     pub end_ns: u64,
     pub status_is_error: bool,
+    /// The request's entry into its service: no parent span, or a server span (its parent
+    /// is the caller's, in another process).
+    pub root: bool,
+    pub name: &'a str,
+    /// The status's message (an exception's type and text, as the SDKs set it).
+    pub status_message: &'a str,
 }
 
 impl<'a> SpanParts<'a> {
@@ -54,6 +67,9 @@ impl<'a> SpanParts<'a> {
                 .status
                 .as_ref()
                 .is_some_and(|s| s.code == StatusCode::Error as i32),
+            root: span.parent_span_id.is_empty() || span.kind == SpanKind::Server as i32,
+            name: &span.name,
+            status_message: span.status.as_ref().map_or("", |s| &s.message),
         }
     }
 }
@@ -67,6 +83,12 @@ pub(crate) fn file_span(
     known: Known,
     index: usize,
 ) {
+    if known.phase.is_none() {
+        if let (Ok(service), Some(db)) = (service, db_span(span, &known)) {
+            out.events.push(db.into_event(service));
+            return;
+        }
+    }
     file_under(
         out,
         service,
@@ -75,6 +97,121 @@ pub(crate) fn file_span(
         IgnoreReason::NoPhase,
         || item_label("span", span.span_id, index),
     );
+}
+
+/// Statement texts longer than this are not read (an ORM's longest statements are a few
+/// kilobytes; a span whose text is a bulk load is no check or use).
+const MAX_DB_TEXT_BYTES: usize = 16 * 1024;
+/// Rendered parameters longer than this are not kept (the statement is still read, for
+/// risks): what names a row is a few values.
+const MAX_DB_PARAMS_BYTES: usize = 16 * 1024;
+
+/// What inference reads of a span without `toctou.phase`, still borrowed.
+struct DbSpan<'a> {
+    parts: &'a SpanParts<'a>,
+    request_id: Option<&'a str>,
+    route: Option<&'a str>,
+    statement: Option<DbStatement>,
+}
+
+impl DbSpan<'_> {
+    fn into_event(self, service: &str) -> toctou_schema::Event {
+        DbSpanEvent {
+            trace_id: fixed_id("trace id", self.parts.trace_id).unwrap_or_default(),
+            span_id: fixed_id("span id", self.parts.span_id).unwrap_or_default(),
+            root: self.parts.root,
+            start_ns: self.parts.start_ns,
+            end_ns: self.parts.end_ns,
+            service: service.to_string(),
+            request_id: self.request_id.map(str::to_owned),
+            route: self.route.map(str::to_owned),
+            statement: self.statement,
+        }
+        .into()
+    }
+}
+
+/// A database client call with its statement, or a root span with an `http.route` (the
+/// endpoint a request's calls are counted under); `None` for any other span, and for a
+/// span with no trace id (nothing groups it with its request's other calls).
+fn db_span<'a>(span: &'a SpanParts<'a>, k: &Known<'a>) -> Option<DbSpan<'a>> {
+    let str_of = |a: Option<Attr<'a>>| match a {
+        Some(Attr::Str(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
+        return None;
+    }
+    let system = str_of(k.db_system_name).or(str_of(k.db_system));
+    let text = str_of(k.db_query_text).or(str_of(k.db_statement));
+    let statement = match (system, text) {
+        (Some(system), Some(text)) if text.len() <= MAX_DB_TEXT_BYTES => {
+            let params = match str_of(k.db_params) {
+                Some(r) if r.len() <= MAX_DB_PARAMS_BYTES => DbParams::Rendered(r.to_owned()),
+                Some(_) => DbParams::None,
+                None if !k.db_indexed.is_empty() => DbParams::Indexed(
+                    k.db_indexed
+                        .iter()
+                        .filter_map(|(key, v)| Some((key.to_string(), attr_text(*v)?)))
+                        .collect(),
+                ),
+                None => DbParams::None,
+            };
+            let status = k
+                .db_status
+                .and_then(attr_text)
+                .or_else(|| k.error_type.and_then(attr_text))
+                .or_else(|| sqlstate_of_message(span.status_message).map(str::to_owned));
+            Some(DbStatement {
+                system: system.to_owned(),
+                text: text.to_owned(),
+                params,
+                status,
+                failed: span.status_is_error,
+            })
+        }
+        _ => None,
+    };
+    let route = if span.root {
+        str_of(k.http_route)
+    } else {
+        None
+    };
+    if statement.is_none() && route.is_none() {
+        return None;
+    }
+    let route = route.or((span.root && !span.name.is_empty()).then_some(span.name));
+    Some(DbSpan {
+        parts: span,
+        request_id: str_of(k.request_id),
+        route,
+        statement,
+    })
+}
+
+/// The SQLSTATE of a serialization failure or deadlock, from a failed call's status message
+/// where the instrumentation recorded no `db.response.status_code` (the older conventions):
+/// the exception's type (`SerializationFailure: ...`, psycopg) or PostgreSQL's own text,
+/// which drivers pass on.
+fn sqlstate_of_message(message: &str) -> Option<&'static str> {
+    if message.contains("SerializationFailure") || message.contains("could not serialize access") {
+        Some("40001")
+    } else if message.contains("DeadlockDetected") || message.contains("deadlock detected") {
+        Some("40P01")
+    } else {
+        None
+    }
+}
+
+/// A scalar attribute's text (a parameter, a status code).
+fn attr_text(a: Attr<'_>) -> Option<String> {
+    match a {
+        Attr::Str(s) => Some(s.to_owned()),
+        Attr::Int(i) => Some(i.to_string()),
+        Attr::Double(d) => Some(d.to_string()),
+        Attr::Bool(b) => Some(b.to_string()),
+        Attr::Other(_) => None,
+    }
 }
 
 /// One span: `Ok(None)` when it is not a toctou span, `Err` when it is one but is unusable.
@@ -378,7 +515,9 @@ mod tests {
     #[test]
     fn a_request_mixes_good_ignored_and_rejected() {
         let good = span(vec![s(c::PHASE, "check"), s(c::RESOURCE, "r")]);
-        let plain = span(vec![s("http.route", "/x")]);
+        // A child span: a root one with a route would go to inference.
+        let mut plain = span(vec![s("http.route", "/x")]);
+        plain.parent_span_id = vec![9; 8];
         let mut bad = span(vec![s(c::PHASE, "use")]);
         bad.span_id = vec![0x01; 8];
         let d = decode_traces(&request(None, vec![good, plain, bad]));
@@ -416,6 +555,71 @@ mod tests {
             d.rejected[0].message,
             "span cdcdcdcdcdcdcdcd: service.name is 4097 bytes long, over the limit of 4096 bytes"
         );
+    }
+
+    #[test]
+    fn database_calls_and_root_routes_go_to_inference() {
+        let mut call = span(vec![
+            s("db.system", "postgresql"),
+            s("db.statement", "UPDATE items SET stock = %s WHERE id = %s"),
+            s("db.statement.parameters", "(9, 1)"),
+        ]);
+        call.parent_span_id = vec![7; 8];
+        call.status = Some(Status {
+            code: StatusCode::Error as i32,
+            message: "SerializationFailure: could not serialize access due to concurrent update"
+                .into(),
+        });
+        let mut current = span(vec![
+            s("db.system.name", "postgresql"),
+            s("db.query.text", "SELECT v FROM t WHERE id = $1"),
+            s("db.query.parameter.0", "7"),
+            kv("db.query.parameter.1", Value::IntValue(8)),
+        ]);
+        current.parent_span_id = vec![7; 8];
+        // A server span: its parent is the caller's, in another process.
+        let mut root = span(vec![s("http.route", "/buy/<id>")]);
+        root.name = "POST /buy/<id>".into();
+        root.parent_span_id = vec![5; 8];
+        root.kind = SpanKind::Server as i32;
+        // No statement, or not a database: ignored as before.
+        let mut redis = span(vec![s("db.system", "redis")]);
+        redis.parent_span_id = vec![7; 8];
+        let mut child_route = span(vec![s("http.route", "/x")]);
+        child_route.parent_span_id = vec![7; 8];
+        let req = request(Some("shop"), vec![call, current, root, redis, child_route]);
+        let d = decode_traces(&req);
+        assert_eq!(d.ignored.get(IgnoreReason::NoPhase), 2);
+        let dbs: Vec<&DbSpanEvent> = d
+            .events
+            .iter()
+            .map(|e| match e {
+                toctou_schema::Event::Db(d) => d,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(dbs.len(), 3);
+        let st = dbs[0].statement.as_ref().unwrap();
+        assert_eq!(st.text, "UPDATE items SET stock = %s WHERE id = %s");
+        assert_eq!(st.params, DbParams::Rendered("(9, 1)".into()));
+        assert_eq!(
+            st.status.as_deref(),
+            Some("40001"),
+            "from the status message"
+        );
+        assert!(st.failed && !dbs[0].root);
+        let st = dbs[1].statement.as_ref().unwrap();
+        assert_eq!(
+            st.params,
+            DbParams::Indexed(vec![("0".into(), "7".into()), ("1".into(), "8".into())])
+        );
+        assert_eq!(st.status, None);
+        assert!(dbs[2].root && dbs[2].statement.is_none());
+        assert_eq!(dbs[2].route.as_deref(), Some("/buy/<id>"));
+        assert_eq!(dbs[2].service, "shop");
+        // The wire reader makes the same of them.
+        let raw = prost::Message::encode_to_vec(&req);
+        assert_eq!(crate::wire::traces(&raw).unwrap(), d);
     }
 
     #[test]

@@ -223,7 +223,11 @@ pub fn check_and_use() -> ExportTraceServiceRequest {
                     s("toctou.request_id", "order-1"),
                 ],
             ),
-            span(2, 1_500_000, vec![s("http.route", "/orders")]),
+            Span {
+                // A child: a root span with a route would go to inference.
+                parent_span_id: vec![1; 8],
+                ..span(2, 1_500_000, vec![s("http.route", "/orders")])
+            },
             span(
                 3,
                 2_000_000,

@@ -180,7 +180,7 @@ async fn read_until_error(
         counts.record_items(&ignored, &[], &rejected);
         if !out.is_empty() {
             let events: Vec<Event> = out.drain(..).map(|(a, _)| Event::Audit(a)).collect();
-            if !hand_over(output, events, counts).await? {
+            if !hand_over(output, events, Vec::new(), counts).await? {
                 return Ok(());
             }
         }

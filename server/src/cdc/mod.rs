@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use toctou_cdc::Mapping;
+use toctou_cdc::{Mapping, RowChange};
 use toctou_collector::{EventSink, SinkError};
 use toctou_schema::Event;
 use tokio::sync::{mpsc, oneshot};
@@ -105,14 +105,21 @@ pub struct CdcArgs {
 /// `None` at once (no ClickHouse), or the sink's barrier.
 pub struct CdcBatch {
     pub events: Vec<Event>,
+    /// The row changes behind `events`, one each, when the correlator asked for row images
+    /// (inference, `--infer`); empty otherwise.
+    pub changes: Vec<RowChange>,
     pub stored: oneshot::Sender<Option<oneshot::Receiver<bool>>>,
 }
 
 /// Where the readers' audit records go.
 #[derive(Clone)]
 pub enum CdcOutput {
-    /// `toctou run`'s correlator, one batch at a time.
-    Correlator(mpsc::Sender<CdcBatch>),
+    /// `toctou run`'s correlator, one batch at a time; with `row_images`, each record's row
+    /// change comes along (inference matches writes to their changes by it).
+    Correlator {
+        tx: mpsc::Sender<CdcBatch>,
+        row_images: bool,
+    },
     /// `toctou collector`'s events topic (`KafkaSink`): keyed by resource, so the records
     /// reach the correlator that owns the resource's partition.
     Sink(Arc<dyn EventSink>),
@@ -130,12 +137,25 @@ pub enum Delivery {
 }
 
 impl CdcOutput {
-    pub async fn deliver(&self, events: Vec<Event>) -> Delivery {
+    /// Whether the readers should keep each change's row image.
+    pub fn row_images(&self) -> bool {
+        matches!(
+            self,
+            CdcOutput::Correlator {
+                row_images: true,
+                ..
+            }
+        )
+    }
+
+    /// `changes`: the row changes behind `events`, one each, or none.
+    pub async fn deliver(&self, events: Vec<Event>, changes: Vec<RowChange>) -> Delivery {
         match self {
-            CdcOutput::Correlator(tx) => {
+            CdcOutput::Correlator { tx, .. } => {
                 let (stored_tx, stored_rx) = oneshot::channel();
                 let batch = CdcBatch {
                     events,
+                    changes,
                     stored: stored_tx,
                 };
                 if tx.send(batch).await.is_err() {
@@ -290,10 +310,11 @@ impl CdcArgs {
 async fn hand_over(
     output: &CdcOutput,
     events: Vec<Event>,
+    changes: Vec<RowChange>,
     counts: &toctou_collector::Metrics,
 ) -> anyhow::Result<bool> {
     let n = events.len() as u64;
-    match output.deliver(events).await {
+    match output.deliver(events, changes).await {
         Delivery::Stored => {
             counts.add_events(
                 toctou_collector::Signal::Cdc,

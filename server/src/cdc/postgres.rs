@@ -23,6 +23,7 @@ pub async fn read(
         publication: args.publication.clone(),
         max_changes: toctou_cdc::postgres::DEFAULT_MAX_CHANGES,
         version_column: args.version_column.clone(),
+        row_images: output.row_images(),
     };
     let what = format!("PostgreSQL slot {}", config.slot);
     retrying(&what, &metrics, || {
@@ -63,7 +64,12 @@ async fn read_until_error(
                 .iter()
                 .map(|c| Event::Audit(mapping.audit(c)))
                 .collect();
-            if !hand_over(output, events, counts).await? {
+            let changes = if output.row_images() {
+                batch.changes
+            } else {
+                Vec::new()
+            };
+            if !hand_over(output, events, changes, counts).await? {
                 return Ok(());
             }
         }

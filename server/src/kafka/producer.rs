@@ -510,6 +510,11 @@ pub fn plan(events: Vec<Event>, partitions: usize) -> Vec<Outgoing> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     for event in events {
+        if let Event::Db(_) = event {
+            // Inference runs in `toctou run` only: a database call names no resource, so
+            // no partition could bring a request's calls together (issue 26).
+            continue;
+        }
         if let Event::Audit(a) = &event {
             if a.action == AuditAction::PolicyChange {
                 for p in 0..partitions {

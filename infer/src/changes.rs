@@ -1,0 +1,191 @@
+//! Change records held until the write that made them is known, and writes waiting for
+//! their change record.
+//!
+//! A change of a row that some request read and then wrote waits here (at most the hold)
+//! for that request's write span; the SDKs export spans seconds after they end, while the
+//! change stream delivers a commit in milliseconds, or the other way round. Changes of one
+//! row leave in commit order, each when it is attributed to a request's write or when the
+//! hold runs out (a write by something that sent no span: another request, a job, a person).
+
+use std::collections::{HashMap, VecDeque};
+use toctou_cdc::RowChange;
+use toctou_schema::{AuditAction, AuditEvent, SpanId, TraceId};
+
+/// A span of a pair: the read or the write.
+#[derive(Clone, Debug)]
+pub struct SpanRef {
+    pub span_id: SpanId,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Its statement, as received, truncated.
+    pub text: String,
+}
+
+/// What the write changed, as its own change record will show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A row by its key: the table (`schema.table`), the key's (column, value) pairs in key
+    /// order, and the row's name as the change stream names it by default.
+    Row {
+        table: String,
+        key: Vec<(String, String)>,
+        name: String,
+    },
+    /// The rows with these column values, which the read found absent (`SELECT 1 FROM users
+    /// WHERE email = %s`) and the write inserted; `resource` is the table and the tested
+    /// values (`public.users[email=a@example.com]`).
+    Absent {
+        table: String,
+        values: Vec<(String, String)>,
+        resource: String,
+    },
+}
+
+/// A read and a later write of what it read, by one request, waiting for the write's own
+/// change record.
+#[derive(Clone, Debug)]
+pub struct PendingWrite {
+    pub id: u64,
+    pub trace: TraceId,
+    pub request: String,
+    pub service: String,
+    pub read: SpanRef,
+    pub write: SpanRef,
+    pub target: Target,
+    /// The version the read saw, from the write's own parameters.
+    pub checked_version: Option<String>,
+    /// Columns the write set to known values: its change record must show them.
+    pub written: Vec<(String, String)>,
+    /// `update`, `delete` or `create`: the use's operation.
+    pub operation: &'static str,
+    /// What the write's change record says.
+    pub action: AuditAction,
+    /// Wall time it was made.
+    pub created_ns: u64,
+    /// Its change record, once matched: (row queue, seq).
+    pub own: Option<(String, u64)>,
+    /// Other waiting writes that matched the same change as well (identical values): which
+    /// of them made it is then told by time alone.
+    pub rivals: usize,
+}
+
+/// A change record held.
+#[derive(Debug)]
+pub struct Held {
+    pub seq: u64,
+    pub audit: AuditEvent,
+    pub change: Option<RowChange>,
+    pub arrived_ns: u64,
+    /// The waiting write it was attributed to.
+    pub owner: Option<u64>,
+}
+
+/// Held change records per row, in commit order, and the order they arrived in.
+#[derive(Default)]
+pub struct Changes {
+    pub queues: HashMap<String, VecDeque<Held>>,
+    /// (arrival, row, seq) in arrival order: what the hold expires.
+    pub expiry: VecDeque<(u64, String, u64)>,
+    pub len: usize,
+    next_seq: u64,
+}
+
+impl Changes {
+    pub fn push(
+        &mut self,
+        row: &str,
+        audit: AuditEvent,
+        change: Option<RowChange>,
+        now_ns: u64,
+    ) -> u64 {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.queues
+            .entry(row.to_string())
+            .or_default()
+            .push_back(Held {
+                seq,
+                audit,
+                change,
+                arrived_ns: now_ns,
+                owner: None,
+            });
+        self.expiry.push_back((now_ns, row.to_string(), seq));
+        self.len += 1;
+        seq
+    }
+
+    /// Whether the row has changes held (a later one must wait behind them).
+    pub fn holds(&self, row: &str) -> bool {
+        self.queues.get(row).is_some_and(|q| !q.is_empty())
+    }
+
+    pub fn get_mut(&mut self, row: &str, seq: u64) -> Option<&mut Held> {
+        self.queues.get_mut(row)?.iter_mut().find(|h| h.seq == seq)
+    }
+
+    /// The row's first held change, removed when `take` says so.
+    pub fn pop_front_if(&mut self, row: &str, take: impl FnOnce(&Held) -> bool) -> Option<Held> {
+        let q = self.queues.get_mut(row)?;
+        if !take(q.front()?) {
+            return None;
+        }
+        let h = q.pop_front();
+        if q.is_empty() {
+            self.queues.remove(row);
+        }
+        if h.is_some() {
+            self.len -= 1;
+        }
+        h
+    }
+}
+
+/// Two values as the database and a driver render them: equal text, the same boolean
+/// (`t` and `true`), or the same number (`10.00` and `10.0`).
+pub fn same_value(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let truth = |v: &str| match v {
+        "t" | "true" | "True" | "TRUE" => Some(true),
+        "f" | "false" | "False" | "FALSE" => Some(false),
+        _ => None,
+    };
+    if let (Some(x), Some(y)) = (truth(a), truth(b)) {
+        return x == y;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Whether a change's row shows every value the write set (columns it does not carry are
+/// not held against it).
+pub fn shows(columns: &[(String, String)], written: &[(String, String)]) -> bool {
+    written.iter().all(|(col, v)| {
+        columns
+            .iter()
+            .find(|(c, _)| c == col)
+            .is_none_or(|(_, cv)| same_value(cv, v))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_as_databases_and_drivers_render_them() {
+        assert!(same_value("t", "true"));
+        assert!(!same_value("f", "true"));
+        assert!(same_value("10.00", "10.0"));
+        assert!(same_value("sku-1", "sku-1"));
+        assert!(!same_value("sku-1", "sku-2"));
+        let row = vec![("stock".to_string(), "9".to_string())];
+        assert!(shows(&row, &[("stock".into(), "9".into())]));
+        assert!(!shows(&row, &[("stock".into(), "8".into())]));
+        assert!(shows(&row, &[("other".into(), "8".into())]), "not carried");
+    }
+}

@@ -1,0 +1,396 @@
+//! Races found with no toctou code at all (issue 26): the shop of examples/python/shop (Flask
+//! and psycopg, traced only by OpenTelemetry's auto-instrumentation, parameters captured)
+//! sends its spans to `toctou run`, which reads the database's change stream. Concurrent
+//! clients (examples/python/shop/hammer.py) hammer the plain endpoints (read, decide in
+//! Python, save the row back) and their safe twins (a row lock, a compare-and-swap, `ON
+//! CONFLICT`, SERIALIZABLE with retries), with both cores busy.
+//!
+//! The truth comes from the database, never from toctou: triggers record which version each
+//! `UPDATE` replaced, in which transaction, and the client ties transactions to its requests'
+//! trace ids (it sent each `traceparent`). Every race that happened must be reported, with
+//! the right kind, on the right row, by a request that took part in it; nothing for the safe
+//! endpoints; and the risks must name exactly the plain endpoints. With parameters off: no
+//! findings, the same risks.
+//!
+//! Needs PostgreSQL (`TOCTOU_TEST_POSTGRES_URL`, scripts/postgres) and the Python packages of
+//! examples/python/requirements.txt (scripts/otel-python).
+
+mod common;
+
+use common::cdc::{self, client, pg_url, wait_for_slot};
+use common::Toctou;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const APP: &str = "examples/python/shop/app.py";
+const HAMMER: &str = "examples/python/shop/hammer.py";
+const PLAIN_ROUTES: [&str; 4] = [
+    "/buy/<int:item_id>",
+    "/redeem/<code>",
+    "/signup",
+    "/transfer",
+];
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test's own database (the shop's tables have fixed names), its slot, and `toctou run`.
+struct Shop {
+    db: String,
+    url: String,
+    slot: String,
+    toctou: Toctou,
+}
+
+impl Shop {
+    async fn start(tag: &str) -> Shop {
+        let admin = client().await;
+        let db = format!("shop_{tag}_{}", cdc::suffix());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        let base = pg_url();
+        let url = format!("{}/{db}", &base[..base.rfind('/').unwrap()]);
+        let out = Command::new(common::otel_python())
+            .arg(repo().join(APP))
+            .args(["--dsn", &url, "--setup"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let slot = format!("slot_{db}");
+        let toctou = Toctou::start(&[
+            "--cdc-postgres",
+            &url,
+            "--cdc-slot",
+            &slot,
+            "--cdc-publication",
+            &format!("pub_{db}"),
+            "--cdc-poll-interval",
+            "50ms",
+            "--infer-hold",
+            "3s",
+        ]);
+        let shop_admin = {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c
+        };
+        wait_for_slot(&shop_admin, &slot, &toctou).await;
+        Shop {
+            db,
+            url,
+            slot,
+            toctou,
+        }
+    }
+
+    /// Serves the shop, hammers it for `seconds` with both cores busy, stops it (its spans
+    /// flushed), and returns the client's record with the database's truth.
+    fn hammer(&self, seconds: u32, app_args: &[&str]) -> Value {
+        let mut app = Command::new(common::otel_python())
+            .arg(repo().join(APP))
+            .args(["--dsn", &self.url, "--port", "0"])
+            .args(app_args)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", self.toctou.http_url(""))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let shop_url = listening(&mut app);
+        let record = std::env::temp_dir().join(format!("toctou-shop-{}.json", self.db));
+        let out = {
+            let _burn = common::burner::every_core();
+            Command::new(common::otel_python())
+                .arg(repo().join(HAMMER))
+                .args(["--url", &shop_url, "--dsn", &self.url])
+                .args(["--seconds", &seconds.to_string(), "--threads", "8"])
+                .args(["--seed", "7", "--out"])
+                .arg(&record)
+                .output()
+                .unwrap()
+        };
+        assert!(out.status.success(), "{out:?}");
+        // SIGTERM: the app exports what its span processor still holds, then exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &app.id().to_string()])
+            .status();
+        let _ = app.wait();
+        let text = std::fs::read_to_string(&record).unwrap();
+        let _ = std::fs::remove_file(&record);
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Waits until inference holds nothing and the engine has decided what it was handed.
+    async fn settle(&self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = self.toctou.metrics().await;
+            let idle = common::metric(&m, "toctou_inferred_held_changes") == 0.0
+                && common::metric(&m, "toctou_inferred_pending_writes") == 0.0;
+            if idle {
+                break;
+            }
+            assert!(Instant::now() < deadline, "inference never settled:\n{m}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The engine decides a use once the watermark passed it: the allowed lateness (2 s)
+        // after input went quiet, and a waiting use's own wait.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        self.toctou.findings().await
+    }
+
+    async fn risks(&self) -> BTreeSet<String> {
+        let body: Value = reqwest::get(self.toctou.api_url("/api/v1/risks"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["risks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["endpoint"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    async fn finish(self) {
+        let Shop { db, slot, toctou, .. } = self;
+        drop(toctou);
+        let admin = client().await;
+        let (c, conn) = tokio_postgres::connect(
+            &format!("{}/{db}", &pg_url()[..pg_url().rfind('/').unwrap()]),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        let task = tokio::spawn(conn);
+        cdc::drop_slot(&c, &slot).await;
+        drop(c);
+        let _ = task.await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await
+            .ok();
+    }
+}
+
+/// The shop's address, from its start-up line.
+fn listening(app: &mut Child) -> String {
+    let stderr = app.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("shop: listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(url.to_string());
+                }
+            } else {
+                eprintln!("shop: {line}");
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the shop did not start in 30 s")
+}
+
+/// (kind, resource) → how many findings the truth says.
+fn expected(truth: &Value) -> BTreeMap<(String, String), usize> {
+    let mut e = BTreeMap::new();
+    let mut add = |kind: &str, resource: String, n: usize| {
+        if n > 0 {
+            *e.entry((kind.to_string(), resource)).or_insert(0) += n;
+        }
+    };
+    for b in truth["lost_buys"].as_array().unwrap() {
+        add("stale_check", format!("public.items/{}", b["item_id"]), 1);
+    }
+    for r in truth["lost_redeems"].as_array().unwrap() {
+        let k = r["k"].as_u64().unwrap() as usize;
+        add(
+            "stale_check",
+            format!("public.vouchers/{}", r["code"].as_str().unwrap()),
+            k - 1,
+        );
+    }
+    for s in truth["duplicate_signups"].as_array().unwrap() {
+        let k = s["k"].as_u64().unwrap() as usize;
+        add(
+            "duplicate_use",
+            format!("public.users[email={}]", s["email"].as_str().unwrap()),
+            k - 1,
+        );
+    }
+    for t in truth["lost_transfers"].as_array().unwrap() {
+        for l in t["lost"].as_array().unwrap() {
+            add("stale_check", format!("public.accounts/{}", l["account"]), 1);
+        }
+    }
+    e
+}
+
+fn found(findings: &[Value]) -> BTreeMap<(String, String), usize> {
+    let mut f = BTreeMap::new();
+    for x in findings {
+        let key = (
+            x["kind"].as_str().unwrap().to_string(),
+            x["resource"].as_str().unwrap().to_string(),
+        );
+        *f.entry(key).or_insert(0) += 1;
+    }
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
+    let shop = Shop::start("params").await;
+    let record = shop.hammer(10, &[]);
+    let truth = &record["truth"];
+    let findings = shop.settle().await;
+
+    // The workload raced for real on every plain endpoint, and never on the safe ones.
+    for kind in [
+        "lost_buys",
+        "lost_redeems",
+        "duplicate_signups",
+        "lost_transfers",
+    ] {
+        assert!(
+            !truth[kind].as_array().unwrap().is_empty(),
+            "no {kind} happened: {truth:#}"
+        );
+    }
+    let safe = &truth["safe"];
+    assert_eq!(safe["buy_safe"]["lost_updates"], 0, "{safe:#}");
+    assert_eq!(safe["redeem_safe"]["redeemed_twice"], 0, "{safe:#}");
+    assert_eq!(safe["signup_safe"]["duplicates"], 0, "{safe:#}");
+    assert_eq!(
+        safe["transfer_safe"]["balance_total"],
+        safe["transfer_safe"]["balance_expected"]
+    );
+
+    // Exactly the races that happened, kind and row.
+    let want = expected(truth);
+    let got = found(&findings);
+    assert_eq!(
+        got,
+        want,
+        "findings (left) against the database's truth (right)\nlog:\n{}",
+        shop.toctou.log()
+    );
+
+    // Each finding names a request that took part in its race, says it was inferred, and
+    // carries its statements.
+    let requests = record["requests"].as_array().unwrap();
+    let trace_of = |endpoint: &str| -> BTreeSet<String> {
+        requests
+            .iter()
+            .filter(|r| r["endpoint"] == endpoint && r["status"] == 200)
+            .map(|r| r["trace_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let lost_buys: BTreeSet<String> = truth["lost_buys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["trace_id"].as_str().unwrap().to_string())
+        .collect();
+    let lost_transfers: BTreeSet<String> = truth["lost_transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["trace_id"].as_str().unwrap().to_string())
+        .collect();
+    let participants = |code_or_email: &str, key: &str| -> BTreeSet<String> {
+        truth[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["code"] == code_or_email || x["email"] == code_or_email)
+            .flat_map(|x| x["trace_ids"].as_array().unwrap().clone())
+            .map(|t| t.as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let buys = trace_of("buy");
+    for f in &findings {
+        let inferred = &f["inferred"];
+        assert_eq!(inferred["statements"].as_array().unwrap().len(), 2, "{f:#}");
+        let matched_by = inferred["matched_by"].as_str().unwrap();
+        let trace = f["trace_id"].as_str().unwrap().to_string();
+        let resource = f["resource"].as_str().unwrap();
+        assert_eq!(f["service"], "shop");
+        if resource.starts_with("public.items/") {
+            // Saves alike (same row, same values, so the same version read) are told apart
+            // by time only, and say so; any of them is the lost one as far as the data goes.
+            if matched_by.contains("alike") {
+                assert!(buys.contains(&trace), "{f:#}");
+            } else {
+                assert!(lost_buys.contains(&trace), "{f:#}");
+            }
+            assert!(f["intervening"].as_array().is_some_and(|i| !i.is_empty()));
+        } else if resource.starts_with("public.accounts/") {
+            if matched_by.contains("alike") {
+                assert!(trace_of("transfer").contains(&trace), "{f:#}");
+            } else {
+                assert!(lost_transfers.contains(&trace), "{f:#}");
+            }
+        } else if let Some(code) = resource.strip_prefix("public.vouchers/") {
+            assert!(participants(code, "lost_redeems").contains(&trace), "{f:#}");
+        } else if let Some(email) = resource
+            .strip_prefix("public.users[email=")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            let creators = participants(email, "duplicate_signups");
+            assert!(creators.contains(&trace), "{f:#}");
+            let prior = f["prior_use"]["trace_id"].as_str().unwrap().to_string();
+            assert!(creators.contains(&prior) && prior != trace, "{f:#}");
+        } else {
+            panic!("a finding on no plain endpoint's data: {f:#}");
+        }
+    }
+
+    // The safe endpoints' races were prevented: serialization failures counted as such.
+    let m = shop.toctou.metrics().await;
+    assert!(
+        common::metric(&m, "toctou_prevented_races_total") > 0.0,
+        "transfer_safe retried: {}",
+        safe["transfer_safe"]
+    );
+    assert!(common::metric(&m, "toctou_inferred_pairs_total{outcome=\"protected\"}") > 0.0);
+    let hits = common::metric(&m, "toctou_inferred_parse_cache_hits_total");
+    let misses = common::metric(&m, "toctou_inferred_parse_cache_misses_total");
+    eprintln!(
+        "parse cache: {hits} hits, {misses} misses ({:.4} hit rate)",
+        hits / (hits + misses)
+    );
+    assert!(misses <= 40.0, "each distinct statement parsed once: {misses}");
+
+    // The risks name exactly the plain endpoints.
+    assert_eq!(
+        shop.risks().await,
+        PLAIN_ROUTES.iter().map(|r| r.to_string()).collect()
+    );
+    shop.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_parameters_risks_only() {
+    let shop = Shop::start("noparams").await;
+    let record = shop.hammer(5, &["--no-params"]);
+    assert!(!record["truth"]["lost_buys"].as_array().unwrap().is_empty());
+    let findings = shop.settle().await;
+    assert_eq!(findings, Vec::<Value>::new(), "nothing says a race happened");
+    assert_eq!(
+        shop.risks().await,
+        PLAIN_ROUTES.iter().map(|r| r.to_string()).collect()
+    );
+    shop.finish().await;
+}
