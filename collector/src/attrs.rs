@@ -117,6 +117,10 @@ pub(crate) struct Known<'a> {
     pub http_route: Option<Attr<'a>>,
     /// `db.query.parameter.<key>`: (key, value), in the order sent.
     pub db_indexed: Vec<(&'a str, Attr<'a>)>,
+    /// Parameters sent as an array (`db.postgresql.values` of Node's pg instrumentation):
+    /// its values' texts. Read from the prost types only: the wire reader leaves a request
+    /// with an array it reads to prost.
+    pub db_params_array: Option<Vec<String>>,
 }
 
 impl<'a> Known<'a> {
@@ -125,6 +129,16 @@ impl<'a> Known<'a> {
         for kv in attributes {
             // An attribute with an empty AnyValue carries nothing: treat it as absent.
             if let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                if let (
+                    Value::ArrayValue(array),
+                    "db.postgresql.values" | "db.statement.parameters",
+                ) = (value, kv.key.as_str())
+                {
+                    if k.db_params_array.is_none() {
+                        k.db_params_array = Some(array_texts(array));
+                    }
+                    continue;
+                }
                 k.offer(&kv.key, Attr::of(value));
             }
         }
@@ -182,6 +196,22 @@ impl<'a> Known<'a> {
             self.db_indexed.push((key, value));
         }
     }
+}
+
+/// The texts of an array's scalar values (a null or nested value is `null`, as a JSON array
+/// of parameters would say).
+fn array_texts(array: &opentelemetry_proto::tonic::common::v1::ArrayValue) -> Vec<String> {
+    array
+        .values
+        .iter()
+        .map(|v| match v.value.as_ref() {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            _ => "null".to_string(),
+        })
+        .collect()
 }
 
 fn bad_type(key: &str, v: Attr<'_>, wanted: &str) -> Rejection {

@@ -7,7 +7,8 @@
 //! row leave in commit order, each when it is attributed to a request's write or when the
 //! hold runs out (a write by something that sent no span: another request, a job, a person).
 
-use std::collections::{HashMap, VecDeque};
+use hashbrown::HashMap;
+use std::collections::VecDeque;
 use toctou_cdc::RowChange;
 use toctou_schema::{AuditAction, AuditEvent, SpanId, TraceId};
 

@@ -3,8 +3,8 @@
 //! with an example request. They say an endpoint *can* race, never that it did: without
 //! parameters or without a change stream, this is all inference can say.
 
+use hashbrown::HashMap;
 use serde::Serialize;
-use std::collections::HashMap;
 use toctou_sql::RiskKind;
 
 /// One endpoint's unprotected pattern on one table.

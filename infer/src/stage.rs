@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::risks::{RiskReport, Risks, Seen};
 use crate::stats::Stats;
 use crate::traces::{truncated, Call, Trace, Traces, MAX_EVIDENCE_BYTES};
-use std::collections::{HashMap, HashSet, VecDeque};
+use hashbrown::{HashMap, HashSet};
+use std::collections::VecDeque;
 use toctou_cdc::{Op, RowChange};
 use toctou_schema::{
     hex_id, AuditAction, AuditEvent, DbParams, DbSpanEvent, Decision, Event, Finding, Inferred,
@@ -76,6 +77,8 @@ pub struct Inference {
     instrumented_order: VecDeque<TraceId>,
     /// Some database call has arrived (until then toctou spans cost nothing here).
     seen_db: bool,
+    /// Requests whose entry span arrived: done at the next tick.
+    finished: Vec<TraceId>,
     risks: Risks,
     stats: Stats,
     next_id: u64,
@@ -101,6 +104,7 @@ impl Inference {
             instrumented: HashSet::new(),
             instrumented_order: VecDeque::new(),
             seen_db: false,
+            finished: Vec::new(),
             risks: Risks::default(),
             stats: Stats::default(),
             next_id: 0,
@@ -164,7 +168,7 @@ impl Inference {
                 trace.dropped_calls += 1;
                 self.stats.not_understood("too_many_calls");
             } else {
-                let reading = self.interpreter.read(&st.text);
+                let (text, reading) = self.interpreter.read_shared(&st.text);
                 match reading.as_ref() {
                     Err(e) => self.stats.not_understood(e.reason()),
                     Ok(statement) => {
@@ -195,7 +199,7 @@ impl Inference {
                             end_ns: d.end_ns,
                             failed: st.failed || st.status.is_some(),
                             serialization_failure,
-                            text: truncated(&st.text, MAX_EVIDENCE_BYTES),
+                            text,
                         });
                         if is_write {
                             written = Some(at);
@@ -213,13 +217,14 @@ impl Inference {
             self.infer_pair(d.trace_id, w, now_ns, out);
         }
         if root_arrived {
+            // The request's entry span ends after its calls: the request is done once the
+            // batch it came in is read (an export groups spans by instrumentation scope, so
+            // its calls can follow it in the same batch). At the next tick its risks are
+            // counted and its calls let go.
             if let Some(t) = self.traces.get_mut(&d.trace_id) {
                 t.risks_counted = true;
             }
-            if let Some(t) = self.traces.get(&d.trace_id) {
-                let (risks, id) = (self.risks_of(t), d.trace_id);
-                self.add_risks(&id, t.service.clone(), t.route.clone(), risks, now_ns);
-            }
+            self.finished.push(d.trace_id);
         }
     }
 
@@ -288,6 +293,7 @@ impl Inference {
                 self.stats.pair("unmatched");
             }
         }
+        self.finish_requests(now_ns);
         let idle = self.config.trace_idle.as_nanos() as u64;
         let mut gone = Vec::new();
         self.traces.expire(now_ns.saturating_sub(idle), &mut gone);
@@ -307,10 +313,21 @@ impl Inference {
             self.drop_pending(id);
             self.stats.pair("unmatched");
         }
+        self.finish_requests(u64::MAX);
         let mut gone = Vec::new();
         self.traces.expire(u64::MAX, &mut gone);
         for (id, t) in gone {
             self.count_risks(&id, &t);
+        }
+    }
+
+    /// Counts the risks of the requests whose entry span arrived, and lets their calls go.
+    fn finish_requests(&mut self, now_ns: u64) {
+        for id in std::mem::take(&mut self.finished) {
+            if let Some(t) = self.traces.remove(&id) {
+                let risks = self.risks_of(&t);
+                self.add_risks(&id, t.service, t.route, risks, now_ns.min(t.last_ns));
+            }
         }
     }
 
@@ -786,7 +803,12 @@ impl Inference {
             Target::Absent { .. } => (Some(ABSENT.to_string()), Some(ABSENT.to_string())),
         };
         out.push(Event::Span(span(Phase::Check, &p.read, checked)));
-        let use_event = span(Phase::Use, &p.write, used);
+        let mut use_event = span(Phase::Use, &p.write, used);
+        // The write came after the read in the request's statements; some SDKs record
+        // starts in whole milliseconds (JavaScript's `Date.now()`), which can put its start
+        // before the read's end.
+        use_event.start_ns = use_event.start_ns.max(p.read.end_ns);
+        use_event.end_ns = use_event.end_ns.max(use_event.start_ns);
         let mut own = audit;
         own.request_id = Some(p.request.clone());
         match &p.target {
@@ -892,8 +914,8 @@ impl Inference {
                     (
                         r.kind,
                         table,
-                        ok[r.read].text.clone(),
-                        ok[r.write].text.clone(),
+                        truncated(&ok[r.read].text, MAX_EVIDENCE_BYTES),
+                        truncated(&ok[r.write].text, MAX_EVIDENCE_BYTES),
                     )
                 })
             })
@@ -1068,7 +1090,7 @@ fn span_ref(c: &Call) -> SpanRef {
         span_id: c.span_id,
         start_ns: c.start_ns,
         end_ns: c.end_ns,
-        text: c.text.clone(),
+        text: truncated(&c.text, MAX_EVIDENCE_BYTES),
     }
 }
 

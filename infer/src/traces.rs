@@ -2,7 +2,9 @@
 //! distinct text (`toctou_sql::Interpreter`), and the request's endpoint once its root span
 //! arrives.
 
-use std::collections::{HashMap, VecDeque};
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use toctou_schema::{SpanId, TraceId};
 use toctou_sql::{Param, Reading};
 
@@ -23,8 +25,8 @@ pub struct Call {
     /// A serialization failure or deadlock (SQLSTATE 40001, 40P01): a race the database
     /// prevented.
     pub serialization_failure: bool,
-    /// The statement as received, truncated to [`MAX_EVIDENCE_BYTES`].
-    pub text: String,
+    /// The statement as received (shared with every call of the same text).
+    pub text: Arc<str>,
 }
 
 /// One request's calls.
@@ -135,6 +137,11 @@ impl Traces {
 
     pub fn get_mut(&mut self, trace: &TraceId) -> Option<&mut Trace> {
         self.map.get_mut(trace)
+    }
+
+    /// A request done with (its entry in the arrival order goes stale and is skipped).
+    pub fn remove(&mut self, trace: &TraceId) -> Option<Trace> {
+        self.map.remove(trace)
     }
 }
 

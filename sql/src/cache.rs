@@ -16,8 +16,8 @@ pub type Reading = Arc<Result<Statement, StatementError>>;
 /// Statement readings by text, at most `capacity` (the oldest reading goes first).
 pub struct Interpreter {
     capacity: usize,
-    readings: HashMap<Box<str>, Reading>,
-    order: VecDeque<Box<str>>,
+    readings: HashMap<Arc<str>, Reading>,
+    order: VecDeque<Arc<str>>,
     pub hits: u64,
     pub misses: u64,
 }
@@ -35,9 +35,15 @@ impl Interpreter {
 
     /// The reading of `sql`, parsed on first sight.
     pub fn read(&mut self, sql: &str) -> Reading {
-        if let Some(r) = self.readings.get(sql) {
+        self.read_shared(sql).1
+    }
+
+    /// [`Interpreter::read`], with the text shared by every span that carries it (what a
+    /// caller keeps of each call, instead of a copy).
+    pub fn read_shared(&mut self, sql: &str) -> (Arc<str>, Reading) {
+        if let Some((text, r)) = self.readings.get_key_value(sql) {
             self.hits += 1;
-            return r.clone();
+            return (text.clone(), r.clone());
         }
         self.misses += 1;
         let reading: Reading = Arc::new(interpret(sql));
@@ -46,10 +52,10 @@ impl Interpreter {
                 self.readings.remove(&oldest);
             }
         }
-        let key: Box<str> = sql.into();
+        let key: Arc<str> = sql.into();
         self.order.push_back(key.clone());
-        self.readings.insert(key, reading.clone());
-        reading
+        self.readings.insert(key.clone(), reading.clone());
+        (key, reading)
     }
 
     /// The share of reads answered without parsing.

@@ -149,6 +149,14 @@ fn db_span<'a>(span: &'a SpanParts<'a>, k: &Known<'a>) -> Option<DbSpan<'a>> {
             let params = match str_of(k.db_params) {
                 Some(r) if r.len() <= MAX_DB_PARAMS_BYTES => DbParams::Rendered(r.to_owned()),
                 Some(_) => DbParams::None,
+                None if k.db_params_array.is_some() => DbParams::Indexed(
+                    k.db_params_array
+                        .iter()
+                        .flatten()
+                        .enumerate()
+                        .map(|(i, v)| (i.to_string(), v.clone()))
+                        .collect(),
+                ),
                 None if !k.db_indexed.is_empty() => DbParams::Indexed(
                     k.db_indexed
                         .iter()
@@ -570,6 +578,27 @@ mod tests {
             message: "SerializationFailure: could not serialize access due to concurrent update"
                 .into(),
         });
+        let mut node = span(vec![
+            s("db.system.name", "postgresql"),
+            s(
+                "db.query.text",
+                "SELECT 1 FROM users WHERE email = $1 AND tenant = $2",
+            ),
+            kv(
+                "db.postgresql.values",
+                Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                    values: vec![
+                        AnyValue {
+                            value: Some(Value::StringValue("a@example.com".into())),
+                        },
+                        AnyValue {
+                            value: Some(Value::IntValue(3)),
+                        },
+                    ],
+                }),
+            ),
+        ]);
+        node.parent_span_id = vec![7; 8];
         let mut current = span(vec![
             s("db.system.name", "postgresql"),
             s("db.query.text", "SELECT v FROM t WHERE id = $1"),
@@ -587,7 +616,10 @@ mod tests {
         redis.parent_span_id = vec![7; 8];
         let mut child_route = span(vec![s("http.route", "/x")]);
         child_route.parent_span_id = vec![7; 8];
-        let req = request(Some("shop"), vec![call, current, root, redis, child_route]);
+        let req = request(
+            Some("shop"),
+            vec![call, current, root, redis, child_route, node],
+        );
         let d = decode_traces(&req);
         assert_eq!(d.ignored.get(IgnoreReason::NoPhase), 2);
         let dbs: Vec<&DbSpanEvent> = d
@@ -598,7 +630,15 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(dbs.len(), 3);
+        assert_eq!(dbs.len(), 4);
+        // Node's pg: the parameters as an array.
+        assert_eq!(
+            dbs[3].statement.as_ref().unwrap().params,
+            DbParams::Indexed(vec![
+                ("0".into(), "a@example.com".into()),
+                ("1".into(), "3".into())
+            ])
+        );
         let st = dbs[0].statement.as_ref().unwrap();
         assert_eq!(st.text, "UPDATE items SET stock = %s WHERE id = %s");
         assert_eq!(st.params, DbParams::Rendered("(9, 1)".into()));
@@ -617,9 +657,14 @@ mod tests {
         assert!(dbs[2].root && dbs[2].statement.is_none());
         assert_eq!(dbs[2].route.as_deref(), Some("/buy/<id>"));
         assert_eq!(dbs[2].service, "shop");
-        // The wire reader makes the same of them.
+        // The wire reader leaves a request with an array it reads to prost, and makes the
+        // same of the rest.
         let raw = prost::Message::encode_to_vec(&req);
-        assert_eq!(crate::wire::traces(&raw).unwrap(), d);
+        assert_eq!(crate::wire::traces(&raw), None);
+        let mut rest = req.clone();
+        rest.resource_spans[0].scope_spans[0].spans.pop();
+        let raw = prost::Message::encode_to_vec(&rest);
+        assert_eq!(crate::wire::traces(&raw).unwrap(), decode_traces(&rest));
     }
 
     #[test]

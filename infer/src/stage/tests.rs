@@ -357,3 +357,56 @@ fn write_spans_later_than_the_hold_still_pair_where_versions_decide() {
     assert_eq!(stats.pairs.get("matched"), Some(&2), "{stats:?}");
     assert_eq!(stats.changes.get("unattributed"), Some(&3), "{stats:?}");
 }
+
+#[test]
+fn four_buyers_of_one_version_three_lost() {
+    for changes_first in [false, true] {
+        let mut r = Run::new();
+        r.span(db(9, 1, 1, 2, "SELECT 1", ""));
+        r.change(item("967", "16", 5, 1));
+        let writes = [("966", 1u8), ("964", 2), ("964", 3), ("965", 4)];
+        let mut spans = Vec::new();
+        for (stock, t) in writes {
+            spans.push(db(t, 1, 10 + u64::from(t), 11 + u64::from(t), READ, "(2,)"));
+            spans.push(db(
+                t,
+                2,
+                20 + u64::from(t),
+                40,
+                SAVE,
+                &format!("({stock}, 17, 2)"),
+            ));
+        }
+        let changes = [
+            item("966", "17", 30, 2),
+            item("964", "17", 31, 3),
+            item("965", "17", 32, 4),
+            item("964", "17", 33, 5),
+        ];
+        let changes: Vec<_> = changes
+            .into_iter()
+            .map(|(mut a, mut c)| {
+                a.resource = "public.items/2".into();
+                c.key = vec![("id".into(), "2".into())];
+                (a, c)
+            })
+            .collect();
+        if changes_first {
+            for c in changes {
+                r.change(c);
+            }
+            for s in spans {
+                r.span(s);
+            }
+        } else {
+            for s in spans {
+                r.span(s);
+            }
+            for c in changes {
+                r.change(c);
+            }
+        }
+        let (findings, stats, _) = r.finish();
+        assert_eq!(findings.len(), 3, "{changes_first} {stats:?} {findings:#?}");
+    }
+}
