@@ -19,7 +19,7 @@ mod common;
 
 use common::cdc::{self, client, pg_url, wait_for_slot};
 use common::Toctou;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -439,9 +439,28 @@ async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
     );
 
     // The risks name exactly the plain endpoints.
-    assert_eq!(
-        shop.risks().await,
-        PLAIN_ROUTES.iter().map(|r| r.to_string()).collect()
+    let plain: BTreeSet<String> = PLAIN_ROUTES.iter().map(|r| r.to_string()).collect();
+    assert_eq!(shop.risks().await, plain);
+
+    // The page shows them, and a finding's statements.
+    let seen = common::page::Browser::find()
+        .visit(
+            &shop.toctou,
+            json!({"open": "kind:stale_check", "polls": 2}),
+        )
+        .await;
+    common::page::assert_clean(&seen);
+    let shown: BTreeSet<String> = seen["risks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["endpoint"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shown, plain, "{seen:#}");
+    let detail = seen["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Inferred from database spans") && detail.contains("UPDATE "),
+        "{detail}"
     );
     shop.finish().await;
 }

@@ -114,6 +114,13 @@ try {
         histEmptyShown: !document.getElementById("hist-empty").hidden,
         charts: document.querySelectorAll(".uplot canvas").length,
         pipeline: text("#pipeline"),
+        risks: document.getElementById("risks-panel").hidden
+          ? []
+          : [...document.querySelectorAll("tr.risk")].map((r) => ({
+              endpoint: r.querySelector(".endpoint").textContent.replace(/^ · /, ""),
+              pattern: r.querySelector(".pattern").textContent,
+              table: r.querySelector(".table").textContent,
+            })),
         // Markup from a finding would show up as elements inside the table.
         elementsInTable: [...table.querySelectorAll("*")].map((e) => e.tagName.toLowerCase()),
         scripts: document.scripts.length,

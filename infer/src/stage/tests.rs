@@ -410,3 +410,35 @@ fn four_buyers_of_one_version_three_lost() {
         assert_eq!(findings.len(), 3, "{changes_first} {stats:?} {findings:#?}");
     }
 }
+
+#[test]
+fn hashed_keys_name_no_tested_value() {
+    let mut r = Run::new();
+    r.stage = Inference::new(Config {
+        hold: std::time::Duration::from_millis(500),
+        hash_keys: true,
+        ..Config::default()
+    });
+    let check = "SELECT 1 FROM users WHERE email = %s";
+    let insert = "INSERT INTO users (email) VALUES (%s)";
+    for t in [1, 2] {
+        let at = 10 + u64::from(t);
+        r.span(db(t, 1, at, at + 1, check, "('a@example.com',)"));
+        r.span(db(t, 2, at + 10, at + 11, insert, "('a@example.com',)"));
+    }
+    for (id, tx) in [("17", 5), ("18", 6)] {
+        r.change(change(
+            Op::Insert,
+            "users",
+            id,
+            &[("id", id), ("email", "a@example.com")],
+            22,
+            tx,
+        ));
+    }
+    let (findings, _, _) = r.finish();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    let resource = &findings[0].resource;
+    assert!(resource.starts_with("public.users[email=#"), "{resource}");
+    assert!(!resource.contains("example.com"), "{resource}");
+}

@@ -347,6 +347,14 @@
     } else {
       ev.push(el("div", { class: "writes none", text: "none recorded" }));
     }
+    if (f.inferred) {
+      // A service with no toctou code: its statements are the evidence.
+      ev.push(el("h3", { text: "Inferred from database spans" }));
+      ev.push(field("own write matched by", f.inferred.matched_by));
+      for (const [i, sql] of (f.inferred.statements || []).entries()) {
+        ev.push(field(i === 0 ? "check (read)" : "use (write)", sql, true));
+      }
+    }
     ev.push(el("h3", { text: "Identity" }));
     ev.push(field("finding id", f.id, true));
     ev.push(field("trace id", f.trace_id, true));
@@ -414,6 +422,21 @@
       list.length === 0 ? "" : `newest first, the latest ${list.length} ${what}findings · click a row for its evidence`;
   }
 
+  function renderRisks(report) {
+    const risks = (report && report.risks) || [];
+    $("risks-panel").hidden = risks.length === 0;
+    const rows = risks.map((r) =>
+      el("tr", { class: "risk" }, [
+        el("td", null, [el("span", { class: "service", text: r.service }), el("span", { class: "sub endpoint", text: ` · ${r.endpoint}` })]),
+        el("td", { class: "pattern", text: r.kind.replaceAll("_", " ") }),
+        el("td", { class: "mono table", text: r.table }),
+        el("td", { class: "num", text: fmtInt(r.requests) }),
+        el("td", { class: "mono trace", text: r.example_trace_id ? `${r.example_trace_id.slice(0, 12)}…` : "—", title: `${r.example_trace_id}\n${r.read_statement}\n${r.write_statement}` }),
+      ])
+    );
+    $("risks-body").replaceChildren(...rows);
+  }
+
   // ---- polling ----
 
   async function getJson(url) {
@@ -436,8 +459,13 @@
     clearTimeout(timer);
     const filter = state.filter;
     const kind = filter ? `&kind=${encodeURIComponent(filter)}` : "";
-    Promise.all([getJson(`/api/v1/summary?seconds=${RATE_SECONDS}`), getJson(`/api/v1/findings?limit=${LIMIT}${kind}`)])
-      .then(([summary, findings]) => {
+    Promise.all([
+      getJson(`/api/v1/summary?seconds=${RATE_SECONDS}`),
+      getJson(`/api/v1/findings?limit=${LIMIT}${kind}`),
+      getJson("/api/v1/risks"),
+    ])
+      .then(([summary, findings, risks]) => {
+        renderRisks(risks);
         renderPipeline(summary);
         renderCounts(summary);
         renderCharts(summary);
