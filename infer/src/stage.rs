@@ -392,26 +392,19 @@ impl Inference {
             )
             .map(|(t, k)| row_name(&t, &k))
             .unwrap_or_else(|| ws.table.qualified(&schema));
-            out.push(Event::Span(SpanEvent {
-                phase: Phase::Use,
-                resource,
-                version: None,
-                request_id: request,
-                trace_id,
-                span_id: write.span_id,
-                start_ns: write.start_ns,
-                end_ns: write.end_ns,
-                service: trace.service.clone(),
-                operation: operation_of(ws).into(),
-                actor: trace.service.clone(),
-                decision: Decision::Allow,
-                source: None,
-                policy: None,
-                policy_version: None,
-                idempotency_key: None,
-                outcome: UseOutcome::Conflict,
-                permission_denied: false,
-            }));
+            out.push(Event::Span(inferred_span(
+                Phase::Use,
+                SpanSide {
+                    resource,
+                    request: request.clone(),
+                    trace: trace_id,
+                    service: &trace.service,
+                    operation: operation_of(ws),
+                },
+                (write.span_id, write.start_ns, write.end_ns),
+                None,
+                UseOutcome::Conflict,
+            )));
             return;
         }
         if write.failed || !self.config.change_stream {
@@ -770,25 +763,20 @@ impl Inference {
         if late {
             matched_by.push_str(", after its change record went on");
         }
-        let span = |phase: Phase, s: &SpanRef, version: Option<String>| SpanEvent {
-            phase,
-            resource: resource.clone(),
-            version,
-            request_id: p.request.clone(),
-            trace_id: p.trace,
-            span_id: s.span_id,
-            start_ns: s.start_ns,
-            end_ns: s.end_ns,
-            service: p.service.clone(),
-            operation: p.operation.into(),
-            actor: p.service.clone(),
-            decision: Decision::Allow,
-            source: None,
-            policy: None,
-            policy_version: None,
-            idempotency_key: None,
-            outcome: UseOutcome::Ok,
-            permission_denied: false,
+        let span = |phase: Phase, s: &SpanRef, version: Option<String>| {
+            inferred_span(
+                phase,
+                SpanSide {
+                    resource: resource.clone(),
+                    request: p.request.clone(),
+                    trace: p.trace,
+                    service: &p.service,
+                    operation: p.operation,
+                },
+                (s.span_id, s.start_ns, s.end_ns),
+                version,
+                UseOutcome::Ok,
+            )
         };
         // A read that found no row saw the same (absence) its insert acted on: whether it
         // raced is for the duplicate rule to say (a second insert of the tested values),
@@ -1059,6 +1047,46 @@ fn absent_read(
             resource,
         })
     })
+}
+
+/// Who an inferred span is of: the row or tested values, the request, its service.
+struct SpanSide<'a> {
+    resource: String,
+    request: String,
+    trace: TraceId,
+    service: &'a str,
+    operation: &'static str,
+}
+
+/// A check or use as an instrumented service would have sent it: an allowing check, a use
+/// with `outcome`; the span is (id, start, end).
+fn inferred_span(
+    phase: Phase,
+    side: SpanSide<'_>,
+    (span_id, start_ns, end_ns): (SpanId, u64, u64),
+    version: Option<String>,
+    outcome: UseOutcome,
+) -> SpanEvent {
+    SpanEvent {
+        phase,
+        resource: side.resource,
+        version,
+        request_id: side.request,
+        trace_id: side.trace,
+        span_id,
+        start_ns,
+        end_ns,
+        service: side.service.to_string(),
+        operation: side.operation.into(),
+        actor: side.service.to_string(),
+        decision: Decision::Allow,
+        source: None,
+        policy: None,
+        policy_version: None,
+        idempotency_key: None,
+        outcome,
+        permission_denied: false,
+    }
 }
 
 /// A row's name as the change stream names it by default: `schema.table/k1,k2`.
