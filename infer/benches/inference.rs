@@ -15,9 +15,8 @@ use std::time::Instant;
 use toctou_cdc::{Mapping, Op, RowChange};
 use toctou_correlator::{Config as EngineConfig, Engine};
 use toctou_infer::{Config, Inference};
-use toctou_schema::{
-    AuditEvent, DbParams, DbSpanEvent, DbStatement, Decision, Event, Phase, SpanEvent, UseOutcome,
-};
+use toctou_schema::testing::span_at;
+use toctou_schema::{AuditEvent, DbParams, DbSpanEvent, DbStatement, Event, Phase};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -34,19 +33,17 @@ fn trace(i: u64) -> [u8; 16] {
     t
 }
 
+/// The `n`th span of request `i`.
+fn span_id(n: u8, i: u64) -> [u8; 8] {
+    let mut id = (i as u32 as u64).to_be_bytes();
+    id[0] = n;
+    id
+}
+
 fn db(i: u64, n: u8, at: u64, sql: &str, params: String) -> Event {
     Event::Db(DbSpanEvent {
         trace_id: trace(i),
-        span_id: [
-            n,
-            0,
-            0,
-            0,
-            (i >> 24) as u8,
-            (i >> 16) as u8,
-            (i >> 8) as u8,
-            i as u8,
-        ],
+        span_id: span_id(n, i),
         root: false,
         start_ns: at,
         end_ns: at + MS / 2,
@@ -178,36 +175,17 @@ fn toctou_workload() -> (Vec<Event>, u64) {
         let at = T0 + i * MS / 10;
         let v = versions[row as usize];
         versions[row as usize] += 1;
-        let span = |phase, n: u8, at: u64| SpanEvent {
-            phase,
-            resource: format!("public.items/{row}"),
-            version: Some(v.to_string()),
-            request_id: format!("req-{i}"),
-            trace_id: trace(i),
-            span_id: [
-                n,
-                0,
-                0,
-                0,
-                (i >> 24) as u8,
-                (i >> 16) as u8,
-                (i >> 8) as u8,
-                i as u8,
-            ],
-            start_ns: at,
-            end_ns: at + MS / 2,
-            service: "shop".into(),
-            operation: "update".into(),
-            actor: "shop".into(),
-            decision: Decision::Allow,
-            source: None,
-            policy: None,
-            policy_version: None,
-            idempotency_key: None,
-            outcome: UseOutcome::Ok,
-            permission_denied: false,
+        let (resource, request) = (format!("public.items/{row}"), format!("req-{i}"));
+        let span = |phase, n: u8, at: u64| {
+            span_at(phase, &resource, &request, at)
+                .lasting_ns(MS / 2)
+                .ids(trace(i), span_id(n, i))
+                .version(&v.to_string())
+                .service("shop", "update")
+                .0
         };
-        out.push(Event::Span(span(Phase::Check, 1, at)));
+        // A check ends at its time, a use starts at its: [at, at + MS/2], then at + MS.
+        out.push(Event::Span(span(Phase::Check, 1, at + MS / 2)));
         out.push(Event::Span(span(Phase::Use, 2, at + MS)));
         let (mut a, _) = change(
             Op::Update,

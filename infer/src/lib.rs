@@ -14,12 +14,14 @@
 //! - [`traces`]: one request's calls, read once per distinct statement text.
 //! - [`changes`]: change records held until the write that made them is known, and writes
 //!   waiting for their change record.
+//! - [`recent`]: [`recent::Recent`], what is remembered past its moment, bounded.
 //! - [`risks`]: unprotected read-then-write patterns by endpoint, for `GET /api/v1/risks`.
 //! - [`stage`]: [`Inference`], the stage itself.
 //! - [`stats`]: what it counted.
 
 pub mod changes;
 pub mod config;
+pub mod recent;
 pub mod risks;
 pub mod stage;
 pub mod stats;

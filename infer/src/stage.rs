@@ -17,6 +17,7 @@
 
 use crate::changes::{same_value, shows, Changes, Held, PendingWrite, SpanRef, Target};
 use crate::config::Config;
+use crate::recent::Recent;
 use crate::risks::{RiskReport, Risks, Seen};
 use crate::stats::Stats;
 use crate::traces::{truncated, Call, Trace, Traces, MAX_EVIDENCE_BYTES};
@@ -28,8 +29,8 @@ use toctou_schema::{
     Phase, SpanEvent, SpanId, TraceId, UseOutcome,
 };
 use toctou_sql::{
-    indexed_params, pairs, parse_params_for, read_then_write, row_key, value, Interpreter,
-    Operation, Protection, Statement,
+    indexed_params, pairs, parse_params_for, read_then_write, row_key, serialization_failure,
+    value, Interpreter, Operation, Protection, Statement,
 };
 
 /// The version a check-then-insert's check and use carry: the read found no row.
@@ -67,14 +68,11 @@ pub struct Inference {
     released: HashMap<String, VecDeque<Released>>,
     released_order: VecDeque<(u64, String)>,
     /// The last committed version of each row seen (by its name in the stream).
-    versions: HashMap<String, Option<String>>,
-    versions_order: VecDeque<String>,
+    versions: Recent<String, Option<String>>,
     /// Evidence of the uses handed to the engine, by use span.
-    evidence: HashMap<SpanId, Inferred>,
-    evidence_order: VecDeque<SpanId>,
+    evidence: Recent<SpanId, Inferred>,
     /// Requests that sent toctou spans: their own checks and uses win over inference.
-    instrumented: HashSet<TraceId>,
-    instrumented_order: VecDeque<TraceId>,
+    instrumented: Recent<TraceId, ()>,
     /// Some database call has arrived (until then toctou spans cost nothing here).
     seen_db: bool,
     /// Requests whose entry span arrived: done at the next tick.
@@ -97,12 +95,9 @@ impl Inference {
             changes: Changes::default(),
             released: HashMap::new(),
             released_order: VecDeque::new(),
-            versions: HashMap::new(),
-            versions_order: VecDeque::new(),
-            evidence: HashMap::new(),
-            evidence_order: VecDeque::new(),
-            instrumented: HashSet::new(),
-            instrumented_order: VecDeque::new(),
+            versions: Recent::new(config.max_versions),
+            evidence: Recent::new(MAX_EVIDENCE),
+            instrumented: Recent::new(config.max_traces),
             seen_db: false,
             finished: Vec::new(),
             risks: Risks::default(),
@@ -128,15 +123,8 @@ impl Inference {
     /// A toctou span of request `trace`: its checks and uses are its own, and win over what
     /// its database calls would say.
     pub fn on_toctou_span(&mut self, trace: TraceId) {
-        if !self.seen_db || self.instrumented.contains(&trace) {
-            return;
-        }
-        self.instrumented.insert(trace);
-        self.instrumented_order.push_back(trace);
-        if self.instrumented_order.len() > self.config.max_traces {
-            if let Some(old) = self.instrumented_order.pop_front() {
-                self.instrumented.remove(&old);
-            }
+        if self.seen_db && !self.instrumented.contains(&trace) {
+            self.instrumented.insert(trace, ());
         }
     }
 
@@ -187,10 +175,8 @@ impl Inference {
                             statement.operation,
                             Operation::Update | Operation::Delete | Operation::Insert
                         );
-                        let serialization_failure = matches!(
-                            st.status.as_deref(),
-                            Some("40001" | "40P01" | "SerializationFailure" | "DeadlockDetected")
-                        );
+                        let serialization_failure =
+                            st.status.as_deref().is_some_and(serialization_failure);
                         let at = trace.insert(Call {
                             reading: reading.clone(),
                             params,
@@ -289,7 +275,7 @@ impl Inference {
             }
             self.pending_order.pop_front();
             if self.pending.get(&id).is_some_and(|p| p.own.is_none()) {
-                self.drop_pending(id);
+                self.take_pending(id);
                 self.stats.pair("unmatched");
             }
         }
@@ -310,7 +296,7 @@ impl Inference {
         }
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
-            self.drop_pending(id);
+            self.take_pending(id);
             self.stats.pair("unmatched");
         }
         self.finish_requests(u64::MAX);
@@ -678,10 +664,10 @@ impl Inference {
     /// pair goes to the engine without the change (it has it), where versions decide alone
     /// (a row's: the read's from the write's parameters and the one the change replaced;
     /// an insert of tested values needs none). Otherwise the pair is counted unmatched.
-    fn emit_late(&mut self, id: u64, out: &mut Vec<Event>) -> bool {
+    fn emit_late(&mut self, id: u64, out: &mut Vec<Event>) {
         let slack = self.config.clock_slack.as_nanos() as u64;
         let Some(p) = self.pending.get(&id) else {
-            return false;
+            return;
         };
         let rows: Vec<String> = match &p.target {
             Target::Row { name, .. } => vec![name.clone()],
@@ -707,10 +693,10 @@ impl Inference {
             }
         }
         let Some((row, i)) = found else {
-            return false;
+            return;
         };
         let Some(r) = self.released.get_mut(&row).and_then(|q| q.get_mut(i)) else {
-            return false;
+            return;
         };
         r.claimed = true;
         let (audit, replaced) = (r.audit.clone(), r.replaced.clone());
@@ -719,14 +705,13 @@ impl Inference {
             Target::Absent { .. } => true,
         };
         let Some(p) = self.take_pending(id) else {
-            return false;
+            return;
         };
         if !decides {
             self.stats.pair("unmatched");
-            return true;
+            return;
         }
         self.emit_pair(p, audit, replaced, true, out);
-        true
     }
 
     /// A matched pair to the engine: the check, the write's change record with its request
@@ -828,11 +813,6 @@ impl Inference {
                 out.push(Event::Audit(tested));
             }
         }
-        if self.evidence.len() >= MAX_EVIDENCE {
-            if let Some(old) = self.evidence_order.pop_front() {
-                self.evidence.remove(&old);
-            }
-        }
         self.evidence.insert(
             p.write.span_id,
             Inferred {
@@ -840,19 +820,10 @@ impl Inference {
                 matched_by,
             },
         );
-        self.evidence_order.push_back(p.write.span_id);
     }
 
     /// Records a row's committed version; returns the one it replaced, when known.
     fn note_version(&mut self, audit: &AuditEvent) -> Option<String> {
-        if !self.versions.contains_key(&audit.resource) {
-            if self.versions.len() >= self.config.max_versions {
-                if let Some(old) = self.versions_order.pop_front() {
-                    self.versions.remove(&old);
-                }
-            }
-            self.versions_order.push_back(audit.resource.clone());
-        }
         self.versions
             .insert(audit.resource.clone(), audit.version.clone())
             .flatten()
@@ -874,10 +845,6 @@ impl Inference {
             }
         }
         Some(p)
-    }
-
-    fn drop_pending(&mut self, id: u64) {
-        self.take_pending(id);
     }
 
     /// A request's unprotected read-then-write patterns.

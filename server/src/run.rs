@@ -513,12 +513,9 @@ impl Stages {
             return;
         }
         if let Some(feed) = feed {
-            let spans: Vec<Event> = derived
-                .iter()
-                .filter(|e| matches!(e, Event::Span(_)))
-                .cloned()
-                .collect();
-            feed.pending.add_events(&spans);
+            for span in derived.iter().filter(|e| matches!(e, Event::Span(_))) {
+                feed.pending.add_events(std::slice::from_ref(span));
+            }
             feed.hand_over_if_due();
         }
         for event in derived.drain(..) {

@@ -25,7 +25,7 @@ pub use cache::{Interpreter, Reading, DEFAULT_CAPACITY};
 pub use pairs::{pairs, row_key, value, Call, Pair};
 pub use params::{parse_params, parse_params_for, Param, ParamError};
 pub use risks::{read_then_write, Risk, RiskKind};
-pub use span::{indexed_params, DbCall};
+pub use span::{indexed_params, serialization_failure, DbCall};
 pub use statement::{
     interpret, Condition, Operation, Protection, Statement, StatementError, TableName, ValueRef,
 };

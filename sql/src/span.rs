@@ -64,7 +64,7 @@ impl<'a> DbCall<'a> {
     /// Whether the call failed with a serialization failure or a deadlock (SQLSTATE 40001,
     /// 40P01): the database prevented a race.
     pub fn serialization_failure(&self) -> bool {
-        matches!(self.status, Some("40001" | "40P01"))
+        self.status.is_some_and(serialization_failure)
     }
 
     /// The parameters, in order: from the one attribute that renders them all, else from
@@ -77,6 +77,17 @@ impl<'a> DbCall<'a> {
         }
         Ok(indexed_params(&self.indexed))
     }
+}
+
+/// Whether a failed call's status says the database refused it to keep transactions
+/// serializable: SQLSTATE 40001 (serialization failure) or 40P01 (deadlock), or the driver's
+/// exception type for them as `error.type` records it (psycopg's `SerializationFailure`,
+/// `DeadlockDetected`).
+pub fn serialization_failure(status: &str) -> bool {
+    matches!(
+        status,
+        "40001" | "40P01" | "SerializationFailure" | "DeadlockDetected"
+    )
 }
 
 /// Parameters sent one attribute each (`db.query.parameter.<key>`): numeric keys in order,

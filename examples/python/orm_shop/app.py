@@ -19,24 +19,15 @@ instrumentation is not used: psycopg's spans carry the statements as sent.
     python app.py --dsn postgres://... --port 8000       # serve
 """
 
-import argparse
 import importlib.util
-import logging
 import os
 import random
-import signal
 import sys
 import time
 
 import psycopg
 from flask import Flask, jsonify, request
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.flask import FlaskInstrumentor
-from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from sqlalchemy import create_engine, func, insert, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -109,8 +100,19 @@ class Allocation(Base):
 
 app = Flask(__name__)
 THINK_MS = 5.0
-provider = None
 Session = sessionmaker()
+
+
+def load_shop_app():
+    """../shop/app.py: its schema, command line and serving are this shop's too."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shop", "app.py")
+    spec = importlib.util.spec_from_file_location("shop_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shop = load_shop_app()
 
 
 def think():
@@ -208,7 +210,7 @@ def allocate_safe(item_id):
 @app.post("/flush")
 def flush():
     # Lets a caller wait until every span so far has been exported.
-    return jsonify(ok=provider.force_flush())
+    return jsonify(ok=trace.get_tracer_provider().force_flush())
 
 
 def sqlalchemy_url(dsn):
@@ -221,27 +223,14 @@ def sqlalchemy_url(dsn):
 
 def setup(dsn):
     # ../shop/app.py's schema first (items, orders, item_history and its trigger), then ours.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shop", "app.py")
-    spec = importlib.util.spec_from_file_location("shop_app", path)
-    shop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shop)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(shop.SCHEMA)
         conn.execute(SCHEMA)
 
 
 def main():
-    global THINK_MS, provider
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", required=True)
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free one")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--setup", action="store_true", help="recreate the schema and exit")
-    parser.add_argument("--no-params", action="store_true",
-                        help="leave statement parameters out of the spans")
-    parser.add_argument("--think-ms", type=float, default=5.0,
-                        help="up to this long between a check and its act")
-    args = parser.parse_args()
+    global THINK_MS
+    args = shop.arguments(__doc__)
     THINK_MS = args.think_ms
 
     if args.setup:
@@ -258,25 +247,7 @@ def main():
     engine.dispose()
     Session.configure(bind=engine)
 
-    # Exporter endpoint, headers etc. come from the standard OTEL_EXPORTER_OTLP_* variables.
-    provider = TracerProvider(resource=Resource.create({"service.name": "orm-shop"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=100))
-    trace.set_tracer_provider(provider)
-    FlaskInstrumentor().instrument_app(app, excluded_urls="flush")
-    PsycopgInstrumentor().instrument(capture_parameters=not args.no_params, enable_commenter=False)
-
-    def stop(signum, frame):
-        provider.shutdown()  # exports what is still queued
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    server = make_server(args.host, args.port, app, threaded=True)
-    # The socket is bound: a caller waiting for this line can connect right away.
-    print(f"shop: listening on http://{args.host}:{server.server_port}", file=sys.stderr, flush=True)
-    server.serve_forever()
+    shop.serve(app, "orm-shop", args)
 
 
 if __name__ == "__main__":

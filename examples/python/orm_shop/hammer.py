@@ -18,13 +18,8 @@ quantity.
         --threads 8 --out record.json [--only buy,allocate] [--seed 1]
 """
 
-import argparse
 import importlib.util
-import json
 import os
-import sys
-import urllib.request
-from collections import defaultdict
 
 import psycopg
 
@@ -53,24 +48,14 @@ SEEDED_STOCK = {1: 1000, 2: 1000, 3: 1000, 4: 1000, 5: 30, 6: 30}
 class Planner(shop.Planner):
     """The shop's seeded planner, with rounds of this shop's endpoints."""
 
+    routes = ROUTES
+
     def round(self):
         name = self.rng.choice(self.endpoints)
         item = self.rng.choice(ITEMS[name])  # every thread on the same item
         plan = [(f"/orm/{name}/{item}", {"item_id": item, "qty": self.rng.randint(1, 3)})
                 for _ in range(self.threads)]
         return [self.request(name, path, params) for path, params in plan]
-
-    def request(self, name, path, params):
-        trace_id = f"{self.rng.getrandbits(128) or 1:032x}"
-        span_id = f"{self.rng.getrandbits(64) or 1:016x}"
-        return {"endpoint": name, "route": ROUTES[name], "path": path, "params": params,
-                "trace_id": trace_id, "traceparent": f"00-{trace_id}-{span_id}-01"}
-
-
-def hammer(args, endpoints):
-    # The shop's loop (threads, barrier, send) builds its planner by this module-level name.
-    shop.Planner = Planner
-    return shop.hammer(args, endpoints)
 
 
 def truth(dsn, requests):
@@ -145,48 +130,13 @@ def truth(dsn, requests):
     return t
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="the shop, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--dsn", required=True, help="the shop's database, for the truth")
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=0, help="stop after this many (0: no limit)")
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--only", default="", help="comma-separated endpoints (default: all)")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    args.url = args.url.rstrip("/")
-    if args.threads < 2:
-        parser.error("--threads must be at least 2: races need company")
-    endpoints = [e for e in args.only.split(",") if e] or list(ROUTES)
-    unknown = set(endpoints) - set(ROUTES)
-    if unknown:
-        parser.error(f"unknown endpoints: {', '.join(sorted(unknown))}")
-
-    requests, rounds = hammer(args, endpoints)
-    # Have the app export its spans now rather than on its next batch.
-    flushed = urllib.request.urlopen(urllib.request.Request(
-        args.url + "/flush", method="POST", data=b""), timeout=60).status == 200
-    t = truth(args.dsn, requests)
-    with open(args.out, "w") as f:
-        json.dump({"seed": args.seed, "threads": args.threads, "rounds": rounds,
-                   "flushed": flushed, "requests": requests, "truth": t}, f, indent=1)
-
-    status = defaultdict(lambda: defaultdict(int))
-    for r in requests:
-        status[r["endpoint"]][r["status"]] += 1
-    print(f"hammer: {len(requests)} requests in {rounds} rounds", file=sys.stderr)
-    for name in ROUTES:
-        if name in status:
-            print(f"  {name:14} " + " ".join(f"{s}:{n}" for s, n in sorted(status[name].items())),
-                  file=sys.stderr)
+def summary(t):
+    """The truth's line of the printed summary."""
     oversold = sum(a["oversold"] for a in t["raced_allocations"])
-    print(f"  lost_buys={len(t['lost_buys'])} raced_allocations={len(t['raced_allocations'])} "
-          f"(of which oversold={oversold}) plain={t['plain']}", file=sys.stderr)
-    for name, s in t["safe"].items():
-        print(f"  {name:14} {s}", file=sys.stderr)
+    return (f"lost_buys={len(t['lost_buys'])} raced_allocations={len(t['raced_allocations'])} "
+            f"(of which oversold={oversold}) plain={t['plain']}")
 
 
 if __name__ == "__main__":
-    main()
+    # The shop's command line, loop and record, with this shop's plan and truth.
+    shop.main(__doc__, ROUTES, Planner, truth, summary)

@@ -82,7 +82,6 @@ INSERT INTO accounts SELECT i, 1000, 1 FROM generate_series(1, 10) i;
 app = Flask(__name__)
 DSN = ""
 THINK_MS = 5.0
-provider = None
 
 
 def think():
@@ -276,12 +275,12 @@ def transfer_safe():
 @app.post("/flush")
 def flush():
     # Lets a caller wait until every span so far has been exported.
-    return jsonify(ok=provider.force_flush())
+    return jsonify(ok=trace.get_tracer_provider().force_flush())
 
 
-def main():
-    global DSN, THINK_MS, provider
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description):
+    """The command line every shop takes (../orm_shop/app.py's too)."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1")
@@ -290,21 +289,17 @@ def main():
                         help="leave statement parameters out of the spans")
     parser.add_argument("--think-ms", type=float, default=5.0,
                         help="up to this long between a check and its act")
-    args = parser.parse_args()
-    DSN, THINK_MS = args.dsn, args.think_ms
+    return parser.parse_args()
 
-    if args.setup:
-        # Before any instrumentation: setting up is not part of the traced workload.
-        with psycopg.connect(DSN, autocommit=True) as conn:
-            conn.execute(SCHEMA)
-        print("shop: schema created", file=sys.stderr)
-        return
 
+def serve(flask_app, service, args):
+    """Traces `flask_app` and psycopg as `service` (the only instrumentation), serves it, and
+    exports what is still queued on SIGTERM or SIGINT."""
     # Exporter endpoint, headers etc. come from the standard OTEL_EXPORTER_OTLP_* variables.
-    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=100))
     trace.set_tracer_provider(provider)
-    FlaskInstrumentor().instrument_app(app, excluded_urls="flush")
+    FlaskInstrumentor().instrument_app(flask_app, excluded_urls="flush")
     PsycopgInstrumentor().instrument(capture_parameters=not args.no_params, enable_commenter=False)
 
     def stop(signum, frame):
@@ -315,10 +310,25 @@ def main():
     signal.signal(signal.SIGINT, stop)
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    server = make_server(args.host, args.port, app, threaded=True)
+    server = make_server(args.host, args.port, flask_app, threaded=True)
     # The socket is bound: a caller waiting for this line can connect right away.
     print(f"shop: listening on http://{args.host}:{server.server_port}", file=sys.stderr, flush=True)
     server.serve_forever()
+
+
+def main():
+    global DSN, THINK_MS
+    args = arguments(__doc__)
+    DSN, THINK_MS = args.dsn, args.think_ms
+
+    if args.setup:
+        # Before any instrumentation: setting up is not part of the traced workload.
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+        print("shop: schema created", file=sys.stderr)
+        return
+
+    serve(app, "shop", args)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ SEEDED_STOCK, SEEDED_BALANCE = 1000, 1000
 class Planner:
     """Draws each round's requests from one seeded generator."""
 
+    # Endpoint name -> route; another shop's planner (../orm_shop/hammer.py) names its own.
+    routes = ROUTES
+
     def __init__(self, seed, threads, endpoints):
         self.rng = random.Random(seed)
         self.threads = threads
@@ -98,7 +101,7 @@ class Planner:
     def request(self, name, path, params):
         trace_id = f"{self.rng.getrandbits(128) or 1:032x}"
         span_id = f"{self.rng.getrandbits(64) or 1:016x}"
-        return {"endpoint": name, "route": ROUTES[name], "path": path, "params": params,
+        return {"endpoint": name, "route": self.routes[name], "path": path, "params": params,
                 "trace_id": trace_id, "traceparent": f"00-{trace_id}-{span_id}-01"}
 
 
@@ -121,8 +124,8 @@ def send(base, req):
         req["response"] = {"raw": body.decode(errors="replace")[:200]}
 
 
-def hammer(args, endpoints):
-    planner = Planner(args.seed, args.threads, endpoints)
+def hammer(args, endpoints, planner_class=Planner):
+    planner = planner_class(args.seed, args.threads, endpoints)
     slots = [None] * args.threads
     barrier = threading.Barrier(args.threads + 1)
     stop = threading.Event()
@@ -262,8 +265,17 @@ def balance_total(conn, accounts):
                         (accounts,)).fetchone()[0]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def summary(t):
+    """The truth's line of the printed summary."""
+    return (f"lost_buys={len(t['lost_buys'])} lost_redeems={len(t['lost_redeems'])} "
+            f"duplicate_signups={len(t['duplicate_signups'])} "
+            f"lost_transfers={len(t['lost_transfers'])} plain={t['plain']}")
+
+
+def main(description=__doc__, routes=ROUTES, planner_class=Planner, truth_of=truth,
+         summary_of=summary):
+    """The command line; another shop's hammer passes its routes, planner and truth."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--url", required=True, help="the shop, e.g. http://127.0.0.1:8000")
     parser.add_argument("--dsn", required=True, help="the shop's database, for the truth")
     parser.add_argument("--seconds", type=float, default=10)
@@ -276,16 +288,16 @@ def main():
     args.url = args.url.rstrip("/")
     if args.threads < 2:
         parser.error("--threads must be at least 2: races need company")
-    endpoints = [e for e in args.only.split(",") if e] or list(ROUTES)
-    unknown = set(endpoints) - set(ROUTES)
+    endpoints = [e for e in args.only.split(",") if e] or list(routes)
+    unknown = set(endpoints) - set(routes)
     if unknown:
         parser.error(f"unknown endpoints: {', '.join(sorted(unknown))}")
 
-    requests, rounds = hammer(args, endpoints)
+    requests, rounds = hammer(args, endpoints, planner_class)
     # Have the app export its spans now rather than on its next batch.
     flushed = urllib.request.urlopen(urllib.request.Request(
         args.url + "/flush", method="POST", data=b""), timeout=60).status == 200
-    t = truth(args.dsn, requests)
+    t = truth_of(args.dsn, requests)
     with open(args.out, "w") as f:
         json.dump({"seed": args.seed, "threads": args.threads, "rounds": rounds,
                    "flushed": flushed, "requests": requests, "truth": t}, f, indent=1)
@@ -294,13 +306,11 @@ def main():
     for r in requests:
         status[r["endpoint"]][r["status"]] += 1
     print(f"hammer: {len(requests)} requests in {rounds} rounds", file=sys.stderr)
-    for name in ROUTES:
+    for name in routes:
         if name in status:
             print(f"  {name:14} " + " ".join(f"{s}:{n}" for s, n in sorted(status[name].items())),
                   file=sys.stderr)
-    print(f"  lost_buys={len(t['lost_buys'])} lost_redeems={len(t['lost_redeems'])} "
-          f"duplicate_signups={len(t['duplicate_signups'])} "
-          f"lost_transfers={len(t['lost_transfers'])} plain={t['plain']}", file=sys.stderr)
+    print(f"  {summary_of(t)}", file=sys.stderr)
     for name, s in t["safe"].items():
         print(f"  {name:14} {s}", file=sys.stderr)
 
