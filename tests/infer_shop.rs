@@ -343,14 +343,6 @@ async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
 
     // Each finding names a request that took part in its race, says it was inferred, and
     // carries its statements.
-    let requests = record["requests"].as_array().unwrap();
-    let trace_of = |endpoint: &str| -> BTreeSet<String> {
-        requests
-            .iter()
-            .filter(|r| r["endpoint"] == endpoint && r["status"] == 200)
-            .map(|r| r["trace_id"].as_str().unwrap().to_string())
-            .collect()
-    };
     let lost_buys: BTreeSet<String> = truth["lost_buys"]
         .as_array()
         .unwrap()
@@ -373,7 +365,6 @@ async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
             .map(|t| t.as_str().unwrap_or_default().to_string())
             .collect()
     };
-    let buys = trace_of("buy");
     for f in &findings {
         let inferred = &f["inferred"];
         assert_eq!(inferred["statements"].as_array().unwrap().len(), 2, "{f:#}");
@@ -382,28 +373,16 @@ async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
         let resource = f["resource"].as_str().unwrap();
         assert_eq!(f["service"], "shop");
         if resource.starts_with("public.items/") {
-            // Saves alike (same row, same values, so the same version read) are told apart
-            // by time only, and say so; any of them is the lost one as far as the data goes.
-            if matched_by.contains("alike") {
-                assert!(buys.contains(&trace), "{f:#}");
-            } else {
-                assert!(lost_buys.contains(&trace), "{f:#}");
-            }
-            // The other write it lost to is named where the own write was matched by its
-            // values alone. (Among writes alike, evidence can come out empty: an open
-            // question of the engine's history, noted in issue 26.)
-            if !matched_by.contains("alike") {
-                assert!(
-                    f["intervening"].as_array().is_some_and(|i| !i.is_empty()),
-                    "{f:#}"
-                );
-            }
+            // Each lost save, and only those, even among saves alike (the same row, the same
+            // values): those are told apart by time, and say so. The other write it lost to
+            // is named.
+            assert!(lost_buys.contains(&trace), "{matched_by}: {f:#}");
+            assert!(
+                f["intervening"].as_array().is_some_and(|i| !i.is_empty()),
+                "{f:#}"
+            );
         } else if resource.starts_with("public.accounts/") {
-            if matched_by.contains("alike") {
-                assert!(trace_of("transfer").contains(&trace), "{f:#}");
-            } else {
-                assert!(lost_transfers.contains(&trace), "{f:#}");
-            }
+            assert!(lost_transfers.contains(&trace), "{matched_by}: {f:#}");
         } else if let Some(code) = resource.strip_prefix("public.vouchers/") {
             assert!(participants(code, "lost_redeems").contains(&trace), "{f:#}");
         } else if let Some(email) = resource
@@ -491,10 +470,6 @@ async fn the_races_of_orm_generated_statements_are_found() {
         assert_eq!(f["kind"], "stale_check", "{f:#}");
         assert_eq!(f["service"], "orm-shop");
         let trace = f["trace_id"].as_str().unwrap().to_string();
-        let alike = f["inferred"]["matched_by"]
-            .as_str()
-            .unwrap()
-            .contains("alike");
         let resource = f["resource"].as_str().unwrap();
         if resource == "public.items/5" {
             assert!(raced.contains(&trace), "{f:#}");
@@ -503,24 +478,27 @@ async fn the_races_of_orm_generated_statements_are_found() {
                 resource == "public.items/1" || resource == "public.items/2",
                 "{f:#}"
             );
-            assert!(alike || lost_buys.contains(&trace), "{f:#}");
+            assert!(lost_buys.contains(&trace), "{f:#}");
         }
         assert!(named.insert(trace), "reported twice: {f:#}");
     }
     let on = |r: &str| findings.iter().filter(|f| f["resource"] == r).count();
-    // Allocations have no version to compare: they are placed among the other commits by
-    // time (the read's end, the write's own commit). A commit that lands inside the read's
-    // span, after the read's snapshot, cannot be placed so, and on a loaded machine spans
-    // stretch: such a race can go unreported (one CI run: 11 of 13). Never a false one
-    // (above); issue 26 keeps counting them as indeterminate open.
+    // Allocations have no version to compare: the other commits are placed by time, and one
+    // after the read's end is certain. One stamped during the read (or just before it: a
+    // commit is visible only after its flush) may or may not have been seen: such pairs are
+    // counted undecided and not reported. Every raced allocation is reported or counted so.
     let allocations = on("public.items/5");
+    let m = shop.toctou.metrics().await;
+    let undecided = common::metric(&m, "toctou_inferred_undecided_total") as usize;
+    let unmatched = common::metric(&m, "toctou_inferred_pairs_total{outcome=\"unmatched\"}");
     eprintln!(
-        "allocations: {allocations} of {} raced reported",
+        "allocations: {allocations} of {} raced reported, {undecided} undecided, {unmatched} unmatched",
         raced.len()
     );
     assert!(
-        allocations >= 1 && allocations <= raced.len(),
-        "allocations: {findings:#?}"
+        allocations >= 1 && allocations + undecided >= raced.len(),
+        "allocations: {allocations} reported + {undecided} undecided < {} raced: {findings:#?}",
+        raced.len()
     );
     assert_eq!(
         on("public.items/1") + on("public.items/2"),

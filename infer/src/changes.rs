@@ -65,8 +65,8 @@ pub struct PendingWrite {
     pub created_ns: u64,
     /// Its change record, once matched: (row queue, seq).
     pub own: Option<(String, u64)>,
-    /// Other waiting writes that matched the same change as well (identical values): which
-    /// of them made it is then told by time alone.
+    /// Other waiting writes that matched the same change as well (identical values, times
+    /// that fit): which of them made it is then told by time alone.
     pub rivals: usize,
 }
 
@@ -77,6 +77,9 @@ pub struct Held {
     pub audit: AuditEvent,
     pub change: Option<RowChange>,
     pub arrived_ns: u64,
+    /// When the row's previous change committed (0: none seen): its writer's statement
+    /// ended after that (see `fits` in the stage).
+    pub after_ns: u64,
     /// The waiting write it was attributed to.
     pub owner: Option<u64>,
 }
@@ -97,6 +100,7 @@ impl Changes {
         row: &str,
         audit: AuditEvent,
         change: Option<RowChange>,
+        after_ns: u64,
         now_ns: u64,
     ) -> u64 {
         self.next_seq += 1;
@@ -109,6 +113,7 @@ impl Changes {
                 audit,
                 change,
                 arrived_ns: now_ns,
+                after_ns,
                 owner: None,
             });
         self.expiry.push_back((now_ns, row.to_string(), seq));

@@ -38,6 +38,9 @@ pub struct Config {
     /// How far a commit may seem to precede the start of the write that made it (the
     /// application's and the database's clocks).
     pub clock_slack: Duration,
+    /// How long before a read a commit may have been stamped and still be unseen by it: the
+    /// change stream stamps a commit before its WAL flush, and others see it only after.
+    pub visibility_lag: Duration,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             max_risks: 10_000,
             trace_idle: Duration::from_secs(60),
             clock_slack: Duration::from_secs(1),
+            visibility_lag: Duration::from_millis(10),
         }
     }
 }

@@ -42,6 +42,8 @@ struct Released {
     change: Option<RowChange>,
     /// The version it replaced, when known.
     replaced: Option<String>,
+    /// When the row's previous change committed (0: none seen).
+    after_ns: u64,
     /// A write was paired with it already.
     claimed: bool,
 }
@@ -69,6 +71,8 @@ pub struct Inference {
     released_order: VecDeque<(u64, String)>,
     /// The last committed version of each row seen (by its name in the stream).
     versions: Recent<String, Option<String>>,
+    /// When each row's last change seen committed (by its default name).
+    last_commit: Recent<String, u64>,
     /// Evidence of the uses handed to the engine, by use span.
     evidence: Recent<SpanId, Inferred>,
     /// Requests that sent toctou spans: their own checks and uses win over inference.
@@ -96,6 +100,7 @@ impl Inference {
             released: HashMap::new(),
             released_order: VecDeque::new(),
             versions: Recent::new(config.max_versions),
+            last_commit: Recent::new(config.max_versions),
             evidence: Recent::new(MAX_EVIDENCE),
             instrumented: Recent::new(config.max_traces),
             seen_db: false,
@@ -241,13 +246,18 @@ impl Inference {
         // before the first spans that write it.
         let hold = self.config.change_stream
             && ((self.seen_db && audit.request_id.is_none()) || self.changes.holds(&row));
+        // The stream is in commit order: the row's previous change is the last one seen.
+        let after_ns = self
+            .last_commit
+            .insert(row.clone(), audit.time_ns)
+            .unwrap_or(0);
         if !hold {
             self.stats.change("passed");
-            self.hand_on(row, audit, change, now_ns, out);
+            self.hand_on(row, audit, change, after_ns, now_ns, out);
             return;
         }
-        let seq = self.changes.push(&row, audit, change, now_ns);
-        self.attribute_change(&row, seq);
+        let seq = self.changes.push(&row, audit, change, after_ns, now_ns);
+        self.attribute_change(&row, seq, false);
         while self.changes.len > self.config.max_held_changes {
             let Some((_, oldest, _)) = self.changes.expiry.pop_front() else {
                 break;
@@ -514,81 +524,102 @@ impl Inference {
         }
     }
 
-    /// The first held change the waiting write `id` made, if one is held: attributed.
+    /// The first held change (commit order) the waiting write `id` made, if one is held and
+    /// no other write owns it: attributed. Returns its row.
     fn attribute_pending(&mut self, id: u64) -> Option<String> {
         let p = self.pending.get(&id)?;
         let slack = self.config.clock_slack.as_nanos() as u64;
-        let mut best: Option<(u64, String)> = None;
-        let mut consider = |row: &String, h: &Held| {
-            if h.owner.is_none()
-                && matches(p, &h.audit, h.change.as_ref(), slack)
-                && best.as_ref().is_none_or(|(s, _)| h.seq < *s)
-            {
-                best = Some((h.seq, row.clone()));
+        // (commit, seq, row): the earliest commit, for an insert across the table's rows.
+        let mut best: Option<(u64, u64, String)> = None;
+        let mut consider = |row: &String, q: &VecDeque<Held>| {
+            let first = q.iter().find(|h| {
+                h.owner.is_none()
+                    && matches(p, &h.audit, h.change.as_ref(), slack)
+                    && fits(p, h.audit.time_ns, h.after_ns, slack, false)
+            });
+            if let Some(h) = first {
+                if best.as_ref().is_none_or(|(t, _, _)| h.audit.time_ns < *t) {
+                    best = Some((h.audit.time_ns, h.seq, row.clone()));
+                }
             }
         };
         match &p.target {
             Target::Row { name, .. } => {
                 if let Some(q) = self.changes.queues.get(name) {
-                    for h in q {
-                        consider(name, h);
-                    }
+                    consider(name, q);
                 }
             }
             Target::Absent { table, .. } => {
                 let prefix = format!("{table}/");
                 for (row, q) in &self.changes.queues {
                     if row.starts_with(&prefix) {
-                        for h in q {
-                            consider(row, h);
-                        }
+                        consider(row, q);
                     }
                 }
             }
         }
-        let (seq, row) = best?;
-        if let Some(h) = self.changes.get_mut(&row, seq) {
-            h.owner = Some(id);
-        }
-        if let Some(p) = self.pending.get_mut(&id) {
-            p.own = Some((row.clone(), seq));
-        }
+        let (_, seq, row) = best?;
+        self.own(id, &row, seq);
         Some(row)
     }
 
-    /// The waiting write that made the held change `seq` of `row`, if one waits: the one
-    /// whose write started first among those it matches.
-    fn attribute_change(&mut self, row: &str, seq: u64) {
+    /// The waiting writes of `row` (and, for inserts of tested values, of its table) whose
+    /// key and values match the held change `h`, owned or not, times aside.
+    fn alike<'a>(&'a self, row: &'a str, h: &'a Held) -> impl Iterator<Item = &'a PendingWrite> {
         let slack = self.config.clock_slack.as_nanos() as u64;
-        let Some(h) = self.changes.get_mut(row, seq) else {
-            return;
-        };
         let table = match &h.change {
             Some(c) => c.qualified_table(),
             None => row.split_once('/').map_or(row, |(t, _)| t).to_string(),
         };
-        let h: &Held = h;
-        let candidates = self
-            .pending_by_row
+        self.pending_by_row
             .get(row)
             .into_iter()
             .flatten()
-            .chain(self.pending_by_table.get(&table).into_iter().flatten());
-        let mut matched: Vec<(u64, u64)> = candidates
+            .chain(self.pending_by_table.get(&table).into_iter().flatten())
             .filter_map(|id| self.pending.get(id))
-            .filter(|p| p.own.is_none() && matches(p, &h.audit, h.change.as_ref(), slack))
-            .map(|p| (p.write.start_ns, p.id))
-            .collect();
-        matched.sort_unstable();
-        let Some(&(_, id)) = matched.first() else {
+            .filter(move |p| matches(p, &h.audit, h.change.as_ref(), slack))
+    }
+
+    /// The waiting write that made the held change `seq` of `row`, if one waits: of those
+    /// that fit it (see [`fits`]), the one that ended first. `loose`: the hold ran out,
+    /// clocks may disagree by the slack.
+    fn attribute_change(&mut self, row: &str, seq: u64, loose: bool) -> bool {
+        let slack = self.config.clock_slack.as_nanos() as u64;
+        let Some(h) = self
+            .changes
+            .queues
+            .get(row)
+            .and_then(|q| q.iter().find(|h| h.seq == seq))
+        else {
+            return false;
+        };
+        let chosen = self
+            .alike(row, h)
+            .filter(|p| p.own.is_none() && fits(p, h.audit.time_ns, h.after_ns, slack, loose))
+            .map(|p| (p.write.end_ns, p.id))
+            .min();
+        let Some((_, id)) = chosen else {
+            return false;
+        };
+        self.own(id, row, seq);
+        true
+    }
+
+    /// The held change `seq` of `row` is the waiting write `id`'s own. Writes alike (the same
+    /// row, the same values) were told apart by time alone: the owner says so.
+    fn own(&mut self, id: u64, row: &str, seq: u64) {
+        let Some(h) = self
+            .changes
+            .queues
+            .get(row)
+            .and_then(|q| q.iter().find(|h| h.seq == seq))
+        else {
             return;
         };
-        // Writes alike (the same row, the same values): which made this change is told by
-        // time alone, and each of them says so.
-        let rivals = matched.len() - 1;
-        for (_, other) in &matched {
+        let alike: Vec<u64> = self.alike(row, h).map(|p| p.id).collect();
+        for other in &alike {
             if let Some(p) = self.pending.get_mut(other) {
-                p.rivals = p.rivals.max(rivals);
+                p.rivals = p.rivals.max(alike.len().saturating_sub(1));
             }
         }
         if let Some(h) = self.changes.get_mut(row, seq) {
@@ -603,18 +634,33 @@ impl Inference {
     /// and each held since before `now - hold` (`why` counts those).
     fn release(&mut self, row: &str, now_ns: u64, why: &'static str, out: &mut Vec<Event>) {
         let hold = self.config.hold.as_nanos() as u64;
-        while let Some(h) = self.changes.pop_front_if(row, |h| {
-            h.owner.is_some() || h.arrived_ns.saturating_add(hold) <= now_ns
-        }) {
+        let front = |c: &Changes| {
+            let h = c.queues.get(row)?.front()?;
+            Some((
+                h.seq,
+                h.owner.is_none() && h.arrived_ns.saturating_add(hold) <= now_ns,
+            ))
+        };
+        while let Some((seq, expired)) = front(&self.changes) {
+            if expired {
+                // A last try, with clocks that may disagree by the slack.
+                self.attribute_change(row, seq, true);
+            }
+            let Some(h) = self
+                .changes
+                .pop_front_if(row, |h| h.owner.is_some() || expired)
+            else {
+                break;
+            };
             match h.owner.and_then(|id| self.take_pending(id)) {
                 Some(p) => {
                     self.stats.change("attributed");
                     let replaced = self.note_version(&h.audit);
-                    self.emit_pair(p, h.audit, replaced, false, out);
+                    self.emit_pair(p, h.audit, replaced, h.after_ns, false, out);
                 }
                 None => {
                     self.stats.change(why);
-                    self.hand_on(row.to_string(), h.audit, h.change, now_ns, out);
+                    self.hand_on(row.to_string(), h.audit, h.change, h.after_ns, now_ns, out);
                 }
             }
         }
@@ -627,6 +673,7 @@ impl Inference {
         row: String,
         audit: AuditEvent,
         change: Option<RowChange>,
+        after_ns: u64,
         now_ns: u64,
         out: &mut Vec<Event>,
     ) {
@@ -637,6 +684,7 @@ impl Inference {
                 audit: audit.clone(),
                 change,
                 replaced,
+                after_ns,
                 claimed: false,
             });
             self.released_order.push_back((now_ns, row));
@@ -661,9 +709,10 @@ impl Inference {
     }
 
     /// A change already handed on without a request that the waiting write `id` made: the
-    /// pair goes to the engine without the change (it has it), where versions decide alone
-    /// (a row's: the read's from the write's parameters and the one the change replaced;
-    /// an insert of tested values needs none). Otherwise the pair is counted unmatched.
+    /// pair goes to the engine without the change (it has it). A row's versions decide (the
+    /// read's from the write's parameters, the one the change replaced), or without any the
+    /// change's commit time (the use ends there); an insert of tested values needs neither.
+    /// A read's version without the replaced one decides nothing: counted unmatched.
     fn emit_late(&mut self, id: u64, out: &mut Vec<Event>) {
         let slack = self.config.clock_slack.as_nanos() as u64;
         let Some(p) = self.pending.get(&id) else {
@@ -680,13 +729,16 @@ impl Inference {
                     .collect()
             }
         };
+        // Its own is the first it fits by time (see `fits`); not one merely within the
+        // slack, while its own may still be on the way.
         let mut found = None;
         for row in rows {
             if let Some(q) = self.released.get(&row) {
-                if let Some(i) = q
-                    .iter()
-                    .position(|r| !r.claimed && matches(p, &r.audit, r.change.as_ref(), slack))
-                {
+                if let Some(i) = q.iter().position(|r| {
+                    !r.claimed
+                        && matches(p, &r.audit, r.change.as_ref(), slack)
+                        && fits(p, r.audit.time_ns, r.after_ns, slack, false)
+                }) {
                     found = Some((row, i));
                     break;
                 }
@@ -699,9 +751,11 @@ impl Inference {
             return;
         };
         r.claimed = true;
-        let (audit, replaced) = (r.audit.clone(), r.replaced.clone());
+        let (audit, replaced, after_ns) = (r.audit.clone(), r.replaced.clone(), r.after_ns);
         let decides = match &p.target {
-            Target::Row { .. } => p.checked_version.is_some() && replaced.is_some(),
+            // A read's version from the write's parameters without the one the write
+            // replaced decides nothing; without any, the time of the own commit does.
+            Target::Row { .. } => p.checked_version.is_none() || replaced.is_some(),
             Target::Absent { .. } => true,
         };
         let Some(p) = self.take_pending(id) else {
@@ -711,17 +765,19 @@ impl Inference {
             self.stats.pair("unmatched");
             return;
         }
-        self.emit_pair(p, audit, replaced, true, out);
+        self.emit_pair(p, audit, replaced, after_ns, true, out);
     }
 
     /// A matched pair to the engine: the check, the write's change record with its request
     /// (unless `late`: the engine has it already, as another's), and the use, saying which
-    /// version the write replaced (`replaced`).
+    /// version the write replaced (`replaced`); the row's change before it committed at
+    /// `after_ns`.
     fn emit_pair(
         &mut self,
         p: PendingWrite,
         audit: AuditEvent,
         replaced: Option<String>,
+        after_ns: u64,
         late: bool,
         out: &mut Vec<Event>,
     ) {
@@ -732,6 +788,15 @@ impl Inference {
                 out.push(Event::Audit(audit));
             }
             return;
+        }
+        if matches!(p.target, Target::Row { .. }) && p.checked_version.is_none() {
+            // Without versions the engine places the row's other commits by time: one after
+            // the read's end it did not see. One stamped during the read, or just before it
+            // (visible only after its flush), it may or may not have seen.
+            let lag = self.config.visibility_lag.as_nanos() as u64;
+            if after_ns > p.read.start_ns.saturating_sub(lag) && after_ns <= p.read.end_ns {
+                self.stats.undecided += 1;
+            }
         }
         let (resource, matched_by) = match &p.target {
             Target::Row { .. } => (audit.resource.clone(), "key_and_values"),
@@ -782,6 +847,15 @@ impl Inference {
         // before the read's end.
         use_event.start_ns = use_event.start_ns.max(p.read.end_ns);
         use_event.end_ns = use_event.end_ns.max(use_event.start_ns);
+        if late && matches!(p.target, Target::Row { .. }) && p.checked_version.is_none() {
+            // The engine has the own change as another's: it finds no own write to time
+            // the use by, and places the row's commits against the use's end. Ending the use
+            // at its own commit puts the commits before it in and its own out, as when the
+            // change carries the request.
+            let commit = audit.time_ns.max(p.read.end_ns);
+            use_event.start_ns = use_event.start_ns.min(commit);
+            use_event.end_ns = commit;
+        }
         let mut own = audit;
         own.request_id = Some(p.request.clone());
         match &p.target {
@@ -946,6 +1020,32 @@ fn matches(
         // Without the row's values, an insert cannot be told from another's.
         (Target::Absent { .. }, None) => false,
     }
+}
+
+/// How far a span's recorded times may precede the real ones: JavaScript SDKs anchor span
+/// times to `Date.now()`, whole milliseconds.
+const RESOLUTION_NS: u64 = 1_000_000;
+
+/// Whether the waiting write `p` can have made a change committed at `commit_ns` (the row's
+/// previous change at `after_ns`), by time; its key and values are for [`matches`].
+///
+/// A row's writer holds its lock from some moment of its statement to its commit, within
+/// the statement (autocommit) or after it (a transaction): the statement started by the
+/// commit and ended after the row's previous commit (a statement waiting for the lock
+/// returns only once the holder committed). Among several that fit, the writers of a row
+/// end in the order they commit: the change is the one's that ended first (see
+/// [`Inference::attribute_change`]). That takes the application's and the database's clocks
+/// to agree (one host, or to the millisecond); `loose` (the hold ran out unattributed) lets
+/// them disagree by the slack.
+fn fits(p: &PendingWrite, commit_ns: u64, after_ns: u64, slack_ns: u64, loose: bool) -> bool {
+    if loose {
+        return p.write.start_ns <= commit_ns.saturating_add(slack_ns);
+    }
+    p.write.start_ns <= commit_ns.saturating_add(RESOLUTION_NS)
+        && match p.target {
+            Target::Row { .. } => after_ns < p.write.end_ns.saturating_add(RESOLUTION_NS),
+            Target::Absent { .. } => true,
+        }
 }
 
 /// A read that found no row for values an insert then wrote.

@@ -31,6 +31,11 @@ pub struct Stats {
     /// `unattributed` (released after the hold without one), `passed` (of a table no pair
     /// writes: not held), `evicted` (released early, too many held).
     pub changes: BTreeMap<&'static str, u64>,
+    /// Matched pairs that no version decides and whose row had another commit during the
+    /// read (or stamped within the visibility lag before it): whether the read saw it cannot
+    /// be told from times, so the engine's verdict rests on the commits after the read and a
+    /// race there can go unreported.
+    pub undecided: u64,
     /// Parse cache.
     pub cache_hits: u64,
     pub cache_misses: u64,

@@ -5,6 +5,7 @@
 use clap::{ArgAction, Args};
 use std::sync::Mutex;
 use std::time::Duration;
+use toctou_infer::stats::{CHANGE_FATES, NOT_UNDERSTOOD, PAIR_OUTCOMES};
 use toctou_infer::{Config, RiskReport, Stats};
 
 #[derive(Clone, Debug)]
@@ -63,6 +64,7 @@ toctou_schema::families! {
         not_understood = counter("toctou_inferred_statements_not_understood_total", "Database calls inference could not read, by reason.", &["reason"]);
         pairs = counter("toctou_inferred_pairs_total", "Read-then-write pairs inferred from database calls, by outcome: matched (handed to the engine with the write's change record), unmatched (no change record within --infer-hold), protected, prevented (a serialization failure).", &["outcome"]);
         changes = counter("toctou_inferred_changes_total", "Change records through inference, by what became of them: attributed to a request's write, unattributed (released after the hold), passed (not held), evicted.", &["how"]);
+        undecided = counter("toctou_inferred_undecided_total", "Matched pairs that no version decides whose row had another commit during the read: whether the read saw it cannot be told, a race there can go unreported.", &[]);
         cache_hits = counter("toctou_inferred_parse_cache_hits_total", "Statements read from the parse cache.", &[]);
         cache_misses = counter("toctou_inferred_parse_cache_misses_total", "Statements parsed (first sight of their text, or evicted).", &[]);
         held = gauge("toctou_inferred_held_changes", "Change records waiting for the write that made them.", &[]);
@@ -86,14 +88,21 @@ impl prometheus::core::Collector for InferCollector {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let by = |m: &std::collections::BTreeMap<&'static str, u64>| {
-            m.iter().map(|(k, v)| ([*k], *v as f64)).collect::<Vec<_>>()
+        // Every label a count can take, from zero: a rate over a series that appears only
+        // with its first count misses that count.
+        let by = |labels: &[&'static str], m: &std::collections::BTreeMap<&'static str, u64>| {
+            labels
+                .iter()
+                .map(|k| ([*k], m.get(k).copied().unwrap_or(0) as f64))
+                .collect::<Vec<_>>()
         };
         vec![
             f.statements.value(s.statements as f64),
-            f.not_understood.values(by(&s.not_understood)),
-            f.pairs.values(by(&s.pairs)),
-            f.changes.values(by(&s.changes)),
+            f.not_understood
+                .values(by(&NOT_UNDERSTOOD, &s.not_understood)),
+            f.pairs.values(by(&PAIR_OUTCOMES, &s.pairs)),
+            f.changes.values(by(&CHANGE_FATES, &s.changes)),
+            f.undecided.value(s.undecided as f64),
             f.cache_hits.value(s.cache_hits as f64),
             f.cache_misses.value(s.cache_misses as f64),
             f.held.value(s.held_changes as f64),

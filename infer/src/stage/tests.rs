@@ -3,6 +3,7 @@
 //! either arrival order.
 
 use super::*;
+use std::collections::BTreeMap;
 use toctou_correlator::{Config as EngineConfig, Engine};
 use toctou_schema::{DbStatement, FindingKind};
 
@@ -153,7 +154,7 @@ fn lost_update(r: &mut Run, b_stock: &str, changes_first: bool) {
         db(1, 1, 10, 11, READ, "(1,)"),
         db(2, 1, 12, 13, READ, "(1,)"),
         db(1, 2, 20, 21, SAVE, "(9, 5, 1)"),
-        db(2, 2, 22, 30, SAVE, &format!("({b_stock}, 5, 1)")),
+        db(2, 2, 22, 28, SAVE, &format!("({b_stock}, 5, 1)")),
     ];
     if changes_first {
         // The table is paired once a pair was seen: a first request makes it so.
@@ -341,7 +342,7 @@ fn write_spans_later_than_the_hold_still_pair_where_versions_decide() {
         db(1, 1, 10, 11, READ, "(1,)"),
         db(2, 1, 12, 13, READ, "(1,)"),
         db(1, 2, 20, 21, SAVE, "(9, 5, 1)"),
-        db(2, 2, 22, 30, SAVE, "(8, 5, 1)"),
+        db(2, 2, 22, 28, SAVE, "(8, 5, 1)"),
     ] {
         r.span(s);
     }
@@ -441,4 +442,79 @@ fn hashed_keys_name_no_tested_value() {
     let resource = &findings[0].resource;
     assert!(resource.starts_with("public.users[email=#"), "{resource}");
     assert!(!resource.contains("example.com"), "{resource}");
+}
+
+const ALLOCATE: &str = "UPDATE items SET stock = stock - %s WHERE id = %s";
+
+/// A change of item 1 with only its stock (no version column).
+fn stock(stock: &str, at_ms: u64, tx: u32) -> (AuditEvent, RowChange) {
+    change(
+        Op::Update,
+        "items",
+        "1",
+        &[("id", "1"), ("stock", stock)],
+        at_ms,
+        tx,
+    )
+}
+
+/// Three unguarded decrements of one row, alike (no value the change can show): A's
+/// started first but waited for the lock longest, so it committed last. Each change is its
+/// writer's that ended last by the commit (a waiting statement returns only after the
+/// holder committed), not the one that started first. B checked before any commit: fresh;
+/// C saw none of B's; A saw neither B's nor C's.
+#[test]
+fn decrements_alike_are_told_apart_by_lock_order_not_start() {
+    for changes_first in [false, true] {
+        let mut r = Run::new();
+        r.change(stock("30", 1, 1));
+        let spans = [
+            db(1, 1, 10, 11, READ, "(1,)"),
+            db(2, 1, 12, 13, READ, "(1,)"),
+            db(3, 1, 14, 15, READ, "(1,)"),
+            db(2, 2, 21, 22, ALLOCATE, "(2, 1)"),
+            db(3, 2, 22, 24, ALLOCATE, "(2, 1)"),
+            db(1, 2, 20, 26, ALLOCATE, "(2, 1)"),
+        ];
+        let changes = [stock("28", 23, 2), stock("26", 25, 3), stock("24", 27, 4)];
+        r.span(db(9, 1, 0, 1, "SELECT 1", ""));
+        if changes_first {
+            changes.into_iter().for_each(|c| r.change(c));
+            spans.into_iter().for_each(|s| r.span(s));
+        } else {
+            spans.into_iter().for_each(|s| r.span(s));
+            changes.into_iter().for_each(|c| r.change(c));
+        }
+        let (findings, stats, _) = r.finish();
+        let stale: BTreeMap<String, usize> = findings
+            .iter()
+            .map(|f| {
+                assert_eq!(f.kind, FindingKind::StaleCheck, "{f:#?}");
+                (f.trace_id.clone(), f.intervening.len())
+            })
+            .collect();
+        let expected = BTreeMap::from([(hex_id(&trace(1)), 2), (hex_id(&trace(3)), 1)]);
+        assert_eq!(stale, expected, "{changes_first}: {findings:#?}");
+        assert_eq!(
+            stats.pairs.get("matched"),
+            Some(&3),
+            "{changes_first}: {stats:?}"
+        );
+        assert_eq!(stats.undecided, 0);
+    }
+}
+
+/// A read during which another request's commit landed, with no version to tell whether it
+/// saw it: counted undecided, not reported.
+#[test]
+fn a_commit_during_a_versionless_read_is_undecided() {
+    let mut r = Run::new();
+    r.span(db(1, 1, 20, 25, READ, "(1,)"));
+    r.change(stock("28", 23, 2));
+    r.span(db(1, 2, 30, 31, ALLOCATE, "(2, 1)"));
+    r.change(stock("26", 32, 3));
+    let (findings, stats, _) = r.finish();
+    assert_eq!(findings, []);
+    assert_eq!(stats.pairs.get("matched"), Some(&1), "{stats:?}");
+    assert_eq!(stats.undecided, 1);
 }
