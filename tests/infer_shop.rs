@@ -445,8 +445,10 @@ async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
 }
 
 /// SQLAlchemy's ORM: a full-row save (`session.get`, change, flush), its optimistic twin
-/// (`version_id_col`), and an allocation checked in one transaction and made in another by an
-/// unguarded relative decrement (stock can go below zero), with its guarded twin.
+/// (`version_id_col`), an allocation checked in one transaction and made in another by an
+/// unguarded relative decrement (stock can go below zero), with its guarded twin, and a
+/// stock record read by its product (not its key) and saved by its key, with its `FOR
+/// UPDATE` twin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_races_of_orm_generated_statements_are_found() {
     let shop = Shop::start_app("orm", ORM_APP, ORM_HAMMER).await;
@@ -462,9 +464,18 @@ async fn the_races_of_orm_generated_statements_are_found() {
             .collect()
     };
     let (lost_buys, raced) = (traces("lost_buys"), traces("raced_allocations"));
-    assert!(!lost_buys.is_empty() && !raced.is_empty(), "{truth:#}");
+    let lost_restocks = traces("lost_restocks");
+    assert!(
+        !lost_buys.is_empty() && !raced.is_empty() && !lost_restocks.is_empty(),
+        "{truth:#}"
+    );
     assert_eq!(truth["safe"]["buy_safe"]["lost_updates"], 0, "{truth:#}");
-    // Every finding is a lost save or a raced allocation the database recorded, each once.
+    assert_eq!(
+        truth["safe"]["restock_safe"]["lost_updates"], 0,
+        "{truth:#}"
+    );
+    // Every finding is a lost save, a raced allocation or a lost restock the database
+    // recorded, each once.
     let mut named = BTreeSet::new();
     for f in &findings {
         assert_eq!(f["kind"], "stale_check", "{f:#}");
@@ -473,6 +484,18 @@ async fn the_races_of_orm_generated_statements_are_found() {
         let resource = f["resource"].as_str().unwrap();
         if resource == "public.items/5" {
             assert!(raced.contains(&trace), "{f:#}");
+        } else if resource.starts_with("public.stock_records/") {
+            // Read by its product, saved by its key: paired through the row image.
+            let request = record["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["trace_id"] == trace.as_str());
+            assert!(
+                lost_restocks.contains(&trace),
+                "{f:#}\nits request: {request:#?}\nlost: {:#}",
+                truth["lost_restocks"]
+            );
         } else {
             assert!(
                 resource == "public.items/1" || resource == "public.items/2",
@@ -483,23 +506,31 @@ async fn the_races_of_orm_generated_statements_are_found() {
         assert!(named.insert(trace), "reported twice: {f:#}");
     }
     let on = |r: &str| findings.iter().filter(|f| f["resource"] == r).count();
-    // Allocations have no version to compare: the other commits are placed by time, and one
-    // after the read's end is certain. One stamped during the read (or just before it: a
-    // commit is visible only after its flush) may or may not have been seen: such pairs are
-    // counted undecided and not reported. Every raced allocation is reported or counted so.
+    // Allocations and restocks have no version to compare: the other commits are placed by
+    // time, and one after the read's end is certain. One stamped during the read (or just
+    // before it: a commit is visible only after its flush) may or may not have been seen:
+    // such pairs are counted undecided and not reported. Every raced allocation and lost
+    // restock is reported or counted so.
     let allocations = on("public.items/5");
+    let restocks = on("public.stock_records/11") + on("public.stock_records/12");
     let m = shop.toctou.metrics().await;
     let undecided = common::metric(&m, "toctou_inferred_undecided_total") as usize;
     let unmatched = common::metric(&m, "toctou_inferred_pairs_total{outcome=\"unmatched\"}");
+    let other_rows = common::metric(&m, "toctou_inferred_pairs_total{outcome=\"other_rows\"}");
     eprintln!(
-        "allocations: {allocations} of {} raced reported, {undecided} undecided, {unmatched} unmatched",
-        raced.len()
+        "allocations: {allocations} of {} raced reported; restocks: {restocks} of {} lost \
+         reported; {undecided} undecided, {unmatched} unmatched, {other_rows} other rows",
+        raced.len(),
+        lost_restocks.len()
     );
+    assert!(allocations >= 1 && restocks >= 1, "{findings:#?}");
     assert!(
-        allocations >= 1 && allocations + undecided >= raced.len(),
-        "allocations: {allocations} reported + {undecided} undecided < {} raced: {findings:#?}",
-        raced.len()
+        allocations + restocks + undecided >= raced.len() + lost_restocks.len(),
+        "reported {allocations} + {restocks}, {undecided} undecided, against {} + {} raced",
+        raced.len(),
+        lost_restocks.len()
     );
+    assert_eq!(other_rows, 0.0, "every restock read its own record");
     assert_eq!(
         on("public.items/1") + on("public.items/2"),
         lost_buys.len(),
@@ -507,10 +538,14 @@ async fn the_races_of_orm_generated_statements_are_found() {
     );
     assert_eq!(
         shop.risks().await,
-        ["/orm/allocate/<int:item_id>", "/orm/buy/<int:item_id>"]
-            .map(String::from)
-            .into_iter()
-            .collect()
+        [
+            "/orm/allocate/<int:item_id>",
+            "/orm/buy/<int:item_id>",
+            "/orm/restock/<int:product_id>"
+        ]
+        .map(String::from)
+        .into_iter()
+        .collect()
     );
     shop.finish().await;
 }

@@ -55,6 +55,9 @@ pub struct PendingWrite {
     pub target: Target,
     /// The version the read saw, from the write's own parameters.
     pub checked_version: Option<String>,
+    /// For a read pinned by other columns than the key, those (column, value) pairs: the
+    /// write's change must show them for the read to have read the row.
+    pub read_filter: Vec<(String, String)>,
     /// Columns the write set to known values: its change record must show them.
     pub written: Vec<(String, String)>,
     /// `update`, `delete` or `create`: the use's operation.

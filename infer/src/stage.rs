@@ -432,7 +432,7 @@ impl Inference {
         let found = pairs(&calls, &schema, &key_columns, &self.config.version_column)
             .into_iter()
             .find(|p| p.write == last);
-        let (read_at, target, checked_version, protection) = match found {
+        let (read_at, target, checked_version, protection, read_filter) = match found {
             Some(p) => {
                 let Some((table, key)) = row_key(&calls[last], &schema, &key_columns) else {
                     return;
@@ -443,6 +443,7 @@ impl Inference {
                     Target::Row { table, key, name },
                     p.checked_version,
                     p.protection,
+                    p.filter,
                 )
             }
             None if ws.operation == Operation::Insert => {
@@ -461,6 +462,7 @@ impl Inference {
                         },
                         None,
                         ws.protection.clone(),
+                        Vec::new(),
                     ),
                     None => return,
                 }
@@ -492,6 +494,7 @@ impl Inference {
             write: span_ref(write),
             target,
             checked_version,
+            read_filter,
             written,
             operation,
             action,
@@ -656,7 +659,11 @@ impl Inference {
                 Some(p) => {
                     self.stats.change("attributed");
                     let replaced = self.note_version(&h.audit);
-                    self.emit_pair(p, h.audit, replaced, h.after_ns, false, out);
+                    if read_its_row(&p, h.change.as_ref()) {
+                        self.emit_pair(p, h.audit, replaced, h.after_ns, false, out);
+                    } else {
+                        self.other_rows(p, h.audit, false, out);
+                    }
                 }
                 None => {
                     self.stats.change(why);
@@ -752,6 +759,7 @@ impl Inference {
         };
         r.claimed = true;
         let (audit, replaced, after_ns) = (r.audit.clone(), r.replaced.clone(), r.after_ns);
+        let read_it = read_its_row(p, r.change.as_ref());
         let decides = match &p.target {
             // A read's version from the write's parameters without the one the write
             // replaced decides nothing; without any, the time of the own commit does.
@@ -761,11 +769,25 @@ impl Inference {
         let Some(p) = self.take_pending(id) else {
             return;
         };
-        if !decides {
+        if !read_it {
+            self.other_rows(p, audit, true, out);
+        } else if !decides {
             self.stats.pair("unmatched");
-            return;
+        } else {
+            self.emit_pair(p, audit, replaced, after_ns, true, out);
         }
-        self.emit_pair(p, audit, replaced, after_ns, true, out);
+    }
+
+    /// A write whose read, pinned by a filter, did not read the row written (its change's
+    /// row image does not show the filter's values): no pair; the change goes on with its
+    /// request (unless `late`: the engine has it).
+    fn other_rows(&mut self, p: PendingWrite, audit: AuditEvent, late: bool, out: &mut Vec<Event>) {
+        self.stats.pair("other_rows");
+        if !late {
+            let mut own = audit;
+            own.request_id = Some(p.request);
+            out.push(Event::Audit(own));
+        }
     }
 
     /// A matched pair to the engine: the check, the write's change record with its request
@@ -985,6 +1007,24 @@ impl Inference {
             );
         }
     }
+}
+
+/// Whether the waiting write `p`'s read read the row its change `change` shows: always for a
+/// read by the row's key; for a read pinned by a filter, when the row image shows the
+/// filter's values (the row as the write left it: a filter column the write changed says
+/// no).
+fn read_its_row(p: &PendingWrite, change: Option<&RowChange>) -> bool {
+    if p.read_filter.is_empty() {
+        return true;
+    }
+    let Some(c) = change else {
+        return false;
+    };
+    p.read_filter.iter().all(|(col, v)| {
+        c.columns
+            .iter()
+            .any(|(cc, cv)| cc == col && same_value(cv, v))
+    })
 }
 
 /// Whether the held change `h` can be the waiting write `p`'s own.

@@ -11,7 +11,13 @@ pub const NOT_UNDERSTOOD: [&str; 5] = [
     "too_many_calls",
 ];
 /// The outcomes of a pair ([`Stats::pairs`]).
-pub const PAIR_OUTCOMES: [&str; 4] = ["matched", "unmatched", "protected", "prevented"];
+pub const PAIR_OUTCOMES: [&str; 5] = [
+    "matched",
+    "unmatched",
+    "protected",
+    "prevented",
+    "other_rows",
+];
 /// What becomes of a change record ([`Stats::changes`]).
 pub const CHANGE_FATES: [&str; 4] = ["attributed", "unattributed", "passed", "evicted"];
 
@@ -25,7 +31,9 @@ pub struct Stats {
     /// Read-then-write pairs, by outcome: `matched` (the write's own change found; check and
     /// use handed to the engine), `unmatched` (no change record within the hold: rolled back,
     /// or not in the stream), `protected` (locked, compared, guarded, on conflict,
-    /// serializable), `prevented` (the write failed with a serialization failure).
+    /// serializable), `prevented` (the write failed with a serialization failure),
+    /// `other_rows` (a read pinned by other columns than the key did not read the row
+    /// written, its change's row image says).
     pub pairs: BTreeMap<&'static str, u64>,
     /// Change records, by what became of them: `attributed` (to a request's write),
     /// `unattributed` (released after the hold without one), `passed` (of a table no pair

@@ -62,7 +62,7 @@ toctou_schema::families! {
     static FAMILIES: Families {
         statements = counter("toctou_inferred_statements_total", "Database calls read by inference (spans with a statement).", &[]);
         not_understood = counter("toctou_inferred_statements_not_understood_total", "Database calls inference could not read, by reason.", &["reason"]);
-        pairs = counter("toctou_inferred_pairs_total", "Read-then-write pairs inferred from database calls, by outcome: matched (handed to the engine with the write's change record), unmatched (no change record within --infer-hold), protected, prevented (a serialization failure).", &["outcome"]);
+        pairs = counter("toctou_inferred_pairs_total", "Read-then-write pairs inferred from database calls, by outcome: matched (handed to the engine with the write's change record), unmatched (no change record within --infer-hold), protected, prevented (a serialization failure), other_rows (a read by other columns than the key did not read the row written).", &["outcome"]);
         changes = counter("toctou_inferred_changes_total", "Change records through inference, by what became of them: attributed to a request's write, unattributed (released after the hold), passed (not held), evicted.", &["how"]);
         undecided = counter("toctou_inferred_undecided_total", "Matched pairs that no version decides whose row had another commit during the read: whether the read saw it cannot be told, a race there can go unreported.", &[]);
         cache_hits = counter("toctou_inferred_parse_cache_hits_total", "Statements read from the parse cache.", &[]);

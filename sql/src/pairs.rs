@@ -5,9 +5,10 @@
 //! when its parameters say it (`WHERE version = %s`, or `SET version = %s` with the read
 //! version plus one), is the checked version.
 //!
-//! A read pinned by another column (an ORM reading a stock record by `product_id`, then
-//! updating it by `id`) names no row here: which rows it read is for the change stream's row
-//! images to say.
+//! A read pinned by other columns than the key (an ORM reading a stock record by
+//! `product_id`, then updating it by `id`) names no row: it pairs with a later write of a row
+//! of its table through its filter (the columns it pins and their values), and whether the
+//! written row is one it read is for the change stream's row image to say.
 
 use crate::params::Param;
 use crate::statement::{Operation, Protection, Statement, ValueRef};
@@ -30,10 +31,15 @@ pub struct Pair {
     pub checked_version: Option<String>,
     /// What protects the pair, if anything (a protected pair is no race).
     pub protection: Protection,
+    /// For a read pinned by other columns than the key, those (column, value) pairs, sorted
+    /// by column: the written row is one it read only if its columns show them. Empty for
+    /// a read of the row by its key.
+    pub filter: Vec<(String, String)>,
 }
 
 /// The pairs among one request's calls, in order of their writes; each write with the latest
-/// earlier read of its row. `key_columns` gives a table's primary key columns in key order
+/// earlier read of its row by its key, else with the latest earlier read of its table pinned
+/// by other columns (with its filter). `key_columns` gives a table's primary key columns in key order
 /// (`schema.table`); `version_column` is the column that holds a row's version.
 pub fn pairs(
     calls: &[Call<'_>],
@@ -56,8 +62,28 @@ pub fn pairs(
         let read = (0..w).rev().find(|&r| {
             calls[r].statement.operation == Operation::Select && rows[r].as_ref() == Some(resource)
         });
-        let Some(r) = read else {
-            continue;
+        let (r, filter) = match read {
+            Some(r) => (r, Vec::new()),
+            // An insert after a read by its values is a check-then-insert (the read found
+            // no row), not a read of the row it makes.
+            None if call.statement.operation == Operation::Insert => continue,
+            None => {
+                let table = call.statement.table.qualified(default_schema);
+                let by_filter = (0..w).rev().find_map(|r| {
+                    let c = &calls[r];
+                    if c.statement.operation != Operation::Select
+                        || rows[r].is_some()
+                        || c.statement.table.qualified(default_schema) != table
+                    {
+                        return None;
+                    }
+                    Some((r, filter(c)?))
+                });
+                let Some(found) = by_filter else {
+                    continue;
+                };
+                found
+            }
         };
         let protection = match (&calls[r].statement.protection, &call.statement.protection) {
             (p @ (Protection::ForUpdate | Protection::ForShare), _) => p.clone(),
@@ -69,9 +95,26 @@ pub fn pairs(
             write: w,
             checked_version: checked_version(call, version_column),
             protection,
+            filter,
         });
     }
     out
+}
+
+/// The (column, value) pairs a read pins its rows by, sorted by column; `None` when it pins
+/// none or a value is not known.
+fn filter(call: &Call<'_>) -> Option<Vec<(String, String)>> {
+    let mut terms = call
+        .statement
+        .conditions
+        .iter()
+        .map(|t| Some((t.column.clone(), value(&t.value, call.params)?)))
+        .collect::<Option<Vec<_>>>()?;
+    if terms.is_empty() {
+        return None;
+    }
+    terms.sort();
+    Some(terms)
 }
 
 /// The row a call pins by its table's key, named as the change stream names it.
@@ -189,6 +232,7 @@ mod tests {
                 write: 2,
                 checked_version: Some("4".into()),
                 protection: Protection::None,
+                filter: Vec::new(),
             }]
         );
     }
@@ -235,10 +279,40 @@ mod tests {
             p[0].resource, "public.stock/eu,a",
             "key order, not predicate order"
         );
-        // Read by another column: no row named here (the change stream's row images say).
+        // Read by other columns: paired through its filter (the change stream's row image
+        // says whether the written row is one it read); a read of another table is not.
         let p = run(&[
-            ("SELECT id, qty FROM items WHERE product_id = %s", "(3,)"),
+            (
+                "SELECT id, qty FROM items WHERE product_id = %s AND site = 'eu'",
+                "(3,)",
+            ),
+            ("SELECT id FROM orders WHERE product_id = %s", "(3,)"),
             ("UPDATE items SET qty = %s WHERE id = %s", "(1, 9)"),
+        ]);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].read, p[0].write), (0, 2));
+        assert_eq!(p[0].resource, "public.items/9");
+        assert_eq!(
+            p[0].filter,
+            [
+                ("product_id".to_string(), "3".to_string()),
+                ("site".to_string(), "eu".to_string())
+            ]
+        );
+        // A read of the row by its key wins over a later read by a filter.
+        let p = run(&[
+            ("SELECT qty FROM items WHERE id = %s", "(9,)"),
+            ("SELECT id FROM items WHERE product_id = %s", "(3,)"),
+            ("UPDATE items SET qty = %s WHERE id = %s", "(1, 9)"),
+        ]);
+        assert_eq!((p[0].read, p[0].filter.len()), (0, 0));
+        // An insert that names its key after a read by its values: no row read.
+        let p = run(&[
+            ("SELECT 1 FROM items WHERE product_id = %s", "(3,)"),
+            (
+                "INSERT INTO items (id, product_id) VALUES (%s, %s)",
+                "(9, 3)",
+            ),
         ]);
         assert_eq!(p, []);
         // Without parameters, no row at all.

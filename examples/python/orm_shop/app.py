@@ -14,6 +14,10 @@ instrumentation is not used: psycopg's spans carry the statements as sent.
                                       unguarded `stock = stock - qty` (oversells)
     POST /orm/allocate_safe/<id>?qty=N  the same check, then `... WHERE stock >= qty`;
                                       no row updated -> 409
+    POST /orm/restock/<product>?qty=N the product's stock record read by its product id (not
+                                      its key), think, `record.qty += qty`, commit: saved by
+                                      its key (lost update)
+    POST /orm/restock_safe/<product>?qty=N  the same read `FOR UPDATE`
 
     python app.py --dsn postgres://... --setup           # (re)create the tables, then exit
     python app.py --dsn postgres://... --port 8000       # serve
@@ -28,7 +32,7 @@ import time
 import psycopg
 from flask import Flask, jsonify, request
 from opentelemetry import trace
-from sqlalchemy import create_engine, func, insert, update
+from sqlalchemy import create_engine, func, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
@@ -37,8 +41,11 @@ from werkzeug.serving import make_server
 # What this shop adds to ../shop/app.py's schema (which it runs first): the stock each UPDATE
 # of items replaced, and the stock each allocation's check read, both by transaction.
 SCHEMA = """
-DROP TABLE IF EXISTS allocations, stock_history CASCADE;
+DROP TABLE IF EXISTS allocations, stock_history, stock_records, restocks,
+    stock_record_history CASCADE;
 DROP FUNCTION IF EXISTS record_item_stock() CASCADE;
+DROP FUNCTION IF EXISTS record_stock_record_qty() CASCADE;
+DROP FUNCTION IF EXISTS count_stock_record_revision() CASCADE;
 
 CREATE TABLE allocations (id serial PRIMARY KEY, item_id int, qty int, read_stock int,
     txid bigint);
@@ -58,6 +65,35 @@ CREATE TRIGGER items_stock_history AFTER UPDATE ON items
 -- during a run. Replaced rather than updated: no history row for the setup itself.
 DELETE FROM items WHERE id IN (5, 6);
 INSERT INTO items (id, stock, version) VALUES (5, 30, 1), (6, 30, 1);
+
+-- Stock records, found by their product (an ORM's usual lookup), saved by their key. A lost
+-- restock leaves a quantity another restock may leave too (it goes down as well as up), so
+-- the truth is a revision the database counts on every UPDATE (not a version toctou reads:
+-- the application never writes it): the one each restock read, and the one each UPDATE
+-- replaced, by transaction.
+CREATE TABLE stock_records (id serial PRIMARY KEY, product_id int UNIQUE, qty int,
+    revision int NOT NULL DEFAULT 0);
+CREATE TABLE restocks (id serial PRIMARY KEY, product_id int, qty int, read_qty int,
+    read_revision int, txid bigint);
+CREATE TABLE stock_record_history (id serial PRIMARY KEY, record_id int, old_qty int,
+    new_qty int, old_revision int, txid bigint);
+CREATE FUNCTION count_stock_record_revision() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.revision := OLD.revision + 1;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER stock_records_revision BEFORE UPDATE ON stock_records
+  FOR EACH ROW EXECUTE FUNCTION count_stock_record_revision();
+CREATE FUNCTION record_stock_record_qty() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO stock_record_history (record_id, old_qty, new_qty, old_revision, txid)
+    VALUES (OLD.id, OLD.qty, NEW.qty, OLD.revision, txid_current());
+  RETURN NEW;
+END $$;
+CREATE TRIGGER stock_records_qty_history AFTER UPDATE ON stock_records
+  FOR EACH ROW EXECUTE FUNCTION record_stock_record_qty();
+-- Ids far from the product ids: a read by product cannot be taken for a read by key.
+INSERT INTO stock_records (id, product_id, qty) VALUES (11, 101, 0), (12, 102, 0), (13, 103, 0);
 """
 ALLOCATION_STOCK = 30
 
@@ -95,6 +131,24 @@ class Allocation(Base):
     item_id: Mapped[int]
     qty: Mapped[int]
     read_stock: Mapped[int]
+    txid: Mapped[int]
+
+
+class StockRecord(Base):
+    __tablename__ = "stock_records"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int]
+    qty: Mapped[int]
+    revision: Mapped[int]
+
+
+class Restock(Base):
+    __tablename__ = "restocks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int]
+    qty: Mapped[int]
+    read_qty: Mapped[int]
+    read_revision: Mapped[int]
     txid: Mapped[int]
 
 
@@ -205,6 +259,38 @@ def allocate_plain(item_id):
 @app.post("/orm/allocate_safe/<int:item_id>")
 def allocate_safe(item_id):
     return allocate(item_id, guarded=True)
+
+
+def restock(product_id, locked):
+    qty = int(request.args.get("qty", 1))
+    with Session() as session:
+        # SELECT ... FROM stock_records WHERE stock_records.product_id = ... [FOR UPDATE]
+        query = select(StockRecord).where(StockRecord.product_id == product_id)
+        if locked:
+            query = query.with_for_update()
+        record = session.scalars(query).one_or_none()
+        if record is None:
+            return refused("no such product")
+        read_qty, read_revision = record.qty, record.revision
+        think()
+        record.qty += qty
+        session.flush()  # UPDATE stock_records SET qty=... WHERE stock_records.id = ...
+        txid = session.scalar(insert(Restock).values(
+            product_id=product_id, qty=qty, read_qty=read_qty, read_revision=read_revision,
+            txid=func.txid_current(),
+        ).returning(Restock.txid))
+        session.commit()
+    return jsonify(ok=True, txid=txid, read_qty=read_qty)
+
+
+@app.post("/orm/restock/<int:product_id>")
+def restock_plain(product_id):
+    return restock(product_id, locked=False)
+
+
+@app.post("/orm/restock_safe/<int:product_id>")
+def restock_safe(product_id):
+    return restock(product_id, locked=True)
 
 
 @app.post("/flush")

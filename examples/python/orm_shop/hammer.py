@@ -5,14 +5,15 @@ fresh trace id per request, the same record format); only the plan and the truth
 round picks one endpoint and one item, and every thread hits that item at once. The plain
 endpoints and their `_safe` twins use separate items: /orm/buy 1-2, /orm/buy_safe 3-4,
 /orm/allocate 5, /orm/allocate_safe 6 (the last two start with little stock, so that they run
-out during a run).
+out during a run), /orm/restock products 101-102 and /orm/restock_safe 103.
 
 The truth comes from the database: the app's responses name the transaction (txid) of each
 write, and triggers recorded, per transaction, the version and the stock each UPDATE of items
 replaced. A purchase whose UPDATE replaced another version than it read lost an update; an
 allocation whose UPDATE replaced another stock than its check read raced (another allocation
 committed between its check and its write), and it oversold when that stock was below its
-quantity.
+quantity. A restock whose UPDATE of stock_records replaced another revision than it read
+(the database counts them) lost an update.
 
     python hammer.py --url http://127.0.0.1:8000 --dsn postgres://... --seconds 10 \\
         --threads 8 --out record.json [--only buy,allocate] [--seed 1]
@@ -40,8 +41,12 @@ ROUTES = {
     "buy_safe": "/orm/buy_safe/<int:item_id>",
     "allocate": "/orm/allocate/<int:item_id>",
     "allocate_safe": "/orm/allocate_safe/<int:item_id>",
+    "restock": "/orm/restock/<int:product_id>",
+    "restock_safe": "/orm/restock_safe/<int:product_id>",
 }
-ITEMS = {"buy": [1, 2], "buy_safe": [3, 4], "allocate": [5], "allocate_safe": [6]}
+# Items, or for the restocks products (their stock records are 11-13).
+ITEMS = {"buy": [1, 2], "buy_safe": [3, 4], "allocate": [5], "allocate_safe": [6],
+         "restock": [101, 102], "restock_safe": [103]}
 SEEDED_STOCK = {1: 1000, 2: 1000, 3: 1000, 4: 1000, 5: 30, 6: 30}
 
 
@@ -90,6 +95,13 @@ def truth(dsn, requests):
             "WHERE h.old_stock <> a.read_stock AND a.item_id = ANY(%s) ORDER BY a.id",
             (items,)).fetchall()
 
+    def lost_restocks(conn, products):
+        return conn.execute(
+            "SELECT r.txid, r.product_id, h.record_id, r.read_qty, h.old_qty FROM restocks r "
+            "JOIN stock_record_history h ON h.txid = r.txid "
+            "WHERE h.old_revision <> r.read_revision AND r.product_id = ANY(%s) ORDER BY r.id",
+            (products,)).fetchall()
+
     def final_stock(conn, item):
         return conn.execute("SELECT stock FROM items WHERE id = %s", (item,)).fetchone()[0]
 
@@ -104,6 +116,11 @@ def truth(dsn, requests):
                                    "read_stock": rs, "replaced_stock": os_,
                                    "oversold": os_ < q}
                                   for x, i, q, rs, os_ in raced(conn, ITEMS["allocate"])]
+
+        # A restock lost an update when its UPDATE replaced another revision than it read.
+        t["lost_restocks"] = [{"trace_id": trace_of(x), "txid": x, "product_id": p,
+                               "record_id": rid, "read_qty": rq, "replaced_qty": oq}
+                              for x, p, rid, rq, oq in lost_restocks(conn, ITEMS["restock"])]
 
         item = ITEMS["allocate"][0]
         stock = final_stock(conn, item)
@@ -126,6 +143,7 @@ def truth(dsn, requests):
             "FROM stock_history WHERE item_id = %s", (item, item)).fetchone()[0]
         # Checks that read a stale stock but whose guarded UPDATE still held: harmless.
         safe["allocate_safe"]["stale_checks"] = len(raced(conn, ITEMS["allocate_safe"]))
+        safe["restock_safe"]["lost_updates"] = len(lost_restocks(conn, ITEMS["restock_safe"]))
         t["safe"] = safe
     return t
 
@@ -133,7 +151,8 @@ def truth(dsn, requests):
 def summary(t):
     """The truth's line of the printed summary."""
     oversold = sum(a["oversold"] for a in t["raced_allocations"])
-    return (f"lost_buys={len(t['lost_buys'])} raced_allocations={len(t['raced_allocations'])} "
+    return (f"lost_buys={len(t['lost_buys'])} lost_restocks={len(t['lost_restocks'])} "
+            f"raced_allocations={len(t['raced_allocations'])} "
             f"(of which oversold={oversold}) plain={t['plain']}")
 
 

@@ -518,3 +518,45 @@ fn a_commit_during_a_versionless_read_is_undecided() {
     assert_eq!(stats.pairs.get("matched"), Some(&1), "{stats:?}");
     assert_eq!(stats.undecided, 1);
 }
+
+/// An ORM reading a stock record by its product, then saving it by its key: the read pairs
+/// with the write through its filter, when the written row's image shows the product; a
+/// read of another product's records did not read it.
+#[test]
+fn a_read_by_another_column_pairs_through_the_row_image() {
+    let read = "SELECT stock.id, stock.qty FROM stock WHERE stock.product_id = %s";
+    let save = "UPDATE stock SET qty = %s WHERE stock.id = %s";
+    let row = |qty: &str, at_ms: u64, tx: u32| {
+        change(
+            Op::Update,
+            "stock",
+            "9",
+            &[("id", "9"), ("product_id", "3"), ("qty", qty)],
+            at_ms,
+            tx,
+        )
+    };
+    let mut r = Run::new();
+    r.span(db(1, 1, 10, 11, read, "(3,)"));
+    r.span(db(2, 1, 12, 13, read, "(3,)"));
+    r.span(db(3, 1, 12, 13, read, "(4,)"));
+    r.span(db(1, 2, 20, 21, save, "(9, 9)"));
+    r.span(db(2, 2, 23, 24, save, "(8, 9)"));
+    r.span(db(3, 2, 27, 28, save, "(7, 9)"));
+    r.change(row("9", 22, 2));
+    r.change(row("8", 25, 3));
+    r.change(row("7", 29, 4));
+    let (findings, stats, _) = r.finish();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    let f = &findings[0];
+    assert_eq!(f.kind, FindingKind::StaleCheck);
+    assert_eq!(
+        f.trace_id,
+        hex_id(&trace(2)),
+        "read product 3 before 1's save"
+    );
+    assert_eq!(f.resource, "public.stock/9");
+    assert_eq!(f.intervening.len(), 1);
+    assert_eq!(stats.pairs.get("matched"), Some(&2), "{stats:?}");
+    assert_eq!(stats.pairs.get("other_rows"), Some(&1), "{stats:?}");
+}
