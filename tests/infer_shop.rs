@@ -18,6 +18,8 @@
 mod common;
 
 use common::cdc::{self, client, pg_url, wait_for_slot};
+use common::debezium::Scripted;
+use common::kafka::Broker;
 use common::Toctou;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +68,18 @@ struct Shop {
     toctou: Toctou,
     app: &'static str,
     hammer: &'static str,
+    /// Debezium's connector in Kafka Connect and its broker, when the change stream comes
+    /// through them (stopped before the slot is dropped).
+    debezium: Option<(Scripted, Broker)>,
+}
+
+/// Where `toctou run` reads the change stream from.
+#[derive(Clone, Copy, PartialEq)]
+enum Stream {
+    /// The slot, itself.
+    Slot,
+    /// Debezium's PostgreSQL connector through Kafka (deploy/debezium's connector config).
+    Debezium,
 }
 
 /// What runs an app: Python's, or Node's for a `.js` one.
@@ -83,6 +97,15 @@ impl Shop {
     }
 
     async fn start_app(tag: &str, app: &'static str, hammer: &'static str) -> Shop {
+        Shop::start_from(tag, app, hammer, Stream::Slot).await
+    }
+
+    async fn start_from(
+        tag: &str,
+        app: &'static str,
+        hammer: &'static str,
+        stream: Stream,
+    ) -> Shop {
         let admin = client().await;
         let db = format!("shop_{tag}_{}", cdc::suffix());
         admin
@@ -100,6 +123,16 @@ impl Shop {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         let slot = format!("slot_{db}");
+        let shop_admin = {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c
+        };
+        if stream == Stream::Debezium {
+            return Shop::start_debezium(db, url, slot, shop_admin, app, hammer).await;
+        }
         let toctou = Toctou::start(&[
             "--cdc-postgres",
             &url,
@@ -112,13 +145,6 @@ impl Shop {
             "--infer-hold",
             "3s",
         ]);
-        let shop_admin = {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c
-        };
         wait_for_slot(&shop_admin, &slot, &toctou).await;
         Shop {
             db,
@@ -127,6 +153,64 @@ impl Shop {
             toctou,
             app,
             hammer,
+            debezium: None,
+        }
+    }
+
+    /// The connector on the shop's database, its topics made beforehand (one per table,
+    /// and its transaction and message topics) so that `toctou run` reads them from its
+    /// start, then `toctou run --cdc-debezium-topics`. Debezium's records come a second or
+    /// more after their commits: the hold allows for it.
+    async fn start_debezium(
+        db: String,
+        url: String,
+        slot: String,
+        shop_admin: tokio_postgres::Client,
+        app: &'static str,
+        hammer: &'static str,
+    ) -> Shop {
+        shop_admin
+            .batch_execute("CREATE PUBLICATION dbz_publication FOR ALL TABLES")
+            .await
+            .unwrap();
+        let broker = Broker::start();
+        let prefix = format!("dbz_{db}");
+        let tables = shop_admin
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public'",
+                &[],
+            )
+            .await
+            .unwrap();
+        for t in &tables {
+            let table: String = t.get(0);
+            broker.create_topic(&format!("{prefix}.public.{table}"), 1);
+        }
+        for topic in ["transaction", "message"] {
+            broker.create_topic(&format!("{prefix}.{topic}"), 1);
+        }
+        let connect = Scripted::connect(&broker.bootstrap, &url, &prefix, &slot);
+        let toctou = Toctou::start(&[
+            "--cdc-debezium-topics",
+            &format!("^{prefix}\\..*"),
+            "--cdc-debezium-bootstrap",
+            &broker.bootstrap,
+            "--cdc-debezium-group",
+            &format!("toctou-{db}"),
+            "--infer-hold",
+            "10s",
+            "--allowed-lateness",
+            "5s",
+        ]);
+        Shop {
+            db,
+            url,
+            slot,
+            toctou,
+            app,
+            hammer,
+            debezium: Some((connect, broker)),
         }
     }
 
@@ -211,9 +295,15 @@ impl Shop {
 
     async fn finish(self) {
         let Shop {
-            db, slot, toctou, ..
+            db,
+            slot,
+            toctou,
+            debezium,
+            ..
         } = self;
         drop(toctou);
+        // The connector first: it holds its slot.
+        drop(debezium);
         let admin = client().await;
         let (c, conn) = tokio_postgres::connect(
             &format!("{}/{db}", &pg_url()[..pg_url().rfind('/').unwrap()]),
@@ -584,6 +674,33 @@ async fn the_same_races_from_node_pg_spans() {
             .into_iter()
             .collect()
     );
+    shop.finish().await;
+}
+
+/// The Flask shop again, its change stream through Debezium's PostgreSQL connector and Kafka
+/// (deploy/debezium's connector config: no schema envelope, decimals as strings): the row
+/// images that match writes to their changes, inserts of tested values included, are
+/// Debezium's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_races_through_debezium() {
+    let shop = Shop::start_from("dbz", APP, HAMMER, Stream::Debezium).await;
+    let record = shop.hammer(8, &[]);
+    let truth = &record["truth"];
+    for kind in ["lost_buys", "lost_redeems", "duplicate_signups"] {
+        assert!(
+            !truth[kind].as_array().unwrap().is_empty(),
+            "{kind}: {truth:#}"
+        );
+    }
+    let findings = shop.settle().await;
+    assert_eq!(
+        found(&findings),
+        expected(truth),
+        "findings (left) against the database's truth (right)\nlog:\n{}",
+        shop.toctou.log()
+    );
+    let plain: BTreeSet<String> = PLAIN_ROUTES.iter().map(|r| r.to_string()).collect();
+    assert_eq!(shop.risks().await, plain);
     shop.finish().await;
 }
 

@@ -89,8 +89,8 @@ pub enum DebeziumError {
 /// envelope, `schema` (skipped unread) and `payload` (read in a second step, from its bytes).
 #[derive(Deserialize)]
 struct Payload<'a> {
-    #[serde(default)]
-    schema: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -193,6 +193,72 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// The Kafka Connect schema of an envelope (`value.converter.schemas.enable`, Kafka
+/// Connect's default): read only for the row images, to tell a text column from the other
+/// types Debezium renders as JSON strings (decimals as base64 bytes, times as ISO strings).
+#[derive(Deserialize)]
+struct ConnectSchema<'a> {
+    #[serde(borrow, default)]
+    fields: Vec<ConnectField<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ConnectField<'a> {
+    #[serde(borrow)]
+    field: Option<Text<'a>>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<Text<'a>>,
+    /// The logical type (`io.debezium.time.ZonedTimestamp`, ...), if any.
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    fields: Vec<ConnectField<'a>>,
+}
+
+/// The columns of a row image whose JSON strings are text as a driver renders it: of type
+/// `string` with no logical type, or a UUID, JSON or enum.
+fn text_columns<'a>(schema: &ConnectSchema<'a>, row: &str) -> Vec<Text<'a>> {
+    let Some(image) = schema
+        .fields
+        .iter()
+        .find(|f| f.field.as_deref() == Some(row))
+    else {
+        return Vec::new();
+    };
+    image
+        .fields
+        .iter()
+        .filter(|c| {
+            c.kind.as_deref() == Some("string")
+                && c.name.as_deref().is_none_or(|n| {
+                    matches!(
+                        n,
+                        "io.debezium.data.Uuid" | "io.debezium.data.Json" | "io.debezium.data.Enum"
+                    )
+                })
+        })
+        .filter_map(|c| c.field.clone())
+        .collect()
+}
+
+/// A row image as (column, value) text, for inference's matching of writes to their changes:
+/// numbers and booleans as written; strings of the `text` columns when the envelope's schema
+/// says which (`None`: no schema, every string, as with the connector's
+/// `decimal.handling.mode=string` that deploy/debezium sets: precise decimals would be base64
+/// bytes no driver renders); nulls, structs and arrays left out (a column left out is not
+/// held against a write).
+fn image(row: &Columns<'_>, text: Option<&[Text<'_>]>) -> Vec<(String, String)> {
+    row.0
+        .iter()
+        .filter(|(column, value)| match value.get().as_bytes().first() {
+            Some(b'"') => text.is_none_or(|t| t.contains(column)),
+            Some(b'-' | b'0'..=b'9' | b't' | b'f') => true,
+            _ => false,
+        })
+        .map(|(column, value)| (column.to_string(), raw_text(value)))
+        .collect()
+}
+
 #[derive(Deserialize)]
 struct LogicalMessage {
     prefix: String,
@@ -210,14 +276,27 @@ pub fn parse(
     version_column: &str,
     key_columns: KeyColumns<'_>,
 ) -> Result<Record, DebeziumError> {
+    parse_record(key, value, version_column, key_columns, false)
+}
+
+/// [`parse`], with the change's row image when `row_images` (see [`image`]).
+fn parse_record(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    version_column: &str,
+    key_columns: KeyColumns<'_>,
+    row_images: bool,
+) -> Result<Record, DebeziumError> {
     let Some(value) = value.filter(|v| !v.is_empty() && v.trim_ascii() != b"null") else {
         return Ok(Record::Skip(Skip::Tombstone));
     };
     let mut p: Payload = serde_json::from_slice(value).map_err(|e| malformed(&e))?;
-    if let (Some(_), Some(payload)) = (&p.schema, p.payload) {
+    let mut schema_of_payload = None;
+    if let (Some(schema), Some(payload)) = (p.schema, p.payload) {
         if payload.get() == "null" {
             return Ok(Record::Skip(Skip::Tombstone));
         }
+        schema_of_payload = Some(schema);
         p = serde_json::from_str(payload.get()).map_err(|e| malformed(&e))?;
     }
     let Some(op) = p.op.as_deref() else {
@@ -358,10 +437,16 @@ pub fn parse(
         .or(source.ts_us.map(|us| us.saturating_mul(1_000)))
         .or(source.ts_ms.map(|ms| ms.saturating_mul(1_000_000)))
         .unwrap_or(0);
+    let columns = if row_images {
+        let text = schema_of_payload
+            .and_then(|s| serde_json::from_str::<ConnectSchema>(s.get()).ok())
+            .map(|s| text_columns(&s, if op == Op::Delete { "before" } else { "after" }));
+        image(row, text.as_deref())
+    } else {
+        Vec::new()
+    };
     Ok(Record::Change(RowChange {
-        // Row images are the slot reader's only, for now (inference matches inserts
-        // without them by table and time).
-        columns: Vec::new(),
+        columns,
         op,
         schema,
         table,
@@ -390,6 +475,10 @@ pub enum Outcome {
 pub struct Decoder<T> {
     mapping: Mapping,
     transactions: Assembler<T>,
+    /// Keep each change's row image (see [`Decoder::keep_row_images`]).
+    row_images: bool,
+    /// The changes behind the audit records handed out, in their order, when kept.
+    changes: Vec<RowChange>,
 }
 
 impl<T> Decoder<T> {
@@ -398,7 +487,22 @@ impl<T> Decoder<T> {
         Decoder {
             mapping,
             transactions: Assembler::new(hold, max_held),
+            row_images: false,
+            changes: Vec::new(),
         }
+    }
+
+    /// Keeps each change with its row image, for inference: every audit record handed out
+    /// has its change in [`Decoder::take_changes`], in the same order.
+    pub fn keep_row_images(mut self) -> Self {
+        self.row_images = true;
+        self
+    }
+
+    /// The changes behind the audit records handed out since the last call, in their order
+    /// (none unless [`Decoder::keep_row_images`]).
+    pub fn take_changes(&mut self) -> Vec<RowChange> {
+        std::mem::take(&mut self.changes)
     }
 
     /// Takes one record; the audit records ready to go are appended to `out`.
@@ -412,7 +516,13 @@ impl<T> Decoder<T> {
     ) -> Outcome {
         let mapping = &self.mapping;
         let key_columns = |schema: &str, table: &str| mapping.key_columns(schema, table);
-        let record = match parse(key, value, mapping.version_column(), &key_columns) {
+        let record = match parse_record(
+            key,
+            value,
+            mapping.version_column(),
+            &key_columns,
+            self.row_images,
+        ) {
             Ok(Record::Skip(skip)) => return Outcome::Skipped(skip),
             Ok(record) => record,
             Err(e) => return Outcome::Rejected(e),
@@ -434,12 +544,13 @@ impl<T> Decoder<T> {
         &self.transactions
     }
 
-    fn map(&self, changes: Vec<(RowChange, T)>, out: &mut Vec<(AuditEvent, T)>) {
-        out.extend(
-            changes
-                .into_iter()
-                .map(|(c, tag)| (self.mapping.audit(&c), tag)),
-        );
+    fn map(&mut self, changes: Vec<(RowChange, T)>, out: &mut Vec<(AuditEvent, T)>) {
+        for (c, tag) in changes {
+            out.push((self.mapping.audit(&c), tag));
+            if self.row_images {
+                self.changes.push(c);
+            }
+        }
     }
 }
 
@@ -631,6 +742,102 @@ mod tests {
         assert_eq!(c.key[0], ("region".to_string(), "eu".to_string()));
         assert_eq!(c.key[1], ("id".to_string(), "7".to_string()));
         assert_eq!(c.row_version, None);
+    }
+
+    /// An insert as the PostgreSQL connector writes it with Kafka Connect's JSON converter
+    /// defaults (schemas on, decimals precise).
+    fn users_insert() -> Value {
+        let row = |f: &[(&str, &str, Option<&str>)]| -> Value {
+            f.iter()
+                .map(|(field, kind, name)| {
+                    let mut v = json!({"type": kind, "optional": true, "field": field});
+                    if let Some(n) = name {
+                        v["name"] = json!(n);
+                    }
+                    v
+                })
+                .collect()
+        };
+        let columns = row(&[
+            ("id", "int32", None),
+            ("email", "string", None),
+            (
+                "credit",
+                "bytes",
+                Some("org.apache.kafka.connect.data.Decimal"),
+            ),
+            ("created", "string", Some("io.debezium.time.ZonedTimestamp")),
+            ("token", "string", Some("io.debezium.data.Uuid")),
+            ("verified", "boolean", None),
+            ("nickname", "string", None),
+        ]);
+        let mut payload = pg_update();
+        payload["op"] = json!("c");
+        payload["source"]["table"] = json!("users");
+        payload["after"] = json!({
+            "id": 17, "email": "a@example.com", "credit": "A+g=",
+            "created": "2026-12-07T23:01:02.123456Z",
+            "token": "0b7e7dd4-9f4c-4bb4-9a57-1f43f1b8e0a5", "verified": true,
+            "nickname": null
+        });
+        json!({
+            "schema": {"type": "struct", "name": "shop.public.users.Envelope", "fields": [
+                {"type": "struct", "field": "before", "optional": true, "fields": columns},
+                {"type": "struct", "field": "after", "optional": true, "fields": columns},
+                {"type": "string", "field": "op"}
+            ]},
+            "payload": payload
+        })
+    }
+
+    #[test]
+    fn row_images_keep_what_compares_as_text() {
+        let value = users_insert().to_string().into_bytes();
+        let keys = |_: &str, _: &str| Some(vec!["id".to_string()]);
+        let image = |v: &[u8]| {
+            let Record::Change(mut c) =
+                parse_record(None, Some(v), "version", &keys, true).unwrap()
+            else {
+                panic!("a change")
+            };
+            // In document order; `json!` sorted this one's.
+            c.columns.sort();
+            c.columns
+        };
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect()
+        };
+        // Base64 decimals and ISO times are not what a driver renders: left out, as nulls.
+        assert_eq!(
+            image(&value),
+            pairs(&[
+                ("email", "a@example.com"),
+                ("id", "17"),
+                ("token", "0b7e7dd4-9f4c-4bb4-9a57-1f43f1b8e0a5"),
+                ("verified", "true"),
+            ])
+        );
+        // Without the schema, every string (decimals as strings, the connector's setting).
+        let mut bare = users_insert()["payload"].clone();
+        bare["after"]["credit"] = json!("10.00");
+        assert_eq!(
+            image(&bare.to_string().into_bytes()),
+            pairs(&[
+                ("created", "2026-12-07T23:01:02.123456Z"),
+                ("credit", "10.00"),
+                ("email", "a@example.com"),
+                ("id", "17"),
+                ("token", "0b7e7dd4-9f4c-4bb4-9a57-1f43f1b8e0a5"),
+                ("verified", "true"),
+            ])
+        );
+        // Not asked for: none.
+        let Record::Change(c) = parse(None, Some(&value), "version", &keys).unwrap() else {
+            panic!("a change")
+        };
+        assert_eq!(c.columns, []);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod burner;
 pub mod cdc;
 pub mod clickhouse;
+pub mod debezium;
 pub mod demo;
 pub mod kafka;
 pub mod otel_sdk;

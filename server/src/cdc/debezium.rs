@@ -145,6 +145,9 @@ async fn read_until_error(
         .with_context(|| format!("subscribing to {topics:?}"))?;
     tracing::info!(topics = ?topics, group = %args.debezium_group, %bootstrap, "reading Debezium change events from Kafka");
     let mut decoder = Decoder::<Tag>::new(mapping.clone(), args.debezium_hold, DEFAULT_MAX_HELD);
+    if output.row_images() {
+        decoder = decoder.keep_row_images();
+    }
     let mut partitions = Partitions::default();
     let mut out = Vec::new();
     loop {
@@ -180,7 +183,9 @@ async fn read_until_error(
         counts.record_items(&ignored, &[], &rejected);
         if !out.is_empty() {
             let events: Vec<Event> = out.drain(..).map(|(a, _)| Event::Audit(a)).collect();
-            if !hand_over(output, events, Vec::new(), counts).await? {
+            // One each, in the same order, when inference asked for row images; else none.
+            let changes = decoder.take_changes();
+            if !hand_over(output, events, changes, counts).await? {
                 return Ok(());
             }
         }
