@@ -28,6 +28,8 @@ pub struct ProducerMetrics {
     pub replaced_fatal: AtomicU64,
     /// librdkafka producers replaced for delivering nothing to a cluster that answers.
     pub replaced_stuck: AtomicU64,
+    /// Database spans received and not sent on: inference runs in `toctou run` only.
+    pub db_spans_dropped: AtomicU64,
 }
 
 toctou_schema::families! {
@@ -37,6 +39,7 @@ toctou_schema::families! {
         produced_events = counter("toctou_kafka_produced_events_total", "Events in messages Kafka acknowledged.", &[]);
         produce_failures = counter("toctou_kafka_produce_failures_total", "Messages not acknowledged, by stage (the request was answered with a retryable error).", &["stage"]);
         replacements = counter("toctou_kafka_producer_replacements_total", "Kafka producers replaced because they could no longer deliver, by reason.", &["reason"]);
+        db_spans_dropped = counter("toctou_kafka_db_spans_dropped_total", "Database client and server spans received and not sent on: inference from them runs in toctou run only (docs/INFERENCE.md).", &[]);
         pushed_back = counter("toctou_kafka_pushed_back_total", "Requests pushed back because the bytes in flight to Kafka were at their limit.", &[]);
         inflight_bytes = gauge("toctou_kafka_inflight_bytes", "Bytes handed to Kafka and not yet acknowledged.", &[]);
         inflight_batches = gauge("toctou_kafka_inflight_batches", "Request batches waiting for Kafka's acknowledgement.", &[]);
@@ -65,6 +68,7 @@ impl Collector for ProducerCollector {
                 (["stuck"], get(&m.replaced_stuck)),
             ]),
             f.pushed_back.value(get(&m.pushed_back)),
+            f.db_spans_dropped.value(get(&m.db_spans_dropped)),
             f.inflight_bytes
                 .value(m.inflight_bytes.load(Relaxed) as f64),
             f.inflight_batches

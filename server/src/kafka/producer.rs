@@ -405,6 +405,14 @@ impl KafkaSink {
     }
 
     async fn send(&self, events: Vec<Event>) -> Result<(), SinkError> {
+        let db = events.iter().filter(|e| matches!(e, Event::Db(_))).count() as u64;
+        if db > 0 && self.metrics.db_spans_dropped.fetch_add(db, Relaxed) == 0 {
+            // Once: a service sending database spans to a collector expects races of them.
+            tracing::warn!(
+                "database spans arrive, but inference from them runs in `toctou run` only; \
+                 they are dropped here (toctou_kafka_db_spans_dropped_total)"
+            );
+        }
         let messages = plan(events, self.partitions);
         let bytes: usize = messages.iter().map(|m| m.payload.len() + m.key.len()).sum();
         let permits = (bytes / PERMIT_BYTES + 1).min(self.max_permits as usize) as u32;
@@ -578,6 +586,35 @@ mod tests {
             assert!(Instant::now() < deadline, "{what} did not happen in 10 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Database spans are inference's, which runs in `toctou run` only: a collector sends
+    /// none on and counts each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_spans_are_counted_not_sent() {
+        let sink = unreachable_sink(Duration::from_secs(30));
+        let db = |n: u8| {
+            Event::Db(toctou_schema::DbSpanEvent {
+                trace_id: [n; 16],
+                span_id: [n; 8],
+                root: true,
+                start_ns: 1,
+                end_ns: 2,
+                service: "shop".into(),
+                request_id: None,
+                route: Some("/buy".into()),
+                statement: None,
+            })
+        };
+        assert_eq!(sink.submit(vec![db(1), db(2)]).await, Ok(()));
+        assert_eq!(sink.submit(vec![db(3)]).await, Ok(()));
+        let metrics = sink.metrics();
+        assert_eq!(metrics.db_spans_dropped.load(Relaxed), 3);
+        assert_eq!(metrics.enqueue_failures.load(Relaxed), 0, "nothing sent");
+        let out = toctou_schema::metrics::encode_one(crate::kafka::metrics::ProducerCollector(
+            metrics.clone(),
+        ));
+        assert!(out.contains("toctou_kafka_db_spans_dropped_total 3\n"), "{out}");
     }
 
     /// librdkafka's own test hook raises a fatal error, the state an idempotent producer
