@@ -97,6 +97,7 @@ const TABLES: &[&str] = &[
     "findings",
     "findings_lookup",
     "findings_lookup_mv",
+    "risks",
     "rollup_minute",
     "rollup_minute_events_mv",
     "rollup_minute_findings_mv",
@@ -109,7 +110,7 @@ fn migrate_creates_the_schema_once_and_a_rerun_is_a_no_op() {
     let first = migrate(&db, &[]);
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
-        stdout(&first).contains("applied migrations 1, 2, 3"),
+        stdout(&first).contains("applied migrations 1, 2, 3, 4"),
         "{}",
         stdout(&first)
     );
@@ -123,18 +124,18 @@ fn migrate_creates_the_schema_once_and_a_rerun_is_a_no_op() {
         Some(&db),
         "SELECT version, name FROM schema_migrations ORDER BY version",
     );
-    assert_eq!(recorded, "1\tfindings\n2\tevents\n3\trollups\n");
+    assert_eq!(recorded, "1\tfindings\n2\tevents\n3\trollups\n4\trisks\n");
 
     let second = migrate(&db, &[]);
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(
-        stdout(&second).contains("up to date at version 3"),
+        stdout(&second).contains("up to date at version 4"),
         "{}",
         stdout(&second)
     );
     assert_eq!(
         sql(Some(&db), "SELECT count() FROM schema_migrations"),
-        "3\n",
+        "4\n",
         "a rerun records nothing"
     );
 }
@@ -147,20 +148,20 @@ fn a_schema_newer_than_the_binary_is_refused() {
     sql(
         Some(&db),
         "INSERT INTO schema_migrations (version, name, checksum, applied_at) \
-         VALUES (4, 'from_the_future', '0000000000000000', now())",
+         VALUES (5, 'from_the_future', '0000000000000000', now())",
     );
 
     let refused = migrate(&db, &[]);
     assert!(!refused.status.success(), "{}", stdout(&refused));
     let msg = stderr(&refused);
     assert!(
-        msg.contains("schema version 4, newer than the 3 this toctou knows"),
+        msg.contains("schema version 5, newer than the 4 this toctou knows"),
         "{msg}"
     );
     assert!(msg.contains("upgrade toctou"), "{msg}");
     assert_eq!(
         sql(Some(&db), "SELECT count() FROM schema_migrations"),
-        "4\n"
+        "5\n"
     );
 }
 
@@ -198,7 +199,8 @@ fn retention_drops_only_whole_days_past_each_tables_limit() {
     let db = database("retention");
     let first = migrate(&db, &[]);
     assert!(first.status.success(), "{}", stderr(&first));
-    // One old and one current event, and one old finding: the MVs add rollups and lookups.
+    // One old and one current event, one old finding and one old and one current row of
+    // risks: the MVs add rollups and lookups.
     sql(
         Some(&db),
         "INSERT INTO events (type, service, event_key, event_time, event_time_ns) VALUES \
@@ -211,6 +213,12 @@ fn retention_drops_only_whole_days_past_each_tables_limit() {
          VALUES ('f1', 'stale_check', 'svc', 'abc', toDateTime('2020-01-01 00:00:00'), 1577836800000000000, \
          toDateTime('2020-01-01 00:00:01'), 1577836801000000000)",
     );
+    sql(
+        Some(&db),
+        "INSERT INTO risks (service, endpoint, kind, table_name, requests, counted_at, counted_at_ns) VALUES \
+         ('svc', '/buy', 'lost_update', 'public.items', 3, toDateTime('2020-01-01 00:01:00'), 1577836860000000000), \
+         ('svc', '/buy', 'lost_update', 'public.items', 2, now(), toUInt64(toUInt32(now())) * 1000000000)",
+    );
     let parts = "SELECT table, partition FROM system.parts WHERE database = currentDatabase() \
                  AND active AND table != 'schema_migrations' GROUP BY table, partition ORDER BY table, partition";
     let before = sql(Some(&db), parts);
@@ -222,7 +230,7 @@ fn retention_drops_only_whole_days_past_each_tables_limit() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("dropped 3 expired partitions"),
+        stdout(&out).contains("dropped 4 expired partitions"),
         "{}",
         stdout(&out)
     );
@@ -230,12 +238,17 @@ fn retention_drops_only_whole_days_past_each_tables_limit() {
     let today = sql(None, "SELECT toYYYYMMDD(now())");
     assert_eq!(
         after,
-        format!("events\t{today}rollup_minute\t20200101\nrollup_minute\t{today}")
+        format!("events\t{today}risks\t{today}rollup_minute\t20200101\nrollup_minute\t{today}")
     );
     assert_eq!(
         sql(Some(&db), "SELECT event_key FROM events"),
         "new\n",
         "the current day stays"
+    );
+    assert_eq!(
+        sql(Some(&db), "SELECT sum(requests) FROM risks"),
+        "2\n",
+        "risks keep the findings' 90 days"
     );
 }
 
@@ -252,14 +265,14 @@ fn every_statement_the_binary_sends_runs_on_18_16_and_on_current_chdb() {
         sql(Some(&db), stmt);
     }
     // The sink's inserts are among them, with their example rows, and the views took them.
-    for table in ["findings", "events"] {
+    for table in ["findings", "events", "risks"] {
         assert!(
             all.iter()
                 .any(|s| s.starts_with(&format!("INSERT INTO {table}(`"))),
             "no insert into {table} printed:\n{text}"
         );
     }
-    assert_eq!(sql(Some(&db), ROWS_STORED), "2\t4\t4\t6\n");
+    assert_eq!(sql(Some(&db), ROWS_STORED), "2\t4\t4\t6\t3\t10\n");
 
     // The current engine, embedded: the whole file in one session.
     let file = std::env::temp_dir().join(format!("toctou-printed-{}.sql", std::process::id()));
@@ -283,17 +296,19 @@ fn every_statement_the_binary_sends_runs_on_18_16_and_on_current_chdb() {
         .count();
     assert_eq!(ran, all.len() + 1, "{}", stdout(&out));
     assert!(
-        stdout(&out).ends_with("\n2\t4\t4\t6\n"),
+        stdout(&out).ends_with("\n2\t4\t4\t6\t3\t10\n"),
         "the example rows on chdb:\n{}",
         stdout(&out)
     );
 }
 
-/// Findings and events rows, the findings' lookup rows (by id and by trace: 2 each), and
-/// the rollups' sum of checks, uses, audits and findings (1 + 1 + 2 events, 2 findings).
+/// Findings and events rows, the findings' lookup rows (by id and by trace: 2 each), the
+/// rollups' sum of checks, uses, audits and findings (1 + 1 + 2 events, 2 findings), and the
+/// rows of risks with their requests (7 + 1 + 2).
 const ROWS_STORED: &str = "SELECT (SELECT count() FROM findings), (SELECT count() FROM events), \
      (SELECT count() FROM findings_lookup), \
-     (SELECT sumMerge(checks) + sumMerge(uses) + sumMerge(audits) + sumMerge(findings) FROM rollup_minute)";
+     (SELECT sumMerge(checks) + sumMerge(uses) + sumMerge(audits) + sumMerge(findings) FROM rollup_minute), \
+     (SELECT count() FROM risks), (SELECT sum(requests) FROM risks)";
 
 #[test]
 fn the_schema_files_are_the_ones_embedded() {
@@ -380,6 +395,7 @@ fn the_sli_queries_read_the_rollups_alike_on_18_16_and_on_current_chdb() {
         "0001_findings.sql",
         "0002_events.sql",
         "0003_rollups.sql",
+        "0004_risks.sql",
     ] {
         args.push(root().join("schema/sql").join(f).display().to_string());
     }

@@ -1,12 +1,14 @@
 //! Black-box test of `toctou run --clickhouse-url`: a golden scenario sent over OTLP/HTTP
 //! lands in ClickHouse (Debian's 18.16, started through `scripts/clickhouse`) as the same
-//! findings the API reports, its events, and rollups that agree with both.
+//! findings the API reports, its events, and rollups that agree with both; a plain
+//! service's database spans land as inference's risks, counted by the requests sent.
 //!
 //! Like tests/clickhouse.rs, it fails (never skips) when no server can be started.
 
 mod common;
 
 use common::clickhouse::{server_url, sink_flags, sql, PrivateServer};
+use common::db_spans::{self, BUY, BUY_LOCKED, SIGNUP};
 use common::Toctou;
 use std::path::Path;
 use std::time::Duration;
@@ -267,4 +269,152 @@ async fn findings_sent_while_clickhouse_is_down_arrive_once_it_is_back() {
     )
     .await;
     assert_eq!(events, "1\t1\n", "the events too, once each");
+}
+
+/// Inference's risks in `risks`, against the requests sent (the ground truth): a service with
+/// no toctou code sends its database spans (a lost update and a check-then-insert endpoint,
+/// and a locked twin with no risk) to a `toctou run`, which writes a row a minute for each
+/// risk counted since its previous row; more requests follow, then a shutdown, which writes
+/// the rest; then a second run on the same database gets more. Each row holds the requests
+/// sent between two writes (none for a risk with no new request), so the sums per risk are
+/// the requests sent, across the restart too. The API agreed before each write, and each
+/// row's example trace and statements are those of a request sent to its run.
+///
+/// Takes a minute: the first run waits for its periodic write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risks_are_stored_as_the_requests_counted_since_the_previous_row() {
+    let url = server_url();
+    let db = format!("toctou_test_{}_risks", std::process::id());
+    let service = "plain-shop";
+    let lost_update: Risk = (service, BUY.route, "lost_update", "public.items");
+    let check_then_insert: Risk = (service, SIGNUP.route, "check_then_insert", "public.users");
+    // Per run, per write: the buys and signups sent before it.
+    let runs: [&[(usize, usize)]; 2] = [&[(3, 2), (2, 0)], &[(4, 1)]];
+    let mut rows_seen = 0;
+    let mut totals = (0, 0);
+    for (run, writes) in runs.into_iter().enumerate() {
+        let mut toctou = with_sink(&url, &db);
+        let started = toctou_schema::now_ns();
+        let mut sent = db_spans::Sent::new();
+        let mut counted = (0, 0);
+        for (write, &(buys, signups)) in writes.iter().enumerate() {
+            let last = write + 1 == writes.len();
+            let plan = [(BUY, buys), (SIGNUP, signups), (BUY_LOCKED, 2)];
+            db_spans::send(&toctou, service, &plan, &mut sent).await;
+            counted = (counted.0 + buys, counted.1 + signups);
+            let want = risks([(lost_update, counted.0), (check_then_insert, counted.1)]);
+            let api = db_spans::api_risks(&toctou, Duration::from_secs(30), |r| *r == want).await;
+            assert_eq!(api, want, "run {run}, write {write}: /api/v1/risks");
+            let before = toctou_schema::now_ns();
+            if last {
+                let status = toctou.terminate(Duration::from_secs(30));
+                assert!(status.is_some_and(|s| s.success()), "{}", toctou.log());
+            }
+            // The row of each risk with requests since the previous write.
+            let mut want_rows: Vec<String> = [(lost_update, buys), (check_then_insert, signups)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|((s, e, k, t), n)| format!("{s}\t{e}\t{k}\t{t}\t{n}"))
+                .collect();
+            want_rows.sort();
+            let rows = wait_for_rows(&url, &db, rows_seen + want_rows.len(), &toctou).await;
+            let found = toctou_schema::now_ns();
+            let new = &rows[rows_seen..];
+            rows_seen = rows.len();
+            let mut got: Vec<String> = new.iter().map(|r| r[..5].join("\t")).collect();
+            got.sort();
+            assert_eq!(got, want_rows, "run {run}, write {write}");
+            for row in new {
+                let endpoint = if row[1] == BUY.route { BUY } else { SIGNUP };
+                assert!(
+                    sent[endpoint.route].contains(&row[5]),
+                    "run {run}: the example {} is a request of {} sent to this run",
+                    row[5],
+                    endpoint.route
+                );
+                assert_eq!(row[6..8], endpoint.statements[..], "run {run}");
+                let at: u64 = row[8].parse().unwrap();
+                assert_eq!(row[9], (at / 1_000_000_000).to_string());
+                assert!(
+                    (before..=found).contains(&at),
+                    "run {run}, write {write}: counted at {at}, after the requests were counted \
+                     ({before}) and before the rows were read ({found})"
+                );
+                // The periodic write: a minute after the process started, a moment before
+                // `started`.
+                assert!(
+                    last || at - started >= 55_000_000_000,
+                    "run {run}: the periodic write came {} ms after the start",
+                    (at - started) / 1_000_000
+                );
+            }
+        }
+        assert!(
+            !sent[BUY_LOCKED.route].is_empty(),
+            "the locked endpoint was sent"
+        );
+        totals = (totals.0 + counted.0, totals.1 + counted.1);
+    }
+    assert_eq!(rows_seen, 5);
+
+    // The sums over both runs are the requests sent; nothing of the locked endpoint.
+    let sums = sql(
+        &url,
+        &db,
+        "SELECT endpoint, kind, table_name, sum(requests), count() FROM \
+         (SELECT * FROM risks LIMIT 1 BY service, endpoint, kind, table_name, counted_at_ns) \
+         GROUP BY endpoint, kind, table_name ORDER BY endpoint",
+    )
+    .await;
+    let want = format!(
+        "{}\tlost_update\tpublic.items\t{}\t3\n{}\tcheck_then_insert\tpublic.users\t{}\t2\n",
+        BUY.route, totals.0, SIGNUP.route, totals.1
+    );
+    assert_eq!(sums, want);
+    assert_eq!(totals, (9, 3));
+}
+
+/// A risk: service, endpoint, kind, table.
+type Risk<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+/// `/api/v1/risks`' counts, as `db_spans::api_risks` reads them: the risks counted.
+fn risks<const N: usize>(
+    counts: [(Risk, usize); N],
+) -> std::collections::BTreeMap<(String, String, String, String), u64> {
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|((s, e, k, t), n)| ((s.into(), e.into(), k.into(), t.into()), n as u64))
+        .collect()
+}
+
+/// Every row of `risks`, oldest write first, once there are `n` of them (the periodic write
+/// comes a minute after the start: waits up to two).
+async fn wait_for_rows(url: &str, db: &str, n: usize, toctou: &Toctou) -> Vec<Vec<String>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = sql(
+            url,
+            db,
+            "SELECT service, endpoint, kind, table_name, requests, example_trace_id, \
+             read_statement, write_statement, counted_at_ns, toUInt32(counted_at) \
+             FROM risks ORDER BY counted_at_ns, endpoint",
+        )
+        .await;
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect();
+        if rows.len() >= n {
+            assert_eq!(rows.len(), n, "more rows than written: {rows:?}");
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} rows of risks, waiting for {n}: {rows:?}\n{}",
+            rows.len(),
+            toctou.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -30,7 +30,13 @@ fn demo() -> &'static Dataset {
 }
 
 /// The tables of schema/sql (a query naming another fails).
-const TABLES: &[&str] = &["findings", "findings_lookup", "events", "rollup_minute"];
+const TABLES: &[&str] = &[
+    "findings",
+    "findings_lookup",
+    "events",
+    "rollup_minute",
+    "risks",
+];
 
 /// Panels that may be empty on the demo's data, and why.
 const MAY_BE_EMPTY: &[(&str, &str)] = &[
@@ -247,6 +253,126 @@ fn every_panel_query_runs_on_18_16_and_chdb_over_the_demos_data() {
         }
     }
     assert!(empty.is_empty(), "no rows on the demo's data: {empty:#?}");
+}
+
+/// The risks panel shows what `toctou run` stored from a plain service's database spans
+/// (sent beside the demo's traffic): per endpoint, kind and table, the requests sent, most
+/// first, with one of them as the example and its statements; nothing for the locked
+/// endpoint. On both engines, with All services and with the plain service picked.
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs ClickHouse and chdb: run ./scripts/test"
+)]
+#[test]
+fn the_risks_panel_counts_the_requests_a_run_stored_on_18_16_and_chdb() {
+    use common::db_spans::{BUY, BUY_LOCKED, SIGNUP};
+    const TITLE: &str = "\"Endpoints that can race (inferred from database spans)\"";
+    let ds = demo();
+    assert_eq!(
+        ds.plain[BUY_LOCKED.route].len(),
+        2,
+        "the locked endpoint was sent"
+    );
+    let file = root().join("dashboards/debug.json");
+    let d = queries::load_json(&file);
+    let range = d["time"]["from"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("now-");
+    let run = grafana::dashboard_run(ds, &file, range, &[]);
+    let at = run
+        .queries
+        .iter()
+        .position(|q| q.origin.ends_with(TITLE))
+        .expect("the risks panel in dashboards/debug.json");
+    // The plain service picked: a service with risks only is among the options.
+    let plain = with_service(ds, &file, range, data::PLAIN_SERVICE, at);
+    // Most requests first.
+    let want: Vec<(String, u64, Vec<String>, &[&str])> = [
+        (BUY, "lost_update", "public.items"),
+        (SIGNUP, "check_then_insert", "public.users"),
+    ]
+    .iter()
+    .map(|(e, kind, table)| {
+        let sent = &ds.plain[e.route];
+        (
+            format!("{}\t{}\t{kind}\t{table}", data::PLAIN_SERVICE, e.route),
+            sent.len() as u64,
+            sent.clone(),
+            e.statements,
+        )
+    })
+    .collect();
+    assert!(want[0].1 > want[1].1, "{want:?}");
+    for (what, run, i) in [("All services", &run, at), ("plain-shop picked", &plain, 0)] {
+        for (engine, outcome) in [("18.16", &run.old[i]), ("chdb", &run.current[i])] {
+            let a = outcome
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{what}, {engine}: {e}"));
+            let col = |name: &str| {
+                a.columns
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .unwrap_or_else(|| panic!("{what}, {engine}: no {name} in {:?}", a.columns))
+            };
+            let text = |row: &[serde_json::Value], name: &str| match &row[col(name)] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let got: Vec<&Vec<serde_json::Value>> = a
+                .rows
+                .iter()
+                .filter(|r| text(r, "service") == data::PLAIN_SERVICE)
+                .collect();
+            assert_eq!(got.len(), want.len(), "{what}, {engine}: {:?}", a.rows);
+            for (row, (key, requests, traces, statements)) in got.iter().zip(&want) {
+                let k = ["service", "endpoint", "kind", "table_name"]
+                    .map(|c| text(row, c))
+                    .join("\t");
+                assert_eq!(&k, key, "{what}, {engine}");
+                assert_eq!(
+                    text(row, "requests"),
+                    requests.to_string(),
+                    "{what}, {engine}: {key}"
+                );
+                assert!(
+                    traces.contains(&text(row, "example_trace_id")),
+                    "{what}, {engine}: {key}: the example is a request sent"
+                );
+                assert_eq!(
+                    [text(row, "read_statement"), text(row, "write_statement")],
+                    statements[..],
+                    "{what}, {engine}: {key}"
+                );
+            }
+        }
+    }
+}
+
+/// The ClickHouse queries of `file` with `service` picked (the other variables All), for
+/// the query at `at`.
+fn with_service(ds: &Dataset, file: &Path, range: &str, service: &str, at: usize) -> grafana::Run {
+    use grafana::macros::{self, Context, Var};
+    let to = data::now_s() + 60;
+    let mut ctx = Context {
+        from_s: to - grafana::range_s(range),
+        to_s: to,
+        interval_s: 60,
+        vars: Default::default(),
+    };
+    ctx.vars = grafana::variables(ds, file, &ctx, &[]);
+    let Some(Var::All(options)) = ctx.vars.get("service") else {
+        panic!("no service variable in {}", file.display());
+    };
+    assert!(
+        options.iter().any(|o| o == service),
+        "{service} is not among the service variable's options: {options:?}"
+    );
+    ctx.vars
+        .insert("service".into(), Var::Values(vec![service.to_string()]));
+    let q = &queries::dashboard_queries(file)[at];
+    let sql = macros::expand(&q.sql, &ctx).unwrap_or_else(|e| panic!("{}: {e}", q.origin));
+    grafana::run_both(ds, vec![q.clone()], vec![sql])
 }
 
 #[cfg_attr(

@@ -7,21 +7,22 @@
 //! `INSERT INTO table(columns) FORMAT RowBinary` does, and values from the same structs'
 //! `Serialize`: a column renamed or retyped in rows.rs changes this text too.
 
-use super::rows::{EventRow, FindingRow};
+use super::rows::{seconds, EventRow, FindingRow, RiskRow};
 use serde::Serialize;
 use toctou_schema::{
     AuditAction, AuditEvent, AuditRef, CheckSource, Decision, Event, Finding, FindingKind, Phase,
     Severity, SpanEvent, UseOutcome, UseRef,
 };
 
-/// `INSERT INTO findings(...)` and `INSERT INTO events(...)` with example rows covering
-/// every column, set and unset.
+/// `INSERT INTO findings(...)`, `INSERT INTO events(...)` and `INSERT INTO risks(...)` with
+/// example rows covering every column, set and unset.
 pub fn example_statements() -> Vec<String> {
     let findings: Vec<FindingRow> = example_findings().iter().map(FindingRow::from).collect();
     let events: Vec<EventRow> = example_events().iter().filter_map(EventRow::of).collect();
     vec![
         insert_json("findings", &findings),
         insert_json("events", &events),
+        insert_json("risks", &example_risks()),
     ]
 }
 
@@ -115,6 +116,39 @@ fn example_findings() -> Vec<Finding> {
     vec![full, sparse]
 }
 
+/// Two risks of one endpoint, and the first one again a minute later (its requests since).
+fn example_risks() -> Vec<RiskRow> {
+    let at = T0 + 60_000_000_000;
+    let lost_update = RiskRow {
+        service: "shop".into(),
+        endpoint: "/buy/{id}".into(),
+        kind: "lost_update".into(),
+        table_name: "public.items".into(),
+        requests: 7,
+        example_trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        read_statement: "SELECT stock, version FROM items WHERE id = %s".into(),
+        write_statement: "UPDATE items SET stock = %s WHERE id = %s".into(),
+        counted_at: seconds(at),
+        counted_at_ns: at,
+    };
+    let check_then_insert = RiskRow {
+        kind: "check_then_insert".into(),
+        table_name: "public.orders".into(),
+        requests: 1,
+        read_statement: "SELECT 1 FROM orders WHERE item_id = %s".into(),
+        write_statement: "INSERT INTO orders (item_id) VALUES (%s)".into(),
+        ..lost_update.clone()
+    };
+    let later = at + 60_000_000_000;
+    let again = RiskRow {
+        requests: 2,
+        counted_at: seconds(later),
+        counted_at_ns: later,
+        ..lost_update.clone()
+    };
+    vec![lost_update, check_then_insert, again]
+}
+
 fn example_events() -> Vec<Event> {
     let check = SpanEvent {
         phase: Phase::Check,
@@ -183,7 +217,7 @@ mod tests {
     #[test]
     fn inserts_name_the_row_structs_columns_and_hold_one_line_per_row() {
         let stmts = example_statements();
-        assert_eq!(stmts.len(), 2);
+        assert_eq!(stmts.len(), 3);
         let findings = &stmts[0];
         let head = findings.lines().next().unwrap();
         assert!(
@@ -202,6 +236,12 @@ mod tests {
             "{events}"
         );
         assert_eq!(events.lines().count(), 1 + 4);
+        let risks = &stmts[2];
+        assert!(
+            risks.starts_with("INSERT INTO risks(`service`,`endpoint`,"),
+            "{risks}"
+        );
+        assert_eq!(risks.lines().count(), 1 + 3);
         // Each row's keys are exactly the named columns, in order.
         for stmt in &stmts {
             let mut lines = stmt.lines();

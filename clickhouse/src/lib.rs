@@ -7,7 +7,8 @@
 //! - [`migrations`]: the numbered SQL files of `schema/sql/`, embedded, and applying them
 //!   idempotently with a record of versions.
 //! - [`retention`]: dropping daily partitions past each table's retention.
-//! - [`rows`]: the RowBinary rows of `findings` and `events`, mapped from the schema types.
+//! - [`rows`]: the RowBinary rows of `findings` and `events`, mapped from the schema types,
+//!   and of inference's `risks`.
 //! - [`inserts`]: the sink's inserts as SQL text with example rows, for `--print-sql`.
 //! - [`sink`]: the batched, retrying, bounded writer of `toctou run --clickhouse-url` and
 //!   of the Kafka correlators. Its counters, and the collector that serves them on

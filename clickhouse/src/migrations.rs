@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         sql: include_str!("../../schema/sql/0003_rollups.sql"),
     },
+    Migration {
+        version: 4,
+        name: "risks",
+        sql: include_str!("../../schema/sql/0004_risks.sql"),
+    },
 ];
 
 /// The versions recorded, one row each whatever merges have or have not run.

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 /// Default retention of the events table.
 pub const DEFAULT_EVENTS: Duration = Duration::from_secs(7 * 86_400);
-/// Default retention of the findings (and their lookup) tables.
+/// Default retention of the findings tables (`findings`, `findings_lookup`) and of
+/// inference's `risks`, which are what inference reports where it cannot report findings.
 pub const DEFAULT_FINDINGS: Duration = Duration::from_secs(90 * 86_400);
 /// Default retention of the per-minute rollups.
 pub const DEFAULT_ROLLUPS: Duration = Duration::from_secs(400 * 86_400);
@@ -20,7 +21,7 @@ pub const DEFAULT_ROLLUPS: Duration = Duration::from_secs(400 * 86_400);
 /// The partitioned tables of our database, as `system.parts` names them.
 pub const LIST_PARTITIONS: &str = "SELECT DISTINCT table, partition FROM system.parts \
      WHERE database = currentDatabase() AND active \
-     AND table IN ('events', 'findings', 'findings_lookup', 'rollup_minute') \
+     AND table IN ('events', 'findings', 'findings_lookup', 'risks', 'rollup_minute') \
      ORDER BY table, partition";
 /// Drops one day (binds: table as identifier, the day as YYYYMMDD).
 pub const DROP_PARTITION: &str = "ALTER TABLE ? DROP PARTITION ?";
@@ -29,6 +30,7 @@ pub const DROP_PARTITION: &str = "ALTER TABLE ? DROP PARTITION ?";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     pub events: Duration,
+    /// `findings`, `findings_lookup` and `risks`.
     pub findings: Duration,
     pub rollups: Duration,
 }
@@ -47,7 +49,7 @@ impl Retention {
     fn of(&self, table: &str) -> Option<Duration> {
         match table {
             "events" => Some(self.events),
-            "findings" | "findings_lookup" => Some(self.findings),
+            "findings" | "findings_lookup" | "risks" => Some(self.findings),
             "rollup_minute" => Some(self.rollups),
             _ => None,
         }
@@ -183,6 +185,8 @@ mod tests {
             ("events", "20261118"),
             ("findings", "20261118"),
             ("findings_lookup", "20260827"),
+            ("risks", "20260828"), // 90 days back: kept
+            ("risks", "20260827"),
             ("rollup_minute", "20260827"),
             ("schema_migrations", "tuple()"),
         ]
@@ -199,6 +203,10 @@ mod tests {
                 },
                 Expired {
                     table: "findings_lookup".into(),
+                    day: 20_260_827
+                },
+                Expired {
+                    table: "risks".into(),
                     day: 20_260_827
                 },
             ]

@@ -1,14 +1,18 @@
 //! The rows of the `findings` and `events` tables as RowBinary structs, and their mapping
-//! from the schema types. Field order is the column order the inserts name; the column
-//! types are in schema/sql (a `String` for every enum, by its snake_case name).
+//! from the schema types; those of `risks` in [`risks`]. Field order is the column order the
+//! inserts name; the column types are in schema/sql (a `String` for every enum, by its
+//! snake_case name).
 
+pub mod risks;
+
+pub use risks::RiskRow;
 use serde::Serialize;
 use toctou_schema::{hex_id, resource_type, Event, Finding};
 
 const NS_PER_S: u64 = 1_000_000_000;
 
 /// `DateTime` is seconds as a `UInt32`; times past 2106 saturate rather than wrap.
-fn seconds(ns: u64) -> u32 {
+pub fn seconds(ns: u64) -> u32 {
     u32::try_from(ns / NS_PER_S).unwrap_or(u32::MAX)
 }
 

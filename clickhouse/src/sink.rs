@@ -1,4 +1,5 @@
-//! The batched ClickHouse sink: findings and events in RowBinary inserts, at least once.
+//! The batched ClickHouse sink: findings, events and inference's risks in RowBinary
+//! inserts, at least once.
 //!
 //! One thread owns the buffers and the client. The correlator hands it rows through a
 //! bounded channel; the thread flushes a table when it holds `max_rows` rows or its oldest
@@ -9,11 +10,12 @@
 //! it reads nothing, so the channel fills, the correlator blocks on it, the receivers'
 //! queue fills and ingest pushes back (HTTP 503, gRPC UNAVAILABLE): memory stays bounded
 //! and nothing is dropped. Storage is idempotent (ReplacingMergeTree on deterministic keys),
-//! so a batch retried after an ambiguous failure collapses to one row per finding.
+//! so a batch retried after an ambiguous failure collapses to one row per finding (per risk
+//! and write, for risks).
 
 pub mod metrics;
 
-use super::rows::{event_columns, write_event, FindingRow};
+use super::rows::{event_columns, write_event, FindingRow, RiskRow};
 use bytes::Bytes;
 use clickhouse::Client;
 pub use metrics::{BatchResult, SinkCollector, SinkMetrics, Table};
@@ -59,6 +61,7 @@ impl Default for SinkConfig {
 enum Batch {
     Events(EncodedEvents),
     Findings(Vec<FindingRow>),
+    Risks(Vec<RiskRow>),
     /// Write everything handed over before this now, then say whether all of it was written.
     Barrier(tokio::sync::oneshot::Sender<bool>),
 }
@@ -68,6 +71,7 @@ impl Batch {
         match self {
             Batch::Events(rows) => rows.len(),
             Batch::Findings(rows) => rows.len(),
+            Batch::Risks(rows) => rows.len(),
             Batch::Barrier(_) => 0,
         }
     }
@@ -84,7 +88,8 @@ trait Rows: Default {
     async fn insert(&self, client: &Client, table: &str) -> clickhouse::error::Result<()>;
 }
 
-impl Rows for Vec<FindingRow> {
+/// Rows made as structs (findings, risks), serialized by the client.
+impl<R: clickhouse::RowOwned + clickhouse::RowWrite> Rows for Vec<R> {
     fn len(&self) -> usize {
         self.len()
     }
@@ -94,7 +99,7 @@ impl Rows for Vec<FindingRow> {
     }
 
     async fn insert(&self, client: &Client, table: &str) -> clickhouse::error::Result<()> {
-        let mut insert = client.insert::<FindingRow>(table).await?;
+        let mut insert = client.insert::<R>(table).await?;
         for row in self {
             insert.write(row).await?;
         }
@@ -145,6 +150,7 @@ pub struct Handover {
     events: Vec<u8>,
     event_rows: usize,
     findings: Vec<FindingRow>,
+    risks: Vec<RiskRow>,
 }
 
 /// Rows gathered before a hand-over is due whatever the tick: about two SDK batches, so the
@@ -169,9 +175,15 @@ impl Handover {
         self.findings.extend(findings.iter().map(FindingRow::from));
     }
 
+    /// Rows of inference's risks, made by their writer (it alone knows the counts it wrote
+    /// before: see [`RiskRow`]).
+    pub fn add_risks(&mut self, risks: Vec<RiskRow>) {
+        self.risks.extend(risks);
+    }
+
     /// Rows gathered and not yet handed over.
     pub fn rows(&self) -> usize {
-        self.event_rows + self.findings.len()
+        self.event_rows + self.findings.len() + self.risks.len()
     }
 
     /// Whether enough rows wait that they should go now rather than at the next tick.
@@ -185,6 +197,7 @@ impl Handover {
 pub struct SinkStats {
     pub findings_written: u64,
     pub events_written: u64,
+    pub risks_written: u64,
     /// Rows given up on (a permanent error, or still failing at the shutdown deadline).
     pub rows_failed: u64,
     pub retries: u64,
@@ -261,6 +274,9 @@ impl Sink {
         if !handover.findings.is_empty() {
             sent &= self.send(Batch::Findings(std::mem::take(&mut handover.findings)));
         }
+        if !handover.risks.is_empty() {
+            sent &= self.send(Batch::Risks(std::mem::take(&mut handover.risks)));
+        }
         sent
     }
 
@@ -268,6 +284,13 @@ impl Sink {
     pub fn findings(&self, findings: &[Finding]) -> bool {
         let mut handover = Handover::default();
         handover.add_findings(findings);
+        self.hand_over(&mut handover)
+    }
+
+    /// As [`Sink::events`], for rows of risks.
+    pub fn risks(&self, risks: Vec<RiskRow>) -> bool {
+        let mut handover = Handover::default();
+        handover.add_risks(risks);
         self.hand_over(&mut handover)
     }
 
@@ -402,9 +425,10 @@ fn write_loop(
     let mut stats = SinkStats::default();
     let mut findings = Buffer::<Vec<FindingRow>>::new(Table::Findings);
     let mut events = Buffer::<EncodedEvents>::new(Table::Events);
+    let mut risks = Buffer::<Vec<RiskRow>>::new(Table::Risks);
     let mut closed_at: Option<Instant> = None;
     loop {
-        let wait = [findings.since, events.since]
+        let wait = [findings.since, events.since, risks.since]
             .into_iter()
             .flatten()
             .map(|t| config.max_age.saturating_sub(t.elapsed()))
@@ -418,6 +442,7 @@ fn write_loop(
         match received {
             Ok(Batch::Findings(rows)) => findings.push(rows),
             Ok(Batch::Events(rows)) => events.push(rows),
+            Ok(Batch::Risks(rows)) => risks.push(rows),
             Ok(Batch::Barrier(tx)) => barrier = Some((tx, stats.rows_failed)),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => closed_at = Some(Instant::now()),
@@ -437,6 +462,10 @@ fn write_loop(
         if barrier.is_some() || closed_at.is_some() || events.due(&config) {
             stats.events_written +=
                 runtime.block_on(flush(&client, &mut events, deadline, &mut stats, metrics));
+        }
+        if barrier.is_some() || closed_at.is_some() || risks.due(&config) {
+            stats.risks_written +=
+                runtime.block_on(flush(&client, &mut risks, deadline, &mut stats, metrics));
         }
         if let Some((tx, failed_before)) = barrier {
             let _ = tx.send(stats.rows_failed == failed_before);
@@ -605,6 +634,44 @@ mod tests {
         assert_eq!(sink.metrics.backlog_rows() - queued, HANDOVER_ROWS as u64);
         let stats = sink.close();
         assert_eq!(stats.rows_failed, HANDOVER_ROWS as u64);
+    }
+
+    /// Rows of risks take the path of findings: a batch and a buffer of their own, retried
+    /// while the server is unreachable, then given up at the deadline and counted under
+    /// their own table.
+    #[test]
+    fn risks_are_retried_then_given_up_under_their_own_table() {
+        let client = Client::default().with_url("http://127.0.0.1:1");
+        let config = SinkConfig {
+            max_age: Duration::from_millis(10),
+            shutdown_deadline: Duration::from_millis(300),
+            ..SinkConfig::default()
+        };
+        let sink = Sink::spawn(client, config).unwrap();
+        let metrics = sink.metrics();
+        let mut handover = Handover::default();
+        handover.add_risks(vec![crate::rows::risks::tests::risk(); 2]);
+        assert_eq!(handover.rows(), 2);
+        assert!(sink.hand_over(&mut handover));
+        assert_eq!(handover.rows(), 0);
+        let until = Instant::now() + Duration::from_secs(10);
+        while metrics.batches(Table::Risks, BatchResult::Retried) == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(metrics.batches(Table::Risks, BatchResult::Retried) >= 1);
+        assert_eq!(
+            metrics.backlog_rows(),
+            2,
+            "held, not dropped, while retrying"
+        );
+        let stats = sink.close();
+
+        assert_eq!((stats.risks_written, stats.rows_failed), (0, 2));
+        assert!(stats.retries >= 1, "{stats:?}");
+        assert_eq!(metrics.batches(Table::Risks, BatchResult::Failed), 1);
+        assert_eq!(metrics.rows_dropped(Table::Risks), 2);
+        assert_eq!(metrics.rows_dropped(Table::Findings), 0);
+        assert_eq!(metrics.backlog_rows(), 0, "given-up rows leave the backlog");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`access`]: tokens, TLS and the loopback rule of every listener; [`tls`]: rustls.
 //! - [`run`]: `toctou run`, the embedded default: receivers, correlator and findings API in
 //!   one process with no external services.
+//! - [`infer`]: `toctou run`'s inference flags and what the stage shares; [`risk_rows`]: its
+//!   risks as the rows of ClickHouse's `risks` table, a delta a minute.
 //! - [`shutdown`]: the runtime every node runs on, its signals and its shutdown stages
 //!   within a deadline.
 //! - [`cdc`]: `--cdc-postgres`, a database's change stream as audit records, confirmed only
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod page;
 pub mod replay;
+pub mod risk_rows;
 pub mod run;
 pub mod shutdown;
 pub mod store;

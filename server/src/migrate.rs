@@ -19,7 +19,7 @@ pub struct MigrateArgs {
     /// How long `events` keeps its rows (whole days are dropped).
     #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_RETENTION_EVENTS", default_value = "7days", value_parser = humantime::parse_duration))]
     pub retention_events: Duration,
-    /// How long `findings` and `findings_lookup` keep their rows.
+    /// How long `findings`, `findings_lookup` and `risks` keep their rows.
     #[cfg_attr(feature = "cli", arg(long, env = "TOCTOU_RETENTION_FINDINGS", default_value = "90days", value_parser = humantime::parse_duration))]
     pub retention_findings: Duration,
     /// How long the per-minute rollups keep their rows.

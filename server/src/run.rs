@@ -12,6 +12,7 @@ use crate::cli::ClickhouseArgs;
 use crate::cli::{bind, CorrelatorArgs, ReceiverArgs};
 use crate::findings::{self, FindingsSink, JsonLines, StoreSink};
 use crate::infer::{InferArgs, InferShared};
+use crate::risk_rows::RiskRows;
 use crate::store::FindingStore;
 use anyhow::{Context, Result};
 #[cfg(feature = "cli")]
@@ -81,7 +82,8 @@ pub struct RunArgs {
     /// Checks and uses inferred from database client spans (--infer, --infer-hold).
     #[cfg_attr(feature = "cli", command(flatten))]
     pub infer: InferArgs,
-    /// Where findings and events are also written, when `--clickhouse-url` is set.
+    /// Where findings, events and inference's risks are also written, when
+    /// `--clickhouse-url` is set.
     #[cfg_attr(feature = "cli", command(flatten))]
     pub clickhouse: ClickhouseArgs,
     /// With --clickhouse-url: do not apply the schema migrations at start-up.
@@ -294,9 +296,9 @@ pub async fn run(
     };
     if let Some(stats) = sink_stats.filter(|s| s.rows_failed > 0) {
         anyhow::bail!(
-            "{} rows (findings and events) could not be written to ClickHouse by the shutdown deadline ({} written)",
+            "{} rows (findings, events and risks) could not be written to ClickHouse by the shutdown deadline ({} written)",
             stats.rows_failed,
-            stats.findings_written + stats.events_written
+            stats.findings_written + stats.events_written + stats.risks_written
         );
     }
     tracing::info!(
@@ -359,6 +361,7 @@ fn correlate(
     let mut feed = sink.as_ref().map(|sink| SinkFeed {
         sink,
         pending: sink::Handover::default(),
+        risks: RiskRows::new(now_ns()),
     });
     runtime.block_on(async {
         let mut cdc_open = true;
@@ -372,7 +375,7 @@ fn correlate(
                 _ = ticker.tick() => {
                     stages.tick(now_ns(), &mut out, feed.as_mut());
                     *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stages.engine.stats().clone();
-                    stages.share(&shared, false);
+                    stages.share(&shared, false, feed.as_mut());
                     true
                 }
                 batch = rx.recv() => match batch {
@@ -414,7 +417,7 @@ fn correlate(
     progress.set(Stage::Flushing);
     stages.flush(now_ns(), &mut out, feed.as_mut());
     stages.annotate(&mut out);
-    stages.share(&shared, true);
+    stages.share(&shared, true, feed.as_mut());
     publish(&mut out, &shared, &mut writer, feed.as_mut());
     if let Some(feed) = feed.as_mut() {
         feed.hand_over();
@@ -432,6 +435,7 @@ fn correlate(
         tracing::info!(
             findings = stats.findings_written,
             events = stats.events_written,
+            risks = stats.risks_written,
             failed = stats.rows_failed,
             retries = stats.retries,
             "clickhouse sink flushed"
@@ -443,10 +447,11 @@ fn correlate(
 }
 
 /// The ClickHouse sink and the rows gathered for it since the last hand-over (see
-/// [`sink::Handover`] for why they are gathered).
+/// [`sink::Handover`] for why they are gathered), with the risks' counts already written.
 struct SinkFeed<'a> {
     sink: &'a Sink,
     pending: sink::Handover,
+    risks: RiskRows,
 }
 
 /// Findings are gathered with the events and handed over with them when due.
@@ -547,8 +552,9 @@ impl Stages {
         }
     }
 
-    /// Publishes inference's counts (every tick) and risks (every second, or `now`).
-    fn share(&mut self, shared: &Shared, now: bool) {
+    /// Publishes inference's counts (every tick) and risks (every second, or `now`), and
+    /// with ClickHouse gathers the risks' rows (every minute, or `now`: [`RiskRows`]).
+    fn share(&mut self, shared: &Shared, now: bool, feed: Option<&mut SinkFeed>) {
         let (Some(inference), Some(to)) = (&self.inference, &shared.inference) else {
             return;
         };
@@ -558,6 +564,9 @@ impl Stages {
         if now || at.saturating_sub(risks.published_ns) >= RISKS_EVERY_NS {
             *risks = inference.risks();
             risks.published_ns = at;
+            if let Some(feed) = feed.filter(|f| now || f.risks.due(at)) {
+                feed.pending.add_risks(feed.risks.rows(&risks, at));
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod burner;
 pub mod cdc;
 pub mod clickhouse;
+pub mod db_spans;
 pub mod debezium;
 pub mod demo;
 pub mod kafka;

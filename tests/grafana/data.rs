@@ -2,9 +2,11 @@
 //! --clickhouse-url` writing into the 18.16 server (its own sink, its own inserts, the
 //! schema's views making the rollups), fed either by `toctou demo` (racing workloads over
 //! the OpenTelemetry SDK) or by golden scenarios of testdata/scenarios sent over OTLP/HTTP,
-//! each repetition given fresh trace, span and resource ids and current times. The rows are
-//! then dumped as JSONEachRow for the chdb session.
+//! each repetition given fresh trace, span and resource ids and current times. The demo's
+//! run also gets the database spans of a service with no toctou code, for inference's risks
+//! (tests/common/db_spans.rs). The rows are then dumped as JSONEachRow for the chdb session.
 
+use crate::common::db_spans::{self, BUY, BUY_LOCKED, SIGNUP};
 use crate::common::{self, Toctou};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_toctou");
 /// Short TTL and lateness, so TTL-decided kinds (partial creates) are decided in seconds.
 const PAIR_TTL: &str = "2s";
 const LATENESS: &str = "1s";
+/// The service with no toctou code whose database spans the demo's run also gets.
+pub const PLAIN_SERVICE: &str = "plain-shop";
 
 /// What one run of the pipeline left in ClickHouse.
 pub struct Dataset {
@@ -28,6 +32,9 @@ pub struct Dataset {
     pub metrics: BTreeSet<String>,
     /// Finding rows by kind.
     pub kinds: BTreeMap<String, u64>,
+    /// The requests of [`PLAIN_SERVICE`] sent (trace ids by route): the ground truth of the
+    /// risks stored.
+    pub plain: db_spans::Sent,
 }
 
 pub fn now_s() -> i64 {
@@ -88,7 +95,7 @@ fn pipeline(name: &str, feed: impl FnOnce(&Toctou)) -> Dataset {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("grafana-{name}"));
     std::fs::create_dir_all(&dir).expect("dump directory");
     let mut dumps = Vec::new();
-    for table in ["findings", "events"] {
+    for table in ["findings", "events", "risks"] {
         let rows = block_on(dump(&url, &db, table));
         let path = dir.join(format!("{table}.jsonl"));
         std::fs::write(&path, rows).expect("writing a dump");
@@ -110,6 +117,7 @@ fn pipeline(name: &str, feed: impl FnOnce(&Toctou)) -> Dataset {
         dumps,
         metrics,
         kinds,
+        plain: db_spans::Sent::new(),
     }
 }
 
@@ -127,9 +135,11 @@ async fn dump(url: &str, db: &str, table: &str) -> String {
     resp.text().await.expect("dump body")
 }
 
-/// The racing demo workloads for a few seconds, over OTLP/gRPC.
+/// The racing demo workloads for a few seconds, over OTLP/gRPC, and a plain service's
+/// requests (two endpoints with a risk each, one locked), over OTLP/HTTP.
 pub fn demo() -> Dataset {
-    pipeline("demo", |toctou| {
+    let mut plain = db_spans::Sent::new();
+    let mut ds = pipeline("demo", |toctou| {
         let out = Command::new(BIN)
             .args(["demo", "--endpoint"])
             .arg(format!("http://{}", toctou.grpc))
@@ -147,7 +157,11 @@ pub fn demo() -> Dataset {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-    })
+        let plan = [(BUY, 5), (SIGNUP, 3), (BUY_LOCKED, 2)];
+        block_on(db_spans::send(toctou, PLAIN_SERVICE, &plan, &mut plain));
+    });
+    ds.plain = plain;
+    ds
 }
 
 /// One scenario of testdata/scenarios sent `times` times, optionally under other service

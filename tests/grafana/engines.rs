@@ -89,6 +89,7 @@ pub fn on_chdb(dumps: &[(String, PathBuf)], queries: &[String]) -> Vec<Outcome> 
         "0001_findings.sql",
         "0002_events.sql",
         "0003_rollups.sql",
+        "0004_risks.sql",
     ]
     .iter()
     .map(|f| root().join("schema/sql").join(f).display().to_string())

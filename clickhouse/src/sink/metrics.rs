@@ -2,7 +2,7 @@
 //! `prometheus` registry for `/metrics`.
 //!
 //! Plain atomics: the sink thread and the correlator write them, API requests read them, and
-//! none of them may wait on another for it. Labels are closed sets (two tables, three
+//! none of them may wait on another for it. Labels are closed sets (three tables, three
 //! results), so the series count is fixed.
 
 use prometheus::core::{Collector, Desc};
@@ -15,15 +15,17 @@ use std::sync::Arc;
 pub enum Table {
     Findings,
     Events,
+    Risks,
 }
 
 impl Table {
-    pub const ALL: [Table; 2] = [Table::Findings, Table::Events];
+    pub const ALL: [Table; 3] = [Table::Findings, Table::Events, Table::Risks];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Findings => "findings",
             Table::Events => "events",
+            Table::Risks => "risks",
         }
     }
 }
@@ -53,9 +55,9 @@ impl BatchResult {
 /// Shared by the sink (which counts) and its collector (which reads).
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
-    rows: [AtomicU64; 2],
-    batches: [[AtomicU64; 3]; 2],
-    dropped: [AtomicU64; 2],
+    rows: [AtomicU64; Table::ALL.len()],
+    batches: [[AtomicU64; BatchResult::ALL.len()]; Table::ALL.len()],
+    dropped: [AtomicU64; Table::ALL.len()],
     retries: AtomicU64,
     backlog: AtomicU64,
 }
@@ -171,6 +173,8 @@ mod tests {
             "toctou_sink_retries_total 1",
             "toctou_sink_dropped_rows_total{table=\"events\"} 4",
             "toctou_sink_dropped_rows_total{table=\"findings\"} 0",
+            "toctou_sink_rows_total{table=\"risks\"} 0",
+            "toctou_sink_dropped_rows_total{table=\"risks\"} 0",
         ] {
             assert!(
                 out.lines().any(|l| l == line),
