@@ -69,10 +69,9 @@ pub struct Inference {
     /// versions decide without it (see [`Inference::emit_late`]).
     released: HashMap<String, VecDeque<Released>>,
     released_order: VecDeque<(u64, String)>,
-    /// The last committed version of each row seen (by its name in the stream).
-    versions: Recent<String, Option<String>>,
-    /// When each row's last change seen committed (by its default name).
-    last_commit: Recent<String, u64>,
+    /// The last committed version of each row handed on (by its name in the stream), and
+    /// when it committed.
+    versions: Recent<String, (Option<String>, u64)>,
     /// Evidence of the uses handed to the engine, by use span.
     evidence: Recent<SpanId, Inferred>,
     /// Requests that sent toctou spans: their own checks and uses win over inference.
@@ -100,7 +99,6 @@ impl Inference {
             released: HashMap::new(),
             released_order: VecDeque::new(),
             versions: Recent::new(config.max_versions),
-            last_commit: Recent::new(config.max_versions),
             evidence: Recent::new(MAX_EVIDENCE),
             instrumented: Recent::new(config.max_traces),
             seen_db: false,
@@ -227,18 +225,20 @@ impl Inference {
         now_ns: u64,
         out: &mut Vec<Event>,
     ) {
-        if let Some(c) = &change {
-            let table = c.qualified_table();
-            if !self.keys.contains_key(&table) && !c.key.is_empty() {
-                self.keys
-                    .insert(table, c.key.iter().map(|(k, _)| k.clone()).collect());
-            }
-        }
         // Held changes are queued by the row's default name, which waiting writes know.
         let row = match &change {
             Some(c) => default_row_name(c),
             None => audit.resource.clone(),
         };
+        if let Some(c) = &change {
+            let table = table_of(&row);
+            if !c.key.is_empty() && !self.keys.contains_key(table) {
+                self.keys.insert(
+                    table.to_string(),
+                    c.key.iter().map(|(k, _)| k.clone()).collect(),
+                );
+            }
+        }
         // Held for attribution: changes without a request id (a transaction that named its
         // request wrote it from instrumented code, which reports its own checks and uses),
         // once database calls are arriving, and any change behind a held one of its row.
@@ -246,10 +246,15 @@ impl Inference {
         // before the first spans that write it.
         let hold = self.config.change_stream
             && ((self.seen_db && audit.request_id.is_none()) || self.changes.holds(&row));
-        // The stream is in commit order: the row's previous change is the last one seen.
+        // The stream is in commit order: the row's previous change is the last one held, or
+        // else the last one handed on.
         let after_ns = self
-            .last_commit
-            .insert(row.clone(), audit.time_ns)
+            .changes
+            .queues
+            .get(&row)
+            .and_then(|q| q.back())
+            .map(|h| h.audit.time_ns)
+            .or_else(|| self.versions.get(&audit.resource).map(|(_, t)| *t))
             .unwrap_or(0);
         if !hold {
             self.stats.change("passed");
@@ -570,15 +575,16 @@ impl Inference {
     /// key and values match the held change `h`, owned or not, times aside.
     fn alike<'a>(&'a self, row: &'a str, h: &'a Held) -> impl Iterator<Item = &'a PendingWrite> {
         let slack = self.config.clock_slack.as_nanos() as u64;
-        let table = match &h.change {
-            Some(c) => c.qualified_table(),
-            None => row.split_once('/').map_or(row, |(t, _)| t).to_string(),
-        };
         self.pending_by_row
             .get(row)
             .into_iter()
             .flatten()
-            .chain(self.pending_by_table.get(&table).into_iter().flatten())
+            .chain(
+                self.pending_by_table
+                    .get(table_of(row))
+                    .into_iter()
+                    .flatten(),
+            )
             .filter_map(|id| self.pending.get(id))
             .filter(move |p| matches(p, &h.audit, h.change.as_ref(), slack))
     }
@@ -619,10 +625,13 @@ impl Inference {
         else {
             return;
         };
-        let alike: Vec<u64> = self.alike(row, h).map(|p| p.id).collect();
-        for other in &alike {
-            if let Some(p) = self.pending.get_mut(other) {
-                p.rivals = p.rivals.max(alike.len().saturating_sub(1));
+        let rivals = self.alike(row, h).count().saturating_sub(1);
+        if rivals > 0 {
+            let alike: Vec<u64> = self.alike(row, h).map(|p| p.id).collect();
+            for other in alike {
+                if let Some(p) = self.pending.get_mut(&other) {
+                    p.rivals = p.rivals.max(rivals);
+                }
             }
         }
         if let Some(h) = self.changes.get_mut(row, seq) {
@@ -921,8 +930,11 @@ impl Inference {
     /// Records a row's committed version; returns the one it replaced, when known.
     fn note_version(&mut self, audit: &AuditEvent) -> Option<String> {
         self.versions
-            .insert(audit.resource.clone(), audit.version.clone())
-            .flatten()
+            .insert(
+                audit.resource.clone(),
+                (audit.version.clone(), audit.time_ns),
+            )
+            .and_then(|(v, _)| v)
     }
 
     fn take_pending(&mut self, id: u64) -> Option<PendingWrite> {
@@ -1039,7 +1051,7 @@ fn matches(
     }
     match (&p.target, change) {
         (Target::Row { table, key, .. }, Some(c)) => {
-            c.qualified_table() == *table
+            is_table(c, table)
                 && c.key.len() == key.len()
                 && c.key
                     .iter()
@@ -1049,7 +1061,7 @@ fn matches(
         }
         (Target::Row { name, .. }, None) => audit.resource == *name,
         (Target::Absent { table, values, .. }, Some(c)) => {
-            c.qualified_table() == *table
+            is_table(c, table)
                 && c.op == Op::Insert
                 && values.iter().all(|(col, v)| {
                     c.columns
@@ -1209,7 +1221,31 @@ fn row_name(table: &str, key: &[(String, String)]) -> String {
 }
 
 fn default_row_name(c: &RowChange) -> String {
-    row_name(&c.qualified_table(), &c.key)
+    let mut name = String::with_capacity(c.schema.len() + c.table.len() + 24);
+    name.push_str(&c.schema);
+    name.push('.');
+    name.push_str(&c.table);
+    name.push('/');
+    for (i, (_, v)) in c.key.iter().enumerate() {
+        if i > 0 {
+            name.push(',');
+        }
+        name.push_str(v);
+    }
+    name
+}
+
+/// The table (`schema.table`) of a row's name (`schema.table/key`).
+fn table_of(row: &str) -> &str {
+    row.split_once('/').map_or(row, |(t, _)| t)
+}
+
+/// Whether the change is of `table` (`schema.table`), without making the name.
+fn is_table(c: &RowChange, table: &str) -> bool {
+    table.len() == c.schema.len() + 1 + c.table.len()
+        && table.starts_with(c.schema.as_str())
+        && table.as_bytes()[c.schema.len()] == b'.'
+        && table.ends_with(c.table.as_str())
 }
 
 fn operation_of(s: &Statement) -> &'static str {

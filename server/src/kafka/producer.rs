@@ -614,7 +614,10 @@ mod tests {
         let out = toctou_schema::metrics::encode_one(crate::kafka::metrics::ProducerCollector(
             metrics.clone(),
         ));
-        assert!(out.contains("toctou_kafka_db_spans_dropped_total 3\n"), "{out}");
+        assert!(
+            out.contains("toctou_kafka_db_spans_dropped_total 3\n"),
+            "{out}"
+        );
     }
 
     /// librdkafka's own test hook raises a fatal error, the state an idempotent producer
