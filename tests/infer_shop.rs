@@ -278,6 +278,26 @@ impl Shop {
         self.toctou.findings().await
     }
 
+    /// Settles, and asserts that the findings are exactly the races the database recorded
+    /// (the buys, redeems and sign-ups among them having raced at all); returns them.
+    async fn exactly_the_races_of(&self, record: &Value) -> Vec<Value> {
+        let truth = &record["truth"];
+        for kind in ["lost_buys", "lost_redeems", "duplicate_signups"] {
+            assert!(
+                !truth[kind].as_array().unwrap().is_empty(),
+                "{kind}: {truth:#}"
+            );
+        }
+        let findings = self.settle().await;
+        assert_eq!(
+            found(&findings),
+            expected(truth),
+            "findings (left) against the database's truth (right)\nlog:\n{}",
+            self.toctou.log()
+        );
+        findings
+    }
+
     async fn risks(&self) -> BTreeSet<String> {
         let body: Value = reqwest::get(self.toctou.api_url("/api/v1/risks"))
             .await
@@ -653,19 +673,7 @@ async fn the_same_races_from_node_pg_spans() {
         "signup_safe",
     ];
     let record = shop.hammer_only(8, &[], &endpoints);
-    let truth = &record["truth"];
-    for kind in ["lost_buys", "lost_redeems", "duplicate_signups"] {
-        assert!(
-            !truth[kind].as_array().unwrap().is_empty(),
-            "{kind}: {truth:#}"
-        );
-    }
-    let findings = shop.settle().await;
-    assert_eq!(
-        found(&findings),
-        expected(truth),
-        "findings (left) against the database's truth (right)"
-    );
+    let findings = shop.exactly_the_races_of(&record).await;
     assert!(findings.iter().all(|f| f["service"] == "shop-node"));
     assert_eq!(
         shop.risks().await,
@@ -685,20 +693,7 @@ async fn the_same_races_from_node_pg_spans() {
 async fn the_same_races_through_debezium() {
     let shop = Shop::start_from("dbz", APP, HAMMER, Stream::Debezium).await;
     let record = shop.hammer(8, &[]);
-    let truth = &record["truth"];
-    for kind in ["lost_buys", "lost_redeems", "duplicate_signups"] {
-        assert!(
-            !truth[kind].as_array().unwrap().is_empty(),
-            "{kind}: {truth:#}"
-        );
-    }
-    let findings = shop.settle().await;
-    assert_eq!(
-        found(&findings),
-        expected(truth),
-        "findings (left) against the database's truth (right)\nlog:\n{}",
-        shop.toctou.log()
-    );
+    shop.exactly_the_races_of(&record).await;
     let plain: BTreeSet<String> = PLAIN_ROUTES.iter().map(|r| r.to_string()).collect();
     assert_eq!(shop.risks().await, plain);
     shop.finish().await;

@@ -72,6 +72,23 @@ impl RowChange {
     pub fn qualified_table(&self) -> String {
         format!("{}.{}", self.schema, self.table)
     }
+
+    /// The row's name without a mapping template: `<schema>.<table>/<key values in key
+    /// order, joined with ",">`.
+    pub fn default_name(&self) -> String {
+        let mut name = String::with_capacity(self.schema.len() + self.table.len() + 24);
+        name.push_str(&self.schema);
+        name.push('.');
+        name.push_str(&self.table);
+        name.push('/');
+        for (i, (_, value)) in self.key.iter().enumerate() {
+            if i > 0 {
+                name.push(',');
+            }
+            name.push_str(value);
+        }
+        name
+    }
 }
 
 /// Where the mapping file is wrong.
@@ -204,21 +221,15 @@ impl Mapping {
     /// inventing a value (the file is checked for this at load only as far as it can be:
     /// the key's columns are known when the first change arrives).
     pub fn resource(&self, change: &RowChange) -> String {
-        let table = format!("{}.{}", change.schema, change.table);
-        if let Some(parts) = self.templates.get(&table) {
-            if let Some(name) = render(parts, &change.key) {
-                return name;
+        if !self.templates.is_empty() {
+            let table = format!("{}.{}", change.schema, change.table);
+            if let Some(parts) = self.templates.get(&table) {
+                if let Some(name) = render(parts, &change.key) {
+                    return name;
+                }
             }
         }
-        let mut name = table;
-        name.push('/');
-        for (i, (_, value)) in change.key.iter().enumerate() {
-            if i > 0 {
-                name.push(',');
-            }
-            name.push_str(value);
-        }
-        name
+        change.default_name()
     }
 }
 

@@ -129,6 +129,10 @@ impl Changes {
         self.queues.get(row).is_some_and(|q| !q.is_empty())
     }
 
+    pub fn get(&self, row: &str, seq: u64) -> Option<&Held> {
+        self.queues.get(row)?.iter().find(|h| h.seq == seq)
+    }
+
     pub fn get_mut(&mut self, row: &str, seq: u64) -> Option<&mut Held> {
         self.queues.get_mut(row)?.iter_mut().find(|h| h.seq == seq)
     }

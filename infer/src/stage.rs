@@ -227,7 +227,7 @@ impl Inference {
     ) {
         // Held changes are queued by the row's default name, which waiting writes know.
         let row = match &change {
-            Some(c) => default_row_name(c),
+            Some(c) => c.default_name(),
             None => audit.resource.clone(),
         };
         if let Some(c) = &change {
@@ -594,12 +594,7 @@ impl Inference {
     /// clocks may disagree by the slack.
     fn attribute_change(&mut self, row: &str, seq: u64, loose: bool) -> bool {
         let slack = self.config.clock_slack.as_nanos() as u64;
-        let Some(h) = self
-            .changes
-            .queues
-            .get(row)
-            .and_then(|q| q.iter().find(|h| h.seq == seq))
-        else {
+        let Some(h) = self.changes.get(row, seq) else {
             return false;
         };
         let chosen = self
@@ -617,12 +612,7 @@ impl Inference {
     /// The held change `seq` of `row` is the waiting write `id`'s own. Writes alike (the same
     /// row, the same values) were told apart by time alone: the owner says so.
     fn own(&mut self, id: u64, row: &str, seq: u64) {
-        let Some(h) = self
-            .changes
-            .queues
-            .get(row)
-            .and_then(|q| q.iter().find(|h| h.seq == seq))
-        else {
+        let Some(h) = self.changes.get(row, seq) else {
             return;
         };
         let rivals = self.alike(row, h).count().saturating_sub(1);
@@ -1212,21 +1202,6 @@ fn inferred_span(
 fn row_name(table: &str, key: &[(String, String)]) -> String {
     let mut name = format!("{table}/");
     for (i, (_, v)) in key.iter().enumerate() {
-        if i > 0 {
-            name.push(',');
-        }
-        name.push_str(v);
-    }
-    name
-}
-
-fn default_row_name(c: &RowChange) -> String {
-    let mut name = String::with_capacity(c.schema.len() + c.table.len() + 24);
-    name.push_str(&c.schema);
-    name.push('.');
-    name.push_str(&c.table);
-    name.push('/');
-    for (i, (_, v)) in c.key.iter().enumerate() {
         if i > 0 {
             name.push(',');
         }
