@@ -222,15 +222,31 @@ impl Shop {
 
     /// [`Shop::hammer`] on some endpoints only (`--only`).
     fn hammer_only(&self, seconds: u32, app_args: &[&str], only: &[&str]) -> Value {
-        let mut app = Command::new(runtime(self.app))
-            .arg(repo().join(self.app))
-            .args(["--dsn", &self.url, "--port", "0"])
-            .args(app_args)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", self.toctou.http_url(""))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let shop_url = listening(&mut app);
+        self.hammer_instances(1, seconds, app_args, only)
+    }
+
+    /// [`Shop::hammer_only`] with `instances` processes of the app, each exporting its own
+    /// spans, the clients spread over them.
+    fn hammer_instances(
+        &self,
+        instances: usize,
+        seconds: u32,
+        app_args: &[&str],
+        only: &[&str],
+    ) -> Value {
+        let mut apps: Vec<Child> = (0..instances)
+            .map(|_| {
+                Command::new(runtime(self.app))
+                    .arg(repo().join(self.app))
+                    .args(["--dsn", &self.url, "--port", "0"])
+                    .args(app_args)
+                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", self.toctou.http_url(""))
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let shop_url = apps.iter_mut().map(listening).collect::<Vec<_>>().join(",");
         let record = std::env::temp_dir().join(format!("toctou-shop-{}.json", self.db));
         let out = {
             let _burn = common::burner::every_core();
@@ -250,10 +266,12 @@ impl Shop {
         };
         assert!(out.status.success(), "{out:?}");
         // SIGTERM: the app exports what its span processor still holds, then exits.
-        let _ = Command::new("kill")
-            .args(["-TERM", &app.id().to_string()])
-            .status();
-        let _ = app.wait();
+        for mut app in apps {
+            let _ = Command::new("kill")
+                .args(["-TERM", &app.id().to_string()])
+                .status();
+            let _ = app.wait();
+        }
         let text = std::fs::read_to_string(&record).unwrap();
         let _ = std::fs::remove_file(&record);
         serde_json::from_str(&text).unwrap()
@@ -558,11 +576,13 @@ async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
 /// (`version_id_col`), an allocation checked in one transaction and made in another by an
 /// unguarded relative decrement (stock can go below zero), with its guarded twin, and a
 /// stock record read by its product (not its key) and saved by its key, with its `FOR
-/// UPDATE` twin.
+/// UPDATE` twin. Two processes of the app serve it, each exporting its own spans on its own
+/// schedule (as a service's workers do): writes alike of one row arrive out of the order
+/// they ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_races_of_orm_generated_statements_are_found() {
     let shop = Shop::start_app("orm", ORM_APP, ORM_HAMMER).await;
-    let record = shop.hammer(10, &[]);
+    let record = shop.hammer_instances(2, 10, &[], &[]);
     let truth = &record["truth"];
     let findings = shop.settle().await;
     let traces = |key: &str| -> BTreeSet<String> {
@@ -674,7 +694,9 @@ async fn the_same_races_from_node_pg_spans() {
     ];
     let record = shop.hammer_only(8, &[], &endpoints);
     let findings = shop.exactly_the_races_of(&record).await;
-    assert!(findings.iter().all(|f| f["service"] == "shop-node"));
+    for f in &findings {
+        assert_eq!(f["service"], "shop-node", "{f:#}");
+    }
     assert_eq!(
         shop.risks().await,
         ["/buy/:item_id", "/redeem/:code", "/signup"]

@@ -92,7 +92,9 @@ pub struct Held {
 pub struct Changes {
     pub queues: HashMap<String, VecDeque<Held>>,
     /// (arrival, row, seq) in arrival order: what the hold expires.
-    pub expiry: VecDeque<(u64, String, u64)>,
+    expiry: VecDeque<(u64, String, u64)>,
+    /// How many of `expiry`'s first entries had their settle (see the stage's `settle`).
+    settled: usize,
     pub len: usize,
     next_seq: u64,
 }
@@ -122,6 +124,26 @@ impl Changes {
         self.expiry.push_back((now_ns, row.to_string(), seq));
         self.len += 1;
         seq
+    }
+
+    /// The row of the change that arrived first, if it arrived by `by` (`u64::MAX`: any).
+    pub fn pop_expired(&mut self, by: u64) -> Option<String> {
+        if self.expiry.front()?.0 > by {
+            return None;
+        }
+        self.settled = self.settled.saturating_sub(1);
+        self.expiry.pop_front().map(|(_, row, _)| row)
+    }
+
+    /// The row of the next change, in arrival order, that arrived by `by` and has not had
+    /// its settle yet.
+    pub fn next_to_settle(&mut self, by: u64) -> Option<String> {
+        let (at, row, _) = self.expiry.get(self.settled)?;
+        if *at > by {
+            return None;
+        }
+        self.settled += 1;
+        Some(row.clone())
     }
 
     /// Whether the row has changes held (a later one must wait behind them).

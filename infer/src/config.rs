@@ -15,6 +15,10 @@ pub struct Config {
     pub version_column: String,
     /// [`DEFAULT_HOLD`].
     pub hold: Duration,
+    /// How long a change whose writer its times leave in doubt waits for more write spans
+    /// before it is attributed among those come (another process's spans are exported on
+    /// their own schedule); half the hold by default.
+    pub settle: Duration,
     /// Whether a change stream is read. Without one nothing says what was committed: risks
     /// only, never findings.
     pub change_stream: bool,
@@ -49,6 +53,7 @@ impl Default for Config {
             default_schema: "public".into(),
             version_column: toctou_cdc::DEFAULT_VERSION_COLUMN.into(),
             hold: DEFAULT_HOLD,
+            settle: DEFAULT_HOLD / 2,
             change_stream: true,
             hash_keys: false,
             max_traces: 100_000,

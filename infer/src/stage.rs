@@ -110,6 +110,11 @@ impl Inference {
         }
     }
 
+    /// How long a change in doubt waits for more write spans (at most the hold).
+    fn settle_ns(&self) -> u64 {
+        self.config.settle.min(self.config.hold).as_nanos() as u64
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
         s.cache_hits = self.interpreter.hits;
@@ -261,10 +266,10 @@ impl Inference {
             self.hand_on(row, audit, change, after_ns, now_ns, out);
             return;
         }
-        let seq = self.changes.push(&row, audit, change, after_ns, now_ns);
-        self.attribute_change(&row, seq, false);
+        self.changes.push(&row, audit, change, after_ns, now_ns);
+        self.attribute_row(&row, now_ns, false);
         while self.changes.len > self.config.max_held_changes {
-            let Some((_, oldest, _)) = self.changes.expiry.pop_front() else {
+            let Some(oldest) = self.changes.pop_expired(u64::MAX) else {
                 break;
             };
             self.release(&oldest, u64::MAX, "evicted", out);
@@ -276,12 +281,14 @@ impl Inference {
     /// requests gone idle (counting their risks).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Event>) {
         let hold = self.config.hold.as_nanos() as u64;
-        while let Some((at, row, _)) = self.changes.expiry.front() {
-            if at.saturating_add(hold) > now_ns {
-                break;
+        // Changes whose writer was in doubt: attributed among the writes come by now.
+        let settled = now_ns.saturating_sub(self.settle_ns());
+        while let Some(row) = self.changes.next_to_settle(settled) {
+            if self.attribute_row(&row, now_ns, false) {
+                self.release(&row, now_ns, "unattributed", out);
             }
-            let row = row.clone();
-            self.changes.expiry.pop_front();
+        }
+        while let Some(row) = self.changes.pop_expired(now_ns.saturating_sub(hold)) {
             self.release(&row, now_ns, "unattributed", out);
         }
         while let Some(&(made, id)) = self.pending_order.front() {
@@ -290,6 +297,14 @@ impl Inference {
             }
             self.pending_order.pop_front();
             if self.pending.get(&id).is_some_and(|p| p.own.is_none()) {
+                // Its last chance: a held change it fits, in doubt or not.
+                let rows = self.attribute_pending(id, now_ns, true);
+                for row in &rows {
+                    self.release(row, now_ns, "unattributed", out);
+                }
+                if self.pending.get(&id).is_some_and(|p| p.own.is_some()) {
+                    continue;
+                }
                 self.take_pending(id);
                 self.stats.pair("unmatched");
             }
@@ -525,50 +540,62 @@ impl Inference {
         self.pending_order.push_back((now_ns, id));
         self.pending.insert(id, p);
         // Its change may have come first: held, or even handed on already.
-        if let Some(row) = self.attribute_pending(id) {
-            self.release(&row, now_ns, "unattributed", out);
-        } else {
+        let rows = self.attribute_pending(id, now_ns, false);
+        for row in &rows {
+            self.release(row, now_ns, "unattributed", out);
+        }
+        if self.pending.get(&id).is_some_and(|p| p.own.is_none()) {
             self.emit_late(id, out);
         }
     }
 
-    /// The first held change (commit order) the waiting write `id` made, if one is held and
-    /// no other write owns it: attributed. Returns its row.
-    fn attribute_pending(&mut self, id: u64) -> Option<String> {
-        let p = self.pending.get(&id)?;
-        let slack = self.config.clock_slack.as_nanos() as u64;
-        // (commit, seq, row): the earliest commit, for an insert across the table's rows.
-        let mut best: Option<(u64, u64, String)> = None;
-        let mut consider = |row: &String, q: &VecDeque<Held>| {
-            let first = q.iter().find(|h| {
-                h.owner.is_none()
-                    && matches(p, &h.audit, h.change.as_ref(), slack)
-                    && fits(p, h.audit.time_ns, h.after_ns, slack, false)
-            });
-            if let Some(h) = first {
-                if best.as_ref().is_none_or(|(t, _, _)| h.audit.time_ns < *t) {
-                    best = Some((h.audit.time_ns, h.seq, row.clone()));
-                }
+    /// Attributes the held changes of the rows the waiting write `id` may have written (see
+    /// [`Inference::attribute_row`]); returns the rows where some change was.
+    fn attribute_pending(&mut self, id: u64, now_ns: u64, force: bool) -> Vec<String> {
+        let Some(p) = self.pending.get(&id) else {
+            return Vec::new();
+        };
+        let rows: Vec<String> = match &p.target {
+            Target::Row { name, .. } => vec![name.clone()],
+            Target::Absent { table, .. } => {
+                // The table's rows in the order of their changes' commits: the first commit
+                // gets the first write to end (see `attribute_change`).
+                let prefix = format!("{table}/");
+                let mut rows: Vec<(u64, &String)> = self
+                    .changes
+                    .queues
+                    .iter()
+                    .filter(|(row, _)| row.starts_with(&prefix))
+                    .filter_map(|(row, q)| {
+                        let first = q.iter().find(|h| h.owner.is_none())?;
+                        Some((first.audit.time_ns, row))
+                    })
+                    .collect();
+                rows.sort_unstable();
+                rows.into_iter().map(|(_, row)| row.clone()).collect()
             }
         };
-        match &p.target {
-            Target::Row { name, .. } => {
-                if let Some(q) = self.changes.queues.get(name) {
-                    consider(name, q);
-                }
-            }
-            Target::Absent { table, .. } => {
-                let prefix = format!("{table}/");
-                for (row, q) in &self.changes.queues {
-                    if row.starts_with(&prefix) {
-                        consider(row, q);
-                    }
-                }
-            }
+        rows.into_iter()
+            .filter(|row| self.attribute_row(row, now_ns, force))
+            .collect()
+    }
+
+    /// Attributes the row's held changes that no write owns yet, in commit order, each to the
+    /// waiting write that made it, where one can be (see [`Inference::attribute_change`]).
+    fn attribute_row(&mut self, row: &str, now_ns: u64, force: bool) -> bool {
+        let unowned: Vec<u64> = match self.changes.queues.get(row) {
+            Some(q) => q
+                .iter()
+                .filter(|h| h.owner.is_none())
+                .map(|h| h.seq)
+                .collect(),
+            None => return false,
+        };
+        let mut any = false;
+        for seq in unowned {
+            any |= self.attribute_change(row, seq, now_ns, false, force);
         }
-        let (_, seq, row) = best?;
-        self.own(id, &row, seq);
-        Some(row)
+        any
     }
 
     /// The waiting writes of `row` (and, for inserts of tested values, of its table) whose
@@ -590,21 +617,53 @@ impl Inference {
     }
 
     /// The waiting write that made the held change `seq` of `row`, if one waits: of those
-    /// that fit it (see [`fits`]), the one that ended first. `loose`: the hold ran out,
-    /// clocks may disagree by the slack.
-    fn attribute_change(&mut self, row: &str, seq: u64, loose: bool) -> bool {
+    /// that fit it (see [`fits`]), the one that ended first; once the change had its settle
+    /// (`force`: now), or at once if that write's times leave no doubt (see [`decisive`]).
+    /// `loose`: the hold ran out, clocks may disagree by the slack.
+    fn attribute_change(
+        &mut self,
+        row: &str,
+        seq: u64,
+        now_ns: u64,
+        loose: bool,
+        force: bool,
+    ) -> bool {
         let slack = self.config.clock_slack.as_nanos() as u64;
-        let Some(h) = self.changes.get(row, seq) else {
+        let settled = now_ns.saturating_sub(self.settle_ns());
+        let Some(q) = self.changes.queues.get(row) else {
             return false;
+        };
+        let Some(at) = q.iter().position(|h| h.seq == seq) else {
+            return false;
+        };
+        let h = &q[at];
+        if h.owner.is_some() {
+            return false;
+        }
+        // A write that fits a change of the row committed earlier and still waiting for its
+        // writer is that one's first (see `fits`: the bounds overlap by the resolution).
+        let earlier = |p: &PendingWrite| {
+            q.iter().take(at).any(|e| {
+                e.owner.is_none()
+                    && matches(p, &e.audit, e.change.as_ref(), slack)
+                    && fits(p, e.audit.time_ns, e.after_ns, slack, false)
+            })
         };
         let chosen = self
             .alike(row, h)
-            .filter(|p| p.own.is_none() && fits(p, h.audit.time_ns, h.after_ns, slack, loose))
-            .map(|p| (p.write.end_ns, p.id))
-            .min();
-        let Some((_, id)) = chosen else {
+            .filter(|p| {
+                p.own.is_none()
+                    && fits(p, h.audit.time_ns, h.after_ns, slack, loose)
+                    && (loose || !earlier(p))
+            })
+            .min_by_key(|p| (p.write.end_ns, p.id));
+        let Some(p) = chosen else {
             return false;
         };
+        if !loose && !force && h.arrived_ns > settled && !decisive(p, h.audit.time_ns) {
+            return false;
+        }
+        let id = p.id;
         self.own(id, row, seq);
         true
     }
@@ -646,7 +705,7 @@ impl Inference {
         while let Some((seq, expired)) = front(&self.changes) {
             if expired {
                 // A last try, with clocks that may disagree by the slack.
-                self.attribute_change(row, seq, true);
+                self.attribute_change(row, seq, now_ns, true, false);
             }
             let Some(h) = self
                 .changes
@@ -1088,6 +1147,18 @@ fn fits(p: &PendingWrite, commit_ns: u64, after_ns: u64, slack_ns: u64, loose: b
             Target::Row { .. } => after_ns < p.write.end_ns.saturating_add(RESOLUTION_NS),
             Target::Absent { .. } => true,
         }
+}
+
+/// Whether the write's times alone say it made a change committed at `commit_ns` (given that
+/// it fits, see [`fits`]): a row's write whose statement ended before the commit (a
+/// transaction's write, its commit a statement later), since a statement that waited for
+/// the lock ends only after the holder's commit. One that ended after the commit (autocommit, or a waiter) leaves it in
+/// doubt until the writes of other processes, exported on their own schedule, had time to
+/// come: the change waits for its settle.
+fn decisive(p: &PendingWrite, commit_ns: u64) -> bool {
+    // An insert of tested values takes no lock others wait for: nothing to wait for.
+    matches!(p.target, Target::Absent { .. })
+        || p.write.end_ns.saturating_add(RESOLUTION_NS) <= commit_ns
 }
 
 /// A read that found no row for values an insert then wrote.

@@ -43,6 +43,7 @@ impl InferArgs {
             default_schema: self.default_schema.clone(),
             version_column: version_column.to_string(),
             hold: self.hold,
+            settle: self.hold / 2,
             change_stream,
             hash_keys: self.hash_keys,
             ..Config::default()

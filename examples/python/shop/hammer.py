@@ -136,7 +136,8 @@ def hammer(args, endpoints, planner_class=Planner):
             if stop.is_set():
                 return
             if slots[i] is not None:
-                send(args.url, slots[i])
+                # Several instances: each thread its own, as a load balancer would spread them.
+                send(args.urls[i % len(args.urls)], slots[i])
             barrier.wait()  # everyone is done
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True)
@@ -276,7 +277,9 @@ def main(description=__doc__, routes=ROUTES, planner_class=Planner, truth_of=tru
          summary_of=summary):
     """The command line; another shop's hammer passes its routes, planner and truth."""
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
-    parser.add_argument("--url", required=True, help="the shop, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--url", required=True,
+                        help="the shop, e.g. http://127.0.0.1:8000; several instances of it "
+                             "(each its own process) comma-separated")
     parser.add_argument("--dsn", required=True, help="the shop's database, for the truth")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=0, help="stop after this many (0: no limit)")
@@ -285,7 +288,7 @@ def main(description=__doc__, routes=ROUTES, planner_class=Planner, truth_of=tru
     parser.add_argument("--only", default="", help="comma-separated endpoints (default: all)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    args.url = args.url.rstrip("/")
+    args.urls = [u.rstrip("/") for u in args.url.split(",") if u]
     if args.threads < 2:
         parser.error("--threads must be at least 2: races need company")
     endpoints = [e for e in args.only.split(",") if e] or list(routes)
@@ -294,9 +297,10 @@ def main(description=__doc__, routes=ROUTES, planner_class=Planner, truth_of=tru
         parser.error(f"unknown endpoints: {', '.join(sorted(unknown))}")
 
     requests, rounds = hammer(args, endpoints, planner_class)
-    # Have the app export its spans now rather than on its next batch.
-    flushed = urllib.request.urlopen(urllib.request.Request(
-        args.url + "/flush", method="POST", data=b""), timeout=60).status == 200
+    # Have each instance export its spans now rather than on its next batch.
+    flushed = all(urllib.request.urlopen(urllib.request.Request(
+        url + "/flush", method="POST", data=b""), timeout=60).status == 200
+        for url in args.urls)
     t = truth_of(args.dsn, requests)
     with open(args.out, "w") as f:
         json.dump({"seed": args.seed, "threads": args.threads, "rounds": rounds,

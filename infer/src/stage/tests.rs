@@ -96,6 +96,7 @@ impl Run {
         Run {
             stage: Inference::new(Config {
                 hold: std::time::Duration::from_millis(500),
+                settle: std::time::Duration::from_millis(250),
                 ..Config::default()
             }),
             engine: Engine::new(EngineConfig::default()).unwrap(),
@@ -417,6 +418,7 @@ fn hashed_keys_name_no_tested_value() {
     let mut r = Run::new();
     r.stage = Inference::new(Config {
         hold: std::time::Duration::from_millis(500),
+        settle: std::time::Duration::from_millis(250),
         hash_keys: true,
         ..Config::default()
     });
@@ -559,4 +561,43 @@ fn a_read_by_another_column_pairs_through_the_row_image() {
     assert_eq!(f.intervening.len(), 1);
     assert_eq!(stats.pairs.get("matched"), Some(&2), "{stats:?}");
     assert_eq!(stats.pairs.get("other_rows"), Some(&1), "{stats:?}");
+}
+
+/// Autocommit decrements of one row from two processes, each exporting its own spans: B's
+/// statement waited for A's lock, so it ends after A's; B's spans arrive first. Each
+/// statement's commit falls inside it, so nothing but the order of their ends tells whose
+/// change is whose: the changes wait for their settle (a statement that ended after the
+/// commit leaves it in doubt), then the first to end takes the first commit. B read before
+/// A's commit: B's check was stale, not A's.
+#[test]
+fn alike_writes_of_two_processes_wait_for_their_settle() {
+    for changes_first in [true, false] {
+        let mut r = Run::new();
+        r.change(stock("30", 1, 1));
+        r.span(db(9, 1, 0, 1, "SELECT 1", ""));
+        let spans = [
+            // Process 2 (B) exports first.
+            db(2, 1, 12, 13, READ, "(1,)"),
+            db(2, 2, 21, 26, ALLOCATE, "(2, 1)"),
+            // Then process 1 (A).
+            db(1, 1, 10, 11, READ, "(1,)"),
+            db(1, 2, 20, 23, ALLOCATE, "(2, 1)"),
+        ];
+        let changes = [stock("28", 22, 2), stock("26", 25, 3)];
+        if changes_first {
+            changes.into_iter().for_each(|c| r.change(c));
+            spans.into_iter().for_each(|s| r.span(s));
+        } else {
+            spans.into_iter().for_each(|s| r.span(s));
+            changes.into_iter().for_each(|c| r.change(c));
+        }
+        let (findings, stats, _) = r.finish();
+        assert_eq!(findings.len(), 1, "{changes_first}: {findings:#?}");
+        assert_eq!(findings[0].trace_id, hex_id(&trace(2)), "{changes_first}");
+        assert_eq!(
+            findings[0].intervening[0].request_id.as_deref(),
+            Some(hex_id(&trace(1)).as_str())
+        );
+        assert_eq!(stats.pairs.get("matched"), Some(&2), "{stats:?}");
+    }
 }
