@@ -135,15 +135,15 @@ impl Changes {
         self.expiry.pop_front().map(|(_, row, _)| row)
     }
 
-    /// The row of the next change, in arrival order, that arrived by `by` and has not had
-    /// its settle yet.
-    pub fn next_to_settle(&mut self, by: u64) -> Option<String> {
-        let (at, row, _) = self.expiry.get(self.settled)?;
+    /// The (row, seq) of the next change, in arrival order, that arrived by `by` and has not
+    /// had its settle yet.
+    pub fn next_to_settle(&mut self, by: u64) -> Option<(String, u64)> {
+        let (at, row, seq) = self.expiry.get(self.settled)?;
         if *at > by {
             return None;
         }
         self.settled += 1;
-        Some(row.clone())
+        Some((row.clone(), *seq))
     }
 
     /// Whether the row has changes held (a later one must wait behind them).

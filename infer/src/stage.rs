@@ -266,8 +266,8 @@ impl Inference {
             self.hand_on(row, audit, change, after_ns, now_ns, out);
             return;
         }
-        self.changes.push(&row, audit, change, after_ns, now_ns);
-        self.attribute_row(&row, now_ns, false);
+        let seq = self.changes.push(&row, audit, change, after_ns, now_ns);
+        self.attribute_change(&row, seq, now_ns, false, false);
         while self.changes.len > self.config.max_held_changes {
             let Some(oldest) = self.changes.pop_expired(u64::MAX) else {
                 break;
@@ -283,8 +283,8 @@ impl Inference {
         let hold = self.config.hold.as_nanos() as u64;
         // Changes whose writer was in doubt: attributed among the writes come by now.
         let settled = now_ns.saturating_sub(self.settle_ns());
-        while let Some(row) = self.changes.next_to_settle(settled) {
-            if self.attribute_row(&row, now_ns, false) {
+        while let Some((row, seq)) = self.changes.next_to_settle(settled) {
+            if self.attribute_change(&row, seq, now_ns, false, false) {
                 self.release(&row, now_ns, "unattributed", out);
             }
         }
@@ -576,23 +576,34 @@ impl Inference {
             }
         };
         rows.into_iter()
-            .filter(|row| self.attribute_row(row, now_ns, force))
+            .filter(|row| self.attribute_fitting(id, row, now_ns, force))
             .collect()
     }
 
-    /// Attributes the row's held changes that no write owns yet, in commit order, each to the
-    /// waiting write that made it, where one can be (see [`Inference::attribute_change`]).
-    fn attribute_row(&mut self, row: &str, now_ns: u64, force: bool) -> bool {
-        let unowned: Vec<u64> = match self.changes.queues.get(row) {
-            Some(q) => q
-                .iter()
-                .filter(|h| h.owner.is_none())
-                .map(|h| h.seq)
-                .collect(),
-            None => return false,
+    /// Attributes the held changes of `row` that the waiting write `id` fits (see [`fits`]),
+    /// in commit order, each to the waiting write that made it where one can be (see
+    /// [`Inference::attribute_change`]: that write, or another alike). Only those: a write's
+    /// arrival changes nothing for the others.
+    fn attribute_fitting(&mut self, id: u64, row: &str, now_ns: u64, force: bool) -> bool {
+        let slack = self.config.clock_slack.as_nanos() as u64;
+        let (Some(p), Some(q)) = (self.pending.get(&id), self.changes.queues.get(row)) else {
+            return false;
         };
+        // The queue is in commit order: none committed before the write started fits it.
+        let from =
+            q.partition_point(|h| h.audit.time_ns.saturating_add(RESOLUTION_NS) < p.write.start_ns);
+        let fitting: Vec<u64> = q
+            .range(from..)
+            .take_while(|h| h.after_ns < p.write.end_ns.saturating_add(RESOLUTION_NS))
+            .filter(|h| {
+                h.owner.is_none()
+                    && matches(p, &h.audit, h.change.as_ref(), slack)
+                    && fits(p, h.audit.time_ns, h.after_ns, slack, false)
+            })
+            .map(|h| h.seq)
+            .collect();
         let mut any = false;
-        for seq in unowned {
+        for seq in fitting {
             any |= self.attribute_change(row, seq, now_ns, false, force);
         }
         any
@@ -643,11 +654,14 @@ impl Inference {
         // A write that fits a change of the row committed earlier and still waiting for its
         // writer is that one's first (see `fits`: the bounds overlap by the resolution).
         let earlier = |p: &PendingWrite| {
-            q.iter().take(at).any(|e| {
-                e.owner.is_none()
-                    && matches(p, &e.audit, e.change.as_ref(), slack)
-                    && fits(p, e.audit.time_ns, e.after_ns, slack, false)
-            })
+            q.range(..at)
+                .rev()
+                .take_while(|e| e.audit.time_ns.saturating_add(RESOLUTION_NS) >= p.write.start_ns)
+                .any(|e| {
+                    e.owner.is_none()
+                        && matches(p, &e.audit, e.change.as_ref(), slack)
+                        && fits(p, e.audit.time_ns, e.after_ns, slack, false)
+                })
         };
         let chosen = self
             .alike(row, h)
