@@ -122,6 +122,24 @@ impl Run {
         self.feed(out);
     }
 
+    /// The change records and the spans, the ones or the others first.
+    fn both(
+        &mut self,
+        changes: impl IntoIterator<Item = (AuditEvent, RowChange)>,
+        spans: impl IntoIterator<Item = DbSpanEvent>,
+        changes_first: bool,
+    ) {
+        let (changes, spans): (Vec<_>, Vec<_>) =
+            (changes.into_iter().collect(), spans.into_iter().collect());
+        if changes_first {
+            changes.into_iter().for_each(|c| self.change(c));
+            spans.into_iter().for_each(|d| self.span(d));
+        } else {
+            spans.into_iter().for_each(|d| self.span(d));
+            changes.into_iter().for_each(|c| self.change(c));
+        }
+    }
+
     fn finish(mut self) -> (Vec<Finding>, Stats, RiskReport) {
         let mut out = Vec::new();
         self.stage.tick(NOW + 10_000 * MS, &mut out);
@@ -393,21 +411,7 @@ fn four_buyers_of_one_version_three_lost() {
                 (a, c)
             })
             .collect();
-        if changes_first {
-            for c in changes {
-                r.change(c);
-            }
-            for s in spans {
-                r.span(s);
-            }
-        } else {
-            for s in spans {
-                r.span(s);
-            }
-            for c in changes {
-                r.change(c);
-            }
-        }
+        r.both(changes, spans, changes_first);
         let (findings, stats, _) = r.finish();
         assert_eq!(findings.len(), 3, "{changes_first} {stats:?} {findings:#?}");
     }
@@ -480,13 +484,7 @@ fn decrements_alike_are_told_apart_by_lock_order_not_start() {
         ];
         let changes = [stock("28", 23, 2), stock("26", 25, 3), stock("24", 27, 4)];
         r.span(db(9, 1, 0, 1, "SELECT 1", ""));
-        if changes_first {
-            changes.into_iter().for_each(|c| r.change(c));
-            spans.into_iter().for_each(|s| r.span(s));
-        } else {
-            spans.into_iter().for_each(|s| r.span(s));
-            changes.into_iter().for_each(|c| r.change(c));
-        }
+        r.both(changes, spans, changes_first);
         let (findings, stats, _) = r.finish();
         let stale: BTreeMap<String, usize> = findings
             .iter()
@@ -584,13 +582,7 @@ fn alike_writes_of_two_processes_wait_for_their_settle() {
             db(1, 2, 20, 23, ALLOCATE, "(2, 1)"),
         ];
         let changes = [stock("28", 22, 2), stock("26", 25, 3)];
-        if changes_first {
-            changes.into_iter().for_each(|c| r.change(c));
-            spans.into_iter().for_each(|s| r.span(s));
-        } else {
-            spans.into_iter().for_each(|s| r.span(s));
-            changes.into_iter().for_each(|c| r.change(c));
-        }
+        r.both(changes, spans, changes_first);
         let (findings, stats, _) = r.finish();
         assert_eq!(findings.len(), 1, "{changes_first}: {findings:#?}");
         assert_eq!(findings[0].trace_id, hex_id(&trace(2)), "{changes_first}");
