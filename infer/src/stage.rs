@@ -550,7 +550,7 @@ impl Inference {
     }
 
     /// Attributes the held changes of the rows the waiting write `id` may have written (see
-    /// [`Inference::attribute_row`]); returns the rows where some change was.
+    /// [`Inference::attribute_fitting`]); returns the rows where some change was.
     fn attribute_pending(&mut self, id: u64, now_ns: u64, force: bool) -> Vec<String> {
         let Some(p) = self.pending.get(&id) else {
             return Vec::new();
