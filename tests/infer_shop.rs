@@ -56,6 +56,11 @@ const PLAIN_ROUTES: [&str; 4] = [
     "/transfer",
 ];
 
+/// Endpoints, as `Shop::risks` names them.
+fn routes(r: &[&str]) -> BTreeSet<String> {
+    r.iter().map(|r| r.to_string()).collect()
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -546,7 +551,7 @@ async fn every_race_of_an_uninstrumented_shop_is_found_and_nothing_else() {
     );
 
     // The risks name exactly the plain endpoints.
-    let plain: BTreeSet<String> = PLAIN_ROUTES.iter().map(|r| r.to_string()).collect();
+    let plain = routes(&PLAIN_ROUTES);
     assert_eq!(shop.risks().await, plain);
 
     // The page shows them, and a finding's statements.
@@ -668,14 +673,11 @@ async fn the_races_of_orm_generated_statements_are_found() {
     );
     assert_eq!(
         shop.risks().await,
-        [
+        routes(&[
             "/orm/allocate/<int:item_id>",
             "/orm/buy/<int:item_id>",
             "/orm/restock/<int:product_id>"
-        ]
-        .map(String::from)
-        .into_iter()
-        .collect()
+        ])
     );
     shop.finish().await;
 }
@@ -699,10 +701,7 @@ async fn the_same_races_from_node_pg_spans() {
     }
     assert_eq!(
         shop.risks().await,
-        ["/buy/:item_id", "/redeem/:code", "/signup"]
-            .map(String::from)
-            .into_iter()
-            .collect()
+        routes(&["/buy/:item_id", "/redeem/:code", "/signup"])
     );
     shop.finish().await;
 }
@@ -716,7 +715,7 @@ async fn the_same_races_through_debezium() {
     let shop = Shop::start_from("dbz", APP, HAMMER, Stream::Debezium).await;
     let record = shop.hammer(8, &[]);
     shop.exactly_the_races_of(&record).await;
-    let plain: BTreeSet<String> = PLAIN_ROUTES.iter().map(|r| r.to_string()).collect();
+    let plain = routes(&PLAIN_ROUTES);
     assert_eq!(shop.risks().await, plain);
     shop.finish().await;
 }
@@ -732,9 +731,6 @@ async fn without_parameters_risks_only() {
         Vec::<Value>::new(),
         "nothing says a race happened"
     );
-    assert_eq!(
-        shop.risks().await,
-        PLAIN_ROUTES.iter().map(|r| r.to_string()).collect()
-    );
+    assert_eq!(shop.risks().await, routes(&PLAIN_ROUTES));
     shop.finish().await;
 }

@@ -65,14 +65,7 @@ class Planner(shop.Planner):
 
 def truth(dsn, requests):
     """What the database says happened, tied back to the requests by their txid."""
-    by_txid = {}
-    for r in requests:
-        txid = r.get("response", {}).get("txid")
-        if r["status"] == 200 and txid is not None:
-            by_txid[txid] = r
-
-    def trace_of(txid):  # None: a write whose response never arrived
-        return by_txid[txid]["trace_id"] if txid in by_txid else None
+    _, trace_of = shop.by_txid(requests)
 
     def answers(name):
         mine = [r for r in requests if r["endpoint"] == name]

@@ -160,16 +160,24 @@ def hammer(args, endpoints, planner_class=Planner):
     return done, rounds
 
 
-def truth(dsn, requests):
-    """What the database says happened, tied back to the requests by their txid."""
-    by_txid = {}
+def by_txid(requests):
+    """The answered requests by the transaction their response names, and a trace lookup:
+    a txid's trace id, None for a write whose response never arrived."""
+    answered = {}
     for r in requests:
         txid = r.get("response", {}).get("txid")
         if r["status"] == 200 and txid is not None:
-            by_txid[txid] = r
+            answered[txid] = r
 
-    def trace_of(txid):  # None: a write whose response never arrived
-        return by_txid[txid]["trace_id"] if txid in by_txid else None
+    def trace_of(txid):
+        return answered[txid]["trace_id"] if txid in answered else None
+
+    return answered, trace_of
+
+
+def truth(dsn, requests):
+    """What the database says happened, tied back to the requests by their txid."""
+    answered, trace_of = by_txid(requests)
 
     t = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -207,7 +215,7 @@ def truth(dsn, requests):
             (ACCOUNTS["transfer"],)).fetchall()
         lost = {}
         for txid, src, dst, amount, account, old in rows:
-            read = by_txid.get(txid, {}).get("response", {}).get("read_versions", {})
+            read = answered.get(txid, {}).get("response", {}).get("read_versions", {})
             if read.get(str(account)) != old:
                 entry = lost.setdefault(txid, {"trace_id": trace_of(txid), "txid": txid,
                                                "src": src, "dst": dst, "amount": amount,
